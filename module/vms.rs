@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! vms: virtual memory streaming for KVM.
+//!
+//! Layout: [`ffi`] is the only file that touches `kernel::bindings` or says
+//! `unsafe`; it wraps each C object once. [`dev`] is `/dev/vms` and its
+//! ioctls in safe Rust. [`abi`] is the Rust mirror of `uapi/vms.h`, shared
+//! with userspace.
+
+use kernel::c_str;
+use kernel::prelude::*;
+
+// The ABI mirror is shared with userspace, which uses all of it.
+#[path = "../uapi/src/abi.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod abi;
+mod dev;
+mod ffi;
+
+module! {
+    type: Vms,
+    name: "vms",
+    author: "vms developers",
+    description: "Virtual memory streaming for KVM",
+    license: "GPL",
+}
+
+/// The module: owns the `/dev/vms` registration for its lifetime.
+struct Vms {
+    _dev: Pin<KBox<ffi::MiscDevice>>,
+}
+
+impl kernel::Module for Vms {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        let dev = KBox::try_pin_init(ffi::MiscDevice::register(c_str!("vms")), GFP_KERNEL)?;
+        pr_info!("vms {} loaded (abi {})\n", dev::MODULE_VERSION, abi::VMS_ABI_VERSION);
+        Ok(Vms { _dev: dev })
+    }
+}
+
+impl Drop for Vms {
+    fn drop(&mut self) {
+        pr_info!("vms unloaded\n");
+    }
+}
