@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The library of the vms selftests, in the manner of the kernel's
+//! `tools/testing/selftests/kvm/lib/`.
+//!
+//! - [`ksft`]: the TAP/kselftest harness, assertions and skips;
+//! - [`kvm`]: a VM with guest memory and real-mode vCPUs;
+//! - [`vms`]: `/dev/vms` and its ioctls.
+//!
+//! Naming follows the KVM selftests: `__foo()` returns the raw result for a
+//! test that checks the error itself, `foo()` asserts that it worked (or
+//! skips when a requirement is missing).
+//!
+//! Each test is a binary (`selftests/<name>.rs`) that prints TAP and exits
+//! with [`ksft::KSFT_PASS`], [`ksft::KSFT_FAIL`] or [`ksft::KSFT_SKIP`].
+
+pub mod ksft;
+pub mod kvm;
+pub mod vms;
