@@ -29,7 +29,7 @@
  * VMS_ABI_VERSION - bumped on every incompatible change of this header.
  * Userspace compares it with vms_version.abi_version.
  */
-#define VMS_ABI_VERSION		1
+#define VMS_ABI_VERSION		2
 
 #define VMS_MODULE_VERSION_LEN	32
 
@@ -56,5 +56,204 @@ struct vms_version {
  *  - EINVAL: @flags or @reserved is not zero.
  */
 #define VMS_GET_VERSION		_IOWR(VMS_IOCTL_TYPE, 0x00, struct vms_version)
+
+/*
+ * Images and clones.
+ *
+ * An image is an immutable guest memory image: a raw dump of guest-physical
+ * memory in a file (page N of the image is at file offset
+ * file_offset + N * 4096; holes read as zero). Images are named and live in
+ * the module until deleted. A page is read from the file the first time a
+ * clone needs it and is then kept in the image's cache and shared by every
+ * clone. All-zero pages share one zero page and cost no memory.
+ *
+ * A clone is a VM's memory, created from an image. Its file descriptor is
+ * mmap()ed by the VMM (MAP_SHARED, offset 0 = image page 0) and attached to
+ * one or more memslots of one KVM VM that the VMM creates with
+ * KVM_MEM_PAGE_PROVIDER and userspace_addr inside that mapping. Reads see
+ * the image's page; the first write, from the guest or through the
+ * mapping, gives the clone a private copy of the page.
+ */
+
+#define VMS_NAME_LEN		32
+
+/**
+ * struct vms_image_create - argument of VMS_IMAGE_CREATE
+ * @name:	(in) NUL-terminated name, unique in the module: letters,
+ *		digits, '-', '_' and '.', at least one character.
+ * @fd:		(in) file to read pages from, open for reading.
+ * @flags:	(in) must be 0.
+ * @size:	(in) size of guest memory in bytes, a non-zero multiple of
+ *		4096; the file must hold @file_offset + @size bytes.
+ * @file_offset: (in) offset of guest-physical address 0 in the file,
+ *		a multiple of 4096.
+ * @reserved:	(in) must be 0.
+ */
+struct vms_image_create {
+	__u8 name[VMS_NAME_LEN];
+	__s32 fd;
+	__u32 flags;
+	__u64 size;
+	__u64 file_offset;
+	__u64 reserved[4];
+};
+
+/**
+ * struct vms_image_stats - image counters
+ * @size:	bytes of guest memory in the image.
+ * @clones:	clones that use the image now.
+ * @cached_pages: pages read from the file and held in the image's cache.
+ * @zero_pages:	pages found all-zero, served by the shared zero page.
+ * @streamed:	pages read from the file (cached or zero) since creation.
+ * @read_errors: failed reads of the file.
+ * @reserved:	0.
+ */
+struct vms_image_stats {
+	__u64 size;
+	__u64 clones;
+	__u64 cached_pages;
+	__u64 zero_pages;
+	__u64 streamed;
+	__u64 read_errors;
+	__u64 reserved[10];
+};
+
+/**
+ * struct vms_image_info - argument of VMS_IMAGE_INFO and VMS_IMAGE_DELETE
+ * @name:	(in) the image's name.
+ * @flags:	(in) must be 0.
+ * @pad:	(in) must be 0.
+ * @stats:	(out) counters, VMS_IMAGE_INFO only.
+ */
+struct vms_image_info {
+	__u8 name[VMS_NAME_LEN];
+	__u32 flags;
+	__u32 pad;
+	struct vms_image_stats stats;
+};
+
+/**
+ * struct vms_image_list - argument of VMS_IMAGE_LIST
+ * @index:	(in) which image, from 0, in name order.
+ * @flags:	(in) must be 0.
+ * @name:	(out) its name.
+ * @reserved:	(in) must be 0.
+ */
+struct vms_image_list {
+	__u32 index;
+	__u32 flags;
+	__u8 name[VMS_NAME_LEN];
+	__u64 reserved[2];
+};
+
+/**
+ * struct vms_clone_create - argument of VMS_CLONE_CREATE
+ * @name:	(in) the image to clone.
+ * @flags:	(in) must be 0.
+ * @pad:	(in) must be 0.
+ * @reserved:	(in) must be 0.
+ */
+struct vms_clone_create {
+	__u8 name[VMS_NAME_LEN];
+	__u32 flags;
+	__u32 pad;
+	__u64 reserved[4];
+};
+
+/**
+ * struct vms_clone_attach - argument of VMS_CLONE_ATTACH
+ * @vm_fd:	(in) a KVM VM file descriptor (KVM_CREATE_VM); the VM must
+ *		use TDP (EPT or NPT).
+ * @slot:	(in) the memslot, as in kvm_userspace_memory_region.slot
+ *		(address space << 16 | id).
+ * @offset:	(in) byte offset in the clone where the memslot starts, a
+ *		multiple of 4096.
+ * @size:	(in) bytes, a non-zero multiple of 4096; @offset + @size must
+ *		not exceed the clone.
+ * @flags:	(in) must be 0.
+ * @pad:	(in) must be 0.
+ * @reserved:	(in) must be 0.
+ *
+ * The VMM creates the memslot with KVM_MEM_PAGE_PROVIDER, the same size,
+ * and userspace_addr = (its mapping of the clone) + @offset. A clone
+ * serves one VM; its memslots must not overlap in the clone.
+ */
+struct vms_clone_attach {
+	__s32 vm_fd;
+	__u32 slot;
+	__u64 offset;
+	__u64 size;
+	__u32 flags;
+	__u32 pad;
+	__u64 reserved[4];
+};
+
+/**
+ * struct vms_clone_stats - argument of VMS_CLONE_STATS (all out)
+ * @size:	bytes of guest memory.
+ * @faults:	stage-2 (EPT/NPT) faults served.
+ * @mmap_faults: faults of the VMM's mapping served.
+ * @shared_maps: faults answered with the image's shared page.
+ * @zero_maps:	faults answered with the shared zero page.
+ * @streamed:	image pages this clone caused to be read from the file.
+ * @cow_copies:	private copies made on first write.
+ * @private_pages: private pages the clone holds now.
+ * @io_errors:	faults that failed because the image could not be read.
+ * @reserved:	0.
+ */
+struct vms_clone_stats {
+	__u64 size;
+	__u64 faults;
+	__u64 mmap_faults;
+	__u64 shared_maps;
+	__u64 zero_maps;
+	__u64 streamed;
+	__u64 cow_copies;
+	__u64 private_pages;
+	__u64 io_errors;
+	__u64 reserved[7];
+};
+
+/*
+ * On /dev/vms. Creating and deleting images needs CAP_SYS_ADMIN (EPERM).
+ *
+ * VMS_IMAGE_CREATE - create an image from a file.
+ * Return: 0, or EBADF (@fd not open), EACCES (@fd not open for reading),
+ * EINVAL (bad name, size, offset, flags or reserved; a file that is not a
+ * regular file or is shorter than @file_offset + @size), EEXIST (name
+ * taken), ENOMEM.
+ *
+ * VMS_IMAGE_INFO - read an image's counters. Return: 0, ENOENT, EINVAL.
+ *
+ * VMS_IMAGE_DELETE - delete an image. Return: 0, ENOENT, EBUSY (clones
+ * use it), EINVAL.
+ *
+ * VMS_IMAGE_LIST - name the @index-th image. Return: 0, ENOENT past the
+ * last one, EINVAL.
+ *
+ * VMS_CLONE_CREATE - create a clone of an image.
+ * Return: a new clone file descriptor (O_RDWR | O_CLOEXEC), or ENOENT (no
+ * such image), EINVAL, ENOMEM, EMFILE.
+ */
+#define VMS_IMAGE_CREATE	_IOW(VMS_IOCTL_TYPE, 0x01, struct vms_image_create)
+#define VMS_IMAGE_INFO		_IOWR(VMS_IOCTL_TYPE, 0x02, struct vms_image_info)
+#define VMS_IMAGE_DELETE	_IOW(VMS_IOCTL_TYPE, 0x03, struct vms_image_info)
+#define VMS_IMAGE_LIST		_IOWR(VMS_IOCTL_TYPE, 0x04, struct vms_image_list)
+#define VMS_CLONE_CREATE	_IOW(VMS_IOCTL_TYPE, 0x05, struct vms_clone_create)
+
+/*
+ * On a clone file descriptor.
+ *
+ * VMS_CLONE_ATTACH - serve a memslot of a VM from the clone.
+ * Return: 0, or EBADF (@vm_fd not open), EINVAL (@vm_fd not a KVM VM;
+ * unaligned, empty or out-of-range @offset/@size; overlap with an attached
+ * range; flags, pad or reserved not 0), EBUSY (the clone serves another VM,
+ * or the VM already has a page provider), EEXIST (@slot already attached),
+ * EOPNOTSUPP (the VM does not use TDP).
+ *
+ * VMS_CLONE_STATS - read the clone's counters. Return: 0 or EFAULT.
+ */
+#define VMS_CLONE_ATTACH	_IOW(VMS_IOCTL_TYPE, 0x10, struct vms_clone_attach)
+#define VMS_CLONE_STATS		_IOR(VMS_IOCTL_TYPE, 0x11, struct vms_clone_stats)
 
 #endif /* _UAPI_LINUX_VMS_H */

@@ -20,7 +20,7 @@ pub const VMS_IOCTL_TYPE: u32 = 0xB9;
 /// `VMS_ABI_VERSION`: bumped on every incompatible change of `vms.h`.
 ///
 /// Userspace compares it with [`VmsVersion::abi_version`].
-pub const VMS_ABI_VERSION: u32 = 1;
+pub const VMS_ABI_VERSION: u32 = 2;
 
 /// `VMS_MODULE_VERSION_LEN`: the size of [`VmsVersion::module_version`],
 /// including its terminating NUL.
@@ -149,3 +149,427 @@ impl VmsVersion {
 ///  - `EFAULT`: the argument is not readable and writable;
 ///  - `EINVAL`: `flags` or `reserved` is not zero.
 pub const VMS_GET_VERSION: u32 = _IOWR(VMS_IOCTL_TYPE, 0x00, core::mem::size_of::<VmsVersion>());
+
+// Images and clones.
+//
+// An image is an immutable guest memory image: a raw dump of guest-physical
+// memory in a file (page N of the image is at file offset
+// `file_offset + N * 4096`; holes read as zero). Images are named and live
+// in the module until deleted. A page is read from the file the first time
+// a clone needs it and is then kept in the image's cache and shared by
+// every clone. All-zero pages share one zero page and cost no memory.
+//
+// A clone is a VM's memory, created from an image. Its file descriptor is
+// mmap()ed by the VMM (`MAP_SHARED`, offset 0 = image page 0) and attached
+// to one or more memslots of one KVM VM that the VMM creates with
+// [`KVM_MEM_PAGE_PROVIDER`] and `userspace_addr` inside that mapping. Reads
+// see the image's page; the first write, from the guest or through the
+// mapping, gives the clone a private copy of the page.
+
+/// `VMS_NAME_LEN`: the size of an image name field, including its
+/// terminating NUL (so a name has at most 31 bytes).
+pub const VMS_NAME_LEN: usize = 32;
+
+/// The bytes of a name field before its first NUL, or `None` if it has no
+/// NUL (which the ABI does not allow).
+pub fn name_bytes(name: &[u8; VMS_NAME_LEN]) -> Option<&[u8]> {
+    let len = name.iter().position(|&b| b == 0)?;
+    Some(&name[..len])
+}
+
+/// Stores `name` in the name field `dst`, NUL-terminated and zero-filled.
+///
+/// Returns `false`, leaving `dst` unchanged, if `name` does not fit with
+/// its NUL (more than `VMS_NAME_LEN - 1` bytes) or contains a NUL itself.
+/// It does not check the characters: the module does (`EINVAL`).
+pub fn set_name(dst: &mut [u8; VMS_NAME_LEN], name: &[u8]) -> bool {
+    if name.len() >= VMS_NAME_LEN || name.contains(&0) {
+        return false;
+    }
+    *dst = [0; VMS_NAME_LEN];
+    dst[..name.len()].copy_from_slice(name);
+    true
+}
+
+/// `struct vms_image_create`: the argument of [`VMS_IMAGE_CREATE`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsImageCreate {
+    /// (in) NUL-terminated name, unique in the module: letters, digits,
+    /// `-`, `_` and `.`, at least one character.
+    pub name: [u8; VMS_NAME_LEN],
+    /// (in) File to read pages from, open for reading.
+    pub fd: i32,
+    /// (in) Must be 0.
+    pub flags: u32,
+    /// (in) Size of guest memory in bytes, a non-zero multiple of 4096; the
+    /// file must hold `file_offset + size` bytes.
+    pub size: u64,
+    /// (in) Offset of guest-physical address 0 in the file, a multiple of
+    /// 4096.
+    pub file_offset: u64,
+    /// (in) Must be 0.
+    pub reserved: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<VmsImageCreate>() == 88);
+const _: () = assert!(core::mem::align_of::<VmsImageCreate>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsImageCreate, name) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsImageCreate, fd) == 32);
+const _: () = assert!(core::mem::offset_of!(VmsImageCreate, flags) == 36);
+const _: () = assert!(core::mem::offset_of!(VmsImageCreate, size) == 40);
+const _: () = assert!(core::mem::offset_of!(VmsImageCreate, file_offset) == 48);
+const _: () = assert!(core::mem::offset_of!(VmsImageCreate, reserved) == 56);
+
+impl VmsImageCreate {
+    /// An all-zero argument.
+    pub const fn zeroed() -> Self {
+        Self {
+            name: [0; VMS_NAME_LEN],
+            fd: 0,
+            flags: 0,
+            size: 0,
+            file_offset: 0,
+            reserved: [0; 4],
+        }
+    }
+}
+
+/// `struct vms_image_stats`: an image's counters, in [`VmsImageInfo`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsImageStats {
+    /// Bytes of guest memory in the image.
+    pub size: u64,
+    /// Clones that use the image now.
+    pub clones: u64,
+    /// Pages read from the file and held in the image's cache.
+    pub cached_pages: u64,
+    /// Pages found all-zero, served by the shared zero page.
+    pub zero_pages: u64,
+    /// Pages read from the file (cached or zero) since creation.
+    pub streamed: u64,
+    /// Failed reads of the file.
+    pub read_errors: u64,
+    /// 0.
+    pub reserved: [u64; 10],
+}
+
+const _: () = assert!(core::mem::size_of::<VmsImageStats>() == 128);
+const _: () = assert!(core::mem::align_of::<VmsImageStats>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, size) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, clones) == 8);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, cached_pages) == 16);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, zero_pages) == 24);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, streamed) == 32);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, read_errors) == 40);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, reserved) == 48);
+
+impl VmsImageStats {
+    /// All counters zero.
+    pub const fn zeroed() -> Self {
+        Self {
+            size: 0,
+            clones: 0,
+            cached_pages: 0,
+            zero_pages: 0,
+            streamed: 0,
+            read_errors: 0,
+            reserved: [0; 10],
+        }
+    }
+}
+
+/// `struct vms_image_info`: the argument of [`VMS_IMAGE_INFO`] and
+/// [`VMS_IMAGE_DELETE`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsImageInfo {
+    /// (in) The image's name.
+    pub name: [u8; VMS_NAME_LEN],
+    /// (in) Must be 0.
+    pub flags: u32,
+    /// (in) Must be 0.
+    pub pad: u32,
+    /// (out) Counters, [`VMS_IMAGE_INFO`] only.
+    pub stats: VmsImageStats,
+}
+
+const _: () = assert!(core::mem::size_of::<VmsImageInfo>() == 168);
+const _: () = assert!(core::mem::align_of::<VmsImageInfo>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsImageInfo, name) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsImageInfo, flags) == 32);
+const _: () = assert!(core::mem::offset_of!(VmsImageInfo, pad) == 36);
+const _: () = assert!(core::mem::offset_of!(VmsImageInfo, stats) == 40);
+
+impl VmsImageInfo {
+    /// An all-zero argument.
+    pub const fn zeroed() -> Self {
+        Self {
+            name: [0; VMS_NAME_LEN],
+            flags: 0,
+            pad: 0,
+            stats: VmsImageStats::zeroed(),
+        }
+    }
+}
+
+/// `struct vms_image_list`: the argument of [`VMS_IMAGE_LIST`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsImageList {
+    /// (in) Which image, from 0, in name order.
+    pub index: u32,
+    /// (in) Must be 0.
+    pub flags: u32,
+    /// (out) Its name.
+    pub name: [u8; VMS_NAME_LEN],
+    /// (in) Must be 0.
+    pub reserved: [u64; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<VmsImageList>() == 56);
+const _: () = assert!(core::mem::align_of::<VmsImageList>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsImageList, index) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsImageList, flags) == 4);
+const _: () = assert!(core::mem::offset_of!(VmsImageList, name) == 8);
+const _: () = assert!(core::mem::offset_of!(VmsImageList, reserved) == 40);
+
+impl VmsImageList {
+    /// An all-zero argument.
+    pub const fn zeroed() -> Self {
+        Self {
+            index: 0,
+            flags: 0,
+            name: [0; VMS_NAME_LEN],
+            reserved: [0; 2],
+        }
+    }
+}
+
+/// `struct vms_clone_create`: the argument of [`VMS_CLONE_CREATE`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsCloneCreate {
+    /// (in) The image to clone.
+    pub name: [u8; VMS_NAME_LEN],
+    /// (in) Must be 0.
+    pub flags: u32,
+    /// (in) Must be 0.
+    pub pad: u32,
+    /// (in) Must be 0.
+    pub reserved: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<VmsCloneCreate>() == 72);
+const _: () = assert!(core::mem::align_of::<VmsCloneCreate>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneCreate, name) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsCloneCreate, flags) == 32);
+const _: () = assert!(core::mem::offset_of!(VmsCloneCreate, pad) == 36);
+const _: () = assert!(core::mem::offset_of!(VmsCloneCreate, reserved) == 40);
+
+impl VmsCloneCreate {
+    /// An all-zero argument.
+    pub const fn zeroed() -> Self {
+        Self {
+            name: [0; VMS_NAME_LEN],
+            flags: 0,
+            pad: 0,
+            reserved: [0; 4],
+        }
+    }
+}
+
+/// `struct vms_clone_attach`: the argument of [`VMS_CLONE_ATTACH`].
+///
+/// The VMM creates the memslot with [`KVM_MEM_PAGE_PROVIDER`], the same
+/// size, and `userspace_addr` = (its mapping of the clone) + `offset`. A
+/// clone serves one VM; its memslots must not overlap in the clone.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsCloneAttach {
+    /// (in) A KVM VM file descriptor (`KVM_CREATE_VM`); the VM must use TDP
+    /// (EPT or NPT).
+    pub vm_fd: i32,
+    /// (in) The memslot, as in `kvm_userspace_memory_region.slot`
+    /// (address space << 16 | id).
+    pub slot: u32,
+    /// (in) Byte offset in the clone where the memslot starts, a multiple
+    /// of 4096.
+    pub offset: u64,
+    /// (in) Bytes, a non-zero multiple of 4096; `offset + size` must not
+    /// exceed the clone.
+    pub size: u64,
+    /// (in) Must be 0.
+    pub flags: u32,
+    /// (in) Must be 0.
+    pub pad: u32,
+    /// (in) Must be 0.
+    pub reserved: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<VmsCloneAttach>() == 64);
+const _: () = assert!(core::mem::align_of::<VmsCloneAttach>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneAttach, vm_fd) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsCloneAttach, slot) == 4);
+const _: () = assert!(core::mem::offset_of!(VmsCloneAttach, offset) == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneAttach, size) == 16);
+const _: () = assert!(core::mem::offset_of!(VmsCloneAttach, flags) == 24);
+const _: () = assert!(core::mem::offset_of!(VmsCloneAttach, pad) == 28);
+const _: () = assert!(core::mem::offset_of!(VmsCloneAttach, reserved) == 32);
+
+impl VmsCloneAttach {
+    /// An all-zero argument.
+    pub const fn zeroed() -> Self {
+        Self {
+            vm_fd: 0,
+            slot: 0,
+            offset: 0,
+            size: 0,
+            flags: 0,
+            pad: 0,
+            reserved: [0; 4],
+        }
+    }
+}
+
+/// `struct vms_clone_stats`: the argument of [`VMS_CLONE_STATS`] (all out).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsCloneStats {
+    /// Bytes of guest memory.
+    pub size: u64,
+    /// Stage-2 (EPT/NPT) faults served.
+    pub faults: u64,
+    /// Faults of the VMM's mapping served.
+    pub mmap_faults: u64,
+    /// Faults answered with the image's shared page.
+    pub shared_maps: u64,
+    /// Faults answered with the shared zero page.
+    pub zero_maps: u64,
+    /// Image pages this clone caused to be read from the file.
+    pub streamed: u64,
+    /// Private copies made on first write.
+    pub cow_copies: u64,
+    /// Private pages the clone holds now.
+    pub private_pages: u64,
+    /// Faults that failed because the image could not be read.
+    pub io_errors: u64,
+    /// 0.
+    pub reserved: [u64; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<VmsCloneStats>() == 128);
+const _: () = assert!(core::mem::align_of::<VmsCloneStats>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, size) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, faults) == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, mmap_faults) == 16);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, shared_maps) == 24);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, zero_maps) == 32);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, streamed) == 40);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, cow_copies) == 48);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, private_pages) == 56);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, io_errors) == 64);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, reserved) == 72);
+
+impl VmsCloneStats {
+    /// All counters zero.
+    pub const fn zeroed() -> Self {
+        Self {
+            size: 0,
+            faults: 0,
+            mmap_faults: 0,
+            shared_maps: 0,
+            zero_maps: 0,
+            streamed: 0,
+            cow_copies: 0,
+            private_pages: 0,
+            io_errors: 0,
+            reserved: [0; 7],
+        }
+    }
+}
+
+// On /dev/vms. Creating and deleting images needs CAP_SYS_ADMIN (EPERM).
+
+/// `VMS_IMAGE_CREATE`: creates an image from a file.
+///
+/// Argument: [`VmsImageCreate`], read. Needs `CAP_SYS_ADMIN`.
+///
+/// Return: 0, or
+///  - `EPERM`: the caller lacks `CAP_SYS_ADMIN`;
+///  - `EBADF`: `fd` is not open;
+///  - `EACCES`: `fd` is not open for reading;
+///  - `EINVAL`: bad name, size, offset, flags or reserved; a file that is
+///    not a regular file or is shorter than `file_offset + size`;
+///  - `EEXIST`: the name is taken;
+///  - `ENOMEM`.
+pub const VMS_IMAGE_CREATE: u32 =
+    _IOW(VMS_IOCTL_TYPE, 0x01, core::mem::size_of::<VmsImageCreate>());
+
+/// `VMS_IMAGE_INFO`: reads an image's counters.
+///
+/// Argument: [`VmsImageInfo`], read and written.
+///
+/// Return: 0, `ENOENT` (no such image), `EINVAL`.
+pub const VMS_IMAGE_INFO: u32 = _IOWR(VMS_IOCTL_TYPE, 0x02, core::mem::size_of::<VmsImageInfo>());
+
+/// `VMS_IMAGE_DELETE`: deletes an image.
+///
+/// Argument: [`VmsImageInfo`], read (`stats` is ignored). Needs
+/// `CAP_SYS_ADMIN` (`EPERM`).
+///
+/// Return: 0, `ENOENT`, `EBUSY` (clones use it), `EINVAL`.
+pub const VMS_IMAGE_DELETE: u32 = _IOW(VMS_IOCTL_TYPE, 0x03, core::mem::size_of::<VmsImageInfo>());
+
+/// `VMS_IMAGE_LIST`: names the `index`-th image.
+///
+/// Argument: [`VmsImageList`], read and written.
+///
+/// Return: 0, `ENOENT` past the last one, `EINVAL`.
+pub const VMS_IMAGE_LIST: u32 = _IOWR(VMS_IOCTL_TYPE, 0x04, core::mem::size_of::<VmsImageList>());
+
+/// `VMS_CLONE_CREATE`: creates a clone of an image.
+///
+/// Argument: [`VmsCloneCreate`], read.
+///
+/// Return: a new clone file descriptor (`O_RDWR | O_CLOEXEC`), or `ENOENT`
+/// (no such image), `EINVAL`, `ENOMEM`, `EMFILE`.
+pub const VMS_CLONE_CREATE: u32 =
+    _IOW(VMS_IOCTL_TYPE, 0x05, core::mem::size_of::<VmsCloneCreate>());
+
+// On a clone file descriptor.
+
+/// `VMS_CLONE_ATTACH`: serves a memslot of a VM from the clone.
+///
+/// Argument: [`VmsCloneAttach`], read. Issued on a clone file descriptor.
+///
+/// Return: 0, or
+///  - `EBADF`: `vm_fd` is not open;
+///  - `EINVAL`: `vm_fd` is not a KVM VM; unaligned, empty or out-of-range
+///    `offset`/`size`; overlap with an attached range; flags, pad or
+///    reserved not 0;
+///  - `EBUSY`: the clone serves another VM, or the VM already has a page
+///    provider;
+///  - `EEXIST`: `slot` is already attached;
+///  - `EOPNOTSUPP`: the VM does not use TDP.
+pub const VMS_CLONE_ATTACH: u32 =
+    _IOW(VMS_IOCTL_TYPE, 0x10, core::mem::size_of::<VmsCloneAttach>());
+
+/// `VMS_CLONE_STATS`: reads the clone's counters.
+///
+/// Argument: [`VmsCloneStats`], written. Issued on a clone file descriptor.
+///
+/// Return: 0 or `EFAULT`.
+pub const VMS_CLONE_STATS: u32 = _IOR(VMS_IOCTL_TYPE, 0x11, core::mem::size_of::<VmsCloneStats>());
+
+/// `KVM_MEM_PAGE_PROVIDER`: the `kvm_userspace_memory_region(2).flags` bit
+/// that makes KVM ask the VM's page provider (here: the clone attached with
+/// [`VMS_CLONE_ATTACH`]) for the memslot's pages at TDP fault time.
+///
+/// Not part of `vms.h`: the KVM patch in
+/// `patches/0003-KVM-x86-mmu-Add-a-page-provider-hook-for-TDP-faults.patch`
+/// adds it to `include/uapi/linux/kvm.h` next to `KVM_MEM_GUEST_MEMFD`
+/// (`1 << 2`). x86 with TDP only; rejected with `EINVAL` without TDP and
+/// together with `KVM_MEM_GUEST_MEMFD`.
+pub const KVM_MEM_PAGE_PROVIDER: u32 = 1 << 3;

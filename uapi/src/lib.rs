@@ -21,13 +21,124 @@ mod tests {
     //     printf("0x%08lx\n", (unsigned long)VMS_GET_VERSION);
     //     printf("0x%08lx\n", (unsigned long)_IO(0xB9, 0x7f));
     //     printf("%zu\n", sizeof(struct vms_version));
+    //     printf("%zu\n", offsetof(struct vms_image_create, fd));
     //
-    // giving 0xc048b900, 0x0000b97f and 72. Recompute them the same way
-    // whenever vms.h changes.
+    // and so on for every ioctl, struct and field. Recompute them the same
+    // way whenever vms.h changes.
+
+    /// `offset_of!` for a list of fields, compared with the C offsets.
+    macro_rules! assert_layout {
+        ($t:ty, $size:expr, { $($field:ident: $off:expr),* $(,)? }) => {
+            assert_eq!(core::mem::size_of::<$t>(), $size, "sizeof {}", stringify!($t));
+            assert_eq!(core::mem::align_of::<$t>(), 8, "alignof {}", stringify!($t));
+            $(
+                assert_eq!(
+                    core::mem::offset_of!($t, $field),
+                    $off,
+                    "offsetof {}.{}",
+                    stringify!($t),
+                    stringify!($field)
+                );
+            )*
+        };
+    }
 
     #[test]
-    fn get_version_number_matches_c_header() {
+    fn constants_match_c_header() {
+        assert_eq!(VMS_IOCTL_TYPE, 0xB9);
+        assert_eq!(VMS_ABI_VERSION, 2);
+        assert_eq!(VMS_MODULE_VERSION_LEN, 32);
+        assert_eq!(VMS_NAME_LEN, 32);
+    }
+
+    #[test]
+    fn ioctl_numbers_match_c_header() {
         assert_eq!(VMS_GET_VERSION, 0xc048_b900);
+        assert_eq!(VMS_IMAGE_CREATE, 0x4058_b901);
+        assert_eq!(VMS_IMAGE_INFO, 0xc0a8_b902);
+        assert_eq!(VMS_IMAGE_DELETE, 0x40a8_b903);
+        assert_eq!(VMS_IMAGE_LIST, 0xc038_b904);
+        assert_eq!(VMS_CLONE_CREATE, 0x4048_b905);
+        assert_eq!(VMS_CLONE_ATTACH, 0x4040_b910);
+        assert_eq!(VMS_CLONE_STATS, 0x8080_b911);
+    }
+
+    #[test]
+    fn page_provider_flag_matches_kvm_patch() {
+        // patches/0003: #define KVM_MEM_PAGE_PROVIDER (1UL << 3)
+        assert_eq!(KVM_MEM_PAGE_PROVIDER, 0x8);
+    }
+
+    #[test]
+    fn struct_layouts_match_c_header() {
+        assert_layout!(VmsVersion, 72, {
+            abi_version: 0, flags: 4, module_version: 8, reserved: 40,
+        });
+        assert_layout!(VmsImageCreate, 88, {
+            name: 0, fd: 32, flags: 36, size: 40, file_offset: 48, reserved: 56,
+        });
+        assert_layout!(VmsImageStats, 128, {
+            size: 0, clones: 8, cached_pages: 16, zero_pages: 24, streamed: 32,
+            read_errors: 40, reserved: 48,
+        });
+        assert_layout!(VmsImageInfo, 168, { name: 0, flags: 32, pad: 36, stats: 40 });
+        assert_layout!(VmsImageList, 56, { index: 0, flags: 4, name: 8, reserved: 40 });
+        assert_layout!(VmsCloneCreate, 72, { name: 0, flags: 32, pad: 36, reserved: 40 });
+        assert_layout!(VmsCloneAttach, 64, {
+            vm_fd: 0, slot: 4, offset: 8, size: 16, flags: 24, pad: 28, reserved: 32,
+        });
+        assert_layout!(VmsCloneStats, 128, {
+            size: 0, faults: 8, mmap_faults: 16, shared_maps: 24, zero_maps: 32,
+            streamed: 40, cow_copies: 48, private_pages: 56, io_errors: 64, reserved: 72,
+        });
+    }
+
+    #[test]
+    fn zeroed_is_default() {
+        assert_eq!(VmsVersion::zeroed(), VmsVersion::default());
+        assert_eq!(VmsImageCreate::zeroed(), VmsImageCreate::default());
+        assert_eq!(VmsImageStats::zeroed(), VmsImageStats::default());
+        assert_eq!(VmsImageInfo::zeroed(), VmsImageInfo::default());
+        assert_eq!(VmsImageList::zeroed(), VmsImageList::default());
+        assert_eq!(VmsCloneCreate::zeroed(), VmsCloneCreate::default());
+        assert_eq!(VmsCloneAttach::zeroed(), VmsCloneAttach::default());
+        assert_eq!(VmsCloneStats::zeroed(), VmsCloneStats::default());
+    }
+
+    #[test]
+    fn set_name_round_trips_and_zero_fills() {
+        let mut name = [0xffu8; VMS_NAME_LEN];
+        assert!(set_name(&mut name, b"base-1.img"));
+        assert_eq!(name_bytes(&name), Some(&b"base-1.img"[..]));
+        assert!(name[10..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn set_name_takes_31_bytes_at_most() {
+        let mut name = [0u8; VMS_NAME_LEN];
+        let longest = [b'a'; VMS_NAME_LEN - 1];
+        assert!(set_name(&mut name, &longest));
+        assert_eq!(name_bytes(&name), Some(&longest[..]));
+        assert_eq!(name[VMS_NAME_LEN - 1], 0);
+
+        let before = name;
+        assert!(!set_name(&mut name, &[b'b'; VMS_NAME_LEN]));
+        assert!(!set_name(&mut name, b"a\0b"));
+        assert_eq!(name, before, "a rejected name leaves the field alone");
+    }
+
+    #[test]
+    fn set_name_accepts_empty() {
+        // The module, not the mirror, rejects an empty name (EINVAL).
+        let mut name = [b'x'; VMS_NAME_LEN];
+        assert!(set_name(&mut name, b""));
+        assert_eq!(name_bytes(&name), Some(&b""[..]));
+    }
+
+    #[test]
+    fn name_bytes_needs_a_nul() {
+        assert_eq!(name_bytes(&[b'x'; VMS_NAME_LEN]), None);
+        assert_eq!(name_bytes(&[0; VMS_NAME_LEN]), Some(&b""[..]));
     }
 
     #[test]
@@ -41,12 +152,6 @@ mod tests {
         assert_eq!(_IOW(0xB9, 1, 8) >> _IOC_DIRSHIFT, _IOC_WRITE);
         assert_eq!(_IOWR(0xB9, 1, 8) >> _IOC_DIRSHIFT, _IOC_READ | _IOC_WRITE);
         assert_eq!(_IOR(0xB9, 1, 8) & 0x3fff_ffff, (8 << 16) | (0xB9 << 8) | 1);
-    }
-
-    #[test]
-    fn version_struct_matches_c_header() {
-        assert_eq!(core::mem::size_of::<VmsVersion>(), 72);
-        assert_eq!(VmsVersion::zeroed(), VmsVersion::default());
     }
 
     #[test]
