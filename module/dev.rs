@@ -1,23 +1,60 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `/dev/vms`: the ioctl interface of `uapi/vms.h`, in safe Rust.
+//! `/dev/vms`: the image registry and the ioctls of `uapi/vms.h`, in safe
+//! Rust. [`ffi`](crate::ffi) turns the C `unlocked_ioctl` call into
+//! [`ioctl`] and the `Result` back into an errno.
 //!
-//! [`ffi`](crate::ffi) turns the C `unlocked_ioctl` call into
-//! [`ioctl`] and the `Result` back into an errno; nothing here is unsafe.
+//! Lock order: `Registry::images` -> nothing of vms (an image's `clones`
+//! count changes under it, so delete and clone creation cannot race).
 
 use crate::abi;
+use crate::clone::VmClone;
+use crate::ffi::{self, FileRef, PageRef, PAGE_SIZE};
+use crate::image::{ffi_name, Image};
+use core::sync::atomic::Ordering::Relaxed;
+use kernel::new_mutex;
 use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex};
 use kernel::uaccess::{UserPtr, UserSlice};
 
 /// The module's version, reported by `VMS_GET_VERSION`.
-pub(crate) const MODULE_VERSION: &str = "0.1.0";
+pub(crate) const MODULE_VERSION: &str = "0.2.0";
+
+/// The named images, sorted by name.
+#[pin_data]
+pub(crate) struct Registry {
+    #[pin]
+    images: Mutex<KVec<Arc<Image>>>,
+    /// The one zero page every image serves its all-zero pages with.
+    zero: PageRef,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Result<impl PinInit<Self, Error>> {
+        let zero = PageRef::alloc_zeroed()?;
+        Ok(try_pin_init!(Registry {
+            images <- new_mutex!(KVec::new(), "vms_images"),
+            zero,
+        }? Error))
+    }
+}
 
 /// Dispatch one ioctl on `/dev/vms`. Unknown commands are `ENOTTY`.
-pub(crate) fn ioctl(cmd: u32, arg: UserPtr) -> Result<isize> {
+pub(crate) fn ioctl(reg: &Registry, cmd: u32, arg: UserPtr) -> Result<isize> {
     match cmd {
         abi::VMS_GET_VERSION => get_version(arg),
+        abi::VMS_IMAGE_CREATE => image_create(reg, arg),
+        abi::VMS_IMAGE_INFO => image_info(reg, arg, false),
+        abi::VMS_IMAGE_DELETE => image_info(reg, arg, true),
+        abi::VMS_IMAGE_LIST => image_list(reg, arg),
+        abi::VMS_CLONE_CREATE => clone_create(reg, arg),
         _ => Err(ENOTTY),
     }
+}
+
+fn inval<T>(msg: &str) -> Result<T> {
+    pr_info!("{}\n", msg);
+    Err(EINVAL)
 }
 
 fn get_version(arg: UserPtr) -> Result<isize> {
@@ -25,8 +62,7 @@ fn get_version(arg: UserPtr) -> Result<isize> {
         UserSlice::new(arg, core::mem::size_of::<abi::VmsVersion>()).reader_writer();
     let mut v: abi::VmsVersion = reader.read()?;
     if v.flags != 0 || v.reserved.iter().any(|&r| r != 0) {
-        pr_info!("VMS_GET_VERSION: flags or reserved not zero\n");
-        return Err(EINVAL);
+        return inval("VMS_GET_VERSION: flags or reserved not zero");
     }
     v.abi_version = abi::VMS_ABI_VERSION;
     v.module_version = [0; abi::VMS_MODULE_VERSION_LEN];
@@ -34,4 +70,147 @@ fn get_version(arg: UserPtr) -> Result<isize> {
     v.module_version[..ver.len()].copy_from_slice(ver);
     writer.write(&v)?;
     Ok(0)
+}
+
+/// Check a name from userspace: NUL-terminated, 1..VMS_NAME_LEN-1 bytes
+/// of letters, digits, '-', '_', '.'; the bytes after the NUL are zeroed
+/// in the returned copy.
+fn check_name(name: &[u8; abi::VMS_NAME_LEN]) -> Result<[u8; abi::VMS_NAME_LEN]> {
+    let Some(n) = name.iter().position(|&b| b == 0) else {
+        return inval("image name is not NUL-terminated");
+    };
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
+    if n == 0 || !name[..n].iter().all(|&b| ok(b)) {
+        return inval("image name must be 1-31 of [A-Za-z0-9._-]");
+    }
+    let mut out = [0u8; abi::VMS_NAME_LEN];
+    out[..n].copy_from_slice(&name[..n]);
+    Ok(out)
+}
+
+fn image_create(reg: &Registry, arg: UserPtr) -> Result<isize> {
+    if !ffi::capable_sys_admin() {
+        return Err(EPERM);
+    }
+    let c: abi::VmsImageCreate =
+        UserSlice::new(arg, core::mem::size_of::<abi::VmsImageCreate>()).reader().read()?;
+    let name = check_name(&c.name)?;
+    if c.flags != 0 || c.reserved.iter().any(|&r| r != 0) {
+        return inval("VMS_IMAGE_CREATE: flags or reserved not zero");
+    }
+    let page = PAGE_SIZE as u64;
+    if c.size == 0 || c.size % page != 0 || c.file_offset % page != 0 {
+        return inval("VMS_IMAGE_CREATE: size and file_offset must be page multiples, size > 0");
+    }
+    let file = FileRef::get_readable(c.fd).inspect_err(|e| {
+        pr_info!("VMS_IMAGE_CREATE: fd {}: not a readable regular file (error {})\n", c.fd, e.to_errno());
+    })?;
+    let end = c.file_offset.checked_add(c.size).ok_or(EINVAL)?;
+    if file.size() < end {
+        pr_info!(
+            "VMS_IMAGE_CREATE {}: file holds {} bytes, needs {}\n",
+            ffi_name(&name),
+            file.size(),
+            end
+        );
+        return Err(EINVAL);
+    }
+    let mut images = reg.images.lock();
+    let pos = match images.binary_search_by(|i| i.name().cmp(&name)) {
+        Ok(_) => {
+            pr_info!("VMS_IMAGE_CREATE: image {} exists\n", ffi_name(&name));
+            return Err(EEXIST);
+        }
+        Err(pos) => pos,
+    };
+    let image = Arc::pin_init(
+        Image::new(name, file, c.file_offset, c.size, reg.zero.clone())?,
+        GFP_KERNEL,
+    )?;
+    images.push(image, GFP_KERNEL)?;
+    // Keep the vector sorted: move the new image into place.
+    let last = images.len() - 1;
+    images.as_mut_slice()[pos..=last].rotate_right(1);
+    Ok(0)
+}
+
+fn find(images: &KVec<Arc<Image>>, name: &[u8; abi::VMS_NAME_LEN]) -> Result<usize> {
+    images.binary_search_by(|i| i.name().cmp(name)).map_err(|_| ENOENT)
+}
+
+fn image_info(reg: &Registry, arg: UserPtr, delete: bool) -> Result<isize> {
+    if delete && !ffi::capable_sys_admin() {
+        return Err(EPERM);
+    }
+    let (mut reader, mut writer) =
+        UserSlice::new(arg, core::mem::size_of::<abi::VmsImageInfo>()).reader_writer();
+    let mut info: abi::VmsImageInfo = reader.read()?;
+    let name = check_name(&info.name)?;
+    if info.flags != 0 || info.pad != 0 {
+        return inval("VMS_IMAGE_INFO/DELETE: flags or pad not zero");
+    }
+    let mut images = reg.images.lock();
+    let i = find(&images, &name)?;
+    if delete {
+        let clones = images[i].clones.load(Relaxed);
+        if clones != 0 {
+            pr_info!("VMS_IMAGE_DELETE: image {} is used by {} clones\n", ffi_name(&name), clones);
+            return Err(EBUSY);
+        }
+        // 6.12's KVec has no remove(): build the list without it.
+        let mut kept = KVec::with_capacity(images.len() - 1, GFP_KERNEL)?;
+        for (j, image) in images.iter().enumerate() {
+            if j != i {
+                kept.push(image.clone(), GFP_KERNEL)?;
+            }
+        }
+        let old = core::mem::replace(&mut *images, kept);
+        drop(images);
+        drop(old);
+        return Ok(0);
+    }
+    info.stats = images[i].stats();
+    drop(images);
+    writer.write(&info)?;
+    Ok(0)
+}
+
+fn image_list(reg: &Registry, arg: UserPtr) -> Result<isize> {
+    let (mut reader, mut writer) =
+        UserSlice::new(arg, core::mem::size_of::<abi::VmsImageList>()).reader_writer();
+    let mut l: abi::VmsImageList = reader.read()?;
+    if l.flags != 0 || l.reserved.iter().any(|&r| r != 0) {
+        return inval("VMS_IMAGE_LIST: flags or reserved not zero");
+    }
+    let images = reg.images.lock();
+    let image = images.get(l.index as usize).ok_or(ENOENT)?;
+    l.name = *image.name();
+    drop(images);
+    writer.write(&l)?;
+    Ok(0)
+}
+
+fn clone_create(reg: &Registry, arg: UserPtr) -> Result<isize> {
+    let c: abi::VmsCloneCreate =
+        UserSlice::new(arg, core::mem::size_of::<abi::VmsCloneCreate>()).reader().read()?;
+    let name = check_name(&c.name)?;
+    if c.flags != 0 || c.pad != 0 || c.reserved.iter().any(|&r| r != 0) {
+        return inval("VMS_CLONE_CREATE: flags, pad or reserved not zero");
+    }
+    let image = {
+        let images = reg.images.lock();
+        let image = images[find(&images, &name)?].clone();
+        // Counted under the registry lock, so delete sees it.
+        image.clones.fetch_add(1, Relaxed);
+        image
+    };
+    let clone = match VmClone::new(image.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            image.clones.fetch_sub(1, Relaxed);
+            return Err(e);
+        }
+    };
+    // From here the clone's drop gives the count back.
+    Ok(ffi::new_clone_fd(clone)? as isize)
 }

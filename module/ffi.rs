@@ -5,34 +5,77 @@
 //! Each C object vms uses is wrapped here once, in a safe type; the rest of
 //! the module uses only those types. Every `unsafe` block states why it is
 //! sound. Results become errnos only at the `extern "C"` edges below.
+//!
+//! Objects: [`MiscDevice`] (`/dev/vms`), [`PageRef`] (a referenced
+//! `struct page`), [`FileRef`] (a referenced `struct file`, for image
+//! files), [`Vm`] (a referenced `struct kvm` with our page provider
+//! registered), the clone file ([`new_clone_fd`]) with its mmap and fault
+//! handlers.
 
+use crate::clone::VmClone;
 use crate::{abi, dev};
-use core::ptr::addr_of_mut;
+use core::ptr::{addr_of_mut, null_mut, NonNull};
+use core::sync::atomic::{AtomicPtr, Ordering};
+use kernel::c_str;
 use kernel::bindings;
 use kernel::error::{from_result, to_result};
-use kernel::ffi::{c_long, c_uint, c_ulong};
+use kernel::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
 use kernel::init::pin_init_from_closure;
 use kernel::prelude::*;
-use kernel::types::{AsBytes, FromBytes, Opaque};
+use kernel::sync::{Arc, ArcBorrow};
+use kernel::types::{AsBytes, FromBytes, ForeignOwnable, Opaque};
 
-// SAFETY: `VmsVersion` is `repr(C)` plain old data made of integers and
-// byte arrays with explicit padding: every bit pattern is valid.
-unsafe impl FromBytes for abi::VmsVersion {}
-// SAFETY: as above; it has no implicit padding (asserted in `abi`), so no
-// uninitialised byte is ever copied to userspace.
-unsafe impl AsBytes for abi::VmsVersion {}
-
-/// `unlocked_ioctl` of `/dev/vms`.
-extern "C" fn vms_ioctl(_file: *mut bindings::file, cmd: c_uint, arg: c_ulong) -> c_long {
-    from_result(|| Ok(dev::ioctl(cmd, arg as usize)? as c_long))
+macro_rules! pod {
+    ($($t:ty),*) => {$(
+        // SAFETY: the ABI structs are `repr(C)` plain old data made of
+        // integers and byte arrays with explicit padding (sizes and
+        // offsets asserted in `abi`): every bit pattern is valid and no
+        // byte is uninitialised.
+        unsafe impl FromBytes for $t {}
+        // SAFETY: as above.
+        unsafe impl AsBytes for $t {}
+    )*};
 }
+pod!(
+    abi::VmsVersion,
+    abi::VmsImageCreate,
+    abi::VmsImageInfo,
+    abi::VmsImageList,
+    abi::VmsCloneCreate,
+    abi::VmsCloneAttach,
+    abi::VmsCloneStats
+);
 
-/// A `file_operations` table that can live in a `static`.
+pub(crate) const PAGE_SIZE: usize = bindings::PAGE_SIZE;
+
+/// A file operations table that can live in a `static`.
 struct FileOps(bindings::file_operations);
 
 // SAFETY: the table is never written after it is built; the C side only
 // reads it, from any thread.
 unsafe impl Sync for FileOps {}
+
+/// Whether the calling task has `CAP_SYS_ADMIN`.
+pub(crate) fn capable_sys_admin() -> bool {
+    // SAFETY: `capable` only inspects the current task's credentials.
+    unsafe { bindings::capable(bindings::CAP_SYS_ADMIN as c_int) }
+}
+
+// ---------------------------------------------------------------------------
+// /dev/vms
+
+/// `unlocked_ioctl` of `/dev/vms`.
+extern "C" fn vms_ioctl(file: *mut bindings::file, cmd: c_uint, arg: c_ulong) -> c_long {
+    // SAFETY: misc_open() set `private_data` to our `miscdevice`, which is
+    // the `inner` field of a registered, pinned `MiscDevice`; it stays
+    // registered (and so alive) while a file of it is open, because the
+    // file pins the module (`owner`) and the module owns the registration.
+    let dev = unsafe {
+        let misc = (*file).private_data as *const bindings::miscdevice;
+        &*kernel::container_of!(misc, MiscDevice, inner)
+    };
+    from_result(|| Ok(dev::ioctl(&dev.registry, cmd, arg as usize)? as c_long))
+}
 
 /// The file operations of `/dev/vms`. `owner` pins the module while a file
 /// is open, so rmmod waits for the last close.
@@ -47,7 +90,8 @@ static VMS_FOPS: FileOps = FileOps(bindings::file_operations {
     ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
 });
 
-/// A registered misc character device, `/dev/<name>`, mode 0600.
+/// A registered misc character device, `/dev/<name>`, mode 0600, with the
+/// module's image registry behind it.
 ///
 /// # Invariants
 ///
@@ -57,21 +101,29 @@ static VMS_FOPS: FileOps = FileOps(bindings::file_operations {
 pub(crate) struct MiscDevice {
     #[pin]
     inner: Opaque<bindings::miscdevice>,
+    #[pin]
+    registry: dev::Registry,
 }
 
 // SAFETY: after registration the misc core only reads `inner` under its own
-// lock, and `MiscDevice` offers no access to it: it can move between and be
-// shared by threads.
+// lock, and `MiscDevice` offers no access to it; `registry` is `Sync`.
 unsafe impl Send for MiscDevice {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for MiscDevice {}
 
 impl MiscDevice {
-    /// Register `/dev/<name>` with the vms file operations.
-    pub(crate) fn register(name: &'static CStr) -> impl PinInit<Self, Error> {
+    /// Register `/dev/<name>`; the registry is ready before the device is
+    /// visible.
+    pub(crate) fn register(
+        name: &'static CStr,
+        registry: impl PinInit<dev::Registry, Error>,
+    ) -> impl PinInit<Self, Error> {
         let init = move |slot: *mut Self| {
-            // SAFETY: `slot` is valid for writes (pin-init contract);
-            // `Opaque::raw_get` only computes the field's address.
+            // SAFETY: `slot` is valid for writes (pin-init contract).
+            let reg = unsafe { addr_of_mut!((*slot).registry) };
+            // SAFETY: `reg` is valid for writes and pinned in its place.
+            unsafe { registry.__pinned_init(reg)? };
+            // SAFETY: `Opaque::raw_get` only computes the field's address.
             let misc = unsafe { Opaque::raw_get(addr_of_mut!((*slot).inner)) };
             // SAFETY: `misc` is valid for writes. All-zero is a valid
             // `miscdevice` for the fields not set here.
@@ -84,13 +136,17 @@ impl MiscDevice {
                     ..core::mem::MaybeUninit::zeroed().assume_init()
                 })
             };
-            // INVARIANT: registered on success; on failure pin-init drops
-            // nothing and `PinnedDrop` does not run.
+            // INVARIANT: registered on success.
             // SAFETY: `misc` is initialised and pinned in its final place.
-            to_result(unsafe { bindings::misc_register(misc) })
+            let r = to_result(unsafe { bindings::misc_register(misc) });
+            if r.is_err() {
+                // SAFETY: `reg` was initialised above and is not used again.
+                unsafe { core::ptr::drop_in_place(reg) };
+            }
+            r
         };
-        // SAFETY: `init` initialises the only field of `Self` or fails
-        // without leaving anything to clean up.
+        // SAFETY: `init` initialises every field of `Self` or fails
+        // leaving nothing initialised.
         unsafe { pin_init_from_closure(init) }
     }
 }
@@ -101,4 +157,519 @@ impl PinnedDrop for MiscDevice {
         // SAFETY: `inner` is registered (type invariant).
         unsafe { bindings::misc_deregister(self.inner.get()) };
     }
+}
+
+// ---------------------------------------------------------------------------
+// Pages
+
+/// A reference to a `struct page` (order 0).
+///
+/// # Invariants
+///
+/// `0` points to a live page on which this value holds one reference.
+pub(crate) struct PageRef(NonNull<bindings::page>);
+
+// SAFETY: page references may be taken and dropped from any thread.
+unsafe impl Send for PageRef {}
+// SAFETY: `PageRef` gives only raw-copy access through `&self` methods that
+// do not rely on exclusive access.
+unsafe impl Sync for PageRef {}
+
+impl PageRef {
+    /// Allocate a page charged to the caller's memory cgroup; its contents
+    /// are undefined until written.
+    pub(crate) fn alloc() -> Result<Self> {
+        // SAFETY: plain allocation, no preconditions.
+        let p = unsafe { bindings::alloc_pages(bindings::GFP_KERNEL_ACCOUNT, 0) };
+        // INVARIANT: a fresh page comes with one reference.
+        NonNull::new(p).map(PageRef).ok_or(ENOMEM)
+    }
+
+    /// Allocate a zeroed page.
+    pub(crate) fn alloc_zeroed() -> Result<Self> {
+        let gfp = bindings::GFP_KERNEL_ACCOUNT | bindings::__GFP_ZERO;
+        // SAFETY: plain allocation, no preconditions.
+        let p = unsafe { bindings::alloc_pages(gfp, 0) };
+        // INVARIANT: a fresh page comes with one reference.
+        NonNull::new(p).map(PageRef).ok_or(ENOMEM)
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut bindings::page {
+        self.0.as_ptr()
+    }
+
+    /// Give the reference away to C (KVM or the fault handler).
+    pub(crate) fn into_raw(self) -> *mut bindings::page {
+        let p = self.0.as_ptr();
+        core::mem::forget(self);
+        p
+    }
+
+    /// Run `f` on the page's bytes.
+    fn with_bytes<R>(&self, f: impl FnOnce(*mut u8) -> R) -> R {
+        // SAFETY: the page is live (invariant); the mapping is released
+        // before returning.
+        let va = unsafe { bindings::kmap_local_page(self.as_ptr()) } as *mut u8;
+        let r = f(va);
+        // SAFETY: `va` came from `kmap_local_page` above, in this context.
+        unsafe { bindings::kunmap_local(va as *const c_void) };
+        r
+    }
+
+    /// Copy the contents of `src` into this page.
+    pub(crate) fn copy_from(&self, src: &PageRef) {
+        src.with_bytes(|s| {
+            self.with_bytes(|d| {
+                // SAFETY: both are distinct mapped pages of PAGE_SIZE bytes.
+                unsafe { core::ptr::copy_nonoverlapping(s, d, PAGE_SIZE) }
+            })
+        })
+    }
+
+    /// Whether every byte of the page is zero.
+    pub(crate) fn is_zero(&self) -> bool {
+        self.with_bytes(|p| {
+            // SAFETY: `p` maps PAGE_SIZE bytes, aligned to 8.
+            let words = unsafe { core::slice::from_raw_parts(p as *const u64, PAGE_SIZE / 8) };
+            words.iter().all(|&w| w == 0)
+        })
+    }
+
+    /// Whether `raw` is this page.
+    pub(crate) fn is(&self, raw: *mut bindings::page) -> bool {
+        self.as_ptr() == raw
+    }
+}
+
+impl core::clone::Clone for PageRef {
+    fn clone(&self) -> Self {
+        // SAFETY: the page is live (invariant), so taking a reference is fine.
+        unsafe { bindings::get_page(self.as_ptr()) };
+        // INVARIANT: the reference just taken belongs to the new value.
+        PageRef(self.0)
+    }
+}
+
+impl Drop for PageRef {
+    fn drop(&mut self) {
+        // SAFETY: this value owns one reference (invariant).
+        unsafe { bindings::put_page(self.as_ptr()) };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Files
+
+/// A reference to a `struct file` opened for reading.
+///
+/// # Invariants
+///
+/// `0` holds one reference taken with `fget()`.
+pub(crate) struct FileRef(NonNull<bindings::file>);
+
+// SAFETY: file references may be used and dropped from any thread.
+unsafe impl Send for FileRef {}
+// SAFETY: `kernel_read` with a caller-owned position is safe concurrently.
+unsafe impl Sync for FileRef {}
+
+impl FileRef {
+    /// The regular file behind `fd`, which must be open for reading.
+    pub(crate) fn get_readable(fd: i32) -> Result<Self> {
+        // SAFETY: `fget` accepts any number and returns NULL if not open.
+        let f = NonNull::new(unsafe { bindings::fget(fd as c_uint) }).ok_or(EBADF)?;
+        // INVARIANT: `fget` took a reference.
+        let file = FileRef(f);
+        // SAFETY: the file is live while we hold the reference.
+        let (mode, imode) = unsafe {
+            let f = file.0.as_ptr();
+            ((*f).f_mode, (*bindings::file_inode(f)).i_mode)
+        };
+        // FMODE_READ is `(__force fmode_t)(1 << 0)`, which bindgen cannot
+        // evaluate.
+        const FMODE_READ: u32 = 1 << 0;
+        if mode & FMODE_READ == 0 {
+            return Err(EACCES);
+        }
+        if (imode as u32 & bindings::S_IFMT) != bindings::S_IFREG {
+            return Err(EINVAL);
+        }
+        Ok(file)
+    }
+
+    /// The file's size in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        // SAFETY: the file and its inode are live while we hold the file.
+        unsafe { bindings::i_size_read(bindings::file_inode(self.0.as_ptr())) as u64 }
+    }
+
+    /// Read one page at byte offset `pos` into `page`. A short read is EIO.
+    pub(crate) fn read_page(&self, pos: u64, page: &PageRef) -> Result {
+        let n = page.with_bytes(|p| {
+            let mut off = pos as bindings::loff_t;
+            // SAFETY: `p` maps PAGE_SIZE writable kernel bytes; the file is
+            // live; `off` is ours.
+            unsafe {
+                bindings::kernel_read(self.0.as_ptr(), p as *mut c_void, PAGE_SIZE, &mut off)
+            }
+        });
+        if n < 0 {
+            Err(Error::from_errno(n as c_int))
+        } else if n as usize != PAGE_SIZE {
+            Err(EIO)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for FileRef {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference (invariant).
+        unsafe { bindings::fput(self.0.as_ptr()) };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// KVM
+
+/// A memslot as KVM hands it to the provider.
+pub(crate) struct SlotInfo {
+    /// `as_id << 16 | id`, as in `kvm_userspace_memory_region.slot`.
+    pub(crate) slot: u32,
+    pub(crate) base_gfn: u64,
+    pub(crate) npages: u64,
+}
+
+/// A referenced VM with the clone's page provider registered.
+///
+/// # Invariants
+///
+/// `kvm` holds a reference taken by `kvm_get_kvm_from_fd()`; `provider`
+/// points to the clone's pinned `kvm_page_provider`, registered with `kvm`
+/// until drop, and the clone outlives this value.
+pub(crate) struct Vm {
+    kvm: NonNull<bindings::kvm>,
+    provider: *mut bindings::kvm_page_provider,
+}
+
+// SAFETY: the KVM calls used here may be made from any thread.
+unsafe impl Send for Vm {}
+// SAFETY: as above; nothing is mutated through `&Vm` on our side.
+unsafe impl Sync for Vm {}
+
+static PROVIDER_OPS: ProviderOps = ProviderOps(bindings::kvm_page_provider_ops {
+    get_page: Some(provider_get_page),
+});
+
+struct ProviderOps(bindings::kvm_page_provider_ops);
+// SAFETY: never written after it is built; KVM only reads it.
+unsafe impl Sync for ProviderOps {}
+
+/// The storage of a clone's page provider, embedded in the clone.
+#[repr(transparent)]
+pub(crate) struct Provider(Opaque<bindings::kvm_page_provider>);
+
+impl Provider {
+    pub(crate) fn new() -> Self {
+        Provider(Opaque::new(bindings::kvm_page_provider {
+            ops: &PROVIDER_OPS.0,
+        }))
+    }
+}
+
+impl Vm {
+    /// Take the VM behind `vm_fd` and register `clone`'s provider with it.
+    pub(crate) fn attach(vm_fd: i32, clone: &VmClone) -> Result<Self> {
+        // SAFETY: any fd number is accepted; an ERR_PTR comes back on error.
+        let kvm = unsafe { bindings::kvm_get_kvm_from_fd(vm_fd) };
+        // SAFETY: `IS_ERR`/`PTR_ERR` only look at the pointer value.
+        if unsafe { bindings::IS_ERR(kvm as *const c_void) } {
+            // SAFETY: as above.
+            let e = unsafe { bindings::PTR_ERR(kvm as *const c_void) };
+            return Err(Error::from_errno(e as c_int));
+        }
+        let kvm = NonNull::new(kvm).ok_or(EINVAL)?;
+        let provider = clone.provider().0.get();
+        // SAFETY: we hold a VM reference; `provider` is pinned inside the
+        // clone, which outlives the registration (it unregisters in drop
+        // before it is freed).
+        let r = unsafe { bindings::kvm_page_provider_register(kvm.as_ptr(), provider) };
+        if r != 0 {
+            // SAFETY: we own the reference taken above.
+            unsafe { bindings::kvm_put_kvm(kvm.as_ptr()) };
+            return Err(Error::from_errno(r));
+        }
+        // INVARIANT: referenced and registered.
+        Ok(Vm { kvm, provider })
+    }
+
+    /// Whether `vm_fd` is this VM.
+    pub(crate) fn is_fd(&self, vm_fd: i32) -> Result<bool> {
+        // SAFETY: as in `attach`.
+        let kvm = unsafe { bindings::kvm_get_kvm_from_fd(vm_fd) };
+        // SAFETY: `IS_ERR`/`PTR_ERR` only look at the pointer value.
+        if unsafe { bindings::IS_ERR(kvm as *const c_void) } {
+            // SAFETY: as above.
+            let e = unsafe { bindings::PTR_ERR(kvm as *const c_void) };
+            return Err(Error::from_errno(e as c_int));
+        }
+        let same = kvm == self.kvm.as_ptr();
+        // SAFETY: we own the reference taken above.
+        unsafe { bindings::kvm_put_kvm(kvm) };
+        Ok(same)
+    }
+
+    /// Zap stage-2 mappings of `[start, end)` after their page changed.
+    pub(crate) fn invalidate(&self, start: u64, end: u64) {
+        // SAFETY: the VM is referenced (invariant); the call may sleep and
+        // takes its own locks.
+        unsafe { bindings::kvm_page_provider_invalidate(self.kvm.as_ptr(), start, end) };
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // SAFETY: registered and referenced (invariant). Unregistering
+        // waits for faults in flight and zaps the provider's slots, so no
+        // stage-2 mapping of the clone's pages survives it.
+        unsafe {
+            bindings::kvm_page_provider_unregister(self.kvm.as_ptr(), self.provider);
+            bindings::kvm_put_kvm(self.kvm.as_ptr());
+        }
+    }
+}
+
+/// `kvm_page_provider_ops.get_page`.
+extern "C" fn provider_get_page(
+    pp: *mut bindings::kvm_page_provider,
+    slot: *const bindings::kvm_memory_slot,
+    gfn: bindings::gfn_t,
+    write: bool,
+    page: *mut *mut bindings::page,
+    writable: *mut bool,
+) -> c_int {
+    // SAFETY: `pp` is the `Provider` inside a live clone: the clone
+    // unregisters (which waits for this call) before it is freed. `Opaque`
+    // and `Provider` are `repr(transparent)`-like wrappers with the C
+    // struct at offset 0 of the field.
+    let clone = unsafe { &*kernel::container_of!(pp, VmClone, provider) };
+    // SAFETY: KVM passes a live memslot under kvm->srcu.
+    let info = unsafe {
+        SlotInfo {
+            slot: ((*slot).as_id as u32) << 16 | (*slot).id as u32,
+            base_gfn: (*slot).base_gfn,
+            npages: (*slot).npages as u64,
+        }
+    };
+    match clone.stage2_fault(&info, gfn, write) {
+        Ok((p, w)) => {
+            // SAFETY: KVM passes valid out pointers.
+            unsafe {
+                *page = p.into_raw();
+                *writable = w;
+            }
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Clone files: ioctl, mmap and the VMM's page faults
+
+/// The clone behind a clone file.
+///
+/// # Safety
+///
+/// `file` must be a live clone file (its `private_data` an
+/// `Arc<VmClone>::into_foreign` pointer, dropped only in `clone_release`)
+/// and stay live for `'a`.
+unsafe fn clone_of<'a>(file: *mut bindings::file) -> ArcBorrow<'a, VmClone> {
+    // SAFETY: per the function's contract.
+    unsafe { <Arc<VmClone> as ForeignOwnable>::borrow((*file).private_data) }
+}
+
+extern "C" fn clone_ioctl(file: *mut bindings::file, cmd: c_uint, arg: c_ulong) -> c_long {
+    // SAFETY: called on a live clone file.
+    let clone = unsafe { clone_of(file) };
+    from_result(|| Ok(clone.ioctl(cmd, arg as usize)? as c_long))
+}
+
+extern "C" fn clone_release(_inode: *mut bindings::inode, file: *mut bindings::file) -> c_int {
+    // SAFETY: `private_data` came from `Arc::into_foreign` in
+    // `new_clone_fd`, and this is the last use of it.
+    drop(unsafe { <Arc<VmClone> as ForeignOwnable>::from_foreign((*file).private_data) });
+    0
+}
+
+extern "C" fn clone_mmap(file: *mut bindings::file, vma: *mut bindings::vm_area_struct) -> c_int {
+    // SAFETY: the VMA is being set up by mmap() with mmap_lock held for
+    // writing; `file` is a live clone file.
+    unsafe {
+        let flags = (*vma).__bindgen_anon_2.vm_flags;
+        // A private mapping would copy pages into anonymous memory the
+        // guest never sees: only shared mappings are coherent.
+        if flags & bindings::VM_SHARED as c_ulong == 0 {
+            pr_info!("clone mmap: only MAP_SHARED mappings are allowed\n");
+            return EINVAL.to_errno();
+        }
+        let clone = clone_of(file);
+        let pages = ((*vma).__bindgen_anon_1.__bindgen_anon_1.vm_end
+            - (*vma).__bindgen_anon_1.__bindgen_anon_1.vm_start) as usize / PAGE_SIZE;
+        if (*vma).vm_pgoff as usize + pages > clone.npages() {
+            pr_info!(
+                "clone mmap: pages {}+{} past the end of the clone ({} pages)\n",
+                (*vma).vm_pgoff,
+                pages,
+                clone.npages()
+            );
+            return EINVAL.to_errno();
+        }
+        bindings::vm_flags_set(vma, (bindings::VM_DONTEXPAND | bindings::VM_DONTDUMP) as _);
+        (*vma).vm_ops = &CLONE_VM_OPS.0;
+    }
+    0
+}
+
+/// Turn a fault result into a `vm_fault_t`.
+fn fault_result(r: Result<Option<PageRef>>, vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+    match r {
+        Ok(Some(p)) => {
+            // SAFETY: `vmf` is the fault in progress; the reference moves
+            // to the fault path, which maps or drops it.
+            unsafe { (*vmf).page = p.into_raw() };
+            0
+        }
+        Ok(None) => bindings::vm_fault_reason_VM_FAULT_NOPAGE as _,
+        Err(e) if e == ENOMEM => bindings::vm_fault_reason_VM_FAULT_OOM as _,
+        Err(_) => bindings::vm_fault_reason_VM_FAULT_SIGBUS as _,
+    }
+}
+
+extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+    // SAFETY: the VMA of a fault is live and is a clone mapping (we set
+    // `vm_ops` only on those), whose file is a live clone file.
+    let (clone, idx, write) = unsafe {
+        let vma = (*vmf).__bindgen_anon_1.vma;
+        (
+            clone_of((*vma).vm_file),
+            (*vmf).__bindgen_anon_1.pgoff as usize,
+            (*vmf).flags & bindings::fault_flag_FAULT_FLAG_WRITE != 0,
+        )
+    };
+    fault_result(clone.mmap_fault(idx, write).map(Some), vmf)
+}
+
+extern "C" fn clone_vm_mkwrite(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+    // SAFETY: as in `clone_vm_fault`; `page` is the page mapped read-only.
+    let (clone, idx, page) = unsafe {
+        let vma = (*vmf).__bindgen_anon_1.vma;
+        (clone_of((*vma).vm_file), (*vmf).__bindgen_anon_1.pgoff as usize, (*vmf).page)
+    };
+    match clone.mmap_mkwrite(idx, page) {
+        // The page is the clone's private page: make the PTE writable.
+        // SAFETY: `page` is referenced by the fault path; the core unlocks
+        // it after making the PTE writable.
+        Ok(true) => unsafe {
+            bindings::lock_page(page);
+            bindings::vm_fault_reason_VM_FAULT_LOCKED as _
+        },
+        // The shared page was replaced and unmapped: retry the access.
+        Ok(false) => bindings::vm_fault_reason_VM_FAULT_NOPAGE as _,
+        Err(e) => fault_result(Err(e), vmf),
+    }
+}
+
+struct VmOps(bindings::vm_operations_struct);
+// SAFETY: never written after it is built; mm only reads it.
+unsafe impl Sync for VmOps {}
+
+static CLONE_VM_OPS: VmOps = VmOps(bindings::vm_operations_struct {
+    fault: Some(clone_vm_fault),
+    // With page_mkwrite, mm maps pages read-only first and asks before
+    // the first write, which is where a shared page is replaced.
+    page_mkwrite: Some(clone_vm_mkwrite),
+    // SAFETY: all-zero is a valid `vm_operations_struct`.
+    ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+});
+
+static CLONE_FOPS: FileOps = FileOps(bindings::file_operations {
+    owner: addr_of_mut!(bindings::__this_module),
+    unlocked_ioctl: Some(clone_ioctl),
+    #[cfg(CONFIG_COMPAT)]
+    compat_ioctl: Some(bindings::compat_ptr_ioctl),
+    mmap: Some(clone_mmap),
+    release: Some(clone_release),
+    // SAFETY: all-zero is a valid `file_operations`.
+    ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+});
+
+/// The page cache mapping of a clone file, through which the VMM's
+/// mappings of the clone are found and unmapped.
+///
+/// # Invariants
+///
+/// `0` is null or the `f_mapping` of the clone file that owns the clone
+/// this value is part of; that inode outlives the clone.
+pub(crate) struct Mapping(AtomicPtr<bindings::address_space>);
+
+impl Mapping {
+    pub(crate) const fn none() -> Self {
+        Mapping(AtomicPtr::new(null_mut()))
+    }
+
+    /// Unmap page `idx` from every VMM mapping of the clone.
+    pub(crate) fn unmap_page(&self, idx: usize) {
+        let m = self.0.load(Ordering::Acquire);
+        if m.is_null() {
+            return;
+        }
+        let off = (idx * PAGE_SIZE) as bindings::loff_t;
+        // SAFETY: the mapping is live (invariant); this takes its own locks.
+        unsafe { bindings::unmap_mapping_range(m, off, PAGE_SIZE as _, 0) };
+    }
+}
+
+/// Create a clone file for `clone` and install it as a new fd.
+pub(crate) fn new_clone_fd(clone: Arc<VmClone>) -> Result<i32> {
+    let flags = (bindings::O_RDWR | bindings::O_CLOEXEC) as c_int;
+    // SAFETY: reserving an fd has no preconditions.
+    let fd = unsafe { bindings::get_unused_fd_flags(flags as _) };
+    if fd < 0 {
+        return Err(Error::from_errno(fd));
+    }
+    let raw = clone.into_foreign() as *mut c_void;
+    // SAFETY: `raw` came from `into_foreign` and is released only below
+    // on error or in `clone_release`, after this borrow ends.
+    let clone = unsafe { <Arc<VmClone> as ForeignOwnable>::borrow(raw) };
+    // SAFETY: the name is a static C string; `CLONE_FOPS` is static; `raw`
+    // is owned by the file from here on (released in `clone_release`). A
+    // new inode per clone gives each clone its own mapping.
+    let file = unsafe {
+        bindings::anon_inode_create_getfile(
+            c_str!("[vms-clone]").as_char_ptr(),
+            &CLONE_FOPS.0,
+            raw,
+            flags,
+            null_mut(),
+        )
+    };
+    // SAFETY: `IS_ERR` only looks at the pointer value.
+    if unsafe { bindings::IS_ERR(file as *const c_void) } {
+        // SAFETY: as above.
+        let e = unsafe { bindings::PTR_ERR(file as *const c_void) } as c_int;
+        // SAFETY: the file was not created, so `raw` is still ours, and the
+        // fd was reserved above.
+        unsafe {
+            drop(<Arc<VmClone> as ForeignOwnable>::from_foreign(raw));
+            bindings::put_unused_fd(fd as c_uint);
+        }
+        return Err(Error::from_errno(e));
+    }
+    // INVARIANT: the mapping of the file that now owns the clone.
+    // SAFETY: the file is live; nobody can fault on it before fd_install.
+    clone.mapping.0.store(unsafe { (*file).f_mapping }, Ordering::Release);
+    // SAFETY: `fd` is reserved and `file` is ours to give away.
+    unsafe { bindings::fd_install(fd as c_uint, file) };
+    Ok(fd)
 }

@@ -3,9 +3,12 @@
 //! vms: virtual memory streaming for KVM.
 //!
 //! Layout: [`ffi`] is the only file that touches `kernel::bindings` or says
-//! `unsafe`; it wraps each C object once. [`dev`] is `/dev/vms` and its
-//! ioctls in safe Rust. [`abi`] is the Rust mirror of `uapi/vms.h`, shared
-//! with userspace.
+//! `unsafe`; it wraps each C object once. [`dev`] is `/dev/vms`, the image
+//! registry and its ioctls; [`image`] the streamed, shared image pages;
+//! [`clone`] a VM's memory and its two fault paths (stage 2 and the VMM's
+//! mapping); [`table`] the sparse per-page table both use. [`abi`] is the
+//! Rust mirror of `uapi/vms.h`, shared with userspace. See
+//! docs/ARCHITECTURE.md.
 
 use kernel::c_str;
 use kernel::prelude::*;
@@ -14,8 +17,11 @@ use kernel::prelude::*;
 #[path = "../uapi/src/abi.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod abi;
+mod clone;
 mod dev;
 mod ffi;
+mod image;
+mod table;
 
 module! {
     type: Vms,
@@ -32,7 +38,10 @@ struct Vms {
 
 impl kernel::Module for Vms {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let dev = KBox::try_pin_init(ffi::MiscDevice::register(c_str!("vms")), GFP_KERNEL)?;
+        let dev = KBox::try_pin_init(
+            ffi::MiscDevice::register(c_str!("vms"), dev::Registry::new()?),
+            GFP_KERNEL,
+        )?;
         pr_info!("vms {} loaded (abi {})\n", dev::MODULE_VERSION, abi::VMS_ABI_VERSION);
         Ok(Vms { _dev: dev })
     }

@@ -1,0 +1,315 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Clones: a VM's memory, streamed from an image, private on first write.
+//!
+//! Page states (per clone page `idx`, in `State::private`):
+//!
+//! - shared: no private page. A read, by the guest (stage-2 fault) or the
+//!   VMM (fault of its mapping), maps the image's page read-only: the
+//!   cached page, or the zero page;
+//! - private: the clone's own copy, mapped writable everywhere.
+//!
+//! The only transition is shared -> private, on the first write from the
+//! guest or through the VMM's mapping (copy-on-write). It follows KVM's
+//! rule: publish the private page in `State::private`, then unmap the old
+//! page from the VMM's mappings and zap it from stage 2
+//! ([`ffi::Vm::invalidate`], which bumps KVM's invalidation sequence so a
+//! racing fault retries), then drop our reference to the old page. Both
+//! fault paths resolve through `State::private`, so the VMM's mapping and
+//! the guest always see the same page for every gfn.
+//!
+//! Lock order: `attach` -> (KVM's `slots_lock`) ; `state` -> image `cache`
+//! -> (`i_mmap_rwsem`, page table locks, KVM's `mmu_lock`). `state` is
+//! never held across a call that waits for KVM's SRCU readers (register,
+//! unregister): vCPUs take `state` inside KVM's SRCU read section.
+
+use crate::ffi::{self, Mapping, PageRef, SlotInfo, PAGE_SIZE};
+use crate::image::{Image, Source};
+use crate::table::PageTable;
+use crate::abi;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use kernel::new_mutex;
+use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex};
+use kernel::uaccess::{UserPtr, UserSlice};
+
+/// One memslot served by the clone.
+struct Attachment {
+    /// `as_id << 16 | id`.
+    slot: u32,
+    /// First clone page of the memslot.
+    first: usize,
+    npages: usize,
+    /// The memslot's base gfn, learnt on its first fault.
+    base_gfn: Option<u64>,
+    /// A size mismatch with the memslot was logged.
+    warned: bool,
+}
+
+struct State {
+    // Dropped first (see `PinnedDrop`): the VM must stop mapping our pages
+    // before they are released.
+    vm: Option<ffi::Vm>,
+    slots: KVec<Attachment>,
+    private: PageTable<PageRef>,
+}
+
+#[derive(Default)]
+struct Stats {
+    faults: AtomicU64,
+    mmap_faults: AtomicU64,
+    shared_maps: AtomicU64,
+    zero_maps: AtomicU64,
+    streamed: AtomicU64,
+    cow_copies: AtomicU64,
+    io_errors: AtomicU64,
+}
+
+#[pin_data(PinnedDrop)]
+pub(crate) struct VmClone {
+    #[pin]
+    state: Mutex<State>,
+    /// Serialises attaching (which registers with KVM) without `state`.
+    #[pin]
+    attach: Mutex<()>,
+    pub(crate) provider: ffi::Provider,
+    pub(crate) mapping: Mapping,
+    image: Arc<Image>,
+    stats: Stats,
+}
+
+impl VmClone {
+    /// A new clone of `image`, whose `clones` count the caller already
+    /// raised for it.
+    pub(crate) fn new(image: Arc<Image>) -> Result<Arc<Self>> {
+        let private = PageTable::new(image.npages())?;
+        Arc::pin_init(
+            try_pin_init!(VmClone {
+                state <- new_mutex!(
+                    State { vm: None, slots: KVec::new(), private },
+                    "vms_clone_state"
+                ),
+                attach <- new_mutex!((), "vms_clone_attach"),
+                provider: ffi::Provider::new(),
+                mapping: Mapping::none(),
+                image,
+                stats: Stats::default(),
+            }? Error),
+            GFP_KERNEL,
+        )
+    }
+
+    pub(crate) fn npages(&self) -> usize {
+        self.image.npages()
+    }
+
+    pub(crate) fn provider(&self) -> &ffi::Provider {
+        &self.provider
+    }
+
+    /// The page for clone page `idx` with `state` held: the private page,
+    /// or the image's page, or (for a write) a new private copy.
+    fn resolve(&self, st: &mut State, idx: usize, write: bool) -> Result<(PageRef, bool)> {
+        if let Some(p) = st.private.get(idx) {
+            return Ok((p.clone(), true));
+        }
+        let (src, source, streamed) = self.image.page(idx).inspect_err(|_| {
+            self.stats.io_errors.fetch_add(1, Relaxed);
+        })?;
+        if streamed {
+            self.stats.streamed.fetch_add(1, Relaxed);
+        }
+        if !write {
+            match source {
+                Source::Zero => self.stats.zero_maps.fetch_add(1, Relaxed),
+                Source::Cache => self.stats.shared_maps.fetch_add(1, Relaxed),
+            };
+            return Ok((src, false));
+        }
+        let new = if source == Source::Zero {
+            PageRef::alloc_zeroed()?
+        } else {
+            let p = PageRef::alloc()?;
+            p.copy_from(&src);
+            p
+        };
+        // Publish, then unmap and zap the old page, then drop it (`src`).
+        st.private.set(idx, new.clone())?;
+        self.stats.cow_copies.fetch_add(1, Relaxed);
+        self.invalidate(st, idx);
+        drop(src);
+        Ok((new, true))
+    }
+
+    /// Remove every mapping of clone page `idx`: the VMM's and stage 2's.
+    fn invalidate(&self, st: &State, idx: usize) {
+        self.mapping.unmap_page(idx);
+        let Some(vm) = &st.vm else { return };
+        for a in st.slots.iter() {
+            if let Some(base) = a.base_gfn {
+                if idx >= a.first && idx < a.first + a.npages {
+                    let gfn = base + (idx - a.first) as u64;
+                    vm.invalidate(gfn, gfn + 1);
+                }
+            }
+        }
+    }
+
+    /// A stage-2 (EPT/NPT) fault on `gfn` of memslot `slot`.
+    pub(crate) fn stage2_fault(
+        &self,
+        slot: &SlotInfo,
+        gfn: u64,
+        write: bool,
+    ) -> Result<(PageRef, bool)> {
+        self.stats.faults.fetch_add(1, Relaxed);
+        let mut st = self.state.lock();
+        let Some(a) = st.slots.iter_mut().find(|a| a.slot == slot.slot) else {
+            return Err(EFAULT);
+        };
+        if slot.npages != a.npages as u64 {
+            if !a.warned {
+                a.warned = true;
+                pr_warn!("memslot {:#x}: its size differs from the attached range\n", a.slot);
+            }
+            return Err(EINVAL);
+        }
+        let rel = gfn.checked_sub(slot.base_gfn).ok_or(EFAULT)? as usize;
+        if rel >= a.npages {
+            return Err(EFAULT);
+        }
+        a.base_gfn = Some(slot.base_gfn);
+        let idx = a.first + rel;
+        self.resolve(&mut st, idx, write)
+    }
+
+    /// A fault of the VMM's mapping at clone page `idx`.
+    pub(crate) fn mmap_fault(&self, idx: usize, write: bool) -> Result<PageRef> {
+        if idx >= self.npages() {
+            return Err(EINVAL);
+        }
+        self.stats.mmap_faults.fetch_add(1, Relaxed);
+        let mut st = self.state.lock();
+        Ok(self.resolve(&mut st, idx, write)?.0)
+    }
+
+    /// The VMM writes to `page`, mapped read-only at clone page `idx`.
+    /// `Ok(true)`: it is the private page, make it writable. `Ok(false)`:
+    /// it was replaced (by a private copy made now or earlier) and
+    /// unmapped; the access must be retried.
+    pub(crate) fn mmap_mkwrite(&self, idx: usize, page: *mut kernel::bindings::page) -> Result<bool> {
+        let mut st = self.state.lock();
+        match st.private.get(idx) {
+            Some(p) if p.is(page) => return Ok(true),
+            Some(_) => self.mapping.unmap_page(idx),
+            None => {
+                self.resolve(&mut st, idx, true)?;
+            }
+        }
+        Ok(false)
+    }
+
+    /// ioctl on the clone file.
+    pub(crate) fn ioctl(&self, cmd: u32, arg: UserPtr) -> Result<isize> {
+        match cmd {
+            abi::VMS_CLONE_ATTACH => self.ioctl_attach(arg),
+            abi::VMS_CLONE_STATS => {
+                let s = self.stats();
+                UserSlice::new(arg, core::mem::size_of::<abi::VmsCloneStats>())
+                    .writer()
+                    .write(&s)?;
+                Ok(0)
+            }
+            _ => Err(ENOTTY),
+        }
+    }
+
+    fn ioctl_attach(&self, arg: UserPtr) -> Result<isize> {
+        let a: abi::VmsCloneAttach =
+            UserSlice::new(arg, core::mem::size_of::<abi::VmsCloneAttach>())
+                .reader()
+                .read()?;
+        let page = PAGE_SIZE as u64;
+        if a.flags != 0 || a.pad != 0 || a.reserved.iter().any(|&r| r != 0) {
+            return inval("VMS_CLONE_ATTACH: flags, pad or reserved not zero");
+        }
+        if a.size == 0 || a.size % page != 0 || a.offset % page != 0 {
+            return inval("VMS_CLONE_ATTACH: offset and size must be page multiples, size > 0");
+        }
+        let end = a.offset.checked_add(a.size).ok_or(EINVAL)?;
+        if end > (self.npages() * PAGE_SIZE) as u64 {
+            return inval("VMS_CLONE_ATTACH: range past the end of the clone");
+        }
+        let first = (a.offset / page) as usize;
+        let npages = (a.size / page) as usize;
+
+        let _attach = self.attach.lock();
+        let have_vm = {
+            let st = self.state.lock();
+            if let Some(vm) = &st.vm {
+                if !vm.is_fd(a.vm_fd)? {
+                    pr_info!("VMS_CLONE_ATTACH: the clone serves another VM\n");
+                    return Err(EBUSY);
+                }
+            }
+            if st.slots.iter().any(|s| s.slot == a.slot) {
+                pr_info!("VMS_CLONE_ATTACH: memslot {:#x} already attached\n", a.slot);
+                return Err(EEXIST);
+            }
+            if st.slots.iter().any(|s| first < s.first + s.npages && s.first < first + npages) {
+                return inval("VMS_CLONE_ATTACH: range overlaps an attached memslot");
+            }
+            st.vm.is_some()
+        };
+        // Register with KVM without `state` held (see the lock order).
+        let vm = if have_vm {
+            None
+        } else {
+            Some(ffi::Vm::attach(a.vm_fd, self).inspect_err(|e| {
+                pr_info!("VMS_CLONE_ATTACH: cannot attach to vm fd {}: error {}\n", a.vm_fd, e.to_errno());
+            })?)
+        };
+        let mut st = self.state.lock();
+        st.slots.push(
+            Attachment { slot: a.slot, first, npages, base_gfn: None, warned: false },
+            GFP_KERNEL,
+        )?;
+        if vm.is_some() {
+            st.vm = vm;
+        }
+        Ok(0)
+    }
+
+    fn stats(&self) -> abi::VmsCloneStats {
+        let s = &self.stats;
+        let private = self.state.lock().private.used() as u64;
+        abi::VmsCloneStats {
+            size: (self.npages() * PAGE_SIZE) as u64,
+            faults: s.faults.load(Relaxed),
+            mmap_faults: s.mmap_faults.load(Relaxed),
+            shared_maps: s.shared_maps.load(Relaxed),
+            zero_maps: s.zero_maps.load(Relaxed),
+            streamed: s.streamed.load(Relaxed),
+            cow_copies: s.cow_copies.load(Relaxed),
+            private_pages: private,
+            io_errors: s.io_errors.load(Relaxed),
+            ..abi::VmsCloneStats::zeroed()
+        }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for VmClone {
+    fn drop(self: Pin<&mut Self>) {
+        // Unregister from KVM (which waits for vCPUs inside our fault
+        // handler, so `state` must not be held) before any page goes.
+        let vm = self.state.lock().vm.take();
+        drop(vm);
+        self.image.clones.fetch_sub(1, Relaxed);
+    }
+}
+
+fn inval(msg: &str) -> Result<isize> {
+    pr_info!("{}\n", msg);
+    Err(EINVAL)
+}
