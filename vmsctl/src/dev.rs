@@ -1,42 +1,144 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `/dev/vms`: opening it and every ioctl vmsctl issues, in one place.
+//! `/dev/vms` and clone file descriptors: opening them, mapping a clone,
+//! and every ioctl vmsctl issues, in one place.
 //!
 //! The ioctl numbers and argument structs come from `vms-uapi` (the mirror
-//! of `uapi/vms.h`); this file is the only one that calls `ioctl(2)`.
+//! of `uapi/vms.h`); this file is the only one that calls `ioctl(2)` or
+//! `mmap(2)`. Errors carry the errno; what it means for the operation at
+//! hand is for the caller to say.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::io::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 
 use thiserror::Error;
-use vms_uapi::{VmsVersion, VMS_GET_VERSION};
+use vms_uapi::{
+    name_bytes, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo, VmsImageList,
+    VmsImageStats, VmsVersion, VMS_ABI_VERSION, VMS_CLONE_CREATE, VMS_CLONE_STATS, VMS_GET_VERSION,
+    VMS_IMAGE_CREATE, VMS_IMAGE_DELETE, VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_NAME_LEN,
+};
 
 /// Where the vms module's device node lives.
 pub const VMS_DEV: &str = "/dev/vms";
 
-/// What can go wrong talking to `/dev/vms`.
+/// An image name field of `vms.h`: NUL-terminated bytes.
+pub type Name = [u8; VMS_NAME_LEN];
+
+/// An errno, shown by its symbolic name (`EINVAL`), as `vms.h` documents
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// The errno the last failed system call left.
+    pub fn last() -> Self {
+        Self::of(&io::Error::last_os_error())
+    }
+
+    /// The errno of `e`, or 0 if it does not come from the OS.
+    pub fn of(e: &io::Error) -> Self {
+        Self(e.raw_os_error().unwrap_or(0))
+    }
+
+    /// The symbolic name, for the errnos vms and its system calls return.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            libc::EPERM => "EPERM",
+            libc::ENOENT => "ENOENT",
+            libc::EINTR => "EINTR",
+            libc::EIO => "EIO",
+            libc::ENXIO => "ENXIO",
+            libc::EBADF => "EBADF",
+            libc::EAGAIN => "EAGAIN",
+            libc::ENOMEM => "ENOMEM",
+            libc::EACCES => "EACCES",
+            libc::EFAULT => "EFAULT",
+            libc::EBUSY => "EBUSY",
+            libc::EEXIST => "EEXIST",
+            libc::ENODEV => "ENODEV",
+            libc::EISDIR => "EISDIR",
+            libc::EINVAL => "EINVAL",
+            libc::ENFILE => "ENFILE",
+            libc::EMFILE => "EMFILE",
+            libc::ENOTTY => "ENOTTY",
+            libc::EFBIG => "EFBIG",
+            libc::ENOSPC => "ENOSPC",
+            libc::EROFS => "EROFS",
+            libc::ERANGE => "ERANGE",
+            libc::EOVERFLOW => "EOVERFLOW",
+            libc::EOPNOTSUPP => "EOPNOTSUPP",
+            _ => return None,
+        })
+    }
+
+    /// The C library's description, first letter lowercased to read as
+    /// part of a sentence: `no such file or directory`.
+    pub fn text(self) -> String {
+        let full = io::Error::from_raw_os_error(self.0).to_string();
+        // std appends " (os error N)"; the symbolic name replaces it.
+        let text = full.split(" (os error").next().unwrap_or(&full);
+        let mut chars = text.chars();
+        match chars.next() {
+            Some(first) => first.to_lowercase().chain(chars).collect(),
+            None => format!("errno {}", self.0),
+        }
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => f.write_str(name),
+            None => write!(f, "errno {}", self.0),
+        }
+    }
+}
+
+/// What can go wrong talking to `/dev/vms` or a clone.
 #[derive(Debug, Error)]
 pub enum DevError {
     /// The device could not be opened.
-    #[error("cannot open {}", path.display())]
+    #[error("cannot open {}: {}", path.display(), open_hint(*errno))]
     Open {
         /// The device path.
         path: PathBuf,
         /// Why `open(2)` failed.
-        source: io::Error,
+        errno: Errno,
+    },
+    /// `VMS_GET_VERSION` failed when checking the module's ABI.
+    #[error("{VMS_DEV}: asking the module's version")]
+    Version(#[source] Box<DevError>),
+    /// The module speaks another ABI version than vmsctl.
+    #[error(
+        "{VMS_DEV} speaks ABI {module}, vmsctl ABI {VMS_ABI_VERSION}: load the vms \
+         module built with this vmsctl (see `vmsctl version`)"
+    )]
+    AbiMismatch {
+        /// `abi_version` from `VMS_GET_VERSION`.
+        module: u32,
     },
     /// An ioctl failed.
-    #[error("{name} failed")]
+    #[error("{name}: {} ({errno})", errno.text())]
     Ioctl {
         /// The ioctl's name, as in vms.h.
         name: &'static str,
         /// The errno.
-        source: io::Error,
+        errno: Errno,
+    },
+    /// Mapping a clone failed.
+    #[error("mmap of {len} bytes: {} ({errno})", errno.text())]
+    Mmap {
+        /// The length asked for.
+        len: u64,
+        /// The errno.
+        errno: Errno,
     },
     /// The module answered with something the ABI does not allow.
-    #[error("{name}: module broke the ABI: {what}")]
+    #[error("{name}: the module broke the ABI: {what}")]
     Abi {
         /// The ioctl's name, as in vms.h.
         name: &'static str,
@@ -45,25 +147,43 @@ pub enum DevError {
     },
 }
 
+/// The words for a failed `open(2)` of the device.
+fn open_hint(errno: Errno) -> String {
+    match errno.0 {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => {
+            format!("{} ({errno}): is the vms module loaded?", errno.text())
+        }
+        libc::EACCES | libc::EPERM => format!(
+            "{} ({errno}): vmsctl needs read-write access to it (run as root?)",
+            errno.text()
+        ),
+        _ => format!("{} ({errno})", errno.text()),
+    }
+}
+
 impl DevError {
     /// Whether this error means the module is not loaded: no device node,
     /// or a node with no driver behind it.
     pub fn is_not_loaded(&self) -> bool {
         matches!(
             self,
-            DevError::Open { source, .. }
-                if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ENODEV | libc::ENXIO))
+            DevError::Open { errno, .. }
+                if matches!(errno.0, libc::ENOENT | libc::ENODEV | libc::ENXIO)
         )
+    }
+
+    /// The errno of a failed ioctl or mmap: the ones whose meaning depends
+    /// on the operation.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            DevError::Ioctl { errno, .. } | DevError::Mmap { errno, .. } => Some(*errno),
+            _ => None,
+        }
     }
 }
 
 /// The result of a `/dev/vms` operation.
 pub type Result<T> = std::result::Result<T, DevError>;
-
-/// An open `/dev/vms`.
-pub struct Vms {
-    file: File,
-}
 
 /// An argument struct of a `/dev/vms` ioctl.
 ///
@@ -73,13 +193,84 @@ pub struct Vms {
 /// every bit pattern is a valid value (the kernel may write any).
 unsafe trait IoctlArg {}
 
-// SAFETY: `VmsVersion` is `#[repr(C)]` of integers and integer arrays.
+// SAFETY: each is `#[repr(C)]` of integers, integer arrays and (for
+// `VmsImageInfo`) another such struct, mirroring `vms.h` with asserted
+// layout.
 unsafe impl IoctlArg for VmsVersion {}
+// SAFETY: as above.
+unsafe impl IoctlArg for VmsImageCreate {}
+// SAFETY: as above.
+unsafe impl IoctlArg for VmsImageInfo {}
+// SAFETY: as above.
+unsafe impl IoctlArg for VmsImageList {}
+// SAFETY: as above.
+unsafe impl IoctlArg for VmsCloneCreate {}
+// SAFETY: as above.
+unsafe impl IoctlArg for VmsCloneStats {}
+
+/// Issues ioctl `request` on `fd` with `arg` as its argument, read and/or
+/// written by the kernel; returns the ioctl's non-negative result.
+///
+/// Panics if the argument size encoded in `request` is not the size of
+/// `T`: that is a bug in the table of ioctls, not a runtime error.
+fn ioctl<T: IoctlArg>(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+    request: u32,
+    arg: &mut T,
+) -> Result<i32> {
+    let size = (request >> vms_uapi::_IOC_SIZESHIFT) & ((1 << vms_uapi::_IOC_SIZEBITS) - 1);
+    assert_eq!(size as usize, size_of::<T>(), "{name}: argument size");
+    // SAFETY: `arg` is an exclusive reference to a `T` whose size is the
+    // one `request` encodes, so the kernel reads and writes only within it;
+    // `T: IoctlArg` makes whatever it writes a valid `T`. `fd` is open for
+    // the duration of the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::Ioctl::from(request), arg as *mut T) };
+    if r < 0 {
+        Err(DevError::Ioctl {
+            name,
+            errno: Errno::last(),
+        })
+    } else {
+        Ok(r)
+    }
+}
+
+/// Checks that a name field the module filled in is NUL-terminated.
+fn check_name(name: &'static str, field: &Name) -> Result<()> {
+    match name_bytes(field) {
+        Some(_) => Ok(()),
+        None => Err(DevError::Abi {
+            name,
+            what: "a name is not NUL-terminated",
+        }),
+    }
+}
+
+/// An open `/dev/vms`.
+pub struct Vms {
+    file: File,
+}
 
 impl Vms {
     /// Opens [`VMS_DEV`].
     pub fn open() -> Result<Self> {
         Self::open_path(Path::new(VMS_DEV))
+    }
+
+    /// Opens [`VMS_DEV`] and checks that the module speaks vmsctl's ABI;
+    /// returns the module's version too.
+    pub fn open_checked() -> Result<(Self, VmsVersion)> {
+        let vms = Self::open()?;
+        let version = vms
+            .get_version()
+            .map_err(|e| DevError::Version(Box::new(e)))?;
+        if version.abi_version != VMS_ABI_VERSION {
+            return Err(DevError::AbiMismatch {
+                module: version.abi_version,
+            });
+        }
+        Ok((vms, version))
     }
 
     /// Opens the vms device at `path`.
@@ -89,45 +280,17 @@ impl Vms {
             .write(true)
             .open(path)
             .map(|file| Self { file })
-            .map_err(|source| DevError::Open {
+            .map_err(|e| DevError::Open {
                 path: path.to_owned(),
-                source,
+                errno: Errno::of(&e),
             })
-    }
-
-    /// Issues ioctl `request` with `arg` as its argument, read and/or
-    /// written by the kernel.
-    ///
-    /// Panics if the argument size encoded in `request` is not the size
-    /// of `T`: that is a bug in the table of ioctls, not a runtime error.
-    fn ioctl<T: IoctlArg>(&self, name: &'static str, request: u32, arg: &mut T) -> Result<i32> {
-        let size = (request >> vms_uapi::_IOC_SIZESHIFT) & ((1 << vms_uapi::_IOC_SIZEBITS) - 1);
-        assert_eq!(size as usize, size_of::<T>(), "{name}: argument size");
-        // SAFETY: `arg` is an exclusive reference to a `T` whose size is
-        // the one `request` encodes, so the kernel reads and writes only
-        // within it; `T: IoctlArg` makes whatever it writes a valid `T`.
-        let r = unsafe {
-            libc::ioctl(
-                self.file.as_raw_fd(),
-                libc::Ioctl::from(request),
-                arg as *mut T,
-            )
-        };
-        if r < 0 {
-            Err(DevError::Ioctl {
-                name,
-                source: io::Error::last_os_error(),
-            })
-        } else {
-            Ok(r)
-        }
     }
 
     /// `VMS_GET_VERSION`: the ABI and module versions of the loaded module.
     pub fn get_version(&self) -> Result<VmsVersion> {
         const NAME: &str = "VMS_GET_VERSION";
         let mut v = VmsVersion::zeroed();
-        self.ioctl(NAME, VMS_GET_VERSION, &mut v)?;
+        ioctl(self.file.as_fd(), NAME, VMS_GET_VERSION, &mut v)?;
         if v.module_version_bytes().is_none() {
             return Err(DevError::Abi {
                 name: NAME,
@@ -135,5 +298,192 @@ impl Vms {
             });
         }
         Ok(v)
+    }
+
+    /// `VMS_IMAGE_CREATE`: creates image `name` from `size` bytes of `file`
+    /// at `file_offset`.
+    pub fn image_create(
+        &self,
+        name: &Name,
+        file: BorrowedFd<'_>,
+        size: u64,
+        file_offset: u64,
+    ) -> Result<()> {
+        let mut arg = VmsImageCreate {
+            name: *name,
+            fd: file.as_raw_fd(),
+            size,
+            file_offset,
+            ..VmsImageCreate::zeroed()
+        };
+        ioctl(
+            self.file.as_fd(),
+            "VMS_IMAGE_CREATE",
+            VMS_IMAGE_CREATE,
+            &mut arg,
+        )?;
+        Ok(())
+    }
+
+    /// `VMS_IMAGE_INFO`: the counters of image `name`.
+    pub fn image_info(&self, name: &Name) -> Result<VmsImageStats> {
+        let mut arg = VmsImageInfo {
+            name: *name,
+            ..VmsImageInfo::zeroed()
+        };
+        ioctl(
+            self.file.as_fd(),
+            "VMS_IMAGE_INFO",
+            VMS_IMAGE_INFO,
+            &mut arg,
+        )?;
+        Ok(arg.stats)
+    }
+
+    /// `VMS_IMAGE_DELETE`: deletes image `name`.
+    pub fn image_delete(&self, name: &Name) -> Result<()> {
+        let mut arg = VmsImageInfo {
+            name: *name,
+            ..VmsImageInfo::zeroed()
+        };
+        ioctl(
+            self.file.as_fd(),
+            "VMS_IMAGE_DELETE",
+            VMS_IMAGE_DELETE,
+            &mut arg,
+        )?;
+        Ok(())
+    }
+
+    /// `VMS_IMAGE_LIST`: the name of the `index`-th image in name order, or
+    /// `None` past the last one (`ENOENT`).
+    pub fn image_list(&self, index: u32) -> Result<Option<Name>> {
+        const NAME: &str = "VMS_IMAGE_LIST";
+        let mut arg = VmsImageList {
+            index,
+            ..VmsImageList::zeroed()
+        };
+        match ioctl(self.file.as_fd(), NAME, VMS_IMAGE_LIST, &mut arg) {
+            Ok(_) => {
+                check_name(NAME, &arg.name)?;
+                Ok(Some(arg.name))
+            }
+            Err(DevError::Ioctl {
+                errno: Errno(libc::ENOENT),
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `VMS_CLONE_CREATE`: a new clone of image `name`.
+    pub fn clone_create(&self, name: &Name) -> Result<CloneFd> {
+        const NAME: &str = "VMS_CLONE_CREATE";
+        let mut arg = VmsCloneCreate {
+            name: *name,
+            ..VmsCloneCreate::zeroed()
+        };
+        let fd = ioctl(self.file.as_fd(), NAME, VMS_CLONE_CREATE, &mut arg)?;
+        // SAFETY: the ioctl succeeded, so `fd` is a new descriptor that the
+        // kernel opened for us and that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(CloneFd { fd })
+    }
+}
+
+/// A clone's file descriptor. The clone lives as long as this descriptor
+/// or a mapping of it.
+pub struct CloneFd {
+    fd: OwnedFd,
+}
+
+impl CloneFd {
+    /// `VMS_CLONE_STATS`: the clone's counters.
+    pub fn stats(&self) -> Result<VmsCloneStats> {
+        let mut arg = VmsCloneStats::zeroed();
+        ioctl(
+            self.fd.as_fd(),
+            "VMS_CLONE_STATS",
+            VMS_CLONE_STATS,
+            &mut arg,
+        )?;
+        Ok(arg)
+    }
+
+    /// Maps the first `len` bytes of the clone, shared, readable and
+    /// writable, as a VMM does.
+    pub fn map(&self, len: u64) -> Result<CloneMap> {
+        let mmap_err = |errno| DevError::Mmap { len, errno };
+        let size = usize::try_from(len).map_err(|_| mmap_err(Errno(libc::ENOMEM)))?;
+        if size == 0 {
+            return Err(mmap_err(Errno(libc::EINVAL)));
+        }
+        // SAFETY: a new mapping at an address the kernel picks (no
+        // MAP_FIXED) cannot overlap memory Rust owns; `self.fd` is open for
+        // the call.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.fd.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(mmap_err(Errno::last()));
+        }
+        let addr = NonNull::new(addr.cast::<u8>()).ok_or(DevError::Abi {
+            name: "mmap",
+            what: "mapped the clone at address 0",
+        })?;
+        // INVARIANT: `addr..addr + size` is a mapping that only this value
+        // unmaps.
+        Ok(CloneMap { addr, len: size })
+    }
+}
+
+/// A shared mapping of a clone, unmapped on drop.
+///
+/// Accesses may fault the page in from the module; if the module cannot
+/// produce it, the access raises `SIGBUS`.
+///
+/// # Invariants
+///
+/// `addr..addr + len` is a readable and writable mapping, made by
+/// [`CloneFd::map`], that nothing else unmaps.
+pub struct CloneMap {
+    addr: NonNull<u8>,
+    len: usize,
+}
+
+impl CloneMap {
+    /// Reads the byte at `offset`. Panics if `offset` is out of the
+    /// mapping.
+    pub fn read_byte(&self, offset: usize) -> u8 {
+        assert!(offset < self.len, "offset {offset} out of the mapping");
+        // SAFETY: by the type invariant and the check above, the address is
+        // in a readable mapping. The kernel may change the byte at any time
+        // (it is shared memory), hence a volatile read through a raw
+        // pointer and no reference.
+        unsafe { self.addr.as_ptr().add(offset).read_volatile() }
+    }
+
+    /// Writes `value` at `offset`. Panics if `offset` is out of the
+    /// mapping.
+    pub fn write_byte(&self, offset: usize, value: u8) {
+        assert!(offset < self.len, "offset {offset} out of the mapping");
+        // SAFETY: by the type invariant and the check above, the address is
+        // in a writable mapping that no Rust reference covers.
+        unsafe { self.addr.as_ptr().add(offset).write_volatile(value) }
+    }
+}
+
+impl Drop for CloneMap {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant, this is our mapping and nothing
+        // else unmaps it; no reference into it outlives `self`.
+        unsafe { libc::munmap(self.addr.as_ptr().cast(), self.len) };
     }
 }

@@ -46,7 +46,7 @@ pub struct VersionArgs {
 #[derive(Debug, Error)]
 pub enum VersionError {
     /// `/dev/vms` opened but did not answer `VMS_GET_VERSION` properly.
-    #[error("asking the module")]
+    #[error("{VMS_DEV}: asking the module's version")]
     Dev(#[from] DevError),
     /// Writing the report failed.
     #[error("writing the report")]
@@ -85,7 +85,9 @@ impl Module {
             Err(e) => {
                 let not_loaded = e.is_not_loaded();
                 let error = match e {
-                    DevError::Open { path, source } => format!("{}: {source}", path.display()),
+                    DevError::Open { path, errno } => {
+                        format!("{}: {} ({errno})", path.display(), errno.text())
+                    }
                     other => other.to_string(),
                 };
                 return Ok(if not_loaded {

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `vmsctl image info`: one image's counters.
+
+use std::io::{self, Write};
+
+use clap::Args;
+use thiserror::Error;
+
+use super::ImageReport;
+use crate::args::ImageName;
+use crate::cmd::{explain_named, Cause};
+use crate::dev::{DevError, Vms};
+
+const LONG_ABOUT: &str = "\
+Show image NAME and its counters (VMS_IMAGE_INFO), one per line, named as
+in struct vms_image_stats of vms.h:
+
+  size          bytes of guest memory in the image
+  clones        clones that use the image now
+  cached_pages  pages read from the file and held in the image's cache
+  zero_pages    pages found all-zero, served by the shared zero page
+  streamed      pages read from the file (cached or zero) since creation
+  read_errors   failed reads of the file";
+
+/// Arguments of `vmsctl image info`.
+#[derive(Debug, Args)]
+#[command(about = "Show an image's counters", long_about = LONG_ABOUT)]
+pub struct InfoArgs {
+    /// The image.
+    name: ImageName,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What can make `vmsctl image info` fail.
+#[derive(Debug, Error)]
+pub enum InfoError {
+    /// `/dev/vms` could not be opened or speaks another ABI.
+    #[error(transparent)]
+    Dev(#[from] DevError),
+    /// The module did not report the image.
+    #[error("image \"{name}\": reading its counters")]
+    Info {
+        /// The image.
+        name: ImageName,
+        /// Why.
+        #[source]
+        cause: Cause,
+    },
+    /// Writing the report failed.
+    #[error("writing the output")]
+    Output(#[from] io::Error),
+    /// Encoding the JSON report failed.
+    #[error("encoding the report as JSON")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Runs `vmsctl image info`.
+pub fn run(args: &InfoArgs) -> Result<(), InfoError> {
+    let (vms, _) = Vms::open_checked()?;
+    let stats = vms
+        .image_info(&args.name.to_abi())
+        .map_err(|e| InfoError::Info {
+            name: args.name.clone(),
+            cause: Cause::new(e, explain_named),
+        })?;
+    let report = ImageReport::new(args.name.to_string(), &stats);
+
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        report.write_info(&mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
