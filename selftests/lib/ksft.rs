@@ -438,19 +438,24 @@ macro_rules! test_assert_eq {
 }
 
 /// Fails unless the raw result `r` is an error with errno `expected`
-/// (a `libc::E*` constant).
+/// (a `libc::E*` constant); an optional message follows, as in
+/// [`test_assert!`].
 #[macro_export]
 macro_rules! test_assert_errno {
     ($r:expr, $expected:expr $(,)?) => {
+        $crate::test_assert_errno!($r, $expected, "")
+    };
+    ($r:expr, $expected:expr, $($fmt:tt)+) => {
         match $r {
             Ok(v) => $crate::ksft::fail(
                 ::std::panic::Location::caller(),
                 concat!(stringify!($r), " succeeded"),
                 format_args!(
-                    "expected errno={} ({}), got Ok({:?})",
+                    "expected errno={} ({}), got Ok({:?})\n{}",
                     $expected,
                     $crate::ksft::strerror($expected),
-                    v
+                    v,
+                    format_args!($($fmt)+)
                 ),
                 None,
             ),
@@ -461,9 +466,10 @@ macro_rules! test_assert_errno {
                         ::std::panic::Location::caller(),
                         concat!(stringify!($r), " failed with the wrong errno"),
                         format_args!(
-                            "expected errno={} ({})",
+                            "expected errno={} ({})\n{}",
                             $expected,
-                            $crate::ksft::strerror($expected)
+                            $crate::ksft::strerror($expected),
+                            format_args!($($fmt)+)
                         ),
                         Some(got),
                     )
@@ -536,5 +542,49 @@ impl Kmsg {
             }
         }
         Ok(found)
+    }
+}
+
+/// Ends the test binary with [`KSFT_FAIL`] if it is still alive after a
+/// time limit, for steps that could hang (a vCPU that never exits, a join
+/// of a thread stuck in `KVM_RUN`).
+///
+/// Start it before the step, drop it after: dropping it disarms it. On
+/// expiry it prints `# what: still running after N s` and `Bail out!`,
+/// then exits; it cannot unwind the thread that hangs.
+pub struct Watchdog {
+    disarm: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Arms a watchdog for `what` that fires after `limit`.
+    pub fn start(what: &str, limit: std::time::Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let what = what.to_string();
+        let thread = std::thread::spawn(move || {
+            // Disconnected (the Watchdog was dropped) ends the wait early.
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                ksft_print_msg(&format!(
+                    "{what}: still running after {} s",
+                    limit.as_secs()
+                ));
+                out(format_args!("Bail out! {what} hangs"));
+                process::exit(KSFT_FAIL);
+            }
+        });
+        Self {
+            disarm: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.disarm.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

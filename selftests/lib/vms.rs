@@ -1,14 +1,40 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `/dev/vms` helpers: open the device and issue its ioctls.
+//! `/dev/vms` helpers: open the device and issue its ioctls; test images
+//! (files with a known per-page pattern, and images made of them that are
+//! deleted on drop), clones and their mappings, and a VM whose memslot is
+//! served by a clone.
+//!
+//! # The test pattern
+//!
+//! Page `i` of a test image holds [`pattern_word`]`(i)` = `0x5600_0000 | i`
+//! as a little-endian u32 at byte 0, its complement at byte
+//! [`HI_OFFSET`] (2048), and [`pattern_byte`]`(i, off)` everywhere else,
+//! so a page read from the wrong place, a zero-filled page or a page cut
+//! short shows. [`pattern_page`] builds a whole page.
 
-use std::fs::{File, OpenOptions};
+use std::any::Any;
+use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::io::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 
-use vms_uapi::{VmsVersion, VMS_GET_VERSION};
+use kvm_ioctls::Kvm;
+use vmm_sys_util::errno;
+use vms_uapi::{
+    set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo,
+    VmsImageList, VmsImageStats, VmsVersion, KVM_MEM_PAGE_PROVIDER, VMS_CLONE_ATTACH,
+    VMS_CLONE_CREATE, VMS_CLONE_STATS, VMS_GET_VERSION, VMS_IMAGE_CREATE, VMS_IMAGE_DELETE,
+    VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_NAME_LEN,
+};
 
+use crate::guest;
 use crate::ksft::{self, check};
+use crate::kvm::{vm_create_pm32, Vm};
 
 /// The vms device.
 pub const VMS_DEV: &str = "/dev/vms";
@@ -44,8 +70,9 @@ pub fn vms_open() -> File {
     }
 }
 
-/// Issues ioctl `request` on `dev` with argument `arg`, returning the raw
-/// result (the ioctl's non-negative return value, or its errno).
+/// Issues ioctl `request` on `dev` (`/dev/vms` or a clone) with argument
+/// `arg`, returning the raw result (the ioctl's non-negative return value,
+/// or its errno).
 ///
 /// # Safety
 ///
@@ -54,7 +81,7 @@ pub fn vms_open() -> File {
 /// map (the kernel then fails with `EFAULT`, which is what a test of bad
 /// pointers wants). It must not point at memory that Rust code relies on
 /// being left unchanged.
-pub unsafe fn __vms_ioctl(dev: &File, request: u32, arg: u64) -> io::Result<i32> {
+pub unsafe fn __vms_ioctl(dev: &impl AsRawFd, request: u32, arg: u64) -> io::Result<i32> {
     // SAFETY: `dev` is an open fd; the caller guarantees `arg` is fine
     // for `request` (see `# Safety`).
     let r = unsafe { libc::ioctl(dev.as_raw_fd(), libc::Ioctl::from(request), arg) };
@@ -81,4 +108,625 @@ pub fn vms_get_version(dev: &File) -> VmsVersion {
     let mut v = VmsVersion::zeroed();
     check(__vms_get_version(dev, &mut v), "VMS_GET_VERSION");
     v
+}
+
+/// The page size of images and clones.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Byte offset in a page of the second pattern word.
+pub const HI_OFFSET: u64 = 2048;
+
+/// The u32 at byte 0 of image page `page`: `0x5600_0000 | page`.
+pub fn pattern_word(page: u64) -> u32 {
+    assert!(page < 1 << 24, "the pattern has 24 bits of page index");
+    0x5600_0000 | page as u32
+}
+
+/// The byte at `off` of image page `page`, outside the two pattern words.
+pub fn pattern_byte(page: u64, off: usize) -> u8 {
+    (off as u8) ^ (page as u8).rotate_left(3) ^ 0xa5
+}
+
+/// Fills `buf` (one page) with the pattern of image page `page`.
+pub fn fill_pattern_page(page: u64, buf: &mut [u8]) {
+    assert_eq!(buf.len() as u64, PAGE_SIZE);
+    for (off, b) in buf.iter_mut().enumerate() {
+        *b = pattern_byte(page, off);
+    }
+    let w = pattern_word(page);
+    buf[..4].copy_from_slice(&w.to_le_bytes());
+    let hi = HI_OFFSET as usize;
+    buf[hi..hi + 4].copy_from_slice(&(!w).to_le_bytes());
+}
+
+/// Image page `page` as the test pattern gives it.
+pub fn pattern_page(page: u64) -> Vec<u8> {
+    let mut buf = vec![0; PAGE_SIZE as usize];
+    fill_pattern_page(page, &mut buf);
+    buf
+}
+
+/// A name unique to this process and call: `test-PID-N`, which is a valid
+/// image name (at most 31 bytes of letters, digits, `-` and `_`).
+pub fn unique_name(test: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{test}-{}-{n}", std::process::id());
+    assert!(name.len() < VMS_NAME_LEN, "image name {name} too long");
+    name
+}
+
+/// A file in `/tmp` that images are created from, open read-write, and
+/// removed on drop. `/tmp` in the test VM is a tmpfs: a sparse file costs
+/// only the pages written.
+pub struct ImageFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl ImageFile {
+    /// Creates the empty file `/tmp/vms-NAME.img`.
+    #[track_caller]
+    pub fn create(name: &str) -> Self {
+        let path = PathBuf::from(format!("/tmp/vms-{name}.img"));
+        let file = check(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path),
+            "create image file",
+        );
+        Self { path, file }
+    }
+
+    /// Creates a file of `junk + pages * 4096` bytes: `junk` bytes of 0xee
+    /// (which `file_offset` skips), then `pages` pages of the pattern.
+    #[track_caller]
+    pub fn with_pattern(name: &str, pages: u64, junk: u64) -> Self {
+        let f = Self::create(name);
+        if junk > 0 {
+            check(
+                f.file.write_all_at(&vec![0xee; junk as usize], 0),
+                "write image file",
+            );
+        }
+        // 1 MiB at a time.
+        const CHUNK: u64 = 256;
+        let mut buf = vec![0u8; (CHUNK * PAGE_SIZE) as usize];
+        let mut page = 0;
+        while page < pages {
+            let n = CHUNK.min(pages - page);
+            for (i, p) in buf
+                .chunks_mut(PAGE_SIZE as usize)
+                .take(n as usize)
+                .enumerate()
+            {
+                fill_pattern_page(page + i as u64, p);
+            }
+            check(
+                f.file
+                    .write_all_at(&buf[..(n * PAGE_SIZE) as usize], junk + page * PAGE_SIZE),
+                "write image file",
+            );
+            page += n;
+        }
+        f
+    }
+
+    /// Creates a sparse file of `size` bytes that holds the pattern in
+    /// pages `pages` only; every other page is a hole.
+    #[track_caller]
+    pub fn sparse(name: &str, size: u64, pages: &[u64]) -> Self {
+        let f = Self::create(name);
+        check(f.file.set_len(size), "ftruncate image file");
+        for &p in pages {
+            check(
+                f.file.write_all_at(&pattern_page(p), p * PAGE_SIZE),
+                "write image file",
+            );
+        }
+        f
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file still holds exactly `junk` bytes of 0xee and
+    /// `pages` pattern pages, as [`ImageFile::with_pattern`] wrote it;
+    /// on a difference, returns the first differing byte offset.
+    #[track_caller]
+    pub fn first_difference(&self, pages: u64, junk: u64) -> Option<u64> {
+        let len = check(self.file.metadata(), "stat image file").len();
+        if len != junk + pages * PAGE_SIZE {
+            return Some(len.min(junk + pages * PAGE_SIZE));
+        }
+        let mut buf = vec![0u8; junk as usize];
+        check(self.file.read_exact_at(&mut buf, 0), "read image file");
+        if let Some(i) = buf.iter().position(|&b| b != 0xee) {
+            return Some(i as u64);
+        }
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        for p in 0..pages {
+            let at = junk + p * PAGE_SIZE;
+            check(self.file.read_exact_at(&mut page, at), "read image file");
+            let want = pattern_page(p);
+            if let Some(i) = page.iter().zip(&want).position(|(a, b)| a != b) {
+                return Some(at + i as u64);
+            }
+        }
+        None
+    }
+}
+
+impl Drop for ImageFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// A [`VmsImageCreate`] for image `name` from `fd`, all else zero.
+pub fn image_create_arg(name: &str, fd: RawFd, size: u64, file_offset: u64) -> VmsImageCreate {
+    let mut arg = VmsImageCreate {
+        fd,
+        size,
+        file_offset,
+        ..VmsImageCreate::zeroed()
+    };
+    assert!(set_name(&mut arg.name, name.as_bytes()), "bad name {name}");
+    arg
+}
+
+/// A [`VmsImageInfo`] naming image `name`, all else zero.
+pub fn image_info_arg(name: &str) -> VmsImageInfo {
+    let mut arg = VmsImageInfo::zeroed();
+    assert!(set_name(&mut arg.name, name.as_bytes()), "bad name {name}");
+    arg
+}
+
+/// A [`VmsCloneCreate`] naming image `name`, all else zero.
+pub fn clone_create_arg(name: &str) -> VmsCloneCreate {
+    let mut arg = VmsCloneCreate::zeroed();
+    assert!(set_name(&mut arg.name, name.as_bytes()), "bad name {name}");
+    arg
+}
+
+/// A [`VmsCloneAttach`] of clone bytes `offset..offset + size` to memslot
+/// `slot` of the VM `vm_fd`, all else zero.
+pub fn clone_attach_arg(vm_fd: RawFd, slot: u32, offset: u64, size: u64) -> VmsCloneAttach {
+    VmsCloneAttach {
+        vm_fd,
+        slot,
+        offset,
+        size,
+        ..VmsCloneAttach::zeroed()
+    }
+}
+
+/// `VMS_IMAGE_CREATE` with `arg` as given, returning the raw result.
+pub fn __image_create(dev: &File, arg: &VmsImageCreate) -> io::Result<()> {
+    // SAFETY: `arg` points at a VmsImageCreate, the argument type of
+    // VMS_IMAGE_CREATE, which the kernel only reads.
+    unsafe { __vms_ioctl(dev, VMS_IMAGE_CREATE, arg as *const _ as u64) }.map(|_| ())
+}
+
+/// `VMS_IMAGE_INFO` with `arg` as given, returning the raw result.
+pub fn __image_info(dev: &File, arg: &mut VmsImageInfo) -> io::Result<()> {
+    // SAFETY: `arg` points at a VmsImageInfo, the argument type of
+    // VMS_IMAGE_INFO, valid for every bit pattern the kernel may write.
+    unsafe { __vms_ioctl(dev, VMS_IMAGE_INFO, arg as *mut _ as u64) }.map(|_| ())
+}
+
+/// `VMS_IMAGE_INFO` of image `name`, asserting that it worked.
+#[track_caller]
+pub fn image_info(dev: &File, name: &str) -> VmsImageStats {
+    let mut arg = image_info_arg(name);
+    check(__image_info(dev, &mut arg), "VMS_IMAGE_INFO");
+    arg.stats
+}
+
+/// `VMS_IMAGE_DELETE` with `arg` as given, returning the raw result.
+pub fn __image_delete(dev: &File, arg: &VmsImageInfo) -> io::Result<()> {
+    // SAFETY: `arg` points at a VmsImageInfo, the argument type of
+    // VMS_IMAGE_DELETE, which the kernel only reads.
+    unsafe { __vms_ioctl(dev, VMS_IMAGE_DELETE, arg as *const _ as u64) }.map(|_| ())
+}
+
+/// `VMS_IMAGE_LIST` with `arg` as given, returning the raw result.
+pub fn __image_list(dev: &File, arg: &mut VmsImageList) -> io::Result<()> {
+    // SAFETY: `arg` points at a VmsImageList, the argument type of
+    // VMS_IMAGE_LIST, valid for every bit pattern the kernel may write.
+    unsafe { __vms_ioctl(dev, VMS_IMAGE_LIST, arg as *mut _ as u64) }.map(|_| ())
+}
+
+/// `VMS_CLONE_CREATE` with `arg` as given, returning the raw result: the
+/// new clone's file descriptor.
+pub fn __clone_create(dev: &File, arg: &VmsCloneCreate) -> io::Result<OwnedFd> {
+    // SAFETY: `arg` points at a VmsCloneCreate, the argument type of
+    // VMS_CLONE_CREATE, which the kernel only reads.
+    let fd = unsafe { __vms_ioctl(dev, VMS_CLONE_CREATE, arg as *const _ as u64) }?;
+    // SAFETY: on success VMS_CLONE_CREATE returns a new file descriptor
+    // that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An image in the module, deleted on drop.
+///
+/// Drop it (or call [`Image::delete`], which asserts) after its clones:
+/// declared before them, it is dropped after them, also when a failed
+/// assertion unwinds.
+pub struct Image {
+    dev: File,
+    name: String,
+    size: u64,
+    deleted: bool,
+}
+
+/// Creates image `name` of `size` bytes from `file` at `file_offset`
+/// (`VMS_IMAGE_CREATE`), asserting that it worked.
+#[track_caller]
+pub fn image_create(dev: &File, name: &str, file: &File, size: u64, file_offset: u64) -> Image {
+    let arg = image_create_arg(name, file.as_raw_fd(), size, file_offset);
+    check(__image_create(dev, &arg), "VMS_IMAGE_CREATE");
+    Image {
+        dev: check(dev.try_clone(), "dup /dev/vms fd"),
+        name: name.to_string(),
+        size,
+        deleted: false,
+    }
+}
+
+impl Image {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Its counters (`VMS_IMAGE_INFO`).
+    #[track_caller]
+    pub fn info(&self) -> VmsImageStats {
+        image_info(&self.dev, &self.name)
+    }
+
+    /// A new clone of it (`VMS_CLONE_CREATE`), asserting that it worked.
+    #[track_caller]
+    pub fn clone_create(&self) -> VmsClone {
+        let fd = check(
+            __clone_create(&self.dev, &clone_create_arg(&self.name)),
+            "VMS_CLONE_CREATE",
+        );
+        VmsClone {
+            fd,
+            size: self.size,
+        }
+    }
+
+    /// Deletes it (`VMS_IMAGE_DELETE`), asserting that it worked: every
+    /// clone must be gone.
+    #[track_caller]
+    pub fn delete(mut self) {
+        self.deleted = true;
+        check(
+            __image_delete(&self.dev, &image_info_arg(&self.name)),
+            "VMS_IMAGE_DELETE",
+        );
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        if let Err(e) = __image_delete(&self.dev, &image_info_arg(&self.name)) {
+            ksft::ksft_print_msg(&format!(
+                "cleanup: VMS_IMAGE_DELETE {}: {}",
+                self.name,
+                ksft::strerror(e.raw_os_error().unwrap_or(0))
+            ));
+        }
+    }
+}
+
+/// A clone: its file descriptor and size.
+#[derive(Debug)]
+pub struct VmsClone {
+    fd: OwnedFd,
+    size: u64,
+}
+
+impl VmsClone {
+    /// Its file descriptor.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Its size in bytes (the image's).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// `VMS_CLONE_ATTACH` with `arg` as given, returning the raw result.
+    pub fn __attach(&self, arg: &VmsCloneAttach) -> io::Result<()> {
+        // SAFETY: `arg` points at a VmsCloneAttach, the argument type of
+        // VMS_CLONE_ATTACH, which the kernel only reads.
+        unsafe { __vms_ioctl(&self.fd, VMS_CLONE_ATTACH, arg as *const _ as u64) }.map(|_| ())
+    }
+
+    /// Attaches clone bytes `offset..offset + size` to memslot `slot` of
+    /// the VM `vm_fd`, asserting that it worked.
+    #[track_caller]
+    pub fn attach(&self, vm_fd: RawFd, slot: u32, offset: u64, size: u64) {
+        check(
+            self.__attach(&clone_attach_arg(vm_fd, slot, offset, size)),
+            "VMS_CLONE_ATTACH",
+        );
+    }
+
+    /// `VMS_CLONE_STATS` into `out`, returning the raw result.
+    pub fn __stats(&self, out: &mut VmsCloneStats) -> io::Result<()> {
+        // SAFETY: `out` points at a VmsCloneStats, the argument type of
+        // VMS_CLONE_STATS, valid for every bit pattern the kernel may
+        // write.
+        unsafe { __vms_ioctl(&self.fd, VMS_CLONE_STATS, out as *mut _ as u64) }.map(|_| ())
+    }
+
+    /// Its counters (`VMS_CLONE_STATS`), asserting that it worked.
+    #[track_caller]
+    pub fn stats(&self) -> VmsCloneStats {
+        let mut s = VmsCloneStats::zeroed();
+        check(self.__stats(&mut s), "VMS_CLONE_STATS");
+        s
+    }
+
+    /// Maps the whole clone (see [`CloneMap::__new`]), asserting that it
+    /// worked.
+    #[track_caller]
+    pub fn map(&self) -> Arc<CloneMap> {
+        Arc::new(check(CloneMap::__new(self), "mmap clone"))
+    }
+}
+
+/// The VMM's mapping of a whole clone: `MAP_SHARED`, read-write, offset
+/// 0 = image page 0.
+///
+/// Accesses go through volatile reads and writes: the guest and the
+/// module change the memory behind the compiler's back.
+///
+/// # Invariants
+///
+/// `ptr..ptr + len` is reserved for this value from its creation to its
+/// drop: mapped from the clone until [`CloneMap::unmap`] (then `unmapped`
+/// is true), an inaccessible anonymous mapping after it.
+pub struct CloneMap {
+    ptr: NonNull<u8>,
+    len: usize,
+    unmapped: AtomicBool,
+}
+
+// SAFETY: the mapping is plain shared memory, reachable from any thread;
+// the accessors are volatile and take `&self`, like accesses to memory
+// shared with another process.
+unsafe impl Send for CloneMap {}
+// SAFETY: as for Send.
+unsafe impl Sync for CloneMap {}
+
+impl CloneMap {
+    /// Maps `clone` (`mmap(MAP_SHARED, PROT_READ | PROT_WRITE)` of its
+    /// whole size at offset 0), returning the raw result.
+    pub fn __new(clone: &VmsClone) -> io::Result<Self> {
+        let len = clone.size as usize;
+        // SAFETY: a new shared mapping of the clone at an address the
+        // kernel picks; it aliases nothing of ours.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                clone.fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // INVARIANT: mmap succeeded: `p` maps `len` bytes of the clone.
+        Ok(Self {
+            ptr: NonNull::new(p.cast()).expect("mmap returned NULL"),
+            len,
+            unmapped: AtomicBool::new(false),
+        })
+    }
+
+    /// The host virtual address of clone byte 0.
+    pub fn hva(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    /// The mapping's length: the clone's size.
+    pub fn len(&self) -> u64 {
+        self.len as u64
+    }
+
+    /// Whether the mapping is empty (never: clones are not).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A raw pointer to clone byte `off`, for tests that expect an access
+    /// to fault (in a forked child, see [`crate::host::fork_run`]).
+    pub fn ptr_at(&self, off: u64) -> *mut u8 {
+        assert!(off < self.len as u64, "offset {off:#x} outside the clone");
+        // The offset is inside the mapping: the pointer stays in it.
+        self.ptr.as_ptr().wrapping_add(off as usize)
+    }
+
+    #[track_caller]
+    fn word(&self, off: u64) -> *mut u32 {
+        assert!(
+            !self.unmapped.load(Ordering::Relaxed),
+            "clone mapping used after unmap"
+        );
+        assert!(
+            off.is_multiple_of(4) && off + 4 <= self.len as u64,
+            "bad offset {off:#x}"
+        );
+        self.ptr_at(off).cast()
+    }
+
+    /// Reads the u32 at clone byte `off` (4-byte aligned).
+    #[track_caller]
+    pub fn read_u32(&self, off: u64) -> u32 {
+        let p = self.word(off);
+        // SAFETY: `p` is aligned and inside the mapping, which is mapped
+        // (type invariant; `word` checked `unmapped`).
+        unsafe { p.read_volatile() }
+    }
+
+    /// Writes `v` to the u32 at clone byte `off` (4-byte aligned).
+    #[track_caller]
+    pub fn write_u32(&self, off: u64, v: u32) {
+        let p = self.word(off);
+        // SAFETY: as in `read_u32`; the mapping is writable.
+        unsafe { p.write_volatile(v) }
+    }
+
+    /// Clone page `page`, read through the mapping.
+    #[track_caller]
+    pub fn read_page(&self, page: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(PAGE_SIZE as usize);
+        for off in (0..PAGE_SIZE).step_by(4) {
+            out.extend_from_slice(&self.read_u32(page * PAGE_SIZE + off).to_le_bytes());
+        }
+        out
+    }
+
+    /// Unmaps the clone while keeping the address range reserved (an
+    /// inaccessible anonymous mapping replaces it), so that memslots that
+    /// still point here never reach memory the process reuses. Dropping
+    /// the clone's last file reference then is the same as `munmap`.
+    #[track_caller]
+    pub fn unmap(&self) {
+        self.unmapped.store(true, Ordering::Relaxed);
+        // SAFETY: MAP_FIXED over our own mapping (type invariant) replaces
+        // it; nothing of ours is in the range and no reference into it
+        // exists (the accessors copy out).
+        let p = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            check::<(), _>(
+                Err(io::Error::last_os_error()),
+                "mmap over the clone mapping",
+            );
+        }
+    }
+}
+
+impl Drop for CloneMap {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant the range is ours; no reference
+        // into it outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The memslot through which the tests' guests reach a clone.
+pub const CLONE_SLOT: u32 = 1;
+/// Where that memslot starts in guest physical memory: 1 GiB, above the
+/// code memory and well inside the 4 GiB a 32-bit guest reaches.
+pub const CLONE_GPA: u64 = 0x4000_0000;
+
+/// Installs memslot `slot` at `gpa` with `KVM_MEM_PAGE_PROVIDER` for
+/// clone bytes `offset..offset + size` as mapped by `map`
+/// (`userspace_addr` = `map.hva() + offset`), returning the raw result.
+/// The VM keeps `map` alive.
+pub fn __vm_add_clone_slot(
+    vm: &mut Vm,
+    map: &Arc<CloneMap>,
+    slot: u32,
+    gpa: u64,
+    offset: u64,
+    size: u64,
+) -> Result<(), errno::Error> {
+    assert!(
+        offset.checked_add(size).is_some_and(|end| end <= map.len()),
+        "window {offset:#x}+{size:#x} outside the clone"
+    );
+    let owner: Arc<dyn Any + Send + Sync> = map.clone();
+    // SAFETY: the range lies in `map`, which keeps it mapped or reserved
+    // while it lives (CloneMap's type invariant); `owner` is `map`.
+    unsafe {
+        vm.__add_memory_at(
+            slot,
+            KVM_MEM_PAGE_PROVIDER,
+            gpa,
+            size,
+            map.hva() + offset,
+            owner,
+        )
+    }
+}
+
+/// Serves memslot `slot` at `gpa` from clone bytes `offset..offset + size`:
+/// installs the memslot ([`__vm_add_clone_slot`]), then attaches the clone
+/// to it (`VMS_CLONE_ATTACH`), asserting both.
+#[track_caller]
+pub fn vm_attach_clone(
+    vm: &mut Vm,
+    clone: &VmsClone,
+    map: &Arc<CloneMap>,
+    slot: u32,
+    gpa: u64,
+    offset: u64,
+    size: u64,
+) {
+    check(
+        __vm_add_clone_slot(vm, map, slot, gpa, offset, size),
+        "KVM_SET_USER_MEMORY_REGION2 (KVM_MEM_PAGE_PROVIDER)",
+    );
+    clone.attach(vm.fd().as_raw_fd(), slot, offset, size);
+}
+
+/// A VM for a clone: [`vm_create_pm32`], the whole clone at [`CLONE_GPA`]
+/// in memslot [`CLONE_SLOT`], and `nr_vcpus` protected-mode vCPUs, vCPU
+/// `i` starting at [`guest::code_gpa`]`(i)`.
+#[track_caller]
+pub fn vm_with_clone(kvm: &Kvm, clone: &VmsClone, map: &Arc<CloneMap>, nr_vcpus: usize) -> Vm {
+    let mut vm = vm_create_pm32(kvm);
+    vm_attach_clone(&mut vm, clone, map, CLONE_SLOT, CLONE_GPA, 0, clone.size());
+    for i in 0..nr_vcpus {
+        vm.add_vcpu_pm32(i as u64, guest::code_gpa(i));
+    }
+    vm
+}
+
+/// The requirements of a test of clones in guests, checked before its
+/// plan so that a missing one skips the whole test: `/dev/vms` opens, and
+/// so do `/dev/kvm` and a VM.
+pub fn require_vms_and_kvm() {
+    drop(vms_open());
+    let kvm = crate::kvm::open_kvm();
+    drop(crate::kvm::vm_create(&kvm));
 }

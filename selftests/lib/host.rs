@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Host-side helpers: free memory (from `/proc/meminfo` and
+//! `/proc/zoneinfo`), and running a piece of code in a forked child to
+//! see how it ends (a signal, or as another user).
+
+use std::fs;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::ksft::{self, check};
+
+/// A field of `/proc/meminfo` (such as `"MemFree"`), in bytes.
+#[track_caller]
+pub fn meminfo(field: &str) -> u64 {
+    let text = check(fs::read_to_string("/proc/meminfo"), "read /proc/meminfo");
+    for line in text.lines() {
+        // "MemFree:         3923416 kB"
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        if name == field {
+            let kib = rest
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok());
+            if let Some(kib) = kib {
+                return kib * 1024;
+            }
+        }
+    }
+    ksft::fail(
+        std::panic::Location::caller(),
+        "no such field in /proc/meminfo",
+        format_args!("{field}"),
+        None,
+    )
+}
+
+/// Free memory in bytes: `MemFree` plus the pages on the per-CPU free
+/// lists, which `MemFree` leaves out. A page freed a moment ago usually
+/// goes to such a list first and can stay there (up to many MiB per CPU)
+/// until the list is trimmed, so without them a test would see memory
+/// "in use" that was freed.
+#[track_caller]
+pub fn mem_free() -> u64 {
+    meminfo("MemFree") + pcp_pages() * 4096
+}
+
+/// Pages on the per-CPU free lists of every zone: the sum of the
+/// `count:` lines of the `pagesets` in `/proc/zoneinfo`.
+#[track_caller]
+pub fn pcp_pages() -> u64 {
+    let text = check(fs::read_to_string("/proc/zoneinfo"), "read /proc/zoneinfo");
+    text.lines()
+        .filter_map(|l| l.trim_start().strip_prefix("count:"))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits up to `limit` for [`mem_free`] to come back to at least
+/// `start - slack` (some memory is freed after an RCU grace period or by
+/// a worker), returning the last value read.
+pub fn mem_free_settle(start: u64, slack: u64, limit: Duration) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        let now = mem_free();
+        if now + slack >= start || t0.elapsed() >= limit {
+            return now;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// MiB, for diagnostics.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// How a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildEnd {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+}
+
+/// Runs `f` in a forked child and returns how the child ended; the child
+/// exits with `f`'s return value.
+///
+/// The child must not touch the harness: `f` should make raw system calls
+/// and memory accesses only (no assertions, no allocation: the parent may
+/// have other threads), and report through its return value.
+#[track_caller]
+pub fn fork_run(f: impl FnOnce() -> i32) -> ChildEnd {
+    // SAFETY: fork has no memory-safety preconditions; the child only
+    // runs `f`, which the caller keeps to async-signal-safe work, then
+    // _exit()s without running destructors or atexit handlers.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        check::<(), _>(Err(std::io::Error::last_os_error()), "fork");
+    }
+    if pid == 0 {
+        let code = f();
+        // SAFETY: _exit ends the child at once; nothing runs after it.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` is a valid out
+        // pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            check::<(), _>(Err(e), "waitpid");
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        ChildEnd::Signaled(libc::WTERMSIG(status))
+    } else {
+        ChildEnd::Exited(libc::WEXITSTATUS(status))
+    }
+}
+
+/// In a child of [`fork_run`]: drops every privilege by becoming user
+/// and group `id` (65534 is `nobody`) with no supplementary groups.
+/// Returns 0, or the errno of the call that failed.
+pub fn become_user(id: u32) -> i32 {
+    // SAFETY: plain system calls without pointers (setgroups with a
+    // count of 0 reads no list).
+    let r = unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(id, id, id) != 0
+            || libc::setresuid(id, id, id) != 0
+        {
+            -1
+        } else {
+            0
+        }
+    };
+    if r == 0 {
+        0
+    } else {
+        last_errno()
+    }
+}
+
+/// The calling thread's errno (no allocation).
+pub fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// In a child of [`fork_run`]: disables core dumps, so that a child that
+/// is meant to die of a signal leaves no core file behind.
+pub fn no_core_dump() {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `zero` is a valid rlimit for the duration of the call.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
+}
