@@ -11,19 +11,22 @@
 //!
 //! The only transition is shared -> private, on the first write from the
 //! guest or through the VMM's mapping (copy-on-write). It follows KVM's
-//! rule: publish the private page in `State::private`, then unmap the old
-//! page from the VMM's mappings and zap it from stage 2
-//! ([`ffi::Vm::invalidate`], which bumps KVM's invalidation sequence so a
-//! racing fault retries), then drop our reference to the old page. Both
+//! rule: publish the private page in `State::private`, zap the old page
+//! from stage 2 ([`ffi::Vm::invalidate`], which bumps KVM's invalidation
+//! sequence so a racing fault retries), unmap it from the VMM's mappings
+//! under its page lock ([`VmClone::retire`], which waits for a racing VMM
+//! fault that already returned it), then drop our reference to it. Both
 //! fault paths resolve through `State::private`, so the VMM's mapping and
 //! the guest always see the same page for every gfn.
 //!
 //! Lock order: `attach` -> (KVM's `slots_lock`) ; `state` -> image `cache`
-//! -> (`i_mmap_rwsem`, page table locks, KVM's `mmu_lock`). `state` is
-//! never held across a call that waits for KVM's SRCU readers (register,
-//! unregister): vCPUs take `state` inside KVM's SRCU read section.
+//! ; `state` -> (KVM's `mmu_lock`) ; `state` -> page lock ; page lock ->
+//! (`i_mmap_rwsem`, page table locks). `state` is never held across a
+//! call that waits for KVM's SRCU readers (register, unregister): vCPUs
+//! take `state` inside KVM's SRCU read section. A page lock is taken under
+//! `state` only by the VMM's fault, which mm releases without vms locks.
 
-use crate::ffi::{self, Mapping, PageRef, SlotInfo, PAGE_SIZE};
+use crate::ffi::{self, LockedPage, Mapping, PageRef, SlotInfo, PAGE_SIZE};
 use crate::image::{Image, Source};
 use crate::table::PageTable;
 use crate::abi;
@@ -108,10 +111,18 @@ impl VmClone {
     }
 
     /// The page for clone page `idx` with `state` held: the private page,
-    /// or the image's page, or (for a write) a new private copy.
-    fn resolve(&self, st: &mut State, idx: usize, write: bool) -> Result<(PageRef, bool)> {
+    /// or the image's page, or (for a write) a new private copy. Returns
+    /// the page, whether it may be mapped writable, and, after a copy, the
+    /// replaced image page: the caller must [`retire`](Self::retire) it
+    /// once `state` is released.
+    fn resolve(
+        &self,
+        st: &mut State,
+        idx: usize,
+        write: bool,
+    ) -> Result<(PageRef, bool, Option<PageRef>)> {
         if let Some(p) = st.private.get(idx) {
-            return Ok((p.clone(), true));
+            return Ok((p.clone(), true, None));
         }
         let (src, source, streamed) = self.image.page(idx).inspect_err(|_| {
             self.stats.io_errors.fetch_add(1, Relaxed);
@@ -124,7 +135,7 @@ impl VmClone {
                 Source::Zero => self.stats.zero_maps.fetch_add(1, Relaxed),
                 Source::Cache => self.stats.shared_maps.fetch_add(1, Relaxed),
             };
-            return Ok((src, false));
+            return Ok((src, false, None));
         }
         let new = if source == Source::Zero {
             PageRef::alloc_zeroed()?
@@ -133,17 +144,15 @@ impl VmClone {
             p.copy_from(&src);
             p
         };
-        // Publish, then unmap and zap the old page, then drop it (`src`).
+        // Publish, then zap stage 2 (the VMM's mappings go in `retire`).
         st.private.set(idx, new.clone())?;
         self.stats.cow_copies.fetch_add(1, Relaxed);
-        self.invalidate(st, idx);
-        drop(src);
-        Ok((new, true))
+        self.invalidate_stage2(st, idx);
+        Ok((new, true, Some(src)))
     }
 
-    /// Remove every mapping of clone page `idx`: the VMM's and stage 2's.
-    fn invalidate(&self, st: &State, idx: usize) {
-        self.mapping.unmap_page(idx);
+    /// Zap the stage-2 mappings of clone page `idx` in every memslot.
+    fn invalidate_stage2(&self, st: &State, idx: usize) {
         let Some(vm) = &st.vm else { return };
         for a in st.slots.iter() {
             if let Some(base) = a.base_gfn {
@@ -155,6 +164,17 @@ impl VmClone {
         }
     }
 
+    /// Unmap `old`, the page clone page `idx` had before it became private,
+    /// from the VMM's mappings, then drop our reference to it.
+    ///
+    /// The VMM's fault handler locks the page it returns while `state` is
+    /// held and mm installs it before unlocking: taking the page lock here
+    /// waits for such a fault that raced with the copy, so its mapping is
+    /// in place, and removed, before we return.
+    fn retire(&self, idx: usize, old: PageRef) {
+        old.locked(|| self.mapping.unmap_page(idx));
+    }
+
     /// A stage-2 (EPT/NPT) fault on `gfn` of memslot `slot`.
     pub(crate) fn stage2_fault(
         &self,
@@ -163,34 +183,52 @@ impl VmClone {
         write: bool,
     ) -> Result<(PageRef, bool)> {
         self.stats.faults.fetch_add(1, Relaxed);
-        let mut st = self.state.lock();
-        let Some(a) = st.slots.iter_mut().find(|a| a.slot == slot.slot) else {
-            return Err(EFAULT);
-        };
-        if slot.npages != a.npages as u64 {
-            if !a.warned {
-                a.warned = true;
-                pr_warn!("memslot {:#x}: its size differs from the attached range\n", a.slot);
+        let (page, writable, old) = {
+            let mut st = self.state.lock();
+            let Some(a) = st.slots.iter_mut().find(|a| a.slot == slot.slot) else {
+                return Err(EFAULT);
+            };
+            if slot.npages != a.npages as u64 {
+                if !a.warned {
+                    a.warned = true;
+                    pr_warn!("memslot {:#x}: its size differs from the attached range\n", a.slot);
+                }
+                return Err(EINVAL);
             }
-            return Err(EINVAL);
+            let rel = gfn.checked_sub(slot.base_gfn).ok_or(EFAULT)? as usize;
+            if rel >= a.npages {
+                return Err(EFAULT);
+            }
+            a.base_gfn = Some(slot.base_gfn);
+            let idx = a.first + rel;
+            let r = self.resolve(&mut st, idx, write)?;
+            (r.0, r.1, r.2.map(|o| (idx, o)))
+        };
+        if let Some((idx, old)) = old {
+            self.retire(idx, old);
         }
-        let rel = gfn.checked_sub(slot.base_gfn).ok_or(EFAULT)? as usize;
-        if rel >= a.npages {
-            return Err(EFAULT);
-        }
-        a.base_gfn = Some(slot.base_gfn);
-        let idx = a.first + rel;
-        self.resolve(&mut st, idx, write)
+        Ok((page, writable))
     }
 
-    /// A fault of the VMM's mapping at clone page `idx`.
-    pub(crate) fn mmap_fault(&self, idx: usize, write: bool) -> Result<PageRef> {
+    /// A fault of the VMM's mapping at clone page `idx`: the page, locked.
+    pub(crate) fn mmap_fault(&self, idx: usize, write: bool) -> Result<LockedPage> {
         if idx >= self.npages() {
             return Err(EINVAL);
         }
         self.stats.mmap_faults.fetch_add(1, Relaxed);
         let mut st = self.state.lock();
-        Ok(self.resolve(&mut st, idx, write)?.0)
+        let (page, _, old) = self.resolve(&mut st, idx, write)?;
+        let Some(old) = old else {
+            // Possibly a shared page: lock it before `state` goes, so a
+            // copy made after this waits in `retire` until it is mapped.
+            let locked = page.into_locked();
+            drop(st);
+            return Ok(locked);
+        };
+        drop(st);
+        self.retire(idx, old);
+        // A private page is never replaced: no need to hold `state`.
+        Ok(page.into_locked())
     }
 
     /// The VMM writes to `page`, mapped read-only at clone page `idx`.
@@ -199,12 +237,16 @@ impl VmClone {
     /// unmapped; the access must be retried.
     pub(crate) fn mmap_mkwrite(&self, idx: usize, page: *mut kernel::bindings::page) -> Result<bool> {
         let mut st = self.state.lock();
-        match st.private.get(idx) {
+        let old = match st.private.get(idx) {
             Some(p) if p.is(page) => return Ok(true),
-            Some(_) => self.mapping.unmap_page(idx),
-            None => {
-                self.resolve(&mut st, idx, true)?;
-            }
+            // A stale mapping of the page before the copy.
+            Some(_) => None,
+            None => self.resolve(&mut st, idx, true)?.2,
+        };
+        drop(st);
+        match old {
+            Some(old) => self.retire(idx, old),
+            None => self.mapping.unmap_page(idx),
         }
         Ok(false)
     }

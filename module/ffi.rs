@@ -235,6 +235,28 @@ impl PageRef {
         })
     }
 
+    /// Lock the page (may sleep), for handing it locked to the fault path.
+    ///
+    /// A page lock orders the VMM's fault installing a page against
+    /// [`Mapping::unmap_page`] of that page: see `clone.rs`.
+    pub(crate) fn into_locked(self) -> LockedPage {
+        // SAFETY: the page is live (invariant); `lock_page` may sleep,
+        // which our callers allow.
+        unsafe { bindings::lock_page(self.as_ptr()) };
+        // INVARIANT: locked just now.
+        LockedPage(self)
+    }
+
+    /// Run `f` with the page locked.
+    pub(crate) fn locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        // SAFETY: the page is live (invariant).
+        unsafe { bindings::lock_page(self.as_ptr()) };
+        let r = f();
+        // SAFETY: locked above by this thread.
+        unsafe { bindings::unlock_page(self.as_ptr()) };
+        r
+    }
+
     /// Whether `raw` is this page.
     pub(crate) fn is(&self, raw: *mut bindings::page) -> bool {
         self.as_ptr() == raw
@@ -254,6 +276,30 @@ impl Drop for PageRef {
     fn drop(&mut self) {
         // SAFETY: this value owns one reference (invariant).
         unsafe { bindings::put_page(self.as_ptr()) };
+    }
+}
+
+/// A referenced page that this thread has locked.
+///
+/// # Invariants
+///
+/// The page of `0` is locked by us.
+pub(crate) struct LockedPage(PageRef);
+
+impl LockedPage {
+    /// Give the reference and the lock to the fault path
+    /// (`VM_FAULT_LOCKED`), which unlocks and drops them.
+    fn into_raw(self) -> *mut bindings::page {
+        let me = core::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never dropped, so the `PageRef` is moved out once.
+        unsafe { core::ptr::read(&me.0) }.into_raw()
+    }
+}
+
+impl Drop for LockedPage {
+    fn drop(&mut self) {
+        // SAFETY: locked by us (invariant); the reference is dropped after.
+        unsafe { bindings::unlock_page(self.0.as_ptr()) };
     }
 }
 
@@ -531,18 +577,12 @@ extern "C" fn clone_mmap(file: *mut bindings::file, vma: *mut bindings::vm_area_
     0
 }
 
-/// Turn a fault result into a `vm_fault_t`.
-fn fault_result(r: Result<Option<PageRef>>, vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
-    match r {
-        Ok(Some(p)) => {
-            // SAFETY: `vmf` is the fault in progress; the reference moves
-            // to the fault path, which maps or drops it.
-            unsafe { (*vmf).page = p.into_raw() };
-            0
-        }
-        Ok(None) => bindings::vm_fault_reason_VM_FAULT_NOPAGE as _,
-        Err(e) if e == ENOMEM => bindings::vm_fault_reason_VM_FAULT_OOM as _,
-        Err(_) => bindings::vm_fault_reason_VM_FAULT_SIGBUS as _,
+/// The `vm_fault_t` of a failed fault.
+fn fault_error(e: Error) -> bindings::vm_fault_t {
+    if e == ENOMEM {
+        bindings::vm_fault_reason_VM_FAULT_OOM as _
+    } else {
+        bindings::vm_fault_reason_VM_FAULT_SIGBUS as _
     }
 }
 
@@ -557,7 +597,15 @@ extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault
             (*vmf).flags & bindings::fault_flag_FAULT_FLAG_WRITE != 0,
         )
     };
-    fault_result(clone.mmap_fault(idx, write).map(Some), vmf)
+    match clone.mmap_fault(idx, write) {
+        Ok(page) => {
+            // SAFETY: `vmf` is the fault in progress; the locked reference
+            // moves to the fault path, which maps it, unlocks and drops it.
+            unsafe { (*vmf).page = page.into_raw() };
+            bindings::vm_fault_reason_VM_FAULT_LOCKED as _
+        }
+        Err(e) => fault_error(e),
+    }
 }
 
 extern "C" fn clone_vm_mkwrite(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
@@ -576,7 +624,7 @@ extern "C" fn clone_vm_mkwrite(vmf: *mut bindings::vm_fault) -> bindings::vm_fau
         },
         // The shared page was replaced and unmapped: retry the access.
         Ok(false) => bindings::vm_fault_reason_VM_FAULT_NOPAGE as _,
-        Err(e) => fault_result(Err(e), vmf),
+        Err(e) => fault_error(e),
     }
 }
 
