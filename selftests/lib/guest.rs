@@ -33,6 +33,8 @@
 //! and the unit tests below compare every program with what GNU
 //! `as --32` makes of its source.
 
+use std::time::Instant;
+
 use kvm_ioctls::VcpuFd;
 use vmm_sys_util::errno;
 
@@ -226,6 +228,12 @@ impl Asm {
         self.emit(&[0xef]);
     }
 
+    /// Reports `AL` on `port`, an 8-bit port: `out imm8, al` (`E6 ib`),
+    /// an instruction that needs no register set up first.
+    fn out_imm8(&mut self, port: u8) {
+        self.emit(&[0xe6, port]);
+    }
+
     /// `hlt`: `F4`.
     fn hlt(&mut self) {
         self.emit(&[0xf4]);
@@ -387,6 +395,21 @@ pub fn read_write_forever(w: &Walk) -> Vec<u8> {
     a.finish()
 }
 
+/// Reports [`PORT_DONE`] at once: its first instruction is the `out`,
+/// so the exit marks the moment the vCPU ran its first instruction (the
+/// clone start benchmark):
+///
+/// ```text
+///         out  PORT_DONE, al
+///         hlt
+/// ```
+pub fn report_done() -> Vec<u8> {
+    let mut a = Asm::default();
+    a.out_imm8(PORT_DONE as u8);
+    a.hlt();
+    a.finish()
+}
+
 /// What a program reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -421,16 +444,25 @@ pub fn load(vm: &mut Vm, i: usize, code: &[u8]) {
 /// Runs `vcpu` to its next report, returning the raw result (the errno of
 /// `KVM_RUN` or `KVM_GET_REGS` if one failed).
 pub fn __run(vcpu: &mut VcpuFd) -> Result<Outcome, errno::Error> {
-    match __vcpu_run(vcpu)? {
-        Exit::IoOut { port, data: _ } if port == PORT_PROGRESS => Ok(Outcome::Progress),
+    __run_timed(vcpu).map(|(outcome, _)| outcome)
+}
+
+/// Like [`__run`], also returning the moment the report's exit reached
+/// userspace: the end of the program's work, before a [`PORT_DONE`]
+/// report is resumed to its `hlt` (benchmarks time programs with it).
+pub fn __run_timed(vcpu: &mut VcpuFd) -> Result<(Outcome, Instant), errno::Error> {
+    let exit = __vcpu_run(vcpu)?;
+    let at = Instant::now();
+    let outcome = match exit {
+        Exit::IoOut { port, data: _ } if port == PORT_PROGRESS => Outcome::Progress,
         Exit::IoOut { port, data: _ } if port == PORT_DONE => match __vcpu_run(vcpu)? {
-            Exit::Hlt => Ok(Outcome::Done),
-            other => Ok(Outcome::Exit(other)),
+            Exit::Hlt => Outcome::Done,
+            other => Outcome::Exit(other),
         },
         Exit::IoOut { port, data: _ } if port == PORT_BAD || port == PORT_BAD_HI => {
             let r = vcpu.get_regs()?;
             let (ebx, eax, edi, esi) = (r.rbx as u32, r.rax as u32, r.rdi as u32, r.rsi as u32);
-            Ok(if port == PORT_BAD {
+            if port == PORT_BAD {
                 Outcome::Mismatch {
                     gpa: ebx,
                     offset: 0,
@@ -444,10 +476,11 @@ pub fn __run(vcpu: &mut VcpuFd) -> Result<Outcome, errno::Error> {
                     expected: edi ^ esi,
                     found: eax ^ esi,
                 }
-            })
+            }
         }
-        other => Ok(Outcome::Exit(other)),
-    }
+        other => Outcome::Exit(other),
+    };
+    Ok((outcome, at))
 }
 
 /// Loads `code` for vCPU `i`, runs it, and asserts that it reached its
@@ -561,6 +594,12 @@ mod tests {
             0x00, 0x00, 0xef, 0xeb, 0xb8, 0xba, 0xd1, 0x00, 0x00, 0x00, 0xef, 0xf4,
         ];
         assert_eq!(read_write_forever(&W), with_prologue(&body));
+    }
+
+    #[test]
+    fn report_done_matches_gnu_as() {
+        // out %al,$0xd0; hlt (no prologue: the out comes first)
+        assert_eq!(report_done(), [0xe6, 0xd0, 0xf4]);
     }
 
     #[test]

@@ -140,6 +140,15 @@ pub fn init() {
     });
 }
 
+/// Installs the panic hook of [`init`] without printing `TAP version
+/// 13`: for programs that are not tests but reuse the helpers and their
+/// assertions (`vms-bench`). A failed assertion then prints its `# `
+/// diagnostic and ends the program with [`KSFT_FAIL`]; [`skip`] still
+/// prints `1..0 # SKIP reason` and exits with [`KSFT_SKIP`].
+pub fn init_tool() {
+    INIT.call_once(|| panic::set_hook(Box::new(panic_hook)));
+}
+
 fn panic_hook(info: &panic::PanicHookInfo<'_>) {
     let payload = info.payload();
     if payload.is::<Skip>() {

@@ -1,0 +1,447 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `vms-bench faults`: the fault service rate, in pages per second, of
+//! every [`Backend`] on the same guest: each vCPU walks its share of the
+//! region once, touching every page (reading and checking the image's
+//! pattern, or writing), from the first `KVM_RUN` until the guest reports
+//! done. All backends are measured in one process, interleaved run by run.
+
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vms_selftests::guest::{self, Outcome, Walk};
+use vms_selftests::ksft::{self, check};
+use vms_selftests::kvm::{vm_create_pm32, Vm};
+use vms_selftests::vms::{image_create, unique_name, ImageFile, CLONE_GPA, PAGE_SIZE};
+use vms_selftests::{test_assert, test_assert_eq};
+
+use crate::diag::Watchdog;
+use crate::mem::{shares_of, Backend, Backing, Source};
+use crate::report::{num, ratio, spread, Bar, Chart, Figure, Samples, Section, Table};
+use crate::{mib_str, progress, Env, Size};
+
+/// The memslot of the region and where it is in the guest.
+const SLOT: u32 = 1;
+const GPA: u64 = CLONE_GPA;
+
+/// The longest a guest's walk may take before the watchdog ends the
+/// program: 900 s (a walk of 64 MiB takes seconds, of 256 MiB at the
+/// slowest rate seen on a busy host about 10 minutes), or
+/// `$VMS_BENCH_WALK_LIMIT` seconds.
+pub fn walk_limit() -> Duration {
+    let s = std::env::var("VMS_BENCH_WALK_LIMIT").ok();
+    Duration::from_secs(s.and_then(|s| s.parse().ok()).unwrap_or(900))
+}
+
+/// Values the write walk stores at byte 0 of page `p`: `WRITE_BASE + p`
+/// (the complement at byte 2048), unlike anything in the image.
+const WRITE_BASE: u32 = 0x3c00_0000;
+
+/// Reading or writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+impl Access {
+    fn name(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+        }
+    }
+}
+
+const BACKENDS: [Backend; 7] = [
+    Backend::AnonFilled,
+    Backend::AnonFresh,
+    Backend::VmsWarm,
+    Backend::VmsCold,
+    Backend::UffdMissing,
+    Backend::UffdMinor,
+    Backend::FilePrivate,
+];
+
+/// What to measure.
+pub struct Params {
+    pub size: Size,
+    pub vcpus: Vec<usize>,
+    pub runs: usize,
+    /// Measure only these backends ([`Backend::key`]); all if empty.
+    /// The ceiling is always measured.
+    pub only: Vec<String>,
+    /// Measure only these accesses; both if empty.
+    pub access: Vec<String>,
+}
+
+/// Runs the benchmark and returns its figure.
+pub fn run(env: &Env, p: &Params) -> Figure {
+    let size = p.size.0;
+    let pages = size / PAGE_SIZE;
+    assert!(pages >= 16 && size.is_multiple_of(PAGE_SIZE));
+    for &n in &p.vcpus {
+        assert!((1..=8).contains(&n), "1 to 8 vCPUs");
+    }
+    progress(&format!(
+        "faults: {} ({pages} pages), vCPUs {:?}, {} runs",
+        mib_str(size),
+        p.vcpus,
+        p.runs
+    ));
+
+    let name = unique_name("bench-src");
+    let file = ImageFile::with_pattern(&name, pages, 0);
+    let warm = image_create(&env.dev, &name, file.file(), size, 0);
+    // Warm it: one clone reads every page, so every page is cached.
+    {
+        let src = Source {
+            dev: Some(&env.dev),
+            file: &file,
+            size,
+            warm: Some(&warm),
+        };
+        let b = Backing::new(&src, Backend::VmsWarm, 1);
+        let mut vm = vm_create_pm32(&env.kvm);
+        b.attach(&mut vm, SLOT, GPA);
+        vm.add_vcpu_pm32(0, guest::code_gpa(0));
+        guest::run(
+            &mut vm,
+            0,
+            &guest::read_check(&Walk::pattern(GPA, 0, pages)),
+        );
+    }
+    let is = warm.info();
+    test_assert_eq!(is.cached_pages, pages, "the warm image caches every page");
+
+    let src = Source {
+        dev: Some(&env.dev),
+        file: &file,
+        size,
+        warm: Some(&warm),
+    };
+    // rates[backend][access][vcpus index]
+    let mut rates = vec![vec![vec![Samples::default(); p.vcpus.len()]; 2]; BACKENDS.len()];
+    for run in 0..p.runs {
+        for (vi, &n) in p.vcpus.iter().enumerate() {
+            for (ai, access) in [Access::Read, Access::Write].into_iter().enumerate() {
+                if !p.access.is_empty() && !p.access.iter().any(|a| a == access.name()) {
+                    continue;
+                }
+                for (bi, &b) in BACKENDS.iter().enumerate() {
+                    if b != Backend::AnonFilled
+                        && !p.only.is_empty()
+                        && !p.only.iter().any(|k| k == b.key())
+                    {
+                        continue;
+                    }
+                    let rate = measure(env, &src, b, access, n, env.verify_stride);
+                    progress(&format!(
+                        "faults run {}/{}: {} {}, {n} vCPU(s): {} pages/s",
+                        run + 1,
+                        p.runs,
+                        b.name(),
+                        access.name(),
+                        num(rate)
+                    ));
+                    rates[bi][ai][vi].push(rate);
+                }
+            }
+        }
+    }
+    warm.delete();
+    drop(file);
+
+    figure(p, pages, &rates)
+}
+
+/// One measurement: a fresh backing and VM, `n` vCPUs each walking its
+/// share once; returns pages per second (all pages over the wall time
+/// from the first vCPU's first `KVM_RUN` to the last vCPU's report).
+/// Then checks what the guest saw and wrote, and the counters.
+fn measure(env: &Env, src: &Source<'_>, b: Backend, access: Access, n: usize, stride: u64) -> f64 {
+    let pages = src.size / PAGE_SIZE;
+    let mut backing = Backing::new(src, b, n as u64);
+    let mut vm = vm_create_pm32(&env.kvm);
+    backing.attach(&mut vm, SLOT, GPA);
+    for (i, (start, len)) in shares_of(src.size, n as u64).into_iter().enumerate() {
+        let (gpa, first, count) = (GPA + start, start / PAGE_SIZE, len / PAGE_SIZE);
+        let code = match access {
+            Access::Read if b.has_image() => guest::read_check(&Walk::pattern(gpa, first, count)),
+            Access::Read => guest::read_check(&Walk::zeros(gpa, count)),
+            Access::Write => guest::write(&Walk::values(
+                gpa,
+                count,
+                WRITE_BASE.wrapping_add(first as u32),
+            )),
+        };
+        vm.add_vcpu_pm32(i as u64, guest::code_gpa(i));
+        guest::load(&mut vm, i, &code);
+    }
+
+    let secs = run_vcpus(&mut vm);
+    let served = backing.stop_handlers();
+
+    // What the guest wrote is in the VMM's view (a sample of pages, all
+    // of them in a smoke run); what it read it checked itself.
+    if access == Access::Write {
+        for p in (0..pages).step_by(stride as usize).chain([pages - 1]) {
+            let want = WRITE_BASE.wrapping_add(p as u32);
+            let at = p * PAGE_SIZE;
+            test_assert_eq!(backing.read_u32(at), want, "{}: page {p}", b.name());
+            test_assert_eq!(backing.read_u32(at + 2048), !want, "{}: page {p}", b.name());
+        }
+        // The image file is untouched (MINOR maps a copy in shmem).
+        for p in [0, pages / 2, pages - 1] {
+            let mut w = [0u8; 4];
+            check(
+                std::os::unix::fs::FileExt::read_exact_at(src.file.file(), &mut w, p * PAGE_SIZE),
+                "read image file",
+            );
+            test_assert_eq!(
+                u32::from_le_bytes(w),
+                vms_selftests::vms::pattern_word(p),
+                "{}: the image file changed at page {p}",
+                b.name()
+            );
+        }
+    }
+    match b {
+        Backend::UffdMissing | Backend::UffdMinor => {
+            test_assert_eq!(served.resolved, pages, "{}: {served:?}", b.name());
+        }
+        Backend::VmsWarm | Backend::VmsCold => {
+            let cs = backing.clone().expect("a clone").stats();
+            let what = format!("{}, {}: {cs:?}", b.name(), access.name());
+            test_assert!(cs.faults >= pages, "{what}");
+            test_assert_eq!(cs.io_errors, 0, "{what}");
+            let streamed = if b == Backend::VmsCold { pages } else { 0 };
+            test_assert_eq!(cs.streamed, streamed, "{what}");
+            let private = if access == Access::Write { pages } else { 0 };
+            test_assert_eq!(cs.private_pages, private, "{what}");
+            test_assert_eq!(cs.cow_copies, private, "{what}");
+            let image = backing.own_image().or(src.warm).expect("an image");
+            let is = image.info();
+            test_assert_eq!(is.cached_pages, pages, "{}: {is:?}", b.name());
+            test_assert_eq!(is.read_errors, 0, "{}: {is:?}", b.name());
+        }
+        _ => {}
+    }
+    drop(vm);
+    drop(backing);
+    pages as f64 / secs
+}
+
+/// Runs every vCPU of `vm` on its own thread, started together, each to
+/// its program's report, which must be "done"; returns the wall time in
+/// seconds from the earliest first `KVM_RUN` to the latest report.
+pub fn run_vcpus(vm: &mut Vm) -> f64 {
+    // A guest that never reports (a lost userfaultfd wake-up, a stuck
+    // fault) ends the program with a diagnostic instead of hanging it.
+    let _watchdog = Watchdog::start("a guest's page walk", walk_limit());
+    let vcpus = vm.vcpus_mut();
+    let barrier = Barrier::new(vcpus.len());
+    let times: Vec<(Instant, Instant)> = thread::scope(|s| {
+        let handles: Vec<_> = vcpus
+            .iter_mut()
+            .enumerate()
+            .map(|(i, vcpu)| {
+                let barrier = &barrier;
+                let t = thread::Builder::new().name(format!("vcpu-{i}"));
+                t.spawn_scoped(s, move || {
+                    barrier.wait();
+                    let t0 = Instant::now();
+                    let (outcome, t1) = check(guest::__run_timed(vcpu), "KVM_RUN");
+                    if outcome != Outcome::Done {
+                        ksft::fail(
+                            std::panic::Location::caller(),
+                            "guest program did not complete",
+                            format_args!("vCPU {i}: {}", guest::describe(&outcome)),
+                            None,
+                        );
+                    }
+                    (t0, t1)
+                })
+                .expect("spawn a vCPU thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let start = times.iter().map(|t| t.0).min().expect("a vCPU");
+    let end = times.iter().map(|t| t.1).max().expect("a vCPU");
+    (end - start).as_secs_f64()
+}
+
+fn series(b: Backend) -> usize {
+    match b {
+        Backend::AnonFilled | Backend::AnonFresh => 0,
+        Backend::VmsWarm | Backend::VmsCold => 1,
+        Backend::UffdMissing | Backend::UffdMinor => 2,
+        Backend::FilePrivate => 3,
+    }
+}
+
+fn figure(p: &Params, pages: u64, rates: &[Vec<Vec<Samples>>]) -> Figure {
+    let vcpu_name = |n: usize| {
+        if n == 1 {
+            "1 vCPU".to_string()
+        } else {
+            format!("{n} vCPUs")
+        }
+    };
+    let mut header = vec!["backend".to_string(), "access".to_string()];
+    for &n in &p.vcpus {
+        header.push(format!("{}: pages/s", vcpu_name(n)));
+        header.push("min–max".into());
+        header.push("÷ ceiling".into());
+    }
+    let header: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
+    let mut table = Table::new(&header);
+    let ceiling = |ai: usize, vi: usize| rates[0][ai][vi].median();
+    for (ai, access) in [Access::Read, Access::Write].into_iter().enumerate() {
+        for (bi, b) in BACKENDS.iter().enumerate() {
+            let mut row = vec![b.name().to_string(), access.name().to_string()];
+            for (vi, s) in rates[bi][ai].iter().enumerate() {
+                row.push(num(s.median()));
+                row.push(spread(s));
+                row.push(ratio(s.median() / ceiling(ai, vi)));
+            }
+            table.row(row);
+        }
+    }
+
+    let mut md = String::new();
+    md.push_str("## Fault service rate\n\n");
+    md.push_str(&format!(
+        "Each vCPU touches every page of its share of a {} region ({pages} pages, split \
+         evenly between the vCPUs) once, reading (and checking the image's contents) or \
+         writing; pages/s = all pages / wall time from the first `KVM_RUN` to the last \
+         vCPU's report (an `out`). Median and min–max over {} run(s); the backends are \
+         interleaved run by run in one process. `÷ ceiling` is the median divided by that \
+         of `anon, prefilled` with the same access and vCPU count.\n\n",
+        mib_str(p.size.0),
+        p.runs
+    ));
+    md.push_str(&table.markdown());
+    md.push_str(
+        "\nThe backends:\n\n\
+         - **anon, prefilled (ceiling)**: anonymous memory the VMM filled with the image \
+         before the guest ran: a fault is a stage-2 (NPT) fault only, the host page exists.\n\
+         - **anon, zero-fill on fault**: untouched anonymous memory: a read maps the zero \
+         page (the guest checks zeros), a write allocates and zeroes a page; the \
+         `demand_paging_test` baseline.\n\
+         - **vms, image cached (warm)**: a fresh clone of an image whose pages are all in \
+         the vms image cache (one clone read them all first); a write copies the page \
+         (copy-on-write).\n\
+         - **vms, image cold**: a fresh clone of a new image of a file just written, its \
+         page cache dropped with `POSIX_FADV_DONTNEED`. `/tmp` is a tmpfs in the test VM: \
+         the file stays in memory whatever fadvise says, so *cold* means \"not in the vms \
+         image cache\": each fault reads the page from the file (a tmpfs page cache copy) \
+         into a new cached page, then maps it (or copies it on a write).\n\
+         - **uffd MISSING + UFFDIO_COPY**: anonymous memory registered with userfaultfd; \
+         one handler thread per vCPU share (as `demand_paging_test`) answers each fault \
+         by `UFFDIO_COPY` from a read-only mapping of the image file.\n\
+         - **uffd MINOR + UFFDIO_CONTINUE (shmem)**: a memfd holding a copy of the image, \
+         filled through one mapping; the guest gets a second mapping, registered for \
+         MINOR faults, and the handler answers with `UFFDIO_CONTINUE`. Its writes go to \
+         the shared memfd (no copy-on-write): each run gets a fresh memfd.\n\
+         - **MAP_PRIVATE of the image file**: reads map the file's page cache, writes \
+         copy the page into anonymous memory. On tmpfs the page cache is always warm \
+         (fadvise cannot drop it), so there is no cold variant of this row here.\n\n\
+         Anonymous memory is mapped with `MADV_NOHUGEPAGE` (as the KVM selftests' \
+         \"anonymous\" backing), shmem and tmpfs use 4 KiB pages and vms maps 4 KiB pages: \
+         every backend takes one stage-2 fault per page.\n\n\
+         All rates are from a nested guest under QEMU TCG: absolute numbers mean little, \
+         the ratios between rows measured side by side do.\n",
+    );
+    md.push_str(&targets(p, rates));
+
+    let mut sections = Vec::new();
+    for (ai, access) in [Access::Read, Access::Write].into_iter().enumerate() {
+        for (vi, &n) in p.vcpus.iter().enumerate() {
+            sections.push(Section {
+                title: format!("{}, {}", access.name(), vcpu_name(n)),
+                bars: BACKENDS
+                    .iter()
+                    .enumerate()
+                    .map(|(bi, &b)| {
+                        let s = &rates[bi][ai][vi];
+                        Bar {
+                            label: b.name().into(),
+                            value: s.median(),
+                            lo: s.min(),
+                            hi: s.max(),
+                            series: series(b),
+                        }
+                    })
+                    .collect(),
+            });
+        }
+    }
+    Figure {
+        name: "faults",
+        markdown: md,
+        chart: Chart {
+            title: format!(
+                "Fault service rate, {} region (median, min–max over {} runs)",
+                mib_str(p.size.0),
+                p.runs
+            ),
+            unit: "pages/s".into(),
+            log: false,
+            series: vec![
+                "plain memory".into(),
+                "vms".into(),
+                "userfaultfd".into(),
+                "MAP_PRIVATE".into(),
+            ],
+            sections,
+        },
+    }
+}
+
+/// The issue's targets for vms, with the measured values.
+fn targets(p: &Params, rates: &[Vec<Vec<Samples>>]) -> String {
+    let idx = |b: Backend| BACKENDS.iter().position(|&x| x == b).expect("a backend");
+    let m = |b: Backend, ai: usize, vi: usize| rates[idx(b)][ai][vi].median();
+    let mut t = Table::new(&["target (vms)", "vCPUs", "measured", "met"]);
+    let yes = |ok: bool| if ok { "yes" } else { "no" }.to_string();
+    for (vi, &n) in p.vcpus.iter().enumerate() {
+        for b in [Backend::VmsWarm, Backend::VmsCold] {
+            let r = m(b, 0, vi) / m(Backend::AnonFilled, 0, vi);
+            t.row(vec![
+                format!("{}: read ≥ 0.8x ceiling", b.name()),
+                n.to_string(),
+                ratio(r),
+                yes(r >= 0.8),
+            ]);
+        }
+        for b in [Backend::VmsWarm, Backend::VmsCold] {
+            let r = m(b, 0, vi) / m(Backend::UffdMissing, 0, vi);
+            t.row(vec![
+                format!("{}: read ≥ 2x uffd MISSING", b.name()),
+                n.to_string(),
+                ratio(r),
+                yes(r >= 2.0),
+            ]);
+        }
+        for b in [Backend::VmsWarm, Backend::VmsCold] {
+            let r = m(b, 1, vi) / m(Backend::AnonFilled, 1, vi);
+            let z = m(b, 1, vi) / m(Backend::AnonFresh, 1, vi);
+            t.row(vec![
+                format!("{}: write (CoW) ≥ 0.7x ceiling", b.name()),
+                n.to_string(),
+                format!("{} ({} of zero-fill)", ratio(r), ratio(z)),
+                yes(r >= 0.7),
+            ]);
+        }
+    }
+    format!(
+        "\n### Targets (issue 5; reported, not asserted)\n\n{}",
+        t.markdown()
+    )
+}

@@ -1,0 +1,453 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Guest memory backends: the ways a VMM can give a VM the memory of an
+//! image, each measured on the same guest programs.
+//!
+//! | [`Backend`]    | host memory behind the memslot                      |
+//! |----------------|-----------------------------------------------------|
+//! | `AnonFilled`   | anonymous memory the VMM filled with the image first |
+//! | `AnonFresh`    | anonymous memory never touched (zero-filled on fault)|
+//! | `VmsWarm`      | a vms clone of an image whose pages are all cached   |
+//! | `VmsCold`      | a vms clone of a new image: every page streamed      |
+//! | `UffdMissing`  | anonymous memory, MISSING faults answered with       |
+//! |                | `UFFDIO_COPY` from a mapping of the image file       |
+//! | `UffdMinor`    | a shmem (memfd) copy of the image mapped twice,      |
+//! |                | MINOR faults answered with `UFFDIO_CONTINUE`         |
+//! | `FilePrivate`  | `MAP_PRIVATE` of the image file                      |
+//!
+//! Anonymous memory never uses transparent huge pages (see
+//! [`Mapping::anon`]): every backend maps 4 KiB pages, as vms does.
+//!
+//! A [`Backing`] holds one instance (with its uffd handler threads);
+//! [`Backing::attach`] installs it as a VM's memslot.
+
+use std::any::Any;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use vms_selftests::ksft::check;
+use vms_selftests::kvm::Vm;
+use vms_selftests::vms::{
+    image_create, unique_name, vm_attach_clone, CloneMap, Image, ImageFile, VmsClone, PAGE_SIZE,
+};
+
+use crate::uffd::{self, Handler, Served, Uffd};
+
+/// A host mapping this program owns: anonymous or of a file, unmapped on
+/// drop. Accesses are volatile: a guest may change the memory.
+///
+/// # Invariants
+///
+/// `ptr` is the start of a mapping of `len` bytes, readable (and writable
+/// if mapped so), owned by this value.
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned like a Box<[u8]>; every
+// access is a volatile copy through a raw pointer.
+unsafe impl Send for Mapping {}
+// SAFETY: as for Send.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn mmap(len: usize, prot: i32, flags: i32, fd: i32) -> io::Result<Self> {
+        // SAFETY: a new mapping at an address the kernel picks; it
+        // aliases nothing of ours.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // INVARIANT: mmap succeeded: `p` maps `len` bytes.
+        Ok(Self {
+            ptr: NonNull::new(p.cast()).expect("mmap returned NULL"),
+            len,
+        })
+    }
+
+    /// `len` bytes of private anonymous memory, read-write, without
+    /// transparent huge pages (`MADV_NOHUGEPAGE`, as the "anonymous"
+    /// backing of the KVM selftests): KVM then maps 4 KiB pages at stage
+    /// 2, as it does for every other backend, and each page is a fault.
+    pub fn anon(len: u64) -> io::Result<Self> {
+        let m = Self::mmap(
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+        )?;
+        // SAFETY: advice on our own mapping; it changes no contents.
+        if unsafe { libc::madvise(m.ptr.as_ptr().cast(), m.len, libc::MADV_NOHUGEPAGE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(m)
+    }
+
+    /// The first `len` bytes of `file`, read-write, `MAP_SHARED` or
+    /// `MAP_PRIVATE`.
+    pub fn file(file: &File, len: u64, shared: bool) -> io::Result<Self> {
+        let share = if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        Self::mmap(
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            share | libc::MAP_NORESERVE,
+            file.as_raw_fd(),
+        )
+    }
+
+    /// The first `len` bytes of `file`, read-only and shared: the source
+    /// a userfaultfd handler copies from.
+    pub fn file_ro(file: &File, len: u64) -> io::Result<Self> {
+        Self::mmap(
+            len as usize,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+        )
+    }
+
+    /// The host address of byte 0.
+    pub fn hva(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    /// Reads the u32 at byte `off` (4-byte aligned).
+    pub fn read_u32(&self, off: u64) -> u32 {
+        assert!(off.is_multiple_of(4) && off + 4 <= self.len as u64);
+        // SAFETY: aligned and inside the mapping (type invariant), which
+        // is readable.
+        unsafe {
+            self.ptr
+                .as_ptr()
+                .add(off as usize)
+                .cast::<u32>()
+                .read_volatile()
+        }
+    }
+
+    /// Copies `bytes` to byte `off` (a writable mapping that no guest
+    /// runs on yet).
+    pub fn write(&self, off: u64, bytes: &[u8]) {
+        assert!(off + bytes.len() as u64 <= self.len as u64);
+        // SAFETY: the destination lies inside our writable mapping (type
+        // invariant) and cannot overlap `bytes`, which Rust owns.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.as_ptr().add(off as usize),
+                bytes.len(),
+            )
+        };
+    }
+
+    /// Fills the whole mapping from `file` at offset 0 (`pread`, which
+    /// writes the mapping from the kernel: no reference into it is
+    /// made here).
+    #[track_caller]
+    pub fn fill_from(&self, file: &File) {
+        let mut done = 0usize;
+        while done < self.len {
+            let chunk = (self.len - done).min(1 << 20);
+            // SAFETY: the destination lies inside our mapping (type
+            // invariant), which is writable when this is called; the
+            // kernel writes it like any user buffer.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    self.ptr.as_ptr().add(done).cast(),
+                    chunk,
+                    done as i64,
+                )
+            };
+            if n <= 0 {
+                let e = if n == 0 {
+                    io::Error::from(io::ErrorKind::UnexpectedEof)
+                } else {
+                    io::Error::last_os_error()
+                };
+                check::<(), _>(Err(e), "pread into guest memory");
+            }
+            done += n as usize;
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant we own the range; no reference
+        // into it outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Drops `file`'s pages from the page cache (`POSIX_FADV_DONTNEED`). On
+/// tmpfs the file *is* its page cache and this does nothing.
+pub fn fadvise_dontneed(file: &File) {
+    // SAFETY: a plain system call on an fd we own.
+    let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r != 0 {
+        check::<(), _>(Err(io::Error::from_raw_os_error(r)), "posix_fadvise");
+    }
+}
+
+/// A memfd of `size` bytes (shmem).
+pub fn memfd(size: u64) -> File {
+    // SAFETY: the name is a NUL-terminated string.
+    let fd = unsafe { libc::memfd_create(c"vms-bench".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        check::<(), _>(Err(io::Error::last_os_error()), "memfd_create");
+    }
+    // SAFETY: memfd_create returned a new fd that nothing else owns.
+    let f = unsafe { File::from_raw_fd(fd) };
+    check(f.set_len(size), "ftruncate memfd");
+    f
+}
+
+/// A way of backing guest memory; see the module's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    AnonFilled,
+    AnonFresh,
+    VmsWarm,
+    VmsCold,
+    UffdMissing,
+    UffdMinor,
+    FilePrivate,
+}
+
+impl Backend {
+    /// Its name in tables and charts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::AnonFilled => "anon, prefilled (ceiling)",
+            Backend::AnonFresh => "anon, zero-fill on fault",
+            Backend::VmsWarm => "vms, image cached (warm)",
+            Backend::VmsCold => "vms, image cold",
+            Backend::UffdMissing => "uffd MISSING + UFFDIO_COPY",
+            Backend::UffdMinor => "uffd MINOR + UFFDIO_CONTINUE (shmem)",
+            Backend::FilePrivate => "MAP_PRIVATE of the image file",
+        }
+    }
+
+    /// Its short name, for `--only`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Backend::AnonFilled => "anon",
+            Backend::AnonFresh => "zero",
+            Backend::VmsWarm => "vms-warm",
+            Backend::VmsCold => "vms-cold",
+            Backend::UffdMissing => "uffd-missing",
+            Backend::UffdMinor => "uffd-minor",
+            Backend::FilePrivate => "private",
+        }
+    }
+
+    /// Whether the guest sees the image's contents (all but
+    /// [`Backend::AnonFresh`], which reads zeros).
+    pub fn has_image(self) -> bool {
+        self != Backend::AnonFresh
+    }
+}
+
+/// What every backing of one image shares: the image file (the pattern
+/// of `vms_selftests::vms`), `/dev/vms` and, for [`Backend::VmsWarm`], an
+/// image whose pages are all cached.
+pub struct Source<'a> {
+    /// `/dev/vms`, if the vms backends are measured.
+    pub dev: Option<&'a File>,
+    /// The image file.
+    pub file: &'a ImageFile,
+    /// Its size in bytes.
+    pub size: u64,
+    /// A warm image of `file` ([`Backend::VmsWarm`]).
+    pub warm: Option<&'a Image>,
+}
+
+/// The host memory of one guest: one [`Backend`] instance. Fields drop
+/// in order: the handlers stop, then the mappings go, then the clone,
+/// then its image and file. The `_` fields are only held.
+pub struct Backing {
+    handlers: Vec<Handler>,
+    /// What the guest's memslot maps, for host-side checks.
+    map: Map,
+    /// The other mapping of a MINOR memfd (the one the VMM fills).
+    _alias: Option<Mapping>,
+    /// The userfaultfds: they outlive their handlers, so the range stays
+    /// registered until the backing goes.
+    _uffds: Vec<Arc<Uffd>>,
+    _memfd: Option<File>,
+    clone: Option<VmsClone>,
+    /// An image of the backing's own ([`Backend::VmsCold`]).
+    image: Option<Image>,
+    _file: Option<ImageFile>,
+    size: u64,
+}
+
+enum Map {
+    Host(Arc<Mapping>),
+    Clone(Arc<CloneMap>),
+}
+
+impl Backing {
+    /// Prepares `backend` for an image of `src.size` bytes whose guest
+    /// is split into `shares` ranges, one per vCPU (each MISSING or MINOR
+    /// range gets its own userfaultfd and handler thread, like
+    /// `demand_paging_test`). Nothing here is timed.
+    #[track_caller]
+    pub fn new(src: &Source<'_>, backend: Backend, shares: u64) -> Self {
+        let size = src.size;
+        let mut handlers = Vec::new();
+        let mut uffds = Vec::new();
+        let (mut alias, mut shm, mut clone, mut image, mut file) = (None, None, None, None, None);
+        let host = |m: io::Result<Mapping>| Arc::new(check(m, "mmap guest memory"));
+        let map = match backend {
+            Backend::AnonFilled => {
+                let m = host(Mapping::anon(size));
+                m.fill_from(src.file.file());
+                Map::Host(m)
+            }
+            Backend::AnonFresh => Map::Host(host(Mapping::anon(size))),
+            Backend::FilePrivate => {
+                fadvise_dontneed(src.file.file());
+                Map::Host(host(Mapping::file(src.file.file(), size, false)))
+            }
+            Backend::VmsWarm => {
+                let c = src.warm.expect("a warm image").clone_create();
+                let m = c.map();
+                clone = Some(c);
+                Map::Clone(m)
+            }
+            Backend::VmsCold => {
+                // A file just written, its page cache dropped (on tmpfs
+                // that does nothing), and a new image of it: nothing of
+                // it is in the vms image cache.
+                let dev = src.dev.expect("/dev/vms");
+                let name = unique_name("bench");
+                let f = ImageFile::create(&name);
+                let mut from = check(src.file.file().try_clone(), "dup image file");
+                check(io::Seek::rewind(&mut from), "seek image file");
+                let mut to = check(f.file().try_clone(), "dup image file");
+                check(io::copy(&mut from, &mut to), "copy image file");
+                check(f.file().sync_all(), "fsync image file");
+                fadvise_dontneed(f.file());
+                let i = image_create(dev, &name, f.file(), size, 0);
+                let c = i.clone_create();
+                let m = c.map();
+                (clone, image, file) = (Some(c), Some(i), Some(f));
+                Map::Clone(m)
+            }
+            Backend::UffdMissing | Backend::UffdMinor => {
+                let mode = if backend == Backend::UffdMissing {
+                    uffd::Mode::Missing
+                } else {
+                    uffd::Mode::Minor
+                };
+                let (m, source) = if mode == uffd::Mode::Missing {
+                    // The handlers copy from a mapping of the file.
+                    let source = Mapping::file_ro(src.file.file(), size);
+                    let source = Arc::new(check(source, "mmap image file"));
+                    (host(Mapping::anon(size)), Some(source))
+                } else {
+                    // A shmem copy of the image: the VMM fills the page
+                    // cache through one mapping, the guest gets the
+                    // other, whose page tables are empty.
+                    let fd = memfd(size);
+                    let a = check(Mapping::file(&fd, size, true), "mmap memfd");
+                    a.fill_from(src.file.file());
+                    let m = host(Mapping::file(&fd, size, true));
+                    (alias, shm) = (Some(a), Some(fd));
+                    (m, None)
+                };
+                for (start, len) in shares_of(size, shares) {
+                    let u = Arc::new(check(Uffd::new(mode), "userfaultfd"));
+                    check(u.register(m.hva() + start, len, mode), "UFFDIO_REGISTER");
+                    handlers.push(Handler::start(u.clone(), mode, m.hva(), source.clone()));
+                    uffds.push(u);
+                }
+                Map::Host(m)
+            }
+        };
+        Backing {
+            handlers,
+            map,
+            _alias: alias,
+            _uffds: uffds,
+            _memfd: shm,
+            clone,
+            image,
+            _file: file,
+            size,
+        }
+    }
+
+    /// Installs the memory as memslot `slot` at `gpa` of `vm` (for a
+    /// clone: `KVM_MEM_PAGE_PROVIDER` and `VMS_CLONE_ATTACH`).
+    #[track_caller]
+    pub fn attach(&self, vm: &mut Vm, slot: u32, gpa: u64) {
+        match &self.map {
+            Map::Clone(map) => {
+                let clone = self.clone.as_ref().expect("a clone");
+                vm_attach_clone(vm, clone, map, slot, gpa, 0, self.size);
+            }
+            Map::Host(m) => {
+                let owner: Arc<dyn Any + Send + Sync> = m.clone();
+                // SAFETY: the range is `m`, which stays mapped while
+                // `owner` (the same Arc) lives.
+                let r = unsafe { vm.__add_memory_at(slot, 0, gpa, self.size, m.hva(), owner) };
+                check(r, "KVM_SET_USER_MEMORY_REGION2");
+            }
+        }
+    }
+
+    /// Stops the userfaultfd handlers (after the guest is done) and
+    /// returns what they did in total.
+    pub fn stop_handlers(&mut self) -> Served {
+        let mut total = Served::default();
+        for h in self.handlers.drain(..) {
+            let s = h.stop();
+            total.faults += s.faults;
+            total.resolved += s.resolved;
+            total.exists += s.exists;
+        }
+        total
+    }
+
+    /// The u32 at guest memory byte `off`, read through the VMM's
+    /// mapping.
+    pub fn read_u32(&self, off: u64) -> u32 {
+        match &self.map {
+            Map::Host(m) => m.read_u32(off),
+            Map::Clone(m) => m.read_u32(off),
+        }
+    }
+
+    /// The clone, for the vms backends.
+    pub fn clone(&self) -> Option<&VmsClone> {
+        self.clone.as_ref()
+    }
+
+    /// The image of a cold clone.
+    pub fn own_image(&self) -> Option<&Image> {
+        self.image.as_ref()
+    }
+}
+
+/// `size` bytes split into `n` page-aligned shares: (offset, length).
+pub fn shares_of(size: u64, n: u64) -> Vec<(u64, u64)> {
+    let pages = size / PAGE_SIZE;
+    (0..n)
+        .map(|i| {
+            let first = pages * i / n;
+            let end = pages * (i + 1) / n;
+            (first * PAGE_SIZE, (end - first) * PAGE_SIZE)
+        })
+        .collect()
+}
