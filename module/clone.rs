@@ -312,10 +312,13 @@ impl VmClone {
             })?)
         };
         let mut st = self.state.lock();
-        st.slots.push(
-            Attachment { slot: a.slot, first, npages, base_gfn: None, warned: false },
-            GFP_KERNEL,
-        )?;
+        let att = Attachment { slot: a.slot, first, npages, base_gfn: None, warned: false };
+        if let Err(e) = st.slots.push(att, GFP_KERNEL) {
+            // Unregistering waits for vCPUs, which may wait for `state`.
+            drop(st);
+            drop(vm);
+            return Err(e.into());
+        }
         if vm.is_some() {
             st.vm = vm;
         }
