@@ -143,6 +143,10 @@ struct FaultsArgs {
     /// Only this access: read or write.
     #[arg(long, value_delimiter = ',')]
     access: Vec<String>,
+    /// Also measure userfaultfd with more than one vCPU (it stalls in the
+    /// test VM; see the figure's notes).
+    #[arg(long)]
+    uffd_smp: bool,
 }
 
 #[derive(Args, Clone)]
@@ -207,6 +211,7 @@ fn faults_params(a: &FaultsArgs, smoke: bool) -> faults::Params {
         runs: if smoke { 1 } else { a.runs },
         only: a.only.clone(),
         access: a.access.clone(),
+        uffd_smp: a.uffd_smp,
     }
 }
 
@@ -290,6 +295,7 @@ fn main() -> Result<()> {
                     runs: a.runs,
                     only: Vec::new(),
                     access: Vec::new(),
+                    uffd_smp: false,
                 },
                 smoke,
             );

@@ -75,6 +75,15 @@ pub fn num(v: f64) -> String {
     }
 }
 
+/// An axis tick: round values without decimals (`1`, `10`, `20,000`).
+fn tick(v: f64) -> String {
+    if v >= 1.0 && v.fract() == 0.0 && v < 1000.0 {
+        format!("{v:.0}")
+    } else {
+        num(v)
+    }
+}
+
 /// A ratio: `0.83x`.
 pub fn ratio(v: f64) -> String {
     if v.is_finite() {
@@ -86,6 +95,9 @@ pub fn ratio(v: f64) -> String {
 
 /// `min–max` of samples, formatted with [`num`].
 pub fn spread(s: &Samples) -> String {
+    if s.0.is_empty() {
+        return "n/a".into();
+    }
     format!("{}–{}", num(s.min()), num(s.max()))
 }
 
@@ -321,7 +333,7 @@ impl Chart {
                 r#"<path d="M{x:.1} {ya}V{}" stroke="black"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#,
                 ya + 4.0,
                 ya + 18.0,
-                esc(&num(t))
+                esc(&tick(t))
             );
         }
         let _ = writeln!(

@@ -453,6 +453,14 @@ pub fn __run(vcpu: &mut VcpuFd) -> Result<Outcome, errno::Error> {
 pub fn __run_timed(vcpu: &mut VcpuFd) -> Result<(Outcome, Instant), errno::Error> {
     let exit = __vcpu_run(vcpu)?;
     let at = Instant::now();
+    Ok((__outcome(vcpu, exit)?, at))
+}
+
+/// What `exit`, the exit that ended a `KVM_RUN` of a program, reports:
+/// resumes a [`PORT_DONE`] report to its `hlt`, reads the registers of a
+/// mismatch; returns the raw result. For callers that run the vCPU
+/// themselves.
+pub fn __outcome(vcpu: &mut VcpuFd, exit: Exit) -> Result<Outcome, errno::Error> {
     let outcome = match exit {
         Exit::IoOut { port, data: _ } if port == PORT_PROGRESS => Outcome::Progress,
         Exit::IoOut { port, data: _ } if port == PORT_DONE => match __vcpu_run(vcpu)? {
@@ -480,7 +488,7 @@ pub fn __run_timed(vcpu: &mut VcpuFd) -> Result<(Outcome, Instant), errno::Error
         }
         other => Outcome::Exit(other),
     };
-    Ok((outcome, at))
+    Ok(outcome)
 }
 
 /// Loads `code` for vCPU `i`, runs it, and asserts that it reached its
