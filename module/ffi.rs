@@ -18,7 +18,7 @@ use core::ptr::{addr_of_mut, null_mut, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::c_str;
 use kernel::bindings;
-use kernel::error::{from_result, to_result};
+use kernel::error::{from_err_ptr, from_result, to_result};
 use kernel::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
 use kernel::init::pin_init_from_closure;
 use kernel::prelude::*;
@@ -423,18 +423,18 @@ impl Provider {
     }
 }
 
+/// The VM behind `vm_fd`, with a reference the caller must drop with
+/// `kvm_put_kvm()`: EBADF if `vm_fd` is not open, EINVAL if not a VM.
+fn get_kvm(vm_fd: i32) -> Result<NonNull<bindings::kvm>> {
+    // SAFETY: any fd number is accepted; an ERR_PTR comes back on error.
+    let kvm = from_err_ptr(unsafe { bindings::kvm_get_kvm_from_fd(vm_fd) })?;
+    NonNull::new(kvm).ok_or(EINVAL)
+}
+
 impl Vm {
     /// Take the VM behind `vm_fd` and register `clone`'s provider with it.
     pub(crate) fn attach(vm_fd: i32, clone: &VmClone) -> Result<Self> {
-        // SAFETY: any fd number is accepted; an ERR_PTR comes back on error.
-        let kvm = unsafe { bindings::kvm_get_kvm_from_fd(vm_fd) };
-        // SAFETY: `IS_ERR`/`PTR_ERR` only look at the pointer value.
-        if unsafe { bindings::IS_ERR(kvm as *const c_void) } {
-            // SAFETY: as above.
-            let e = unsafe { bindings::PTR_ERR(kvm as *const c_void) };
-            return Err(Error::from_errno(e as c_int));
-        }
-        let kvm = NonNull::new(kvm).ok_or(EINVAL)?;
+        let kvm = get_kvm(vm_fd)?;
         let provider = clone.provider().0.get();
         // SAFETY: we hold a VM reference; `provider` is pinned inside the
         // clone, which outlives the registration (it unregisters in drop
@@ -451,17 +451,10 @@ impl Vm {
 
     /// Whether `vm_fd` is this VM.
     pub(crate) fn is_fd(&self, vm_fd: i32) -> Result<bool> {
-        // SAFETY: as in `attach`.
-        let kvm = unsafe { bindings::kvm_get_kvm_from_fd(vm_fd) };
-        // SAFETY: `IS_ERR`/`PTR_ERR` only look at the pointer value.
-        if unsafe { bindings::IS_ERR(kvm as *const c_void) } {
-            // SAFETY: as above.
-            let e = unsafe { bindings::PTR_ERR(kvm as *const c_void) };
-            return Err(Error::from_errno(e as c_int));
-        }
-        let same = kvm == self.kvm.as_ptr();
-        // SAFETY: we own the reference taken above.
-        unsafe { bindings::kvm_put_kvm(kvm) };
+        let kvm = get_kvm(vm_fd)?;
+        let same = kvm == self.kvm;
+        // SAFETY: we own the reference `get_kvm` took.
+        unsafe { bindings::kvm_put_kvm(kvm.as_ptr()) };
         Ok(same)
     }
 
@@ -495,9 +488,9 @@ extern "C" fn provider_get_page(
     writable: *mut bool,
 ) -> c_int {
     // SAFETY: `pp` is the `Provider` inside a live clone: the clone
-    // unregisters (which waits for this call) before it is freed. `Opaque`
-    // and `Provider` are `repr(transparent)`-like wrappers with the C
-    // struct at offset 0 of the field.
+    // unregisters (which waits for this call) before it is freed.
+    // `Provider` and `Opaque` are `repr(transparent)`, so the C struct is
+    // at the field's offset.
     let clone = unsafe { &*kernel::container_of!(pp, VmClone, provider) };
     // SAFETY: KVM passes a live memslot under kvm->srcu.
     let info = unsafe {
@@ -693,7 +686,7 @@ pub(crate) fn new_clone_fd(clone: Arc<VmClone>) -> Result<i32> {
     // SAFETY: the name is a static C string; `CLONE_FOPS` is static; `raw`
     // is owned by the file from here on (released in `clone_release`). A
     // new inode per clone gives each clone its own mapping.
-    let file = unsafe {
+    let file = from_err_ptr(unsafe {
         bindings::anon_inode_create_getfile(
             c_str!("[vms-clone]").as_char_ptr(),
             &CLONE_FOPS.0,
@@ -701,19 +694,19 @@ pub(crate) fn new_clone_fd(clone: Arc<VmClone>) -> Result<i32> {
             flags,
             null_mut(),
         )
-    };
-    // SAFETY: `IS_ERR` only looks at the pointer value.
-    if unsafe { bindings::IS_ERR(file as *const c_void) } {
-        // SAFETY: as above.
-        let e = unsafe { bindings::PTR_ERR(file as *const c_void) } as c_int;
-        // SAFETY: the file was not created, so `raw` is still ours, and the
-        // fd was reserved above.
-        unsafe {
-            drop(<Arc<VmClone> as ForeignOwnable>::from_foreign(raw));
-            bindings::put_unused_fd(fd as c_uint);
+    });
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => {
+            // SAFETY: the file was not created, so `raw` is still ours, and
+            // the fd was reserved above.
+            unsafe {
+                drop(<Arc<VmClone> as ForeignOwnable>::from_foreign(raw));
+                bindings::put_unused_fd(fd as c_uint);
+            }
+            return Err(e);
         }
-        return Err(Error::from_errno(e));
-    }
+    };
     // INVARIANT: the mapping of the file that now owns the clone.
     // SAFETY: the file is live; nobody can fault on it before fd_install.
     clone.mapping.0.store(unsafe { (*file).f_mapping }, Ordering::Release);
