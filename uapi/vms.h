@@ -29,7 +29,7 @@
  * VMS_ABI_VERSION - bumped on every incompatible change of this header.
  * Userspace compares it with vms_version.abi_version.
  */
-#define VMS_ABI_VERSION		2
+#define VMS_ABI_VERSION		3
 
 #define VMS_MODULE_VERSION_LEN	32
 
@@ -67,6 +67,15 @@ struct vms_version {
  * clone needs it and is then kept in the image's cache and shared by every
  * clone. All-zero pages share one zero page and cost no memory.
  *
+ * An image can also be empty (every page reads as zero: the memory of a VM
+ * booted from scratch), or a live image: VMS_IMAGE_SNAPSHOT turns the
+ * current memory of a running clone into a new image without copying. The
+ * clone's private pages move into the new image, which is layered on the
+ * clone's image for every other page, and the clone continues as a clone of
+ * the new image: its next write to such a page makes a private copy again.
+ * Images form a tree: each has a generation (0 for a base image, parent's +
+ * 1 for a live image) and counts the live images made on it (children).
+ *
  * A clone is a VM's memory, created from an image. Its file descriptor is
  * mmap()ed by the VMM (MAP_SHARED, offset 0 = image page 0) and attached to
  * one or more memslots of one KVM VM that the VMM creates with
@@ -81,14 +90,18 @@ struct vms_version {
  * struct vms_image_create - argument of VMS_IMAGE_CREATE
  * @name:	(in) NUL-terminated name, unique in the module: letters,
  *		digits, '-', '_' and '.', at least one character.
- * @fd:		(in) file to read pages from, open for reading.
- * @flags:	(in) must be 0.
+ * @fd:		(in) file to read pages from, open for reading; -1 with
+ *		VMS_IMAGE_EMPTY.
+ * @flags:	(in) 0, or VMS_IMAGE_EMPTY: no file, every page reads as
+ *		zero (@file_offset must be 0).
  * @size:	(in) size of guest memory in bytes, a non-zero multiple of
  *		4096; the file must hold @file_offset + @size bytes.
  * @file_offset: (in) offset of guest-physical address 0 in the file,
  *		a multiple of 4096.
  * @reserved:	(in) must be 0.
  */
+#define VMS_IMAGE_EMPTY		(1U << 0)
+
 struct vms_image_create {
 	__u8 name[VMS_NAME_LEN];
 	__s32 fd;
@@ -106,6 +119,12 @@ struct vms_image_create {
  * @zero_pages:	pages found all-zero, served by the shared zero page.
  * @streamed:	pages read from the file (cached or zero) since creation.
  * @read_errors: failed reads of the file.
+ * @generation:	0 for an image made from a file or empty; parent's + 1 for
+ *		a live image.
+ * @children:	live images made on this image that still exist.
+ * @parent:	NUL-terminated name of the image a live image is layered on;
+ *		empty for generation 0. For a live image, @cached_pages counts
+ *		the pages it took from its clone.
  * @reserved:	0.
  */
 struct vms_image_stats {
@@ -115,7 +134,10 @@ struct vms_image_stats {
 	__u64 zero_pages;
 	__u64 streamed;
 	__u64 read_errors;
-	__u64 reserved[10];
+	__u64 generation;
+	__u64 children;
+	__u8 parent[VMS_NAME_LEN];
+	__u64 reserved[4];
 };
 
 /**
@@ -161,6 +183,20 @@ struct vms_clone_create {
 };
 
 /**
+ * struct vms_image_snapshot - argument of VMS_IMAGE_SNAPSHOT
+ * @name:	(in) name of the new live image (rules of vms_image_create).
+ * @clone_fd:	(in) clone file descriptor whose current memory it takes.
+ * @flags:	(in) must be 0.
+ * @reserved:	(in) must be 0.
+ */
+struct vms_image_snapshot {
+	__u8 name[VMS_NAME_LEN];
+	__s32 clone_fd;
+	__u32 flags;
+	__u64 reserved[4];
+};
+
+/**
  * struct vms_clone_attach - argument of VMS_CLONE_ATTACH
  * @vm_fd:	(in) a KVM VM file descriptor (KVM_CREATE_VM); the VM must
  *		use TDP (EPT or NPT).
@@ -199,6 +235,8 @@ struct vms_clone_attach {
  * @cow_copies:	private copies made on first write.
  * @private_pages: private pages the clone holds now.
  * @io_errors:	faults that failed because the image could not be read.
+ * @image:	NUL-terminated name of the clone's image (after
+ *		VMS_IMAGE_SNAPSHOT, the live image it became a clone of).
  * @reserved:	0.
  */
 struct vms_clone_stats {
@@ -211,7 +249,8 @@ struct vms_clone_stats {
 	__u64 cow_copies;
 	__u64 private_pages;
 	__u64 io_errors;
-	__u64 reserved[7];
+	__u8 image[VMS_NAME_LEN];
+	__u64 reserved[3];
 };
 
 /*
@@ -226,7 +265,7 @@ struct vms_clone_stats {
  * VMS_IMAGE_INFO - read an image's counters. Return: 0, ENOENT, EINVAL.
  *
  * VMS_IMAGE_DELETE - delete an image. Return: 0, ENOENT, EBUSY (clones
- * use it), EINVAL.
+ * use it, or live images are layered on it), EINVAL.
  *
  * VMS_IMAGE_LIST - name the @index-th image. Return: 0, ENOENT past the
  * last one, EINVAL.
@@ -234,12 +273,21 @@ struct vms_clone_stats {
  * VMS_CLONE_CREATE - create a clone of an image.
  * Return: a new clone file descriptor (O_RDWR | O_CLOEXEC), or ENOENT (no
  * such image), EINVAL, ENOMEM, EMFILE.
+ *
+ * VMS_IMAGE_SNAPSHOT - make a live image of a clone's current memory
+ * without copying (see above). The VMM pauses the vCPUs around it so the
+ * image is consistent with the vCPU state it saves; the module stays
+ * correct if it does not (a racing write gets a private copy either before
+ * or after the snapshot). Return: 0, or EBADF / EINVAL (@clone_fd is not a
+ * clone), EEXIST (name taken), EINVAL (bad name, flags or reserved),
+ * ENOMEM.
  */
 #define VMS_IMAGE_CREATE	_IOW(VMS_IOCTL_TYPE, 0x01, struct vms_image_create)
 #define VMS_IMAGE_INFO		_IOWR(VMS_IOCTL_TYPE, 0x02, struct vms_image_info)
 #define VMS_IMAGE_DELETE	_IOW(VMS_IOCTL_TYPE, 0x03, struct vms_image_info)
 #define VMS_IMAGE_LIST		_IOWR(VMS_IOCTL_TYPE, 0x04, struct vms_image_list)
 #define VMS_CLONE_CREATE	_IOW(VMS_IOCTL_TYPE, 0x05, struct vms_clone_create)
+#define VMS_IMAGE_SNAPSHOT	_IOW(VMS_IOCTL_TYPE, 0x06, struct vms_image_snapshot)
 
 /*
  * On a clone file descriptor.

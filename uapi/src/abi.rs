@@ -20,7 +20,7 @@ pub const VMS_IOCTL_TYPE: u32 = 0xB9;
 /// `VMS_ABI_VERSION`: bumped on every incompatible change of `vms.h`.
 ///
 /// Userspace compares it with [`VmsVersion::abi_version`].
-pub const VMS_ABI_VERSION: u32 = 2;
+pub const VMS_ABI_VERSION: u32 = 3;
 
 /// `VMS_MODULE_VERSION_LEN`: the size of [`VmsVersion::module_version`],
 /// including its terminating NUL.
@@ -191,6 +191,11 @@ pub fn set_name(dst: &mut [u8; VMS_NAME_LEN], name: &[u8]) -> bool {
     true
 }
 
+/// [`VmsImageCreate::flags`]: an image with no file whose every page reads
+/// as zero (`fd` must be -1 and `file_offset` 0): the memory of a VM booted
+/// from scratch.
+pub const VMS_IMAGE_EMPTY: u32 = 1 << 0;
+
 /// `struct vms_image_create`: the argument of [`VMS_IMAGE_CREATE`].
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -198,9 +203,10 @@ pub struct VmsImageCreate {
     /// (in) NUL-terminated name, unique in the module: letters, digits,
     /// `-`, `_` and `.`, at least one character.
     pub name: [u8; VMS_NAME_LEN],
-    /// (in) File to read pages from, open for reading.
+    /// (in) File to read pages from, open for reading; -1 with
+    /// [`VMS_IMAGE_EMPTY`].
     pub fd: i32,
-    /// (in) Must be 0.
+    /// (in) 0, or [`VMS_IMAGE_EMPTY`].
     pub flags: u32,
     /// (in) Size of guest memory in bytes, a non-zero multiple of 4096; the
     /// file must hold `file_offset + size` bytes.
@@ -251,8 +257,17 @@ pub struct VmsImageStats {
     pub streamed: u64,
     /// Failed reads of the file.
     pub read_errors: u64,
+    /// 0 for an image made from a file or empty; parent's + 1 for a live
+    /// image.
+    pub generation: u64,
+    /// Live images made on this image that still exist.
+    pub children: u64,
+    /// NUL-terminated name of the image a live image is layered on; empty
+    /// for generation 0. For a live image, `cached_pages` counts the pages
+    /// it took from its clone.
+    pub parent: [u8; VMS_NAME_LEN],
     /// 0.
-    pub reserved: [u64; 10],
+    pub reserved: [u64; 4],
 }
 
 const _: () = assert!(core::mem::size_of::<VmsImageStats>() == 128);
@@ -263,7 +278,10 @@ const _: () = assert!(core::mem::offset_of!(VmsImageStats, cached_pages) == 16);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, zero_pages) == 24);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, streamed) == 32);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, read_errors) == 40);
-const _: () = assert!(core::mem::offset_of!(VmsImageStats, reserved) == 48);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, generation) == 48);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, children) == 56);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, parent) == 64);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, reserved) == 96);
 
 impl VmsImageStats {
     /// All counters zero.
@@ -275,7 +293,10 @@ impl VmsImageStats {
             zero_pages: 0,
             streamed: 0,
             read_errors: 0,
-            reserved: [0; 10],
+            generation: 0,
+            children: 0,
+            parent: [0; VMS_NAME_LEN],
+            reserved: [0; 4],
         }
     }
 }
@@ -380,6 +401,39 @@ impl VmsCloneCreate {
     }
 }
 
+/// `struct vms_image_snapshot`: the argument of [`VMS_IMAGE_SNAPSHOT`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsImageSnapshot {
+    /// (in) Name of the new live image (rules of [`VmsImageCreate::name`]).
+    pub name: [u8; VMS_NAME_LEN],
+    /// (in) Clone file descriptor whose current memory it takes.
+    pub clone_fd: i32,
+    /// (in) Must be 0.
+    pub flags: u32,
+    /// (in) Must be 0.
+    pub reserved: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<VmsImageSnapshot>() == 72);
+const _: () = assert!(core::mem::align_of::<VmsImageSnapshot>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsImageSnapshot, name) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsImageSnapshot, clone_fd) == 32);
+const _: () = assert!(core::mem::offset_of!(VmsImageSnapshot, flags) == 36);
+const _: () = assert!(core::mem::offset_of!(VmsImageSnapshot, reserved) == 40);
+
+impl VmsImageSnapshot {
+    /// An all-zero argument.
+    pub const fn zeroed() -> Self {
+        Self {
+            name: [0; VMS_NAME_LEN],
+            clone_fd: 0,
+            flags: 0,
+            reserved: [0; 4],
+        }
+    }
+}
+
 /// `struct vms_clone_attach`: the argument of [`VMS_CLONE_ATTACH`].
 ///
 /// The VMM creates the memslot with [`KVM_MEM_PAGE_PROVIDER`], the same
@@ -455,8 +509,11 @@ pub struct VmsCloneStats {
     pub private_pages: u64,
     /// Faults that failed because the image could not be read.
     pub io_errors: u64,
+    /// NUL-terminated name of the clone's image (after
+    /// [`VMS_IMAGE_SNAPSHOT`], the live image it became a clone of).
+    pub image: [u8; VMS_NAME_LEN],
     /// 0.
-    pub reserved: [u64; 7],
+    pub reserved: [u64; 3],
 }
 
 const _: () = assert!(core::mem::size_of::<VmsCloneStats>() == 128);
@@ -470,7 +527,8 @@ const _: () = assert!(core::mem::offset_of!(VmsCloneStats, streamed) == 40);
 const _: () = assert!(core::mem::offset_of!(VmsCloneStats, cow_copies) == 48);
 const _: () = assert!(core::mem::offset_of!(VmsCloneStats, private_pages) == 56);
 const _: () = assert!(core::mem::offset_of!(VmsCloneStats, io_errors) == 64);
-const _: () = assert!(core::mem::offset_of!(VmsCloneStats, reserved) == 72);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, image) == 72);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, reserved) == 104);
 
 impl VmsCloneStats {
     /// All counters zero.
@@ -485,7 +543,8 @@ impl VmsCloneStats {
             cow_copies: 0,
             private_pages: 0,
             io_errors: 0,
-            reserved: [0; 7],
+            image: [0; VMS_NAME_LEN],
+            reserved: [0; 3],
         }
     }
 }
@@ -519,7 +578,8 @@ pub const VMS_IMAGE_INFO: u32 = _IOWR(VMS_IOCTL_TYPE, 0x02, core::mem::size_of::
 /// Argument: [`VmsImageInfo`], read (`stats` is ignored). Needs
 /// `CAP_SYS_ADMIN` (`EPERM`).
 ///
-/// Return: 0, `ENOENT`, `EBUSY` (clones use it), `EINVAL`.
+/// Return: 0, `ENOENT`, `EBUSY` (clones use it, or live images are layered
+/// on it), `EINVAL`.
 pub const VMS_IMAGE_DELETE: u32 = _IOW(VMS_IOCTL_TYPE, 0x03, core::mem::size_of::<VmsImageInfo>());
 
 /// `VMS_IMAGE_LIST`: names the `index`-th image.
@@ -537,6 +597,19 @@ pub const VMS_IMAGE_LIST: u32 = _IOWR(VMS_IOCTL_TYPE, 0x04, core::mem::size_of::
 /// (no such image), `EINVAL`, `ENOMEM`, `EMFILE`.
 pub const VMS_CLONE_CREATE: u32 =
     _IOW(VMS_IOCTL_TYPE, 0x05, core::mem::size_of::<VmsCloneCreate>());
+
+/// `VMS_IMAGE_SNAPSHOT`: makes a live image of a clone's current memory
+/// without copying: the clone's private pages move into the new image,
+/// layered on the clone's image, and the clone continues as a clone of the
+/// new image (its next write to such a page copies it again).
+///
+/// Argument: [`VmsImageSnapshot`], read. Needs `CAP_SYS_ADMIN`.
+///
+/// Return: 0, or `EPERM`, `EBADF` / `EINVAL` (`clone_fd` is not a clone),
+/// `EEXIST` (name taken), `EINVAL` (bad name, flags or reserved),
+/// `ENOMEM`.
+pub const VMS_IMAGE_SNAPSHOT: u32 =
+    _IOW(VMS_IOCTL_TYPE, 0x06, core::mem::size_of::<VmsImageSnapshot>());
 
 // On a clone file descriptor.
 

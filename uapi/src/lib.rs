@@ -46,7 +46,8 @@ mod tests {
     #[test]
     fn constants_match_c_header() {
         assert_eq!(VMS_IOCTL_TYPE, 0xB9);
-        assert_eq!(VMS_ABI_VERSION, 2);
+        assert_eq!(VMS_ABI_VERSION, 3);
+        assert_eq!(VMS_IMAGE_EMPTY, 1);
         assert_eq!(VMS_MODULE_VERSION_LEN, 32);
         assert_eq!(VMS_NAME_LEN, 32);
     }
@@ -59,6 +60,7 @@ mod tests {
         assert_eq!(VMS_IMAGE_DELETE, 0x40a8_b903);
         assert_eq!(VMS_IMAGE_LIST, 0xc038_b904);
         assert_eq!(VMS_CLONE_CREATE, 0x4048_b905);
+        assert_eq!(VMS_IMAGE_SNAPSHOT, 0x4048_b906);
         assert_eq!(VMS_CLONE_ATTACH, 0x4040_b910);
         assert_eq!(VMS_CLONE_STATS, 0x8080_b911);
     }
@@ -79,17 +81,19 @@ mod tests {
         });
         assert_layout!(VmsImageStats, 128, {
             size: 0, clones: 8, cached_pages: 16, zero_pages: 24, streamed: 32,
-            read_errors: 40, reserved: 48,
+            read_errors: 40, generation: 48, children: 56, parent: 64, reserved: 96,
         });
         assert_layout!(VmsImageInfo, 168, { name: 0, flags: 32, pad: 36, stats: 40 });
         assert_layout!(VmsImageList, 56, { index: 0, flags: 4, name: 8, reserved: 40 });
         assert_layout!(VmsCloneCreate, 72, { name: 0, flags: 32, pad: 36, reserved: 40 });
+        assert_layout!(VmsImageSnapshot, 72, { name: 0, clone_fd: 32, flags: 36, reserved: 40 });
         assert_layout!(VmsCloneAttach, 64, {
             vm_fd: 0, slot: 4, offset: 8, size: 16, flags: 24, pad: 28, reserved: 32,
         });
         assert_layout!(VmsCloneStats, 128, {
             size: 0, faults: 8, mmap_faults: 16, shared_maps: 24, zero_maps: 32,
-            streamed: 40, cow_copies: 48, private_pages: 56, io_errors: 64, reserved: 72,
+            streamed: 40, cow_copies: 48, private_pages: 56, io_errors: 64, image: 72,
+            reserved: 104,
         });
     }
 
@@ -101,6 +105,7 @@ mod tests {
         assert_eq!(VmsImageInfo::zeroed(), VmsImageInfo::default());
         assert_eq!(VmsImageList::zeroed(), VmsImageList::default());
         assert_eq!(VmsCloneCreate::zeroed(), VmsCloneCreate::default());
+        assert_eq!(VmsImageSnapshot::zeroed(), VmsImageSnapshot::default());
         assert_eq!(VmsCloneAttach::zeroed(), VmsCloneAttach::default());
         assert_eq!(VmsCloneStats::zeroed(), VmsCloneStats::default());
     }
