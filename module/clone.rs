@@ -9,8 +9,10 @@
 //!   cached page, or the zero page;
 //! - private: the clone's own copy, mapped writable everywhere.
 //!
-//! The only transition is shared -> private, on the first write from the
-//! guest or through the VMM's mapping (copy-on-write). It follows KVM's
+//! Two transitions: shared -> private, on the first write from the guest
+//! or through the VMM's mapping (copy-on-write), and private -> shared for
+//! every private page at once when [`VmClone::snapshot`] moves them into a
+//! new live image, which becomes the clone's image. It follows KVM's
 //! rule: publish the private page in `State::private`, zap the old page
 //! from stage 2 ([`ffi::Vm::invalidate`], which bumps KVM's invalidation
 //! sequence so a racing fault retries), unmap it from the VMM's mappings
@@ -19,7 +21,8 @@
 //! fault paths resolve through `State::private`, so the VMM's mapping and
 //! the guest always see the same page for every gfn.
 //!
-//! Lock order: `attach` -> (KVM's `slots_lock`) ; `state` -> image `cache`
+//! Lock order: registry `images` -> `state` (snapshot) ;
+//! `attach` -> (KVM's `slots_lock`) ; `state` -> image `cache`
 //! ; `state` -> (KVM's `mmu_lock`) ; `state` -> page lock ; page lock ->
 //! (`i_mmap_rwsem`, page table locks). `state` is never held across a
 //! call that waits for KVM's SRCU readers (register, unregister): vCPUs
@@ -27,7 +30,7 @@
 //! `state` only by the VMM's fault, which mm releases without vms locks.
 
 use crate::ffi::{self, LockedPage, Mapping, PageRef, SlotInfo, PAGE_SIZE};
-use crate::image::{Image, Source};
+use crate::image::{Cached, Image, Source};
 use crate::table::PageTable;
 use crate::abi;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -55,6 +58,9 @@ struct State {
     vm: Option<ffi::Vm>,
     slots: KVec<Attachment>,
     private: PageTable<PageRef>,
+    /// The image shared pages come from; replaced by `snapshot`. Its
+    /// `clones` count includes this clone.
+    image: Arc<Image>,
 }
 
 #[derive(Default)]
@@ -77,7 +83,7 @@ pub(crate) struct VmClone {
     attach: Mutex<()>,
     pub(crate) provider: ffi::Provider,
     pub(crate) mapping: Mapping,
-    image: Arc<Image>,
+    npages: usize,
     stats: Stats,
 }
 
@@ -85,17 +91,18 @@ impl VmClone {
     /// A new clone of `image`, whose `clones` count the caller already
     /// raised for it.
     pub(crate) fn new(image: Arc<Image>) -> Result<Arc<Self>> {
-        let private = PageTable::new(image.npages())?;
+        let npages = image.npages();
+        let private = PageTable::new(npages)?;
         Arc::pin_init(
             try_pin_init!(VmClone {
                 state <- new_mutex!(
-                    State { vm: None, slots: KVec::new(), private },
+                    State { vm: None, slots: KVec::new(), private, image },
                     "vms_clone_state"
                 ),
                 attach <- new_mutex!((), "vms_clone_attach"),
                 provider: ffi::Provider::new(),
                 mapping: Mapping::none(),
-                image,
+                npages,
                 stats: Stats::default(),
             }? Error),
             GFP_KERNEL,
@@ -103,7 +110,7 @@ impl VmClone {
     }
 
     pub(crate) fn npages(&self) -> usize {
-        self.image.npages()
+        self.npages
     }
 
     pub(crate) fn provider(&self) -> &ffi::Provider {
@@ -124,7 +131,7 @@ impl VmClone {
         if let Some(p) = st.private.get(idx) {
             return Ok((p.clone(), true, None));
         }
-        let (src, source, streamed) = self.image.page(idx).inspect_err(|_| {
+        let (src, source, streamed) = st.image.page(idx).inspect_err(|_| {
             self.stats.io_errors.fetch_add(1, Relaxed);
         })?;
         if streamed {
@@ -162,6 +169,65 @@ impl VmClone {
                 }
             }
         }
+    }
+
+    /// Zap every stage-2 mapping of the clone.
+    fn invalidate_stage2_all(&self, st: &State) {
+        let Some(vm) = &st.vm else { return };
+        for a in st.slots.iter() {
+            if let Some(base) = a.base_gfn {
+                vm.invalidate(base, base + a.npages as u64);
+            }
+        }
+    }
+
+    /// Make the clone's current memory the live image `name`, layered on
+    /// its image, without copying; the clone continues as a clone of it.
+    /// Called under the registry lock, which keeps `name` free and makes
+    /// the `clones`/`children` counts change atomically for delete.
+    ///
+    /// Every private page moves into the new image's cache and the clone's
+    /// table empties: from now on the clone reads those pages shared, and a
+    /// write copies them again. Following the CoW order: publish (the table
+    /// and the image, under `state`), zap stage 2 (a vCPU fault racing with
+    /// us retries on KVM's invalidation sequence) and the VMM's mappings,
+    /// where a private page may be mapped writable. A VMM fault that
+    /// resolved a page before we took `state` holds its page lock until
+    /// the page is mapped: waiting for each moved page's lock, then
+    /// unmapping again, removes such a late writable mapping.
+    pub(crate) fn snapshot(
+        &self,
+        name: [u8; abi::VMS_NAME_LEN],
+        zero: PageRef,
+    ) -> Result<Arc<Image>> {
+        let mut st = self.state.lock();
+        let n = st.private.used();
+        // Everything that can fail comes first, before any page moves.
+        let mut table = PageTable::with_leaves_of(&st.private)?;
+        let mut moved = KVec::with_capacity(n, GFP_KERNEL)?;
+        let image = Arc::pin_init(
+            Image::layer(name, st.image.clone(), PageTable::new(self.npages)?, n as u64, zero)?,
+            GFP_KERNEL,
+        )?;
+        st.private.drain(|idx, page| {
+            // Cannot fail: `table` has a leaf wherever `private` had one,
+            // and `moved` room for every page.
+            let _ = moved.push(page.clone(), GFP_KERNEL);
+            let _ = table.set(idx, Cached::Page(page));
+        });
+        *image.lock_cache() = table;
+        image.clones.fetch_add(1, Relaxed);
+        st.image.children.fetch_add(1, Relaxed);
+        let old = core::mem::replace(&mut st.image, image.clone());
+        old.clones.fetch_sub(1, Relaxed);
+        self.invalidate_stage2_all(&st);
+        self.mapping.unmap_all();
+        drop(st);
+        for page in moved.iter() {
+            page.locked(|| ());
+        }
+        self.mapping.unmap_all();
+        Ok(image)
     }
 
     /// Unmap `old`, the page clone page `idx` had before it became private,
@@ -227,18 +293,30 @@ impl VmClone {
         };
         drop(st);
         self.retire(idx, old);
-        // A private page is never replaced: no need to hold `state`.
+        // A new private page. mm maps it read-only (writes go through
+        // `mmap_mkwrite`), which stays right even if a snapshot turns it
+        // into an image page meanwhile.
         Ok(page.into_locked())
     }
 
     /// The VMM writes to `page`, mapped read-only at clone page `idx`.
-    /// `Ok(true)`: it is the private page, make it writable. `Ok(false)`:
-    /// it was replaced (by a private copy made now or earlier) and
+    /// `Ok(true)`: it is the private page, locked by `lock` with `state`
+    /// held (so a snapshot waits until mm has made it writable, then
+    /// unmaps it): make it writable. `Ok(false)`: it was replaced (by a
+    /// private copy made now or earlier, or it became an image page) and
     /// unmapped; the access must be retried.
-    pub(crate) fn mmap_mkwrite(&self, idx: usize, page: *mut kernel::bindings::page) -> Result<bool> {
+    pub(crate) fn mmap_mkwrite(
+        &self,
+        idx: usize,
+        page: *mut kernel::bindings::page,
+        lock: impl FnOnce(),
+    ) -> Result<bool> {
         let mut st = self.state.lock();
         let old = match st.private.get(idx) {
-            Some(p) if p.is(page) => return Ok(true),
+            Some(p) if p.is(page) => {
+                lock();
+                return Ok(true);
+            }
             // A stale mapping of the page before the copy.
             Some(_) => None,
             None => self.resolve(&mut st, idx, true)?.2,
@@ -327,7 +405,10 @@ impl VmClone {
 
     fn stats(&self) -> abi::VmsCloneStats {
         let s = &self.stats;
-        let private = self.state.lock().private.used() as u64;
+        let (private, image) = {
+            let st = self.state.lock();
+            (st.private.used() as u64, *st.image.name())
+        };
         abi::VmsCloneStats {
             size: (self.npages() * PAGE_SIZE) as u64,
             faults: s.faults.load(Relaxed),
@@ -338,6 +419,7 @@ impl VmClone {
             cow_copies: s.cow_copies.load(Relaxed),
             private_pages: private,
             io_errors: s.io_errors.load(Relaxed),
+            image,
             ..abi::VmsCloneStats::zeroed()
         }
     }
@@ -350,7 +432,7 @@ impl PinnedDrop for VmClone {
         // handler, so `state` must not be held) before any page goes.
         let vm = self.state.lock().vm.take();
         drop(vm);
-        self.image.clones.fetch_sub(1, Relaxed);
+        self.state.lock().image.clones.fetch_sub(1, Relaxed);
     }
 }
 

@@ -4,13 +4,14 @@
 //! Rust. [`ffi`](crate::ffi) turns the C `unlocked_ioctl` call into
 //! [`ioctl`] and the `Result` back into an errno.
 //!
-//! Lock order: `Registry::images` -> nothing of vms (an image's `clones`
-//! count changes under it, so delete and clone creation cannot race).
+//! Lock order: `Registry::images` -> a clone's `state` (snapshot only). An
+//! image's `clones` and `children` counts change under `images`, so delete
+//! cannot race with clone creation or a snapshot.
 
 use crate::abi;
 use crate::clone::VmClone;
 use crate::ffi::{self, FileRef, PageRef, PAGE_SIZE};
-use crate::image::{ffi_name, Image};
+use crate::image::{ffi_name, Backing, Image};
 use core::sync::atomic::Ordering::Relaxed;
 use kernel::new_mutex;
 use kernel::prelude::*;
@@ -48,6 +49,7 @@ pub(crate) fn ioctl(reg: &Registry, cmd: u32, arg: UserPtr) -> Result<isize> {
         abi::VMS_IMAGE_DELETE => image_info(reg, arg, true),
         abi::VMS_IMAGE_LIST => image_list(reg, arg),
         abi::VMS_CLONE_CREATE => clone_create(reg, arg),
+        abi::VMS_IMAGE_SNAPSHOT => image_snapshot(reg, arg),
         _ => Err(ENOTTY),
     }
 }
@@ -95,43 +97,78 @@ fn image_create(reg: &Registry, arg: UserPtr) -> Result<isize> {
     let c: abi::VmsImageCreate =
         UserSlice::new(arg, core::mem::size_of::<abi::VmsImageCreate>()).reader().read()?;
     let name = check_name(&c.name)?;
-    if c.flags != 0 || c.reserved.iter().any(|&r| r != 0) {
-        return inval("VMS_IMAGE_CREATE: flags or reserved not zero");
+    if c.flags & !abi::VMS_IMAGE_EMPTY != 0 || c.reserved.iter().any(|&r| r != 0) {
+        return inval("VMS_IMAGE_CREATE: unknown flags or reserved not zero");
     }
     let page = PAGE_SIZE as u64;
     if c.size == 0 || c.size % page != 0 || c.file_offset % page != 0 {
         return inval("VMS_IMAGE_CREATE: size and file_offset must be page multiples, size > 0");
     }
-    let file = FileRef::get_readable(c.fd).inspect_err(|e| {
-        pr_info!("VMS_IMAGE_CREATE: fd {}: not a readable regular file (error {})\n", c.fd, e.to_errno());
-    })?;
-    let end = c.file_offset.checked_add(c.size).ok_or(EINVAL)?;
-    if file.size() < end {
-        pr_info!(
-            "VMS_IMAGE_CREATE {}: file holds {} bytes, needs {}\n",
-            ffi_name(&name),
-            file.size(),
-            end
-        );
-        return Err(EINVAL);
-    }
-    let mut images = reg.images.lock();
-    let pos = match images.binary_search_by(|i| i.name().cmp(&name)) {
-        Ok(_) => {
-            pr_info!("VMS_IMAGE_CREATE: image {} exists\n", ffi_name(&name));
-            return Err(EEXIST);
+    let backing = if c.flags & abi::VMS_IMAGE_EMPTY != 0 {
+        if c.fd != -1 || c.file_offset != 0 {
+            return inval("VMS_IMAGE_CREATE: an empty image takes fd -1 and file_offset 0");
         }
-        Err(pos) => pos,
+        Backing::Empty
+    } else {
+        let file = FileRef::get_readable(c.fd).inspect_err(|e| {
+            pr_info!("VMS_IMAGE_CREATE: fd {}: not a readable regular file (error {})\n", c.fd, e.to_errno());
+        })?;
+        let end = c.file_offset.checked_add(c.size).ok_or(EINVAL)?;
+        if file.size() < end {
+            pr_info!(
+                "VMS_IMAGE_CREATE {}: file holds {} bytes, needs {}\n",
+                ffi_name(&name),
+                file.size(),
+                end
+            );
+            return Err(EINVAL);
+        }
+        Backing::File { file, offset: c.file_offset }
     };
-    let image = Arc::pin_init(
-        Image::new(name, file, c.file_offset, c.size, reg.zero.clone())?,
-        GFP_KERNEL,
-    )?;
+    let mut images = reg.images.lock();
+    let pos = free_slot(&images, &name)?;
+    let image = Arc::pin_init(Image::new(name, backing, c.size, reg.zero.clone())?, GFP_KERNEL)?;
+    insert(&mut images, pos, image)
+}
+
+/// Where image `name` goes in the sorted list; `EEXIST` if it is taken.
+fn free_slot(images: &KVec<Arc<Image>>, name: &[u8; abi::VMS_NAME_LEN]) -> Result<usize> {
+    match images.binary_search_by(|i| i.name().cmp(name)) {
+        Ok(_) => {
+            pr_info!("image {} exists\n", ffi_name(name));
+            Err(EEXIST)
+        }
+        Err(pos) => Ok(pos),
+    }
+}
+
+fn insert(images: &mut KVec<Arc<Image>>, pos: usize, image: Arc<Image>) -> Result<isize> {
     images.push(image, GFP_KERNEL)?;
     // Keep the vector sorted: move the new image into place.
     let last = images.len() - 1;
     images.as_mut_slice()[pos..=last].rotate_right(1);
     Ok(0)
+}
+
+fn image_snapshot(reg: &Registry, arg: UserPtr) -> Result<isize> {
+    if !ffi::capable_sys_admin() {
+        return Err(EPERM);
+    }
+    let c: abi::VmsImageSnapshot =
+        UserSlice::new(arg, core::mem::size_of::<abi::VmsImageSnapshot>()).reader().read()?;
+    let name = check_name(&c.name)?;
+    if c.flags != 0 || c.reserved.iter().any(|&r| r != 0) {
+        return inval("VMS_IMAGE_SNAPSHOT: flags or reserved not zero");
+    }
+    let clone = ffi::clone_from_fd(c.clone_fd).inspect_err(|e| {
+        pr_info!("VMS_IMAGE_SNAPSHOT: fd {} is not a clone (error {})\n", c.clone_fd, e.to_errno());
+    })?;
+    let mut images = reg.images.lock();
+    let pos = free_slot(&images, &name)?;
+    // Room first: once the snapshot is taken, naming it must not fail.
+    images.reserve(1, GFP_KERNEL)?;
+    let image = clone.snapshot(name, reg.zero.clone())?;
+    insert(&mut images, pos, image)
 }
 
 fn find(images: &KVec<Arc<Image>>, name: &[u8; abi::VMS_NAME_LEN]) -> Result<usize> {
@@ -156,6 +193,18 @@ fn image_info(reg: &Registry, arg: UserPtr, delete: bool) -> Result<isize> {
         if clones != 0 {
             pr_info!("VMS_IMAGE_DELETE: image {} is used by {} clones\n", ffi_name(&name), clones);
             return Err(EBUSY);
+        }
+        let children = images[i].children.load(Relaxed);
+        if children != 0 {
+            pr_info!(
+                "VMS_IMAGE_DELETE: {} live images are layered on image {}\n",
+                children,
+                ffi_name(&name)
+            );
+            return Err(EBUSY);
+        }
+        if let Some(parent) = images[i].parent() {
+            parent.children.fetch_sub(1, Relaxed);
         }
         // 6.12's KVec has no remove(): build the list without it.
         let mut kept = KVec::with_capacity(images.len() - 1, GFP_KERNEL)?;

@@ -42,6 +42,7 @@ pod!(
     abi::VmsImageInfo,
     abi::VmsImageList,
     abi::VmsCloneCreate,
+    abi::VmsImageSnapshot,
     abi::VmsCloneAttach,
     abi::VmsCloneStats
 );
@@ -607,14 +608,13 @@ extern "C" fn clone_vm_mkwrite(vmf: *mut bindings::vm_fault) -> bindings::vm_fau
         let vma = (*vmf).__bindgen_anon_1.vma;
         (clone_of((*vma).vm_file), (*vmf).__bindgen_anon_1.pgoff as usize, (*vmf).page)
     };
-    match clone.mmap_mkwrite(idx, page) {
-        // The page is the clone's private page: make the PTE writable.
-        // SAFETY: `page` is referenced by the fault path; the core unlocks
-        // it after making the PTE writable.
-        Ok(true) => unsafe {
-            bindings::lock_page(page);
-            bindings::vm_fault_reason_VM_FAULT_LOCKED as _
-        },
+    // SAFETY: `page` is referenced by the fault path; the core unlocks it
+    // after making the PTE writable.
+    let lock = || unsafe { bindings::lock_page(page) };
+    match clone.mmap_mkwrite(idx, page, lock) {
+        // The page is the clone's private page, locked: make the PTE
+        // writable.
+        Ok(true) => bindings::vm_fault_reason_VM_FAULT_LOCKED as _,
         // The shared page was replaced and unmapped: retry the access.
         Ok(false) => bindings::vm_fault_reason_VM_FAULT_NOPAGE as _,
         Err(e) => fault_error(e),
@@ -661,14 +661,43 @@ impl Mapping {
 
     /// Unmap page `idx` from every VMM mapping of the clone.
     pub(crate) fn unmap_page(&self, idx: usize) {
+        self.unmap((idx * PAGE_SIZE) as bindings::loff_t, PAGE_SIZE as _);
+    }
+
+    /// Unmap the whole clone from every VMM mapping.
+    pub(crate) fn unmap_all(&self) {
+        // A length of 0 means "to the end of the file".
+        self.unmap(0, 0);
+    }
+
+    fn unmap(&self, off: bindings::loff_t, len: bindings::loff_t) {
         let m = self.0.load(Ordering::Acquire);
         if m.is_null() {
             return;
         }
-        let off = (idx * PAGE_SIZE) as bindings::loff_t;
         // SAFETY: the mapping is live (invariant); this takes its own locks.
-        unsafe { bindings::unmap_mapping_range(m, off, PAGE_SIZE as _, 0) };
+        unsafe { bindings::unmap_mapping_range(m, off, len, 0) };
     }
+}
+
+/// The clone behind clone file descriptor `fd`: `EBADF` if `fd` is not
+/// open, `EINVAL` if it is not a clone file.
+pub(crate) fn clone_from_fd(fd: i32) -> Result<Arc<VmClone>> {
+    // SAFETY: `fget` accepts any number and returns NULL if not open.
+    let file = NonNull::new(unsafe { bindings::fget(fd as c_uint) }).ok_or(EBADF)?;
+    let file = file.as_ptr();
+    // SAFETY: we hold a reference to `file`, so it is live; a file whose
+    // `f_op` is `CLONE_FOPS` is a clone file, live until the `fput` below.
+    let clone = unsafe {
+        if (*file).f_op == &CLONE_FOPS.0 as *const _ {
+            Some(Arc::<VmClone>::from(clone_of(file)))
+        } else {
+            None
+        }
+    };
+    // SAFETY: drops the reference taken by `fget` above.
+    unsafe { bindings::fput(file) };
+    clone.ok_or(EINVAL)
 }
 
 /// Create a clone file for `clone` and install it as a new fd.

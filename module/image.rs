@@ -2,10 +2,17 @@
 
 //! Images: immutable guest memory, streamed from a file into a cache.
 //!
+//! An image's pages come from its [`Backing`]: a file, nothing (an empty
+//! image: all zero), or a parent image (a live image, made by
+//! [`VmClone::snapshot`](crate::clone::VmClone::snapshot), which starts
+//! with the clone's private pages in its cache and reads every other page
+//! through its parent).
+//!
 //! Page states (per image page, in `cache`):
 //!
 //! - absent: never read. The first clone that needs it reads it from the
-//!   file ("streams" it), under `cache`'s lock;
+//!   backing ("streams" it from the file, or looks it up in the parent and
+//!   keeps a reference), under `cache`'s lock;
 //! - `Zero`: read and found all zero: served by the module's one zero page,
 //!   so it costs no memory;
 //! - `Cached(page)`: read and kept; every clone maps this one page for
@@ -15,7 +22,8 @@
 //! immutable, so there is nothing to invalidate.
 //!
 //! Locking: `cache` is a leaf lock except for the file read done under it
-//! (a read of a regular file does not take any vms lock).
+//! (a read of a regular file does not take any vms lock). A live image asks
+//! its parent with its own `cache` released, so two never nest.
 
 use crate::ffi::{FileRef, PageRef, PAGE_SIZE};
 use crate::table::PageTable;
@@ -23,11 +31,21 @@ use crate::abi;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use kernel::new_mutex;
 use kernel::prelude::*;
-use kernel::sync::Mutex;
+use kernel::sync::{Arc, Mutex};
 
-enum Cached {
+pub(crate) enum Cached {
     Zero,
     Page(PageRef),
+}
+
+/// Where an image's pages come from.
+pub(crate) enum Backing {
+    /// Every page is zero.
+    Empty,
+    /// Page `N` is at `offset + N * PAGE_SIZE` in `file`.
+    File { file: FileRef, offset: u64 },
+    /// Pages not in the cache are the parent's.
+    Parent(Arc<Image>),
 }
 
 /// Where a page handed out by [`Image::page`] came from.
@@ -42,14 +60,16 @@ pub(crate) enum Source {
 #[pin_data]
 pub(crate) struct Image {
     name: [u8; abi::VMS_NAME_LEN],
-    file: FileRef,
-    file_offset: u64,
+    backing: Backing,
+    generation: u64,
     npages: usize,
     zero: PageRef,
     #[pin]
     cache: Mutex<PageTable<Cached>>,
     /// Clones that use the image (changed under the registry lock).
     pub(crate) clones: AtomicU64,
+    /// Live images layered on this one (changed under the registry lock).
+    pub(crate) children: AtomicU64,
     cached_pages: AtomicU64,
     zero_pages: AtomicU64,
     streamed: AtomicU64,
@@ -57,25 +77,50 @@ pub(crate) struct Image {
 }
 
 impl Image {
-    /// An image of `size` bytes read from `file` at `file_offset`.
+    /// An image of `size` bytes served from `backing` (not a parent: see
+    /// [`Image::layer`]).
     pub(crate) fn new(
         name: [u8; abi::VMS_NAME_LEN],
-        file: FileRef,
-        file_offset: u64,
+        backing: Backing,
         size: u64,
         zero: PageRef,
     ) -> Result<impl PinInit<Self, Error>> {
         let npages = (size / PAGE_SIZE as u64) as usize;
-        let table = PageTable::new(npages)?;
+        Self::build(name, backing, 0, npages, PageTable::new(npages)?, 0, zero)
+    }
+
+    /// A live image on `parent` whose cache starts as `cache`, holding
+    /// `pages` pages. `cache` must have `parent`'s length.
+    pub(crate) fn layer(
+        name: [u8; abi::VMS_NAME_LEN],
+        parent: Arc<Image>,
+        cache: PageTable<Cached>,
+        pages: u64,
+        zero: PageRef,
+    ) -> Result<impl PinInit<Self, Error>> {
+        let (npages, generation) = (parent.npages, parent.generation + 1);
+        Self::build(name, Backing::Parent(parent), generation, npages, cache, pages, zero)
+    }
+
+    fn build(
+        name: [u8; abi::VMS_NAME_LEN],
+        backing: Backing,
+        generation: u64,
+        npages: usize,
+        table: PageTable<Cached>,
+        pages: u64,
+        zero: PageRef,
+    ) -> Result<impl PinInit<Self, Error>> {
         Ok(try_pin_init!(Image {
             name,
-            file,
-            file_offset,
+            backing,
+            generation,
             npages,
             zero,
             cache <- new_mutex!(table, "vms_image_cache"),
             clones: AtomicU64::new(0),
-            cached_pages: AtomicU64::new(0),
+            children: AtomicU64::new(0),
+            cached_pages: AtomicU64::new(pages),
             zero_pages: AtomicU64::new(0),
             streamed: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
@@ -90,6 +135,19 @@ impl Image {
         self.npages
     }
 
+    pub(crate) fn parent(&self) -> Option<&Arc<Image>> {
+        match &self.backing {
+            Backing::Parent(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The cache, locked: [`VmClone::snapshot`](crate::clone::VmClone)
+    /// fills a new live image's cache through it before anyone can use it.
+    pub(crate) fn lock_cache(&self) -> kernel::sync::lock::Guard<'_, PageTable<Cached>, kernel::sync::lock::mutex::MutexBackend> {
+        self.cache.lock()
+    }
+
     /// The page `idx`, streamed from the file if it is not cached. The
     /// `bool` says whether this call read it from the file.
     pub(crate) fn page(&self, idx: usize) -> Result<(PageRef, Source, bool)> {
@@ -102,9 +160,17 @@ impl Image {
         if idx >= self.npages {
             return Err(EINVAL);
         }
+        let (file, offset) = match &self.backing {
+            Backing::Empty => return Ok((self.zero.clone(), Source::Zero, false)),
+            Backing::Parent(parent) => {
+                drop(cache);
+                return self.page_from(parent, idx);
+            }
+            Backing::File { file, offset } => (file, *offset),
+        };
         let page = PageRef::alloc()?;
-        let pos = self.file_offset + (idx * PAGE_SIZE) as u64;
-        if let Err(e) = self.file.read_page(pos, &page) {
+        let pos = offset + (idx * PAGE_SIZE) as u64;
+        if let Err(e) = file.read_page(pos, &page) {
             self.read_errors.fetch_add(1, Relaxed);
             pr_warn!(
                 "image {}: reading page {} at file offset {}: error {}\n",
@@ -126,6 +192,24 @@ impl Image {
         Ok((page, Source::Cache, true))
     }
 
+    /// Page `idx` of a live image, not in its cache: the parent's. Keeps
+    /// a reference so the next lookup stops here. The parent is asked
+    /// without our `cache` held (the locks of a chain would nest without
+    /// bound); a racing lookup that stored the page first stored the same
+    /// page, since the parent is immutable too.
+    fn page_from(&self, parent: &Image, idx: usize) -> Result<(PageRef, Source, bool)> {
+        let (page, source, streamed) = parent.page(idx)?;
+        let mut cache = self.cache.lock();
+        if cache.get(idx).is_none() {
+            let entry = match source {
+                Source::Zero => Cached::Zero,
+                Source::Cache => Cached::Page(page.clone()),
+            };
+            cache.set(idx, entry)?;
+        }
+        Ok((page, source, streamed))
+    }
+
     pub(crate) fn stats(&self) -> abi::VmsImageStats {
         abi::VmsImageStats {
             size: (self.npages * PAGE_SIZE) as u64,
@@ -134,6 +218,9 @@ impl Image {
             zero_pages: self.zero_pages.load(Relaxed),
             streamed: self.streamed.load(Relaxed),
             read_errors: self.read_errors.load(Relaxed),
+            generation: self.generation,
+            children: self.children.load(Relaxed),
+            parent: self.parent().map_or([0; abi::VMS_NAME_LEN], |p| p.name),
             ..abi::VmsImageStats::zeroed()
         }
     }

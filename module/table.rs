@@ -39,14 +39,10 @@ impl<T> PageTable<T> {
         if idx >= self.len {
             return Err(EINVAL);
         }
-        let slot = &mut self.leaves[idx / LEAF];
-        if slot.is_none() {
-            let mut leaf = KVec::with_capacity(LEAF, GFP_KERNEL)?;
-            for _ in 0..LEAF {
-                leaf.push(None, GFP_KERNEL)?;
-            }
-            *slot = Some(leaf);
+        if self.leaves[idx / LEAF].is_none() {
+            self.alloc_leaf(idx / LEAF)?;
         }
+        let slot = &mut self.leaves[idx / LEAF];
         let old = slot.as_mut().map(|l| l[idx % LEAF].replace(v)).flatten();
         if old.is_none() {
             self.used += 1;
@@ -57,5 +53,41 @@ impl<T> PageTable<T> {
     /// Number of pages with an entry.
     pub(crate) fn used(&self) -> usize {
         self.used
+    }
+
+    /// A table of `self`'s length with a leaf wherever `self` has one, so
+    /// that [`set`](Self::set) of an index `self` has an entry for cannot
+    /// fail.
+    pub(crate) fn with_leaves_of<U>(other: &PageTable<U>) -> Result<Self> {
+        let mut t = Self::new(other.len)?;
+        for (i, leaf) in other.leaves.iter().enumerate() {
+            if leaf.is_some() {
+                t.alloc_leaf(i)?;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Take every entry out, in index order, and free the leaves.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(usize, T)) {
+        for (i, slot) in self.leaves.iter_mut().enumerate() {
+            if let Some(leaf) = slot.take() {
+                for (j, v) in leaf.into_iter().enumerate() {
+                    if let Some(v) = v {
+                        f(i * LEAF + j, v);
+                    }
+                }
+            }
+        }
+        self.used = 0;
+    }
+
+    fn alloc_leaf(&mut self, i: usize) -> Result {
+        let mut leaf = KVec::with_capacity(LEAF, GFP_KERNEL)?;
+        for _ in 0..LEAF {
+            leaf.push(None, GFP_KERNEL)?;
+        }
+        self.leaves[i] = Some(leaf);
+        Ok(())
     }
 }

@@ -27,9 +27,10 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::errno;
 use vms_uapi::{
     set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo,
-    VmsImageList, VmsImageStats, VmsVersion, KVM_MEM_PAGE_PROVIDER, VMS_CLONE_ATTACH,
-    VMS_CLONE_CREATE, VMS_CLONE_STATS, VMS_GET_VERSION, VMS_IMAGE_CREATE, VMS_IMAGE_DELETE,
-    VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_NAME_LEN,
+    VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, KVM_MEM_PAGE_PROVIDER,
+    VMS_CLONE_ATTACH, VMS_CLONE_CREATE, VMS_CLONE_STATS, VMS_GET_VERSION, VMS_IMAGE_CREATE,
+    VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_IMAGE_SNAPSHOT,
+    VMS_NAME_LEN,
 };
 
 use crate::guest;
@@ -154,6 +155,14 @@ pub fn unique_name(test: &str) -> String {
     let name = format!("{test}-{}-{n}", std::process::id());
     assert!(name.len() < VMS_NAME_LEN, "image name {name} too long");
     name
+}
+
+/// A name field as a string ("?" if it has no NUL or is not UTF-8).
+pub fn name_of(name: &[u8; VMS_NAME_LEN]) -> String {
+    vms_uapi::name_bytes(name)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("?")
+        .to_string()
 }
 
 /// A file in `/tmp` that images are created from, open read-write, and
@@ -358,6 +367,20 @@ pub fn __clone_create(dev: &File, arg: &VmsCloneCreate) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `VMS_IMAGE_SNAPSHOT` with `arg` as given, returning the raw result.
+pub fn __image_snapshot(dev: &File, arg: &VmsImageSnapshot) -> io::Result<()> {
+    // SAFETY: `arg` points at a VmsImageSnapshot, the argument type of
+    // VMS_IMAGE_SNAPSHOT, which the kernel only reads.
+    unsafe { __vms_ioctl(dev, VMS_IMAGE_SNAPSHOT, arg as *const _ as u64) }.map(|_| ())
+}
+
+/// A [`VmsImageSnapshot`] of clone `clone_fd` named `name`, all else zero.
+pub fn image_snapshot_arg(name: &str, clone_fd: RawFd) -> VmsImageSnapshot {
+    let mut arg = VmsImageSnapshot { clone_fd, ..VmsImageSnapshot::zeroed() };
+    assert!(set_name(&mut arg.name, name.as_bytes()), "bad name {name}");
+    arg
+}
+
 /// An image in the module, deleted on drop.
 ///
 /// Drop it (or call [`Image::delete`], which asserts) after its clones:
@@ -376,15 +399,48 @@ pub struct Image {
 pub fn image_create(dev: &File, name: &str, file: &File, size: u64, file_offset: u64) -> Image {
     let arg = image_create_arg(name, file.as_raw_fd(), size, file_offset);
     check(__image_create(dev, &arg), "VMS_IMAGE_CREATE");
-    Image {
-        dev: check(dev.try_clone(), "dup /dev/vms fd"),
-        name: name.to_string(),
-        size,
-        deleted: false,
-    }
+    Image::named(dev, name, size)
+}
+
+/// Creates the empty image `name` of `size` bytes (`VMS_IMAGE_CREATE`
+/// with `VMS_IMAGE_EMPTY`), asserting that it worked.
+#[track_caller]
+pub fn image_create_empty(dev: &File, name: &str, size: u64) -> Image {
+    let mut arg = image_create_arg(name, -1, size, 0);
+    arg.flags = VMS_IMAGE_EMPTY;
+    check(__image_create(dev, &arg), "VMS_IMAGE_CREATE (VMS_IMAGE_EMPTY)");
+    Image::named(dev, name, size)
+}
+
+/// Makes the live image `name` of `clone`'s current memory
+/// (`VMS_IMAGE_SNAPSHOT`), asserting that it worked.
+#[track_caller]
+pub fn image_snapshot(dev: &File, name: &str, clone: &VmsClone) -> Image {
+    let arg = image_snapshot_arg(name, clone.fd().as_raw_fd());
+    check(__image_snapshot(dev, &arg), "VMS_IMAGE_SNAPSHOT");
+    Image::named(dev, name, clone.size())
 }
 
 impl Image {
+    /// The existing image `name` of `size` bytes, deleted on drop.
+    #[track_caller]
+    fn named(dev: &File, name: &str, size: u64) -> Image {
+        Image {
+            dev: check(dev.try_clone(), "dup /dev/vms fd"),
+            name: name.to_string(),
+            size,
+            deleted: false,
+        }
+    }
+
+    /// `VMS_IMAGE_DELETE`, returning the raw result (on success the image
+    /// is not deleted again on drop).
+    pub fn __delete(&mut self) -> io::Result<()> {
+        let r = __image_delete(&self.dev, &image_info_arg(&self.name));
+        self.deleted |= r.is_ok();
+        r
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name
