@@ -21,7 +21,12 @@ in struct vms_image_stats of vms.h:
   cached_pages  pages read from the file and held in the image's cache
   zero_pages    pages found all-zero, served by the shared zero page
   streamed      pages read from the file (cached or zero) since creation
-  read_errors   failed reads of the file";
+  read_errors   failed reads of the file
+  generation    0 for an image made from a file or empty; for a live image
+                (vmsctl live-image create), its parent's + 1
+  children      live images layered on this image (it cannot be deleted
+                while it has any)
+  parent        the image a live image is layered on";
 
 /// Arguments of `vmsctl image info`.
 #[derive(Debug, Args)]

@@ -97,6 +97,12 @@ pub struct ImageReport {
     pub streamed: u64,
     /// Failed reads of the file.
     pub read_errors: u64,
+    /// 0 for a base image, parent's + 1 for a live image.
+    pub generation: u64,
+    /// Live images layered on this one.
+    pub children: u64,
+    /// The image a live image is layered on.
+    pub parent: Option<String>,
 }
 
 impl ImageReport {
@@ -110,6 +116,11 @@ impl ImageReport {
             zero_pages: s.zero_pages,
             streamed: s.streamed,
             read_errors: s.read_errors,
+            generation: s.generation,
+            children: s.children,
+            parent: vms_uapi::name_bytes(&s.parent)
+                .filter(|b| !b.is_empty())
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
         }
     }
 
@@ -131,6 +142,9 @@ impl ImageReport {
             ("zero_pages", self.zero_pages.to_string()),
             ("streamed", self.streamed.to_string()),
             ("read_errors", self.read_errors.to_string()),
+            ("generation", self.generation.to_string()),
+            ("children", self.children.to_string()),
+            ("parent", self.parent.clone().unwrap_or_else(|| "-".into())),
         ];
         writeln!(out, "image {}", self.name)?;
         for (key, value) in rows {
@@ -145,7 +159,7 @@ pub fn write_table(out: &mut impl Write, images: &[ImageReport]) -> io::Result<(
     if images.is_empty() {
         return writeln!(out, "no images");
     }
-    const HEAD: [&str; 7] = [
+    const HEAD: [&str; 9] = [
         "NAME",
         "SIZE",
         "CLONES",
@@ -153,8 +167,10 @@ pub fn write_table(out: &mut impl Write, images: &[ImageReport]) -> io::Result<(
         "ZERO",
         "STREAMED",
         "READ-ERRORS",
+        "GEN",
+        "PARENT",
     ];
-    let rows: Vec<[String; 7]> = images
+    let rows: Vec<[String; 9]> = images
         .iter()
         .map(|i| {
             [
@@ -165,6 +181,8 @@ pub fn write_table(out: &mut impl Write, images: &[ImageReport]) -> io::Result<(
                 i.zero_pages.to_string(),
                 i.streamed.to_string(),
                 i.read_errors.to_string(),
+                i.generation.to_string(),
+                i.parent.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -175,7 +193,7 @@ pub fn write_table(out: &mut impl Write, images: &[ImageReport]) -> io::Result<(
         }
     }
     // The name is left-aligned, the numbers right-aligned.
-    let mut line = |cells: [&str; 7]| -> io::Result<()> {
+    let mut line = |cells: [&str; 9]| -> io::Result<()> {
         write!(out, "{:<w$}", cells[0], w = width[0])?;
         for (cell, w) in cells.iter().zip(width).skip(1) {
             write!(out, "  {cell:>w$}")?;
@@ -202,6 +220,9 @@ mod tests {
             zero_pages: 0,
             streamed: cached,
             read_errors: 0,
+            generation: 0,
+            children: 0,
+            parent: None,
         }
     }
 
@@ -213,9 +234,9 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "\
-NAME  SIZE  CLONES  CACHED  ZERO  STREAMED  READ-ERRORS
-base    1G       1   12345     0     12345            0
-b       8K       1       2     0         2            0
+NAME  SIZE  CLONES  CACHED  ZERO  STREAMED  READ-ERRORS  GEN  PARENT
+base    1G       1   12345     0     12345            0    0       -
+b       8K       1       2     0         2            0    0       -
 "
         );
     }
@@ -241,6 +262,9 @@ cached_pages  3 (12K)
 zero_pages    0
 streamed      3
 read_errors   0
+generation    0
+children      0
+parent        -
 "
         );
     }
