@@ -19,7 +19,7 @@ use kernel::sync::{Arc, Mutex};
 use kernel::uaccess::{UserPtr, UserSlice};
 
 /// The module's version, reported by `VMS_GET_VERSION`.
-pub(crate) const MODULE_VERSION: &str = "0.2.0";
+pub(crate) const MODULE_VERSION: &str = "0.3.0";
 
 /// The named images, sorted by name.
 #[pin_data]

@@ -17,9 +17,10 @@ use std::ptr::NonNull;
 
 use thiserror::Error;
 use vms_uapi::{
-    name_bytes, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo, VmsImageList,
-    VmsImageStats, VmsVersion, VMS_ABI_VERSION, VMS_CLONE_CREATE, VMS_CLONE_STATS, VMS_GET_VERSION,
-    VMS_IMAGE_CREATE, VMS_IMAGE_DELETE, VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_NAME_LEN,
+    name_bytes, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo,
+    VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, VMS_ABI_VERSION, VMS_CLONE_ATTACH,
+    VMS_CLONE_CREATE, VMS_CLONE_STATS, VMS_GET_VERSION, VMS_IMAGE_CREATE, VMS_IMAGE_DELETE,
+    VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_IMAGE_SNAPSHOT, VMS_NAME_LEN,
 };
 
 /// Where the vms module's device node lives.
@@ -207,6 +208,10 @@ unsafe impl IoctlArg for VmsImageList {}
 unsafe impl IoctlArg for VmsCloneCreate {}
 // SAFETY: as above.
 unsafe impl IoctlArg for VmsCloneStats {}
+// SAFETY: as above.
+unsafe impl IoctlArg for VmsCloneAttach {}
+// SAFETY: as above.
+unsafe impl IoctlArg for VmsImageSnapshot {}
 
 /// Issues ioctl `request` on `fd` with `arg` as its argument, read and/or
 /// written by the kernel; returns the ioctl's non-negative result.
@@ -325,6 +330,32 @@ impl Vms {
         Ok(())
     }
 
+    /// `VMS_IMAGE_CREATE` with `VMS_IMAGE_EMPTY`: image `name` of `size`
+    /// bytes that all read as zero (the memory of a VM booted from scratch).
+    pub fn image_create_empty(&self, name: &Name, size: u64) -> Result<()> {
+        let mut arg = VmsImageCreate {
+            name: *name,
+            fd: -1,
+            flags: VMS_IMAGE_EMPTY,
+            size,
+            ..VmsImageCreate::zeroed()
+        };
+        ioctl(self.file.as_fd(), "VMS_IMAGE_CREATE", VMS_IMAGE_CREATE, &mut arg)?;
+        Ok(())
+    }
+
+    /// `VMS_IMAGE_SNAPSHOT`: makes the live image `name` of `clone`'s
+    /// current memory, without copying; `clone` continues on it.
+    pub fn image_snapshot(&self, name: &Name, clone: &CloneFd) -> Result<()> {
+        let mut arg = VmsImageSnapshot {
+            name: *name,
+            clone_fd: clone.fd.as_raw_fd(),
+            ..VmsImageSnapshot::zeroed()
+        };
+        ioctl(self.file.as_fd(), "VMS_IMAGE_SNAPSHOT", VMS_IMAGE_SNAPSHOT, &mut arg)?;
+        Ok(())
+    }
+
     /// `VMS_IMAGE_INFO`: the counters of image `name`.
     pub fn image_info(&self, name: &Name) -> Result<VmsImageStats> {
         let mut arg = VmsImageInfo {
@@ -398,6 +429,20 @@ pub struct CloneFd {
 }
 
 impl CloneFd {
+    /// `VMS_CLONE_ATTACH`: serve memslot `slot` of the VM `vm_fd` from
+    /// clone bytes `offset..offset + size`.
+    pub fn attach(&self, vm_fd: std::os::fd::RawFd, slot: u32, offset: u64, size: u64) -> Result<()> {
+        let mut arg = VmsCloneAttach {
+            vm_fd,
+            slot,
+            offset,
+            size,
+            ..VmsCloneAttach::zeroed()
+        };
+        ioctl(self.fd.as_fd(), "VMS_CLONE_ATTACH", VMS_CLONE_ATTACH, &mut arg)?;
+        Ok(())
+    }
+
     /// `VMS_CLONE_STATS`: the clone's counters.
     pub fn stats(&self) -> Result<VmsCloneStats> {
         let mut arg = VmsCloneStats::zeroed();
@@ -444,6 +489,11 @@ impl CloneFd {
     }
 }
 
+// SAFETY: the mapping is plain shared memory; accessors are volatile.
+unsafe impl Send for CloneMap {}
+// SAFETY: as above.
+unsafe impl Sync for CloneMap {}
+
 /// A shared mapping of a clone, unmapped on drop.
 ///
 /// Accesses may fault the page in from the module; if the module cannot
@@ -459,6 +509,27 @@ pub struct CloneMap {
 }
 
 impl CloneMap {
+    /// The address of the first byte.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr.as_ptr()
+    }
+
+    /// Copies `buf.len()` bytes at `offset` into `buf`. Panics if the
+    /// range is out of the mapping.
+    pub fn read_into(&self, offset: usize, buf: &mut [u8]) {
+        assert!(
+            offset.checked_add(buf.len()).is_some_and(|end| end <= self.len),
+            "range {offset}+{} out of the mapping",
+            buf.len()
+        );
+        // SAFETY: by the type invariant and the check above, the source is
+        // readable mapped memory that no Rust reference covers; `buf` is
+        // ours and cannot overlap a mapping made by mmap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.addr.as_ptr().add(offset), buf.as_mut_ptr(), buf.len())
+        }
+    }
+
     /// Reads the byte at `offset`. Panics if `offset` is out of the
     /// mapping.
     pub fn read_byte(&self, offset: usize) -> u8 {

@@ -6,6 +6,7 @@ mod args;
 mod cmd;
 mod dev;
 mod sys;
+mod vmm;
 
 use std::process::ExitCode;
 
@@ -64,6 +65,12 @@ enum Command {
     Image(cmd::image::ImageArgs),
     Clone(cmd::clone::CloneArgs),
     Stats(cmd::stats::StatsArgs),
+    Run(cmd::run::RunArgs),
+    #[command(name = "live-image")]
+    LiveImage(cmd::live_image::LiveImageArgs),
+    List(cmd::vm::ListArgs),
+    Stop(cmd::vm::StopArgs),
+    Exec(cmd::vm::ExecArgs),
 }
 
 /// Runs the subcommand. Its typed error already names the object and the
@@ -75,6 +82,16 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Image(args) => cmd::image::run(args)?,
         Command::Clone(args) => cmd::clone::run(args)?,
         Command::Stats(args) => cmd::stats::run(args)?,
+        Command::Run(args) => cmd::run::run(args)?,
+        Command::LiveImage(args) => cmd::live_image::run(args)?,
+        Command::List(args) => cmd::vm::list(args)?,
+        Command::Stop(args) => cmd::vm::stop(args)?,
+        Command::Exec(args) => {
+            let status = cmd::vm::exec(args)?;
+            if status != 0 {
+                std::process::exit(status.clamp(1, 255));
+            }
+        }
     }
     Ok(())
 }
@@ -124,6 +141,10 @@ mod tests {
                 "clone", "create", "base", "--read", "3", "--write", "1", "--hold",
             ],
             &["stats", "--json"],
+            &[
+                "run", "--name", "t", "--kernel", "bz", "--initrd", "rd", "--mem", "1G", "--cpus",
+                "2",
+            ],
         ] {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
@@ -137,6 +158,9 @@ mod tests {
             &["image", "create", "base", "--file", "x", "--size", "1T"],
             &["image", "info", &"x".repeat(32)],
             &["clone", "create", "base", "--read", "-1"],
+            &["run", "--name", "t", "--kernel", "bz", "--initrd", "rd", "--mem", "4G"],
+            &["run", "--name", "t", "--kernel", "bz", "--initrd", "rd", "--cpus", "0"],
+            &["run", "--name", "a/b", "--kernel", "bz", "--initrd", "rd"],
         ] {
             let e = parse(args).expect_err(&format!("{args:?} parsed"));
             assert_ne!(e.kind(), clap::error::ErrorKind::DisplayHelp);

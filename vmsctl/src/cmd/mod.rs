@@ -9,8 +9,11 @@
 
 pub mod clone;
 pub mod image;
+pub mod live_image;
+pub mod run;
 pub mod stats;
 pub mod version;
+pub mod vm;
 
 use thiserror::Error;
 

@@ -13,14 +13,22 @@ use crate::cmd::image::{write_table, ImageReport};
 use crate::dev::{DevError, Vms};
 
 const LONG_ABOUT: &str = "\
-Show the loaded module's version and every image with its counters: the
-same table as `vmsctl image list` (see its --help for the columns), after
-a `module <version> (abi <N>)` line.
+Show the loaded module's version, every image with its counters (the same
+table as `vmsctl image list`, see its --help for the columns), and every
+running VM with the counters of its memory (a vms clone):
 
-With --json, one object: {\"module\": {\"version\", \"abi\"}, \"images\": [...]}.
+  PRIVATE   pages the VM has its own copy of (written since it started or
+            since its last live image); all others are shared with the image
+  SHARED    faults answered with an image page (shared, not copied)
+  ZERO      faults answered with the shared zero page
+  STREAMED  image pages this VM caused to be read from the image's file
+  COW       private copies made on first write
 
-Clones appear only as the CLONES count of their image: a clone belongs to
-the process that holds its file descriptor (see `vmsctl clone --help`).";
+With --json, one object: {\"module\": {\"version\", \"abi\"}, \"images\":
+[...], \"vms\": [...]} (a VM's entry is what `vmsctl list --json` shows).
+
+Clones made by hand (`vmsctl clone`) appear only in their image's CLONES
+count: a clone belongs to the process that holds its file descriptor.";
 
 /// Arguments of `vmsctl stats`.
 #[derive(Debug, Args)]
@@ -53,6 +61,7 @@ pub enum StatsError {
 struct Report {
     module: Module,
     images: Vec<ImageReport>,
+    vms: Vec<serde_json::Value>,
 }
 
 /// The loaded module.
@@ -71,15 +80,46 @@ pub fn run(args: &StatsArgs) -> Result<(), StatsError> {
         abi: version.abi_version,
     };
     let images = collect(&vms)?;
+    let running = crate::cmd::vm::statuses();
 
     let mut out = io::stdout().lock();
     if args.json {
-        serde_json::to_writer(&mut out, &Report { module, images })?;
+        serde_json::to_writer(&mut out, &Report { module, images, vms: running })?;
         writeln!(out)?;
     } else {
         writeln!(out, "module {} (abi {})", module.version, module.abi)?;
         write_table(&mut out, &images)?;
+        write_vms(&mut out, &running)?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// The running VMs and their memory counters, or nothing if none runs.
+fn write_vms(out: &mut impl Write, vms: &[serde_json::Value]) -> io::Result<()> {
+    if vms.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "VM", "IMAGE", "PRIVATE", "SHARED", "ZERO", "STREAMED", "COW"
+    )?;
+    for v in vms {
+        let c = &v["clone"];
+        let n = |k: &str| c[k].as_u64().map_or("-".to_owned(), |n| n.to_string());
+        writeln!(
+            out,
+            "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            v["name"].as_str().unwrap_or(""),
+            v["image"].as_str().unwrap_or("-"),
+            n("private_pages"),
+            n("shared_maps"),
+            n("zero_maps"),
+            n("streamed"),
+            n("cow_copies"),
+        )?;
+    }
     Ok(())
 }

@@ -1,0 +1,310 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `vmsctl live-image`: make a live image of a running VM, start clones of
+//! it, save it to a file and load it back, list and delete live images.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use crate::args::{format_size, ImageName, PAGE_SIZE};
+use crate::dev::Vms;
+use crate::vmm::control::{self, Request};
+use crate::vmm::imagefile;
+use crate::vmm::state::MachineState;
+
+const LONG_ABOUT: &str = "\
+Live images: a running VM's memory and its whole vCPU and device state,
+from which new VMs (clones) start in milliseconds and resume where the VM
+was when the image was made.
+
+  vmsctl run --name web --kernel bzImage --initrd initrd.gz --detach
+  vmsctl live-image create web web-ready      # pauses web briefly
+  vmsctl live-image start web-ready --count 8 # web-ready-1 .. web-ready-8
+  vmsctl exec web-ready-3 -- hostname         # each has its own identity
+  vmsctl stats
+
+Making a live image copies no memory: the kernel module turns the VM's
+current pages into the image (layered on the image the VM came from) and
+the VM continues, paying a copy only for each page it writes afterwards.
+Clones share every page of the image they do not write. The machine state
+(registers, LAPIC, MSRs, PIC/IOAPIC/PIT, kvmclock, serial ports) is kept in
+$VMS_RUN_DIR/images/<image>.json (default run dir /run/vmsctl).
+
+`save` writes a live image to one file; `load` registers such a file as an
+image whose pages are streamed from the file on demand, e.g. on another
+host that shares the storage.";
+
+/// Arguments of `vmsctl live-image`.
+#[derive(Debug, Args)]
+#[command(about = "Make live images of running VMs and start clones of them", long_about = LONG_ABOUT)]
+pub struct LiveImageArgs {
+    #[command(subcommand)]
+    command: LiveCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LiveCommand {
+    /// Make live image IMAGE of running VM VM (pauses it briefly).
+    Create {
+        /// The running VM.
+        vm: String,
+        /// The new image's name.
+        image: ImageName,
+    },
+    /// Start clones of IMAGE, each in its own process, detached.
+    Start {
+        /// The live image.
+        image: ImageName,
+        /// How many clones.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Clone names are PREFIX-1 .. PREFIX-N (default: the image name).
+        #[arg(long)]
+        name_prefix: Option<String>,
+        /// First clone number (identity); later ones count up.
+        #[arg(long, default_value_t = 1)]
+        first_id: u32,
+    },
+    /// Save live image IMAGE (memory and state) to FILE.
+    Save {
+        image: ImageName,
+        file: PathBuf,
+    },
+    /// Register the live image saved in FILE; pages stream from FILE.
+    Load {
+        file: PathBuf,
+        /// Name to register it under (default: the name it was saved with).
+        #[arg(long)]
+        name: Option<ImageName>,
+    },
+    /// List live images.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete live image IMAGE (refused while clones or live images use it).
+    Delete { image: ImageName },
+}
+
+/// Where the machine state of live image `name` is kept.
+pub fn state_path(name: &str) -> PathBuf {
+    control::run_dir().join("images").join(format!("{name}.json"))
+}
+
+/// The machine state of live image `name`.
+pub fn load_state(name: &str) -> Result<MachineState> {
+    let path = state_path(name);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!("live image {name:?}: no machine state at {} (not a live image?)", path.display())
+    })?;
+    MachineState::from_json(&bytes).with_context(|| format!("live image {name:?}"))
+}
+
+/// Runs `vmsctl live-image`.
+pub fn run(args: &LiveImageArgs) -> Result<()> {
+    match &args.command {
+        LiveCommand::Create { vm, image } => create(vm, image),
+        LiveCommand::Start { image, count, name_prefix, first_id } => {
+            start(image, *count, name_prefix.as_deref(), *first_id)
+        }
+        LiveCommand::Save { image, file } => save(image, file),
+        LiveCommand::Load { file, name } => load(file, name.as_ref()),
+        LiveCommand::List { json } => list(*json),
+        LiveCommand::Delete { image } => delete(image),
+    }
+}
+
+fn create(vm: &str, image: &ImageName) -> Result<()> {
+    let t0 = Instant::now();
+    let data = control::call(
+        vm,
+        &Request::Snapshot { image: image.to_string() },
+        Duration::from_secs(120),
+    )?;
+    let paused = data["paused_us"].as_u64().unwrap_or(0);
+    println!(
+        "live image {image} made from VM {vm}: VM paused {:.2} ms ({} pages taken without copying), {:.0} ms in all",
+        paused as f64 / 1000.0,
+        data["pages"].as_u64().unwrap_or(0),
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+fn start(image: &ImageName, count: u32, prefix: Option<&str>, first_id: u32) -> Result<()> {
+    load_state(&image.to_string())?;
+    let prefix = prefix.map(str::to_owned).unwrap_or_else(|| image.to_string());
+    let exe = std::env::current_exe().context("finding the vmsctl executable")?;
+    let t0 = Instant::now();
+    let mut children = Vec::new();
+    for i in 0..count {
+        let id = first_id + i;
+        let name = format!("{prefix}-{id}");
+        let child = Command::new(&exe)
+            .args(["run", "--detach", "--image", &image.to_string(), "--name", &name])
+            .args(["--id", &id.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("clone {name}: starting {}", exe.display()))?;
+        children.push((name, child));
+    }
+    let mut failed = 0;
+    for (name, child) in children {
+        let out = child.wait_with_output().with_context(|| format!("clone {name}"))?;
+        if !out.status.success() {
+            eprintln!("clone {name}: failed to start ({})", out.status);
+            failed += 1;
+            continue;
+        }
+        std::io::stdout().write_all(&out.stdout)?;
+    }
+    println!(
+        "started {} of {count} clones of {image} in {:.0} ms",
+        count - failed,
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    if failed > 0 {
+        bail!("{failed} of {count} clones of {image} failed to start");
+    }
+    Ok(())
+}
+
+fn save(image: &ImageName, path: &Path) -> Result<()> {
+    let name = image.to_string();
+    let state = load_state(&name)?;
+    let (vms, _) = Vms::open_checked()?;
+    let info = vms.image_info(&image.to_abi()).with_context(|| format!("image {name:?}"))?;
+    let clone = vms.clone_create(&image.to_abi()).with_context(|| format!("image {name:?}: cloning"))?;
+    let map = clone.map(info.size).with_context(|| format!("image {name:?}: mapping"))?;
+    let t0 = Instant::now();
+    eprintln!("saving live image {name} ({}) to {}", format_size(info.size), path.display());
+    let header = imagefile::save(
+        path,
+        &name,
+        &state.to_json()?,
+        info.size,
+        |n, buf| map.read_into((n * PAGE_SIZE) as usize, buf),
+        |done, total| eprint!("\r  {:3}% ({done}/{total} pages)", done * 100 / total),
+    )
+    .with_context(|| format!("saving live image {name:?} to {}", path.display()))?;
+    eprintln!();
+    println!(
+        "saved live image {name} to {}: {} data pages, {} zero pages left as holes, {:.1} s",
+        path.display(),
+        header.data_pages,
+        info.size / PAGE_SIZE - header.data_pages,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn load(path: &Path, name: Option<&ImageName>) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (header, state) = imagefile::read(&file, path)?;
+    MachineState::from_json(&state).with_context(|| format!("{}", path.display()))?;
+    let name = match name {
+        Some(n) => n.clone(),
+        None => header.name.parse().with_context(|| format!("{}: saved name", path.display()))?,
+    };
+    let (vms, _) = Vms::open_checked()?;
+    std::fs::create_dir_all(state_path("x").parent().unwrap())?;
+    vms.image_create(&name.to_abi(), std::os::fd::AsFd::as_fd(&file), header.mem_size, header.mem_offset)
+        .with_context(|| format!("image {name}: registering {}", path.display()))?;
+    if let Err(e) = imagefile::write_atomic(&state_path(&name.to_string()), &state) {
+        let _ = vms.image_delete(&name.to_abi());
+        return Err(e);
+    }
+    println!(
+        "loaded live image {name} from {} ({}, {} data pages; pages stream from the file on demand)",
+        path.display(),
+        format_size(header.mem_size),
+        header.data_pages
+    );
+    Ok(())
+}
+
+fn list(json: bool) -> Result<()> {
+    let (vms, _) = Vms::open_checked()?;
+    let mut rows = Vec::new();
+    let mut i = 0;
+    while let Some(name) = vms.image_list(i)? {
+        i += 1;
+        let n = String::from_utf8_lossy(vms_uapi::name_bytes(&name).unwrap_or_default()).into_owned();
+        let Ok(state) = load_state(&n) else { continue };
+        let s = vms.image_info(&name)?;
+        rows.push(serde_json::json!({
+            "name": n,
+            "size": s.size,
+            "vcpus": state.vcpus.len(),
+            "clones": s.clones,
+            "pages": s.cached_pages,
+            "generation": s.generation,
+            "children": s.children,
+            "parent": String::from_utf8_lossy(vms_uapi::name_bytes(&s.parent).unwrap_or_default()),
+        }));
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no live images");
+        return Ok(());
+    }
+    println!("{:<24} {:>6} {:>5} {:>6} {:>8} {:>4}  PARENT", "NAME", "SIZE", "VCPUS", "CLONES", "PAGES", "GEN");
+    for r in rows {
+        println!(
+            "{:<24} {:>6} {:>5} {:>6} {:>8} {:>4}  {}",
+            r["name"].as_str().unwrap_or(""),
+            format_size(r["size"].as_u64().unwrap_or(0)),
+            r["vcpus"].as_u64().unwrap_or(0),
+            r["clones"].as_u64().unwrap_or(0),
+            r["pages"].as_u64().unwrap_or(0),
+            r["generation"].as_u64().unwrap_or(0),
+            r["parent"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn delete(image: &ImageName) -> Result<()> {
+    let name = image.to_string();
+    let (vms, _) = Vms::open_checked()?;
+    let parent = vms
+        .image_info(&image.to_abi())
+        .ok()
+        .and_then(|s| vms_uapi::name_bytes(&s.parent).map(|b| String::from_utf8_lossy(b).into_owned()));
+    match vms.image_delete(&image.to_abi()) {
+        Ok(()) => {}
+        Err(e) if e.errno().map(|e| e.0) == Some(libc::EBUSY) => {
+            let s = vms.image_info(&image.to_abi()).ok();
+            bail!(
+                "live image {name}: in use by {} clones (including the VM it was made from, which runs on it) and {} live images; stop them first",
+                s.map_or(0, |s| s.clones),
+                s.map_or(0, |s| s.children)
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("live image {name}: deleting")),
+    }
+    let _ = std::fs::remove_file(state_path(&name));
+    println!("deleted live image {name}");
+    // The empty image a VM booted on (boot.NAME) goes with the last live
+    // image made of it, once that VM is gone too.
+    if let Some(parent) = parent.filter(|p| p.starts_with("boot.")) {
+        if let Ok(p) = parent.parse::<ImageName>() {
+            if vms.image_delete(&p.to_abi()).is_ok() {
+                println!("deleted image {parent} (the memory the VM booted on; nothing uses it any more)");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,623 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `vmsctl run`: boot a Linux guest in the foreground, its console on
+//! stdout, until it powers off or reboots.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Instant;
+
+use vms_uapi::KVM_MEM_PAGE_PROVIDER;
+
+use crate::args::{format_size, parse_size, ImageName};
+use crate::cmd::live_image;
+use crate::dev::{CloneFd, Vms};
+use crate::vmm::{control, imagefile};
+use crate::vmm::{BootImages, GuestRam, RunningVm, Stop, Vm, DEFAULT_CMDLINE, MAX_CPUS};
+
+const LONG_ABOUT: &str = "\
+Boot a Linux guest under KVM, or start a clone of a live image (--image).
+
+  vmsctl run --name web --kernel bzImage --initrd initrd.gz --cpus 2 --detach
+  vmsctl live-image create web web-ready
+  vmsctl run --name web-1 --image web-ready --id 1 --detach
+
+The guest's memory is a vms clone: of a new empty image for a boot (named
+boot.NAME), of the live image for a clone, whose pages then stream from the
+image at fault time and stay shared until the clone writes them. A clone
+resumes where the VM the image was made of was paused, and is handed its
+identity (hostname NAME, /run/vms-id N) through the guest agent.
+
+Foreground (default): runs until the guest powers off or reboots. With
+--detach: returns once the guest is ready (booted, or resumed with its
+identity); the VM runs on in its own process, its console in
+<run dir>/vm/NAME.log (run dir: $VMS_RUN_DIR, default /run/vmsctl), and is
+reached by name: vmsctl list, exec, stop, live-image create.
+
+The guest is a small PC without firmware, ACPI or PCI: vmsctl loads the
+bzImage (--kernel) and the initramfs (--initrd) into guest memory and
+enters the kernel in 64-bit mode. The guest's first serial port (ttyS0)
+is the console and goes to standard output as it comes; the second
+(ttyS1) is the channel to the guest agent of the initramfs that
+scripts/build-guest makes.
+
+vmsctl exits with status 0 when the guest reboots or powers off (and
+says so on standard error), and with status 1 and the reason when it
+cannot run the guest: a kernel panic, an exit KVM could not handle
+(KVM_EXIT_INTERNAL_ERROR), or guest memory that could not be provided
+(KVM_EXIT_MEMORY_FAULT, with the guest-physical address).
+
+The kernel command line is
+  console=ttyS0 reboot=k panic=1 acpi=off pci=off 8250.nr_uarts=2
+  no_timer_check tsc=reliable quiet
+followed by --cmdline.";
+
+/// Arguments of `vmsctl run`.
+#[derive(Debug, Args)]
+#[command(about = "Boot a Linux guest, or start a clone of a live image", long_about = LONG_ABOUT)]
+pub struct RunArgs {
+    /// The VM's name (letters, digits, '-', '_', '.'): how `vmsctl list`,
+    /// `exec`, `stop` and `live-image create` find it.
+    #[arg(long, value_parser = parse_vm_name)]
+    name: String,
+    /// The kernel, a bzImage with a 64-bit entry point.
+    #[arg(long, value_name = "BZIMAGE", required_unless_present = "image")]
+    kernel: Option<PathBuf>,
+    /// The initramfs (a cpio archive, compressed as the kernel supports).
+    #[arg(long, value_name = "FILE", required_unless_present = "image")]
+    initrd: Option<PathBuf>,
+    /// Start a clone of this live image instead of booting: it resumes
+    /// where the VM the image was made of was.
+    #[arg(long, value_name = "LIVE_IMAGE", conflicts_with_all = ["kernel", "initrd", "mem", "cpus", "cmdline"])]
+    image: Option<ImageName>,
+    /// The clone's identity number (with --image), handed to the guest
+    /// with its name as hostname.
+    #[arg(long, value_name = "N", requires = "image")]
+    id: Option<u32>,
+    /// Guest RAM: a multiple of 2M from 32M to 3G.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_mem)]
+    mem: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
+    cpus: u8,
+    /// Kernel parameters to add to the default command line.
+    #[arg(long, value_name = "EXTRA")]
+    cmdline: Option<String>,
+    /// Run in the background: return once the guest is ready (booted,
+    /// or resumed with its identity), its console going to
+    /// <run dir>/vm/NAME.log.
+    #[arg(long)]
+    detach: bool,
+    /// Guest RAM in plain anonymous memory instead of a vms clone (no
+    /// live images then; for comparison and debugging).
+    #[arg(long, hide = true, conflicts_with = "image")]
+    no_vms: bool,
+    /// Debugging: once the guest is ready, run CMD through the guest
+    /// agent, print its output, then power the guest off. Fails if CMD
+    /// fails.
+    #[arg(long, value_name = "CMD", hide = true)]
+    exec_after_ready: Option<String>,
+    /// Seconds to wait for the guest to be ready.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    ready_timeout: u64,
+    /// Internal (--detach): the detached child.
+    #[arg(long, hide = true)]
+    detached_child: bool,
+    /// Internal: when the start was requested (Unix time in ns), for the
+    /// start time a clone reports.
+    #[arg(long, hide = true)]
+    requested_at_ns: Option<u128>,
+}
+
+/// How long a command run with --exec-after-ready may take.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the guest may take to power off when asked to.
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `vmsctl run`.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let what = format!("vm \"{}\"", args.name);
+    if args.detach && !args.detached_child {
+        return detach(args).with_context(|| what.clone());
+    }
+    let requested = args.requested_at_ns.unwrap_or_else(now_ns);
+    let mut vmm = start(args).with_context(|| what.clone())?;
+    if let Some(cmd) = &args.exec_after_ready {
+        return exec_after_ready(vmm.running, &what, cmd, args);
+    }
+    let ready = vmm.become_ready(args, requested).with_context(|| what.clone());
+    let ready = match ready {
+        Ok(r) => r,
+        Err(e) => {
+            let stop = vmm.running.shutdown();
+            return Err(e.context(format!("{stop}")));
+        }
+    };
+    let info = Arc::new(Info {
+        name: args.name.clone(),
+        id: args.id,
+        vcpus: vmm.cpus,
+        mem_size: vmm.mem_size,
+        cmdline: vmm.cmdline.clone(),
+        started: Instant::now() - ready.since_start,
+        start_us: ready.start_us,
+        restore_us: ready.restore_us,
+        ready_ms: ready.since_start.as_secs_f64() * 1000.0,
+    });
+    let running = Arc::new(vmm.running);
+    let server = control::Server::start(
+        &args.name,
+        handler(Arc::downgrade(&running), vmm.memory.clone(), info),
+    )?;
+    if args.detached_child {
+        // The parent waits for this line (and the socket) on our stdout.
+        println!("{READY_LINE}");
+    }
+    let stop = running.status().wait(None).unwrap_or(Stop::Requested);
+    drop(server);
+    // Control requests in flight hold the VM; they end quickly once it
+    // stops. Then stop the vCPU threads in order.
+    let mut running = running;
+    for _ in 0..500 {
+        match Arc::try_unwrap(running) {
+            Ok(r) => {
+                r.shutdown();
+                break;
+            }
+            Err(r) => {
+                running = r;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    vmm.memory.release();
+    report(&what, stop)
+}
+
+/// What `--detach` prints for the parent once the VM is ready.
+const READY_LINE: &str = "vms-vm-ready";
+
+/// `--detach`: start ourselves again as the VM's process, in a new
+/// session, its output going to the VM's log; wait until it says the
+/// guest is ready (or fails).
+fn detach(args: &RunArgs) -> Result<()> {
+    let dir = control::vm_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log_path = dir.join(format!("{}.log", args.name));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("finding the vmsctl executable")?;
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    argv.push("--detached-child".into());
+    if args.requested_at_ns.is_none() {
+        argv.push(format!("--requested-at-ns={}", now_ns()));
+    }
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid() is async-signal-safe and touches no memory of ours:
+    // the child leaves our session, so it outlives this process and a
+    // terminal hangup.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the VM process")?;
+    let deadline = Instant::now() + Duration::from_secs(args.ready_timeout + 10);
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.lines().any(|l| l == READY_LINE) {
+            let status = control::call(&args.name, &control::Request::Status, Duration::from_secs(10))?;
+            print_started(&status);
+            return Ok(());
+        }
+        if let Some(code) = child.try_wait()? {
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            bail!(
+                "the VM process exited ({code}) before the guest was ready; last lines of {}:\n{}",
+                log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the guest was not ready within {} s (log: {})", args.ready_timeout, log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One line about a VM that just started.
+fn print_started(s: &serde_json::Value) {
+    let name = s["name"].as_str().unwrap_or("?");
+    match s["image_source"].as_str() {
+        Some(image) => println!(
+            "{name}: resumed from live image {image} (id {}): first instruction {:.1} ms after the request (restore {:.1} ms), pid {}",
+            s["id"],
+            s["start_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            s["restore_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            s["pid"]
+        ),
+        None => println!(
+            "{name}: booted, guest ready {:.2} s after the request, pid {}",
+            s["ready_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+            s["pid"]
+        ),
+    }
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Guest RAM as a vms clone: the clone's fd (to attach, to read its
+/// counters, to snapshot) and, for a boot, the empty image it came from.
+pub struct Memory {
+    vms: Option<Vms>,
+    clone: Option<Arc<CloneFd>>,
+    /// The empty image a booted VM's clone came from, deleted at the end
+    /// if nothing uses it any more.
+    boot_image: Option<ImageName>,
+    /// The live image a clone was started from.
+    source: Option<ImageName>,
+}
+
+impl Memory {
+    fn release(&self) {
+        if let (Some(vms), Some(image)) = (&self.vms, &self.boot_image) {
+            // Refused (EBUSY) while live images made of this VM exist:
+            // they are layered on it. `live-image delete` removes it then.
+            let _ = vms.image_delete(&image.to_abi());
+        }
+    }
+}
+
+/// A started VM and what the control socket reports about it.
+struct Vmm {
+    running: RunningVm,
+    memory: Arc<Memory>,
+    cpus: u8,
+    mem_size: u64,
+    cmdline: String,
+    restored: Option<Duration>,
+}
+
+/// What a VM reports about its start.
+struct Ready {
+    since_start: Duration,
+    start_us: Option<f64>,
+    restore_us: Option<f64>,
+}
+
+/// Fixed facts about the VM for the control socket.
+struct Info {
+    name: String,
+    id: Option<u32>,
+    vcpus: u8,
+    mem_size: u64,
+    cmdline: String,
+    started: Instant,
+    start_us: Option<f64>,
+    restore_us: Option<f64>,
+    ready_ms: f64,
+}
+
+/// Creates the VM (booting Linux or restoring a live image) and starts
+/// the vCPUs.
+fn start(args: &RunArgs) -> Result<Vmm> {
+    let t0 = Instant::now();
+    let restore = match &args.image {
+        Some(image) => Some((image.clone(), live_image::load_state(&image.to_string())?)),
+        None => None,
+    };
+    let (cpus, mem_size) = match &restore {
+        Some((_, s)) => (s.vcpus.len() as u8, s.mem_size),
+        None => (args.cpus, args.mem),
+    };
+    let (ram, memory) = guest_ram(args, mem_size)?;
+    let flags = if memory.clone.is_some() { KVM_MEM_PAGE_PROVIDER } else { 0 };
+    let uarts = restore.as_ref().map(|(_, s)| s.uarts.as_slice());
+    let mut vm = Vm::create(cpus, ram, flags, uarts).context("creating the VM")?;
+    if let Some(clone) = &memory.clone {
+        clone
+            .attach(std::os::fd::AsRawFd::as_raw_fd(vm.vm_fd()), 0, 0, mem_size)
+            .context("attaching the vms clone to the VM (VMS_CLONE_ATTACH)")?;
+    }
+    let cmdline = match (&restore, &args.cmdline) {
+        (Some((_, s)), _) => s.cmdline.clone(),
+        (None, Some(extra)) => format!("{DEFAULT_CMDLINE} {extra}"),
+        (None, None) => DEFAULT_CMDLINE.to_owned(),
+    };
+    let restored = match &restore {
+        Some((image, s)) => {
+            vm.restore(s).with_context(|| format!("restoring live image {image}"))?;
+            Some(t0.elapsed())
+        }
+        None => {
+            let (Some(kernel), Some(initrd)) = (&args.kernel, &args.initrd) else {
+                bail!("--kernel and --initrd are needed to boot");
+            };
+            let images = BootImages { kernel, initrd, cmdline: &cmdline };
+            vm.boot_linux(&images).context("loading Linux")?;
+            None
+        }
+    };
+    let running = vm.start().context("starting the vCPUs")?;
+    Ok(Vmm { running, memory: Arc::new(memory), cpus, mem_size, cmdline, restored })
+}
+
+/// The guest's RAM: a clone of the live image (restore), of a new empty
+/// image (boot), or anonymous memory (--no-vms).
+fn guest_ram(args: &RunArgs, size: u64) -> Result<(GuestRam, Memory)> {
+    if args.no_vms {
+        let none = Memory { vms: None, clone: None, boot_image: None, source: None };
+        return Ok((GuestRam::anonymous(size).context("guest RAM")?, none));
+    }
+    let (vms, _) = Vms::open_checked().context("guest RAM is a vms clone (--no-vms for plain memory)")?;
+    let (image, boot_image) = match &args.image {
+        Some(image) => (image.clone(), None),
+        None => {
+            let boot: ImageName = format!("boot.{}", args.name)
+                .parse()
+                .map_err(|e| anyhow!("boot image name: {e}"))?;
+            // A boot image left by a VM of that name that died: reuse the
+            // name if nothing uses it.
+            let _ = vms.image_delete(&boot.to_abi());
+            vms.image_create_empty(&boot.to_abi(), size)
+                .with_context(|| format!("creating the empty image {boot} for the VM's memory"))?;
+            (boot.clone(), Some(boot))
+        }
+    };
+    let clone = vms
+        .clone_create(&image.to_abi())
+        .with_context(|| format!("creating a clone of image {image}"))?;
+    let map = clone.map(size).with_context(|| format!("mapping the clone of image {image}"))?;
+    let addr = NonNull::new(map.as_ptr()).context("clone mapped at 0")?;
+    let clone = Arc::new(clone);
+    // SAFETY: `map` is a read-write MAP_SHARED mapping of `size` bytes that
+    // only its own drop unmaps; it moves into the RAM's keep-alive, which
+    // drops after the VM.
+    let ram = unsafe { GuestRam::from_raw(addr, size, Box::new((map, clone.clone()))) }?;
+    let source = args.image.clone();
+    Ok((ram, Memory { vms: Some(vms), clone: Some(clone), boot_image, source }))
+}
+
+impl Vmm {
+    /// Waits for the guest: the ready marker after a boot; after a
+    /// restore, hands the clone its identity through the agent.
+    fn become_ready(&mut self, args: &RunArgs, requested_ns: u128) -> Result<Ready> {
+        let timeout = Duration::from_secs(args.ready_timeout);
+        let Some(restored) = self.restored else {
+            let after = self.running.wait_ready(timeout)?;
+            eprintln!(
+                "vmsctl: vm \"{}\": guest ready {:.2} s after start ({} vCPUs, {})",
+                args.name,
+                after.as_secs_f64(),
+                self.cpus,
+                format_size(self.mem_size)
+            );
+            return Ok(Ready { since_start: after, start_us: None, restore_us: None });
+        };
+        // First instruction: when a vCPU first entered KVM_RUN, measured
+        // against the request's wall-clock time.
+        let first = loop {
+            if let Some(t) = self.running.first_run() {
+                break t;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        let first_ns = now_ns().saturating_sub(first.elapsed().as_nanos());
+        let start_us = first_ns.saturating_sub(requested_ns) as f64 / 1000.0;
+        let id = args.id.unwrap_or(0);
+        let reply = self
+            .running
+            .agent()
+            .exec(&format!("vms-identity {id} {}", args.name), timeout)
+            .context("handing the clone its identity (vms-identity through the agent)")?;
+        if reply.status != 0 {
+            bail!(
+                "vms-identity failed with status {}: {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.output)
+            );
+        }
+        Ok(Ready {
+            since_start: first.elapsed(),
+            start_us: Some(start_us),
+            restore_us: Some(restored.as_secs_f64() * 1e6),
+        })
+    }
+}
+
+/// The control socket's handler.
+fn handler(running: std::sync::Weak<RunningVm>, memory: Arc<Memory>, info: Arc<Info>) -> control::Handler {
+    Arc::new(move |req| {
+        let running = running.upgrade().context("the VM is stopping")?;
+        serve(&running, &memory, &info, req)
+    })
+}
+
+/// Serves one control request.
+fn serve(
+    running: &RunningVm,
+    memory: &Memory,
+    info: &Info,
+    req: control::Request,
+) -> Result<serde_json::Value> {
+    match req {
+        control::Request::Status => Ok(status_json(running, memory, info)),
+        control::Request::Stop => {
+            running.status().stop(Stop::Requested);
+            Ok(serde_json::json!({}))
+        }
+        control::Request::Exec { cmd, timeout_ms } => {
+            let reply = running.agent().exec(&cmd, Duration::from_millis(timeout_ms))?;
+            Ok(serde_json::json!({
+                "status": reply.status,
+                "output": String::from_utf8_lossy(&reply.output),
+            }))
+        }
+        control::Request::Snapshot { image } => snapshot(running, memory, info, &image),
+    }
+}
+
+/// `live-image create`: pause, save the state, make the live image of
+/// the memory in the kernel, resume.
+fn snapshot(running: &RunningVm, memory: &Memory, info: &Info, image: &str) -> Result<serde_json::Value> {
+    let name: ImageName = image.parse().map_err(|e| anyhow!("image name {image:?}: {e}"))?;
+    let (Some(vms), Some(clone)) = (&memory.vms, &memory.clone) else {
+        bail!("this VM runs on plain memory (--no-vms): no live images");
+    };
+    let state_path = live_image::state_path(image);
+    if state_path.exists() {
+        bail!("live image {image} exists ({})", state_path.display());
+    }
+    let (state, (), paused) = running.snapshot(&info.cmdline, |_| {
+        vms.image_snapshot(&name.to_abi(), clone)
+            .with_context(|| format!("making live image {image} (VMS_IMAGE_SNAPSHOT)"))?;
+        Ok(())
+    })?;
+    std::fs::create_dir_all(state_path.parent().expect("has a parent"))?;
+    imagefile::write_atomic(&state_path, &state.to_json()?)?;
+    let pages = vms.image_info(&name.to_abi()).map(|s| s.cached_pages).unwrap_or(0);
+    Ok(serde_json::json!({
+        "image": image,
+        "paused_us": paused.as_micros() as u64,
+        "pages": pages,
+    }))
+}
+
+fn status_json(running: &RunningVm, memory: &Memory, info: &Info) -> serde_json::Value {
+    let clone = memory.clone.as_ref().and_then(|c| c.stats().ok());
+    let image = clone
+        .as_ref()
+        .and_then(|c| vms_uapi::name_bytes(&c.image))
+        .map(|b| String::from_utf8_lossy(b).into_owned());
+    serde_json::json!({
+        "name": info.name,
+        "pid": std::process::id(),
+        "id": info.id,
+        "vcpus": info.vcpus,
+        "mem_size": info.mem_size,
+        "image": image,
+        "image_source": memory.source.as_ref().map(|i| i.to_string()),
+        "uptime_s": info.started.elapsed().as_secs(),
+        "ready_ms": info.ready_ms,
+        "start_us": info.start_us,
+        "restore_us": info.restore_us,
+        "stopping": running.status().is_stopping(),
+        "clone": clone.map(|c| serde_json::json!({
+            "private_pages": c.private_pages,
+            "faults": c.faults,
+            "mmap_faults": c.mmap_faults,
+            "shared_maps": c.shared_maps,
+            "zero_maps": c.zero_maps,
+            "streamed": c.streamed,
+            "cow_copies": c.cow_copies,
+            "io_errors": c.io_errors,
+        })),
+    })
+}
+
+/// Says how the VM ended: on stderr if it ended as guests do, as the
+/// error otherwise.
+fn report(what: &str, stop: Stop) -> Result<()> {
+    match stop {
+        stop if stop.is_clean() => {
+            eprintln!("vmsctl: {what}: {stop}");
+            Ok(())
+        }
+        Stop::Failed(e) => Err(e.context(what.to_owned())),
+        stop => Err(anyhow!("{what}: {stop}")),
+    }
+}
+
+/// `--exec-after-ready`: waits for the guest, runs `cmd` through the
+/// agent, prints its output and powers the guest off.
+fn exec_after_ready(mut running: RunningVm, what: &str, cmd: &str, args: &RunArgs) -> Result<()> {
+    let reply = match ready_and_exec(&running, what, cmd, args) {
+        Ok(reply) => reply,
+        Err(e) => {
+            // Why the VM stopped, if it did, explains the error.
+            let stop = running.shutdown();
+            return Err(e.context(format!("{what} ({stop})")));
+        }
+    };
+    std::io::stdout()
+        .write_all(&reply.output)
+        .context("writing the command's output")?;
+    eprintln!(
+        "vmsctl: {what}: {cmd:?} exited with status {}; powering off",
+        reply.status
+    );
+    running
+        .agent()
+        .send("poweroff -f")
+        .with_context(|| format!("{what}: powering off"))?;
+    let stop = running.wait(Some(POWEROFF_TIMEOUT)).unwrap_or_else(|| {
+        Stop::Failed(anyhow!(
+            "did not power off within {} s",
+            POWEROFF_TIMEOUT.as_secs()
+        ))
+    });
+    report(what, stop)?;
+    if reply.status != 0 {
+        bail!("{what}: {cmd:?} failed with status {}", reply.status);
+    }
+    Ok(())
+}
+
+/// Waits for the ready marker and runs `cmd`.
+fn ready_and_exec(
+    running: &RunningVm,
+    what: &str,
+    cmd: &str,
+    args: &RunArgs,
+) -> Result<crate::vmm::Reply> {
+    let ready = running.wait_ready(Duration::from_secs(args.ready_timeout))?;
+    eprintln!(
+        "vmsctl: {what}: guest ready {:.2} s after start ({} vCPUs, {})",
+        ready.as_secs_f64(),
+        args.cpus,
+        format_size(args.mem)
+    );
+    running.agent().exec(cmd, EXEC_TIMEOUT)
+}
+
+/// Parses --mem: a size, checked as guest RAM.
+fn parse_mem(s: &str) -> Result<u64, String> {
+    let size = parse_size(s).map_err(|e| e.to_string())?;
+    crate::vmm::memory::check_size(size).map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
+/// Parses --name: 1 to 31 letters, digits, '-', '_' and '.'.
+fn parse_vm_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 31 {
+        return Err("a VM name has 1 to 31 characters".to_owned());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{c:?} is not allowed in a VM name (letters, digits, '-', '_' and '.' are)"
+        ));
+    }
+    Ok(s.to_owned())
+}

@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The agent channel: COM2 on our side, `/dev/ttyS1` in the guest, where
+//! the guest agent (`scripts/guest/agent`) runs commands for the VMM.
+//!
+//! The protocol is lines of text, one request at a time (the tty is raw,
+//! without echo):
+//!
+//! ```text
+//! VMM -> guest   <tag> <command>\n
+//! guest -> VMM   <output of sh -c "<command>", stdout and stderr>
+//!                \n@@vms-done <tag> <exit status>\n
+//! ```
+//!
+//! `<tag>` is a number that pairs a reply with its request. The output is
+//! every byte before the `\n` that starts the done line, so output that
+//! ends without a newline comes back as it is.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+
+use super::devices::Devices;
+use super::status::Status;
+
+/// The start of the line that ends a reply.
+const DONE: &str = "\n@@vms-done ";
+/// Output kept while waiting for a reply; older bytes are dropped.
+const MAX_OUTPUT: usize = 16 << 20;
+/// How often a waiting [`Agent::exec`] checks that the VM still runs.
+const POLL: Duration = Duration::from_millis(100);
+
+/// What the guest wrote on the agent channel and nobody has read yet.
+#[derive(Default)]
+pub struct AgentOutput {
+    buf: Mutex<Vec<u8>>,
+    grew: Condvar,
+}
+
+impl AgentOutput {
+    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// COM2's output: appends to the shared [`AgentOutput`].
+pub struct AgentWriter(pub Arc<AgentOutput>);
+
+impl Write for AgentWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut buf = self.0.lock();
+        buf.extend_from_slice(bytes);
+        if buf.len() > MAX_OUTPUT {
+            let excess = buf.len() - MAX_OUTPUT;
+            buf.drain(..excess);
+        }
+        self.0.grew.notify_all();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A command's result.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Its exit status, as the guest's shell reports it (128 + N when
+    /// killed by signal N).
+    pub status: i32,
+    /// Its standard output and error, interleaved.
+    pub output: Vec<u8>,
+}
+
+/// The VMM's end of the agent channel.
+pub struct Agent {
+    devices: Arc<Devices>,
+    output: Arc<AgentOutput>,
+    status: Arc<Status>,
+    next_tag: AtomicU64,
+    /// One request at a time.
+    busy: Mutex<()>,
+}
+
+impl Agent {
+    /// The agent channel of a VM whose COM2 writes to `output`.
+    pub fn new(devices: Arc<Devices>, output: Arc<AgentOutput>, status: Arc<Status>) -> Self {
+        Self {
+            devices,
+            output,
+            status,
+            next_tag: AtomicU64::new(1),
+            busy: Mutex::new(()),
+        }
+    }
+
+    /// Runs `command` (one line of `sh`) in the guest and waits at most
+    /// `timeout` for it to finish.
+    pub fn exec(&self, command: &str, timeout: Duration) -> Result<Reply> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let tag = self.send(command)?;
+        self.wait_reply(tag, timeout)
+    }
+
+    /// Sends `command` without waiting for its reply (e.g. a command that
+    /// powers the guest off); returns its tag. Output not yet read is
+    /// dropped.
+    pub fn send(&self, command: &str) -> Result<u64> {
+        ensure!(
+            !command.contains(['\n', '\r']),
+            "agent command {command:?}: a command is one line"
+        );
+        ensure!(!command.trim().is_empty(), "agent command: empty");
+        if self.status.is_stopping() {
+            bail!("agent command {command:?}: the VM is stopping");
+        }
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        self.output.lock().clear();
+        self.devices
+            .queue_agent_input(format!("{tag} {command}\n").as_bytes());
+        Ok(tag)
+    }
+
+    /// Waits for the reply to request `tag`.
+    fn wait_reply(&self, tag: u64, timeout: Duration) -> Result<Reply> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = self.output.lock();
+        loop {
+            if let Some((reply, used)) = parse_reply(&buf, tag) {
+                buf.drain(..used);
+                return Ok(reply);
+            }
+            if self.status.is_stopping() {
+                bail!("agent request {tag}: the VM stopped before the command finished");
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "agent request {tag}: no reply within {} s (is the guest agent running on ttyS1?)",
+                    timeout.as_secs()
+                );
+            }
+            buf = self
+                .output
+                .grew
+                .wait_timeout(buf, left.min(POLL))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Finds the reply to `tag` in `buf`: returns it and how many bytes of
+/// `buf` it took, or `None` if its done line is not complete yet.
+fn parse_reply(buf: &[u8], tag: u64) -> Option<(Reply, usize)> {
+    let marker = format!("{DONE}{tag} ");
+    let at = find(buf, marker.as_bytes())?;
+    let rest = &buf[at + marker.len()..];
+    let eol = rest.iter().position(|&b| b == b'\n')?;
+    let status = std::str::from_utf8(&rest[..eol])
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1);
+    let reply = Reply {
+        status,
+        output: buf[..at].to_vec(),
+    };
+    Some((reply, at + marker.len() + eol + 1))
+}
+
+/// The position of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_split_off_at_the_done_line() {
+        let buf = b"Linux vms-guest\n\n@@vms-done 7 0\nnext";
+        let (reply, used) = parse_reply(buf, 7).unwrap();
+        assert_eq!(reply.status, 0);
+        assert_eq!(reply.output, b"Linux vms-guest\n");
+        assert_eq!(&buf[used..], b"next");
+    }
+
+    #[test]
+    fn output_without_a_final_newline_is_kept_as_is() {
+        let (reply, _) = parse_reply(b"no newline\n@@vms-done 3 127\n", 3).unwrap();
+        assert_eq!(reply.output, b"no newline");
+        assert_eq!(reply.status, 127);
+        let (reply, _) = parse_reply(b"\n@@vms-done 4 1\n", 4).unwrap();
+        assert_eq!(reply.output, b"");
+    }
+
+    #[test]
+    fn incomplete_or_foreign_replies_are_not_taken() {
+        assert!(parse_reply(b"out\n@@vms-done 3 0", 3).is_none());
+        assert!(parse_reply(b"out\n@@vms-done 31 0\n", 3).is_none());
+        assert!(parse_reply(b"out", 3).is_none());
+    }
+}

@@ -1,0 +1,378 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A small VMM: boots a Linux bzImage with an initramfs under KVM, with a
+//! serial console and an agent channel, on 1 to 32 vCPUs.
+//!
+//! # The machine
+//!
+//! A legacy-free PC without firmware, ACPI or PCI: the VMM writes what a
+//! BIOS would leave behind and enters the kernel in 64-bit mode.
+//!
+//! Guest-physical memory (one RAM region at 0, one memslot, at most
+//! 3 GiB so it stays below the 32-bit PCI hole; see `layout.rs`):
+//!
+//! ```text
+//! 0x0000_0000  RAM, e820 usable
+//!     0x500      boot GDT (code 0x10, data 0x18, TSS 0x20); 0x520 empty IDT
+//!     0x7000     zero page (struct boot_params, with the e820 map)
+//!     0x8ff0     boot stack (grows down)
+//!     0x9000     PML4, PDPT (0xa000), PD (0xb000): first GiB identity-mapped
+//!     0x2_0000   kernel command line
+//! 0x0009_fc00  MP floating pointer and configuration table, e820 reserved
+//! 0x000a_0000  legacy hole (VGA, ROMs, BIOS): RAM in the memslot, not in e820
+//! 0x0010_0000  RAM, e820 usable: the protected-mode kernel, entered at +0x200
+//!   top of RAM   the initramfs, page aligned, as high as the kernel allows
+//! 0xfec0_0000  IOAPIC (KVM)
+//! 0xfee0_0000  local APICs (KVM)
+//! 0xfffb_d000  KVM's TSS pages (Intel)
+//! ```
+//!
+//! I/O ports and interrupts. The 8259 PICs, the 8254 PIT (KVM_CREATE_PIT2,
+//! speaker dummy, port 0x61) and the IOAPIC are KVM's in-kernel devices;
+//! KVM's default routing sends GSI 0-15 to both the PICs and IOAPIC pins
+//! 0-15. The VMM emulates, on ports only (`devices.rs`):
+//!
+//! ```text
+//! 0x3f8-0x3ff  COM1, 16550 (vm-superio), IRQ 4: console, guest ttyS0 -> stdout
+//! 0x2f8-0x2ff  COM2, 16550 (vm-superio), IRQ 3: agent channel, guest ttyS1
+//! 0x64         i8042: writing 0xfe resets the machine (the VM stops);
+//!              status reads 0x01 so Linux finds no controller at once
+//! other        reads all ones, writes ignored
+//! ```
+//!
+//! The UARTs raise their IRQ through irqfds. No MMIO device exists.
+//!
+//! CPUs: vCPU `i` has local APIC id `i`; vCPU 0 boots, the others wait
+//! for INIT/SIPI. The MP table (`mptable.rs`) lists them, the ISA bus,
+//! the IOAPIC and ISA IRQs 0-15 on IOAPIC pins 0-15. CPUID is KVM's
+//! supported set with the APIC ids and a one-package topology filled in;
+//! KVM's paravirtual leaves stay, so the guest uses kvmclock.
+//!
+//! # The kernel command line
+//!
+//! [`DEFAULT_CMDLINE`], then what the user adds:
+//!
+//! - `console=ttyS0`: the console is COM1;
+//! - `reboot=k`: reboot through the i8042, the VMM's signal that the
+//!   guest is done;
+//! - `panic=1`: reboot one second after a panic instead of hanging; the
+//!   VMM saw the panic message on the console and reports a failure;
+//! - `acpi=off`: there are no ACPI tables, the MP table describes the
+//!   machine; also skips the search for them;
+//! - `pci=off`: there is no PCI bus; probing one costs exits;
+//! - `8250.nr_uarts=2`: only COM1 and COM2 exist; the driver would probe
+//!   four legacy ports;
+//! - `no_timer_check`: skips the test of the IOAPIC timer interrupt, which
+//!   counts ticks against a busy loop and can misjudge a slow (nested,
+//!   emulated) vCPU;
+//! - `tsc=reliable`: no TSC watchdog or warp checks against other clocks
+//!   that are not more reliable here (kvmclock is the clocksource);
+//! - `quiet`: every console byte is a VM exit; boot messages cost boot
+//!   time. Errors still print.
+//!
+//! # How a VM ends
+//!
+//! The guest resets through the i8042 (`reboot`), halts (`poweroff` or
+//! `halt`: without ACPI Linux halts and prints "reboot: ... System
+//! halted", which the VMM reads on the console), or triple faults. A
+//! panic is reported as such. An exit the VMM cannot handle
+//! (KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_MEMORY_FAULT
+//! with its gpa, a KVM_RUN error) stops the VM with that error. See
+//! [`Stop`].
+//!
+//! # The agent channel
+//!
+//! COM2 carries one request at a time to the guest agent on ttyS1
+//! (`scripts/guest/agent`): the VMM sends `<tag> <command>\n`, the agent
+//! runs `sh -c <command>` and answers with the output followed by
+//! `\n@@vms-done <tag> <exit status>\n` (`agent.rs`). The guest's init
+//! prints `vms-guest: ready` on the console once the agent listens.
+
+pub mod agent;
+mod boot;
+pub mod control;
+mod cpu;
+pub mod devices;
+pub mod imagefile;
+pub mod layout;
+pub mod memory;
+mod mptable;
+mod run;
+pub mod serial;
+pub mod state;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+
+pub use agent::{Agent, Reply};
+pub use boot::BootImages;
+pub use memory::GuestRam;
+pub use mptable::MAX_CPUS;
+pub use status::Stop;
+
+use agent::AgentOutput;
+use devices::Devices;
+use layout::KVM_TSS_ADDRESS;
+use run::VcpuThreads;
+pub use status::Status;
+
+/// The kernel command line every guest gets; see the module
+/// documentation for why each parameter is there.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 acpi=off pci=off \
+                                   8250.nr_uarts=2 no_timer_check tsc=reliable quiet";
+
+/// The memslot of guest RAM.
+const RAM_SLOT: u32 = 0;
+
+/// A VM that is set up but not running: KVM's VM and vCPUs, the guest's
+/// RAM and the emulated devices.
+pub struct Vm {
+    // Fields drop in this order: the vCPUs and the VM before the RAM
+    // they map.
+    vcpus: Vec<VcpuFd>,
+    devices: Arc<Devices>,
+    vm_fd: VmFd,
+    kvm: Kvm,
+    ram: GuestRam,
+    status: Arc<Status>,
+    agent_output: Arc<AgentOutput>,
+}
+
+impl Vm {
+    /// A KVM VM with `cpus` vCPUs and `ram` as its memory
+    /// (memslot flags `memslot_flags`, e.g. the vms flag for a clone's
+    /// memory), an in-kernel irqchip and PIT, and the serial ports. Its
+    /// vCPUs are created but not set up: see [`Vm::boot_linux`].
+    ///
+    /// With `uarts`, the serial ports continue from a snapshot's states.
+    pub fn create(
+        cpus: u8,
+        ram: GuestRam,
+        memslot_flags: u32,
+        uarts: Option<&[state::UartState]>,
+    ) -> Result<Self> {
+        ensure!(
+            (1..=MAX_CPUS).contains(&cpus),
+            "{cpus} vCPUs: from 1 to {MAX_CPUS} are supported"
+        );
+        let kvm = Kvm::new().context("opening /dev/kvm")?;
+        check_capabilities(&kvm)?;
+        let vm_fd = kvm.create_vm().context("KVM_CREATE_VM")?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS as usize)
+            .context("KVM_SET_TSS_ADDR")?;
+        let slot = ram.memslot(RAM_SLOT, memslot_flags);
+        // SAFETY: the memslot maps `ram`, which the returned Vm owns and
+        // drops after `vm_fd` and every vCPU (field order), and which stays
+        // mapped for its life (GuestRam's invariant). KVM only reaches the
+        // memory through the mapping, so nothing else is affected.
+        unsafe { vm_fd.set_user_memory_region2(slot) }.with_context(|| {
+            format!("KVM_SET_USER_MEMORY_REGION2 (slot {RAM_SLOT}, flags {memslot_flags:#x})")
+        })?;
+        vm_fd.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd.create_pit2(pit).context("KVM_CREATE_PIT2")?;
+
+        let status = Arc::new(Status::new());
+        let agent_output = Arc::new(AgentOutput::default());
+        let devices = Arc::new(Devices::new(&vm_fd, status.clone(), agent_output.clone(), uarts)?);
+        let vcpus = (0..cpus)
+            .map(|id| {
+                vm_fd
+                    .create_vcpu(u64::from(id))
+                    .with_context(|| format!("KVM_CREATE_VCPU {id}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            vcpus,
+            devices,
+            vm_fd,
+            kvm,
+            ram,
+            status,
+            agent_output,
+        })
+    }
+
+    /// Loads Linux into guest RAM, writes the MP table and sets up the
+    /// vCPUs so that vCPU 0 enters the kernel.
+    pub fn boot_linux(&mut self, images: &BootImages) -> Result<()> {
+        let cpus = self.vcpus.len() as u8;
+        let entry = boot::load_linux(self.ram.memory(), self.ram.size(), images)?;
+        mptable::write(self.ram.memory(), cpus)?;
+        let supported = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .context("KVM_GET_SUPPORTED_CPUID")?;
+        for (index, vcpu) in self.vcpus.iter().enumerate() {
+            let boot = (index == 0).then_some(&entry);
+            cpu::configure(vcpu, index as u8, cpus, &supported, boot)
+                .with_context(|| format!("setting up vCPU {index}"))?;
+        }
+        Ok(())
+    }
+
+    /// Puts the VM and its vCPUs in the state a snapshot saved (its
+    /// memory is the clone of the live image, already attached).
+    pub fn restore(&mut self, s: &state::MachineState) -> Result<()> {
+        ensure!(
+            s.vcpus.len() == self.vcpus.len(),
+            "the snapshot has {} vCPUs, the VM {}",
+            s.vcpus.len(),
+            self.vcpus.len()
+        );
+        state::restore_devices(&self.vm_fd, &s.devices)?;
+        for (index, (vcpu, vs)) in self.vcpus.iter().zip(&s.vcpus).enumerate() {
+            state::restore_vcpu(&self.kvm, vcpu, vs)
+                .with_context(|| format!("restoring vCPU {index}"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the vCPUs.
+    pub fn start(mut self) -> Result<RunningVm> {
+        let vcpus = std::mem::take(&mut self.vcpus);
+        let threads = run::start(vcpus, &self.devices, &self.status)?;
+        let agent = Agent::new(
+            self.devices.clone(),
+            self.agent_output.clone(),
+            self.status.clone(),
+        );
+        Ok(RunningVm {
+            threads,
+            agent,
+            vm: self,
+        })
+    }
+
+    /// KVM's VM.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    /// The guest's RAM.
+    #[allow(dead_code)] // For snapshots.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// The emulated devices.
+    #[allow(dead_code)] // For snapshots.
+    pub fn devices(&self) -> &Devices {
+        &self.devices
+    }
+}
+
+/// What the VMM needs from KVM beyond the basics.
+fn check_capabilities(kvm: &Kvm) -> Result<()> {
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+        (Cap::UserMemory2, "KVM_CAP_USER_MEMORY2 (Linux 6.8 or later)"),
+    ] {
+        if !kvm.check_extension(cap) {
+            bail!("KVM lacks {name}");
+        }
+    }
+    Ok(())
+}
+
+/// A VM whose vCPUs run. Dropping it stops the vCPUs and waits for their
+/// threads before anything else goes.
+pub struct RunningVm {
+    threads: VcpuThreads,
+    agent: Agent,
+    vm: Vm,
+}
+
+impl RunningVm {
+    /// Waits until the guest prints [`READY_MARKER`] on its console;
+    /// returns the time from the VM's creation.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Duration> {
+        self.vm.status.wait_ready(timeout)
+    }
+
+    /// The agent channel.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// The VM's status: wait on it for the VM to stop, or stop it.
+    pub fn status(&self) -> &Arc<Status> {
+        &self.vm.status
+    }
+
+    /// When a vCPU first entered KVM_RUN.
+    pub fn first_run(&self) -> Option<std::time::Instant> {
+        self.threads.first_run()
+    }
+
+    /// Pauses the VM and saves its whole state except memory (vCPUs,
+    /// in-kernel devices, serial ports), calls `with_paused` (which takes
+    /// the memory, e.g. makes a live image of it), then resumes. Returns
+    /// the state, `with_paused`'s result and how long the VM was paused.
+    pub fn snapshot<T>(
+        &self,
+        cmdline: &str,
+        with_paused: impl FnOnce(&state::MachineState) -> Result<T>,
+    ) -> Result<(state::MachineState, T, Duration)> {
+        // Which MSRs to save is a property of the host: learn it before
+        // pausing (a vCPU is needed to probe; KVM allows reads of a vCPU
+        // from another thread only while it is not in KVM_RUN, so the
+        // list comes from KVM's index list, probed by the vCPUs when
+        // they save).
+        let msrs = self.msr_list()?;
+        let t0 = std::time::Instant::now();
+        let vcpus = self.threads.pause(&msrs);
+        let result = vcpus.and_then(|vcpus| {
+            let devices = state::save_devices(self.vm.vm_fd())?;
+            let s = state::MachineState {
+                version: state::STATE_VERSION,
+                mem_size: self.vm.ram.size(),
+                vcpus,
+                devices,
+                uarts: self.vm.devices.uart_states(),
+                cmdline: cmdline.to_owned(),
+            };
+            let t = with_paused(&s)?;
+            Ok((s, t))
+        });
+        self.threads.resume();
+        let paused = t0.elapsed();
+        let (s, t) = result?;
+        Ok((s, t, paused))
+    }
+
+    /// The MSRs a snapshot saves: KVM's list (KVM_GET_MSR_INDEX_LIST).
+    fn msr_list(&self) -> Result<Vec<u32>> {
+        let list = self.vm.kvm.get_msr_index_list().context("KVM_GET_MSR_INDEX_LIST")?;
+        Ok(list.as_slice().to_vec())
+    }
+
+    /// Waits until the VM stops, at most `timeout` if given; then stops
+    /// every vCPU and returns why it stopped. `None`: still running.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Option<Stop> {
+        let stop = self.vm.status.wait(timeout)?;
+        self.threads.stop();
+        Some(stop)
+    }
+
+    /// Stops the VM now, unless it stops already; returns why it stopped.
+    pub fn shutdown(mut self) -> Stop {
+        self.threads.stop();
+        self.vm
+            .status
+            .wait(Some(Duration::ZERO))
+            .unwrap_or(Stop::Requested)
+    }
+}

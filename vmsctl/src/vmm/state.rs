@@ -1,0 +1,251 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The vCPU and device state of a paused VM: what a live image holds
+//! besides its memory, and what a clone is restored from.
+//!
+//! Saved in the order Firecracker and Cloud Hypervisor use, for the same
+//! reasons: each vCPU is paused with a KVM_RUN that has `immediate_exit`
+//! set (which completes a pending port I/O first, see KVM's api.rst), MSRs
+//! come before the vCPU events, and the in-kernel devices (PIC, IOAPIC,
+//! PIT, kvmclock) with the VM. Restored in the reverse dependency order:
+//! CPUID first (it decides which MSRs and XSAVE features exist), then
+//! registers, XSAVE, LAPIC, MSRs, events, MP state.
+//!
+//! The kvm structs serialise as their bytes (kvm-bindings' `serde`
+//! feature); the file is JSON so a human can look at it.
+
+use anyhow::{bail, Context, Result};
+use kvm_bindings::{
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+
+/// Version of the state format; a file of another version is refused.
+pub const STATE_VERSION: u32 = 1;
+
+/// One vCPU's architectural state.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub xsave: kvm_xsave,
+    pub xcrs: kvm_xcrs,
+    pub debugregs: kvm_debugregs,
+    pub lapic: kvm_lapic_state,
+    pub msrs: Vec<(u32, u64)>,
+    pub events: kvm_vcpu_events,
+    pub mp_state: kvm_mp_state,
+    pub tsc_khz: Option<u32>,
+}
+
+/// The in-kernel devices of the VM.
+#[derive(Serialize, Deserialize)]
+pub struct VmDevices {
+    pub clock: kvm_clock_data,
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+}
+
+/// A 16550 UART's registers and unread input (vm-superio's SerialState).
+#[derive(Serialize, Deserialize, Clone, Default)]
+pub struct UartState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+    /// Input the VMM had queued behind the FIFO.
+    #[serde(default)]
+    pub pending: Vec<u8>,
+}
+
+impl From<&vm_superio::serial::SerialState> for UartState {
+    fn from(s: &vm_superio::serial::SerialState) -> Self {
+        UartState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl From<&UartState> for vm_superio::serial::SerialState {
+    fn from(s: &UartState) -> Self {
+        vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+/// Everything but memory: what `live-image create` saves next to the
+/// image and `live-image start` restores each clone from.
+#[derive(Serialize, Deserialize)]
+pub struct MachineState {
+    pub version: u32,
+    /// Guest RAM size in bytes (the image's size).
+    pub mem_size: u64,
+    pub vcpus: Vec<VcpuState>,
+    pub devices: VmDevices,
+    pub uarts: Vec<UartState>,
+    /// The kernel command line the VM booted with (for `list`/`info`).
+    pub cmdline: String,
+}
+
+impl MachineState {
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).context("encoding the machine state")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let s: MachineState = serde_json::from_slice(bytes).context("decoding the machine state")?;
+        if s.version != STATE_VERSION {
+            bail!("machine state version {} (this vmsctl reads {STATE_VERSION})", s.version);
+        }
+        Ok(s)
+    }
+}
+
+/// Save a paused vCPU (its last KVM_RUN had `immediate_exit` set).
+pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState> {
+    // MP state first: reading it settles pending INIT/SIPI (as Firecracker).
+    let mp_state = vcpu.get_mp_state().context("KVM_GET_MP_STATE")?;
+    let regs = vcpu.get_regs().context("KVM_GET_REGS")?;
+    let sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
+    let xsave = vcpu.get_xsave().context("KVM_GET_XSAVE")?;
+    let xcrs = vcpu.get_xcrs().context("KVM_GET_XCRS")?;
+    let debugregs = vcpu.get_debug_regs().context("KVM_GET_DEBUGREGS")?;
+    let lapic = vcpu.get_lapic().context("KVM_GET_LAPIC")?;
+    let tsc_khz = vcpu.get_tsc_khz().ok();
+    let cpuid = vcpu
+        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .context("KVM_GET_CPUID2")?
+        .as_slice()
+        .to_vec();
+    // KVM's list holds MSRs this vCPU may not have (KVM_GET_MSRS stops at
+    // the first it cannot read): read in batches, skipping those.
+    let mut msrs = Vec::with_capacity(msr_indices.len());
+    let mut rest = msr_indices;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(64)];
+        let entries: Vec<kvm_msr_entry> = chunk
+            .iter()
+            .map(|&index| kvm_msr_entry { index, ..Default::default() })
+            .collect();
+        let mut m = Msrs::from_entries(&entries).context("building an MSR list")?;
+        let n = vcpu.get_msrs(&mut m).context("KVM_GET_MSRS")?;
+        msrs.extend(m.as_slice()[..n].iter().map(|e| (e.index, e.data)));
+        // Past the batch, or past the one it stopped at.
+        rest = if n == chunk.len() { &rest[n..] } else { &rest[n + 1..] };
+    }
+    // After the MSRs: KVM_GET_VCPU_EVENTS reflects what they may change.
+    let events = vcpu.get_vcpu_events().context("KVM_GET_VCPU_EVENTS")?;
+    Ok(VcpuState {
+        cpuid,
+        regs,
+        sregs,
+        xsave,
+        xcrs,
+        debugregs,
+        lapic,
+        msrs,
+        events,
+        mp_state,
+        tsc_khz,
+    })
+}
+
+/// Restore a vCPU created but never run.
+pub fn restore_vcpu(kvm: &Kvm, vcpu: &VcpuFd, s: &VcpuState) -> Result<()> {
+    let cpuid = CpuId::from_entries(&s.cpuid).context("building the CPUID")?;
+    vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
+    if let Some(khz) = s.tsc_khz {
+        // Best effort: the host may not support TSC scaling; the guest
+        // then sees the host's rate, as after a live migration without it.
+        let _ = vcpu.set_tsc_khz(khz);
+    }
+    vcpu.set_regs(&s.regs).context("KVM_SET_REGS")?;
+    vcpu.set_sregs(&s.sregs).context("KVM_SET_SREGS")?;
+    let xsave2 = kvm.check_extension_int(Cap::Xsave2);
+    if xsave2 > std::mem::size_of::<kvm_xsave>() as i32 {
+        bail!("this host's XSAVE area needs {xsave2} bytes; vmsctl saves 4096");
+    }
+    // SAFETY: `s.xsave` is a whole 4 KiB kvm_xsave and the host's XSAVE
+    // area fits in it (checked above), so KVM reads no more than we own.
+    unsafe { vcpu.set_xsave(&s.xsave) }.context("KVM_SET_XSAVE")?;
+    vcpu.set_xcrs(&s.xcrs).context("KVM_SET_XCRS")?;
+    vcpu.set_debug_regs(&s.debugregs).context("KVM_SET_DEBUGREGS")?;
+    vcpu.set_lapic(&s.lapic).context("KVM_SET_LAPIC")?;
+    let entries: Vec<kvm_msr_entry> = s
+        .msrs
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+        .collect();
+    for chunk in entries.chunks(64) {
+        let m = Msrs::from_entries(chunk).context("building an MSR list")?;
+        let n = vcpu.set_msrs(&m).context("KVM_SET_MSRS")?;
+        if n != chunk.len() {
+            bail!("KVM_SET_MSRS wrote {n} of {} MSRs (refused {:#x})", chunk.len(), chunk[n].index);
+        }
+    }
+    vcpu.set_vcpu_events(&s.events).context("KVM_SET_VCPU_EVENTS")?;
+    vcpu.set_mp_state(s.mp_state).context("KVM_SET_MP_STATE")?;
+    Ok(())
+}
+
+fn irqchip(vm: &VmFd, id: u32) -> Result<kvm_irqchip> {
+    let mut c = kvm_irqchip { chip_id: id, ..Default::default() };
+    vm.get_irqchip(&mut c).with_context(|| format!("KVM_GET_IRQCHIP {id}"))?;
+    Ok(c)
+}
+
+/// Save the in-kernel devices of a paused VM.
+pub fn save_devices(vm: &VmFd) -> Result<VmDevices> {
+    Ok(VmDevices {
+        pit: vm.get_pit2().context("KVM_GET_PIT2")?,
+        clock: vm.get_clock().context("KVM_GET_CLOCK")?,
+        pic_master: irqchip(vm, KVM_IRQCHIP_PIC_MASTER)?,
+        pic_slave: irqchip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
+        ioapic: irqchip(vm, KVM_IRQCHIP_IOAPIC)?,
+    })
+}
+
+/// Restore the in-kernel devices of a new VM (irqchip and PIT created).
+pub fn restore_devices(vm: &VmFd, d: &VmDevices) -> Result<()> {
+    vm.set_pit2(&d.pit).context("KVM_SET_PIT2")?;
+    // The clock continues from the snapshot: no KVM_CLOCK_REALTIME
+    // adjustment, so a clone's uptime picks up where the parent paused.
+    let clock = kvm_clock_data { clock: d.clock.clock, ..Default::default() };
+    vm.set_clock(&clock).context("KVM_SET_CLOCK")?;
+    vm.set_irqchip(&d.pic_master).context("KVM_SET_IRQCHIP (PIC master)")?;
+    vm.set_irqchip(&d.pic_slave).context("KVM_SET_IRQCHIP (PIC slave)")?;
+    vm.set_irqchip(&d.ioapic).context("KVM_SET_IRQCHIP (IOAPIC)")?;
+    Ok(())
+}
