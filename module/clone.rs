@@ -22,7 +22,9 @@
 //! the guest always see the same page for every gfn.
 //!
 //! Lock order: registry `images` -> `state` (snapshot) ;
-//! `attach` -> (KVM's `slots_lock`) ; `state` -> image `cache`
+//! `attach` -> (KVM's `slots_lock`) ; `state` -> image `cache` (a lookup
+//! that only finds cached pages: file reads happen in `warm`, without
+//! `state`)
 //! ; `state` -> (KVM's `mmu_lock`) ; `state` -> page lock ; page lock ->
 //! (`i_mmap_rwsem`, page table locks). `state` is never held across a
 //! call that waits for KVM's SRCU readers (register, unregister): vCPUs
@@ -241,6 +243,28 @@ impl VmClone {
         old.locked(|| self.mapping.unmap_page(idx));
     }
 
+    /// Bring image page `idx` into the image's cache without `state`
+    /// held: reading the image file may take the file's inode lock, and a
+    /// task holding that lock may fault on a clone mapping, which takes
+    /// `state` (lockdep saw it with an image file on 9p). Resolving then
+    /// finds the page cached. A snapshot that changes the image meanwhile
+    /// is harmless: the new image finds the page through its parent.
+    fn warm(&self, idx: usize) -> Result {
+        let image = self.state.lock().image.clone();
+        match image.page(idx) {
+            Ok((_, _, streamed)) => {
+                if streamed {
+                    self.stats.streamed.fetch_add(1, Relaxed);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.io_errors.fetch_add(1, Relaxed);
+                Err(e)
+            }
+        }
+    }
+
     /// A stage-2 (EPT/NPT) fault on `gfn` of memslot `slot`.
     pub(crate) fn stage2_fault(
         &self,
@@ -249,6 +273,14 @@ impl VmClone {
         write: bool,
     ) -> Result<(PageRef, bool)> {
         self.stats.faults.fetch_add(1, Relaxed);
+        if let Some(rel) = gfn.checked_sub(slot.base_gfn) {
+            let first = self.state.lock().slots.iter().find(|a| a.slot == slot.slot).map(|a| a.first);
+            if let Some(first) = first {
+                if (rel as usize) < slot.npages as usize && first + (rel as usize) < self.npages {
+                    self.warm(first + rel as usize)?;
+                }
+            }
+        }
         let (page, writable, old) = {
             let mut st = self.state.lock();
             let Some(a) = st.slots.iter_mut().find(|a| a.slot == slot.slot) else {
@@ -282,6 +314,7 @@ impl VmClone {
             return Err(EINVAL);
         }
         self.stats.mmap_faults.fetch_add(1, Relaxed);
+        self.warm(idx)?;
         let mut st = self.state.lock();
         let (page, _, old) = self.resolve(&mut st, idx, write)?;
         let Some(old) = old else {

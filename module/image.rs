@@ -12,7 +12,8 @@
 //!
 //! - absent: never read. The first clone that needs it reads it from the
 //!   backing ("streams" it from the file, or looks it up in the parent and
-//!   keeps a reference), under `cache`'s lock;
+//!   keeps a reference) with `cache` released, then stores it unless a
+//!   racing lookup stored it first (then that copy is used);
 //! - `Zero`: read and found all zero: served by the module's one zero page,
 //!   so it costs no memory;
 //! - `Cached(page)`: read and kept; every clone maps this one page for
@@ -21,9 +22,11 @@
 //! A page never leaves the cache while the image lives: the image is
 //! immutable, so there is nothing to invalidate.
 //!
-//! Locking: `cache` is a leaf lock except for the file read done under it
-//! (a read of a regular file does not take any vms lock). A live image asks
-//! its parent with its own `cache` released, so two never nest.
+//! Locking: `cache` is a leaf lock. File reads happen without it (a
+//! filesystem's read may take the inode lock, and a task holding that may
+//! fault on a clone mapping: lockdep caught the cycle with an image file on
+//! 9p). A live image asks its parent with its own `cache` released, so two
+//! never nest.
 
 use crate::ffi::{FileRef, PageRef, PAGE_SIZE};
 use crate::table::PageTable;
@@ -151,7 +154,7 @@ impl Image {
     /// The page `idx`, streamed from the file if it is not cached. The
     /// `bool` says whether this call read it from the file.
     pub(crate) fn page(&self, idx: usize) -> Result<(PageRef, Source, bool)> {
-        let mut cache = self.cache.lock();
+        let cache = self.cache.lock();
         match cache.get(idx) {
             Some(Cached::Zero) => return Ok((self.zero.clone(), Source::Zero, false)),
             Some(Cached::Page(p)) => return Ok((p.clone(), Source::Cache, false)),
@@ -168,6 +171,10 @@ impl Image {
             }
             Backing::File { file, offset } => (file, *offset),
         };
+        // Read without `cache` held: a filesystem's read may take the
+        // inode lock, under which another task can fault on a clone
+        // mapping (inode lock -> mmap_lock -> clone state -> cache).
+        drop(cache);
         let page = PageRef::alloc()?;
         let pos = offset + (idx * PAGE_SIZE) as u64;
         if let Err(e) = file.read_page(pos, &page) {
@@ -180,6 +187,14 @@ impl Image {
                 e.to_errno()
             );
             return Err(EIO);
+        }
+        let mut cache = self.cache.lock();
+        // A racing lookup may have read and stored the page meanwhile:
+        // keep the first copy, so every clone maps the same page.
+        match cache.get(idx) {
+            Some(Cached::Zero) => return Ok((self.zero.clone(), Source::Zero, false)),
+            Some(Cached::Page(p)) => return Ok((p.clone(), Source::Cache, false)),
+            None => {}
         }
         self.streamed.fetch_add(1, Relaxed);
         if page.is_zero() {
