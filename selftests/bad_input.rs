@@ -27,6 +27,7 @@ use vms_selftests::host::{become_user, fork_run, last_errno, ChildEnd};
 use vms_selftests::ksft::{self, check, Test};
 use vms_selftests::kvm::{self, vcpu_run_memory_fault, vm_create_pm32};
 use vms_selftests::vms::{
+    __image_snapshot, image_snapshot_arg, name_of,
     __clone_create, __image_create, __image_delete, __image_info, __image_list, __vms_ioctl,
     clone_attach_arg, clone_create_arg, image_create, image_create_arg, image_info_arg,
     require_vms_and_kvm, unique_name, vm_attach_clone, vms_open, Image, ImageFile, VmsClone,
@@ -403,6 +404,46 @@ fn clone_flags_pad_reserved_einval() {
     image.delete();
 }
 
+// VMS_IMAGE_SNAPSHOT
+
+/// A snapshot of a file that is not a clone (the image file, /dev/vms):
+/// `EINVAL`; of a closed fd: `EBADF`. No image appears.
+fn snapshot_not_a_clone() {
+    let c = ctx();
+    let name = format!("{}.s", c.name);
+    for fd in [c.file.file().as_raw_fd(), c.dev.as_raw_fd()] {
+        test_assert_errno!(__image_snapshot(&c.dev, &image_snapshot_arg(&name, fd)), libc::EINVAL);
+    }
+    test_assert_errno!(__image_snapshot(&c.dev, &image_snapshot_arg(&name, 999)), libc::EBADF);
+    test_assert_errno!(__image_info(&c.dev, &mut image_info_arg(&name)), libc::ENOENT);
+}
+
+/// A snapshot with non-zero `flags` or `reserved[i]`: `EINVAL`; under a
+/// taken name: `EEXIST`. The clone keeps its image and pages.
+fn snapshot_bad_args() {
+    let c = ctx();
+    let (image, clone) = clone_of(&c);
+    let good = image_snapshot_arg(&format!("{}.s", c.name), clone.fd().as_raw_fd());
+    let mut args = vec![];
+    let mut a = good;
+    a.flags = 1;
+    args.push(a);
+    for i in 0..4 {
+        let mut a = good;
+        a.reserved[i] = 1;
+        args.push(a);
+    }
+    for arg in args {
+        test_assert_errno!(__image_snapshot(&c.dev, &arg), libc::EINVAL);
+    }
+    let taken = image_snapshot_arg(&c.name, clone.fd().as_raw_fd());
+    test_assert_errno!(__image_snapshot(&c.dev, &taken), libc::EEXIST);
+    test_assert_eq!(name_of(&clone.stats().image), c.name);
+    test_assert_eq!(image.info().children, 0);
+    drop(clone);
+    image.delete();
+}
+
 // VMS_CLONE_ATTACH
 
 /// A 16-page image and a clone of it; drop before the image.
@@ -767,6 +808,8 @@ fn main() {
         Test::new("list_past_end_enoent", list_past_end_enoent),
         Test::new("list_flags_reserved_einval", list_flags_reserved_einval),
         Test::new("clone_unknown_enoent", clone_unknown_enoent),
+        Test::new("snapshot_not_a_clone", snapshot_not_a_clone),
+        Test::new("snapshot_bad_args", snapshot_bad_args),
         Test::new(
             "clone_flags_pad_reserved_einval",
             clone_flags_pad_reserved_einval,
