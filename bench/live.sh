@@ -12,6 +12,8 @@ set -eu
 V=$1 kernel=$2 initrd=$3 out=$4 runs=$5
 export VMS_RUN_DIR=/tmp/vms-bench-live
 mkdir -p "$out"
+cleanup() { for v in $("$V" list --names 2>/dev/null); do "$V" stop "$v" >/dev/null 2>&1; done; }
+trap cleanup EXIT
 stats() { "$V" stats --json; }
 median_spread() { # numbers on stdin -> "median (min-max)"
 	sort -n | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2;
@@ -31,7 +33,7 @@ done
 # 8 at once from the last image: each clone's own start time, and the
 # whole batch's wall time.
 s=$("$V" live-image start "img$runs" --count 8 --name-prefix many)
-while read -r t; do batch+=("$t"); done < <(sed -n 's/.*first instruction \([0-9.]*\) ms.*/\1/p' <<<"$s")
+while read -r t; do batch+=("$t"); done <<<"$(sed -n 's/.*first instruction \([0-9.]*\) ms.*/\1/p' <<<"$s")"
 wall=$(sed -n 's/.*clones of .* in \([0-9]*\) ms/\1/p' <<<"$s")
 image_pages=$(stats | python3 -c "import json,sys; print(sum(i['cached_pages'] for i in json.load(sys.stdin)['images'] if i['name'].startswith('img')))")
 private=$(stats | python3 -c "import json,sys; print(sum(v['clone']['private_pages'] for v in json.load(sys.stdin)['vms'] if v['name'].startswith('many')))")
@@ -56,5 +58,5 @@ private=$(stats | python3 -c "import json,sys; print(sum(v['clone']['private_pag
 	awk -v p="$private" -v i="$image_pages" 'BEGIN { printf "%.2fx the parent'"'"'s memory for 8 clones.\n", p / i }'
 } >"$out/live.md"
 cat "$out/live.md"
-for v in $("$V" list --names); do "$V" stop "$v" >/dev/null; done
+cleanup
 for r in $(seq "$runs" -1 1); do "$V" live-image delete "img$r" >/dev/null; done
