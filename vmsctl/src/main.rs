@@ -38,6 +38,15 @@ Two kinds of objects:
          is closed. So one image serves many VMs, which share every page
          none of them has written.
 
+vmsctl is also a small VMM whose guests' memory is a clone, and makes
+live images of running VMs (see `vmsctl run --help`, `vmsctl live-image
+--help`):
+
+  vmsctl run --name web --kernel bzImage --initrd initrd.gz --detach
+  vmsctl live-image create web web-ready    # pauses web for a few ms
+  vmsctl live-image start web-ready --count 8
+  vmsctl list; vmsctl exec web-ready-3 -- hostname; vmsctl stats
+
 Start with `vmsctl version` to check that the module is loaded and speaks
 the ABI vmsctl was built for, then:
 
