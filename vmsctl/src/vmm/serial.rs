@@ -171,11 +171,13 @@ impl Console {
 
 impl Write for Console {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Output first, so that what the VMM prints when it sees a line
+        // comes after the line.
+        let written = io::stdout().lock().write_all(buf);
         for &b in buf {
             self.scan(b);
         }
-        io::stdout().lock().write_all(buf)?;
-        Ok(buf.len())
+        written.map(|()| buf.len())
     }
 
     /// The UART flushes after every byte: the guest's output reaches the
