@@ -249,8 +249,7 @@ impl VmClone {
     /// `state` (lockdep saw it with an image file on 9p). Resolving then
     /// finds the page cached. A snapshot that changes the image meanwhile
     /// is harmless: the new image finds the page through its parent.
-    fn warm(&self, idx: usize) -> Result {
-        let image = self.state.lock().image.clone();
+    fn warm(&self, image: &Image, idx: usize) -> Result {
         match image.page(idx) {
             Ok((_, _, streamed)) => {
                 if streamed {
@@ -274,10 +273,16 @@ impl VmClone {
     ) -> Result<(PageRef, bool)> {
         self.stats.faults.fetch_add(1, Relaxed);
         if let Some(rel) = gfn.checked_sub(slot.base_gfn) {
-            let first = self.state.lock().slots.iter().find(|a| a.slot == slot.slot).map(|a| a.first);
-            if let Some(first) = first {
+            // One look under `state` for both the slot's offset and the
+            // image; the read, if any, happens without it.
+            let found = {
+                let st = self.state.lock();
+                let first = st.slots.iter().find(|a| a.slot == slot.slot).map(|a| a.first);
+                first.map(|f| (f, st.image.clone()))
+            };
+            if let Some((first, image)) = found {
                 if (rel as usize) < slot.npages as usize && first + (rel as usize) < self.npages {
-                    self.warm(first + rel as usize)?;
+                    self.warm(&image, first + rel as usize)?;
                 }
             }
         }
@@ -314,7 +319,8 @@ impl VmClone {
             return Err(EINVAL);
         }
         self.stats.mmap_faults.fetch_add(1, Relaxed);
-        self.warm(idx)?;
+        let image = self.state.lock().image.clone();
+        self.warm(&image, idx)?;
         let mut st = self.state.lock();
         let (page, _, old) = self.resolve(&mut st, idx, write)?;
         let Some(old) = old else {
