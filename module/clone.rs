@@ -21,6 +21,13 @@
 //! fault paths resolve through `State::private`, so the VMM's mapping and
 //! the guest always see the same page for every gfn.
 //!
+//! The zap and the unmap are needed only where the old page can be
+//! mapped: `State::mapped` records, per page, whether a shared page was
+//! ever handed to stage 2 and whether to the VMM (always under `state`,
+//! before the fault returns it). A first access that writes skips both,
+//! and so skips KVM's invalidation, which would make the faulting vCPU
+//! retry, and the mmu notifier that the VMM unmap raises on the memslot.
+//!
 //! Lock order: registry `images` -> `state` (snapshot) ;
 //! `attach` -> (KVM's `slots_lock`) ; `state` -> image `cache` (a lookup
 //! that only finds cached pages: file reads happen in `warm`, without
@@ -54,15 +61,59 @@ struct Attachment {
     warned: bool,
 }
 
+/// In `State::mapped`: a shared page of this clone page went to stage 2.
+const STAGE2: u8 = 1;
+/// In `State::mapped`: a shared page of this clone page went to the VMM.
+const VMM: u8 = 2;
+
 struct State {
     // Dropped first (see `PinnedDrop`): the VM must stop mapping our pages
     // before they are released.
     vm: Option<ffi::Vm>,
     slots: KVec<Attachment>,
     private: PageTable<PageRef>,
+    /// Who may map a shared page of each clone page ([`STAGE2`], [`VMM`]);
+    /// never cleared, so it can only say too much.
+    mapped: PageTable<u8>,
+    /// No memory was left for a mark in `mapped`: assume every page is
+    /// mapped by everyone.
+    mapped_all: bool,
     /// The image shared pages come from; replaced by `snapshot`. Its
     /// `clones` count includes this clone.
     image: Arc<Image>,
+}
+
+impl State {
+    /// Record that a shared page of clone page `idx` goes to `by`.
+    fn mark(&mut self, idx: usize, by: u8) {
+        if self.mapped_all {
+            return;
+        }
+        let m = self.mapped.get(idx).copied().unwrap_or(0);
+        if m & by == 0 && self.mapped.set(idx, m | by).is_err() {
+            self.mapped_all = true;
+        }
+    }
+
+    /// Who may map a shared page of clone page `idx`.
+    fn marks(&self, idx: usize) -> u8 {
+        if self.mapped_all {
+            return STAGE2 | VMM;
+        }
+        self.mapped.get(idx).copied().unwrap_or(0)
+    }
+}
+
+/// What [`VmClone::resolve`] found for a clone page.
+enum Resolved {
+    /// Map `page`, writable if `private` (the clone's own page). `retire`:
+    /// after a copy, the shared page it replaced where the VMM may map it:
+    /// the caller must [`retire`](VmClone::retire) it once `state` is
+    /// released.
+    Page { page: PageRef, private: bool, retire: Option<PageRef> },
+    /// Not in `image`'s cache: [`warm`](VmClone::warm) it without `state`,
+    /// then resolve again.
+    Uncached(Arc<Image>),
 }
 
 #[derive(Default)]
@@ -95,10 +146,18 @@ impl VmClone {
     pub(crate) fn new(image: Arc<Image>) -> Result<Arc<Self>> {
         let npages = image.npages();
         let private = PageTable::new(npages)?;
+        let mapped = PageTable::new(npages)?;
         Arc::pin_init(
             try_pin_init!(VmClone {
                 state <- new_mutex!(
-                    State { vm: None, slots: KVec::new(), private, image },
+                    State {
+                        vm: None,
+                        slots: KVec::new(),
+                        private,
+                        mapped,
+                        mapped_all: false,
+                        image,
+                    },
                     "vms_clone_state"
                 ),
                 attach <- new_mutex!((), "vms_clone_attach"),
@@ -119,32 +178,24 @@ impl VmClone {
         &self.provider
     }
 
-    /// The page for clone page `idx` with `state` held: the private page,
-    /// or the image's page, or (for a write) a new private copy. Returns
-    /// the page, whether it may be mapped writable, and, after a copy, the
-    /// replaced image page: the caller must [`retire`](Self::retire) it
-    /// once `state` is released.
-    fn resolve(
-        &self,
-        st: &mut State,
-        idx: usize,
-        write: bool,
-    ) -> Result<(PageRef, bool, Option<PageRef>)> {
+    /// The page for clone page `idx` with `state` held, for `by`
+    /// ([`STAGE2`] or [`VMM`]): the private page, or the image's page, or
+    /// (for a write) a new private copy. Never reads: a page the image has
+    /// not cached comes back as [`Resolved::Uncached`].
+    fn resolve(&self, st: &mut State, idx: usize, write: bool, by: u8) -> Result<Resolved> {
         if let Some(p) = st.private.get(idx) {
-            return Ok((p.clone(), true, None));
+            return Ok(Resolved::Page { page: p.clone(), private: true, retire: None });
         }
-        let (src, source, streamed) = st.image.page(idx).inspect_err(|_| {
-            self.stats.io_errors.fetch_add(1, Relaxed);
-        })?;
-        if streamed {
-            self.stats.streamed.fetch_add(1, Relaxed);
-        }
+        let Some((src, source)) = st.image.cached(idx) else {
+            return Ok(Resolved::Uncached(st.image.clone()));
+        };
         if !write {
             match source {
                 Source::Zero => self.stats.zero_maps.fetch_add(1, Relaxed),
                 Source::Cache => self.stats.shared_maps.fetch_add(1, Relaxed),
             };
-            return Ok((src, false, None));
+            st.mark(idx, by);
+            return Ok(Resolved::Page { page: src, private: false, retire: None });
         }
         let new = if source == Source::Zero {
             PageRef::alloc_zeroed()?
@@ -153,11 +204,16 @@ impl VmClone {
             p.copy_from(&src);
             p
         };
-        // Publish, then zap stage 2 (the VMM's mappings go in `retire`).
+        // Publish, then zap stage 2 (the VMM's mappings go in `retire`),
+        // where the old page can be mapped.
         st.private.set(idx, new.clone())?;
         self.stats.cow_copies.fetch_add(1, Relaxed);
-        self.invalidate_stage2(st, idx);
-        Ok((new, true, Some(src)))
+        let marks = st.marks(idx);
+        if marks & STAGE2 != 0 {
+            self.invalidate_stage2(st, idx);
+        }
+        let retire = if marks & VMM != 0 { Some(src) } else { None };
+        Ok(Resolved::Page { page: new, private: true, retire })
     }
 
     /// Zap the stage-2 mappings of clone page `idx` in every memslot.
@@ -272,21 +328,7 @@ impl VmClone {
         write: bool,
     ) -> Result<(PageRef, bool)> {
         self.stats.faults.fetch_add(1, Relaxed);
-        if let Some(rel) = gfn.checked_sub(slot.base_gfn) {
-            // One look under `state` for both the slot's offset and the
-            // image; the read, if any, happens without it.
-            let found = {
-                let st = self.state.lock();
-                let first = st.slots.iter().find(|a| a.slot == slot.slot).map(|a| a.first);
-                first.map(|f| (f, st.image.clone()))
-            };
-            if let Some((first, image)) = found {
-                if (rel as usize) < slot.npages as usize && first + (rel as usize) < self.npages {
-                    self.warm(&image, first + rel as usize)?;
-                }
-            }
-        }
-        let (page, writable, old) = {
+        loop {
             let mut st = self.state.lock();
             let Some(a) = st.slots.iter_mut().find(|a| a.slot == slot.slot) else {
                 return Err(EFAULT);
@@ -304,13 +346,20 @@ impl VmClone {
             }
             a.base_gfn = Some(slot.base_gfn);
             let idx = a.first + rel;
-            let r = self.resolve(&mut st, idx, write)?;
-            (r.0, r.1, r.2.map(|o| (idx, o)))
-        };
-        if let Some((idx, old)) = old {
-            self.retire(idx, old);
+            match self.resolve(&mut st, idx, write, STAGE2)? {
+                Resolved::Page { page, private, retire } => {
+                    drop(st);
+                    if let Some(old) = retire {
+                        self.retire(idx, old);
+                    }
+                    return Ok((page, private));
+                }
+                Resolved::Uncached(image) => {
+                    drop(st);
+                    self.warm(&image, idx)?;
+                }
+            }
         }
-        Ok((page, writable))
     }
 
     /// A fault of the VMM's mapping at clone page `idx`: the page, locked.
@@ -319,23 +368,31 @@ impl VmClone {
             return Err(EINVAL);
         }
         self.stats.mmap_faults.fetch_add(1, Relaxed);
-        let image = self.state.lock().image.clone();
-        self.warm(&image, idx)?;
-        let mut st = self.state.lock();
-        let (page, _, old) = self.resolve(&mut st, idx, write)?;
-        let Some(old) = old else {
-            // Possibly a shared page: lock it before `state` goes, so a
-            // copy made after this waits in `retire` until it is mapped.
-            let locked = page.into_locked();
-            drop(st);
-            return Ok(locked);
-        };
-        drop(st);
-        self.retire(idx, old);
-        // A new private page. mm maps it read-only (writes go through
-        // `mmap_mkwrite`), which stays right even if a snapshot turns it
-        // into an image page meanwhile.
-        Ok(page.into_locked())
+        loop {
+            let mut st = self.state.lock();
+            match self.resolve(&mut st, idx, write, VMM)? {
+                Resolved::Page { page, retire: Some(old), .. } => {
+                    drop(st);
+                    self.retire(idx, old);
+                    // A new private page. mm maps it read-only (writes go
+                    // through `mmap_mkwrite`), which stays right even if a
+                    // snapshot turns it into an image page meanwhile.
+                    return Ok(page.into_locked());
+                }
+                Resolved::Page { page, .. } => {
+                    // Possibly a shared page: lock it before `state` goes,
+                    // so a copy made after this waits in `retire` until it
+                    // is mapped.
+                    let locked = page.into_locked();
+                    drop(st);
+                    return Ok(locked);
+                }
+                Resolved::Uncached(image) => {
+                    drop(st);
+                    self.warm(&image, idx)?;
+                }
+            }
+        }
     }
 
     /// The VMM writes to `page`, mapped read-only at clone page `idx`.
@@ -350,22 +407,31 @@ impl VmClone {
         page: *mut kernel::bindings::page,
         lock: impl FnOnce(),
     ) -> Result<bool> {
-        let mut st = self.state.lock();
-        let old = match st.private.get(idx) {
-            Some(p) if p.is(page) => {
-                lock();
-                return Ok(true);
+        loop {
+            let mut st = self.state.lock();
+            let old = match st.private.get(idx) {
+                Some(p) if p.is(page) => {
+                    lock();
+                    return Ok(true);
+                }
+                // A stale mapping of the page before the copy.
+                Some(_) => None,
+                None => match self.resolve(&mut st, idx, true, VMM)? {
+                    Resolved::Page { retire, .. } => retire,
+                    Resolved::Uncached(image) => {
+                        drop(st);
+                        self.warm(&image, idx)?;
+                        continue;
+                    }
+                },
+            };
+            drop(st);
+            match old {
+                Some(old) => self.retire(idx, old),
+                None => self.mapping.unmap_page(idx),
             }
-            // A stale mapping of the page before the copy.
-            Some(_) => None,
-            None => self.resolve(&mut st, idx, true)?.2,
-        };
-        drop(st);
-        match old {
-            Some(old) => self.retire(idx, old),
-            None => self.mapping.unmap_page(idx),
+            return Ok(false);
         }
-        Ok(false)
     }
 
     /// ioctl on the clone file.

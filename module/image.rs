@@ -151,6 +151,20 @@ impl Image {
         self.cache.lock()
     }
 
+    /// The page `idx` if it is there without reading anything: cached, or
+    /// a page of an empty image. `None`: [`page`](Self::page) must bring it
+    /// in first (it reads, so it is called without clone locks held).
+    pub(crate) fn cached(&self, idx: usize) -> Option<(PageRef, Source)> {
+        match self.cache.lock().get(idx) {
+            Some(Cached::Zero) => Some((self.zero.clone(), Source::Zero)),
+            Some(Cached::Page(p)) => Some((p.clone(), Source::Cache)),
+            None if idx < self.npages && matches!(self.backing, Backing::Empty) => {
+                Some((self.zero.clone(), Source::Zero))
+            }
+            None => None,
+        }
+    }
+
     /// The page `idx`, streamed from the file if it is not cached. The
     /// `bool` says whether this call read it from the file.
     pub(crate) fn page(&self, idx: usize) -> Result<(PageRef, Source, bool)> {

@@ -6,10 +6,13 @@
 //! A's guest writes new values to both pattern words of every page of the
 //! first 1 MiB; then B's guest reads the original pattern everywhere, and
 //! A's guest reads its own values in the first 1 MiB and the pattern
-//! after it. The VMM's mappings agree: A's shows A's values (and the rest
-//! of each written page is still the image's), B's shows the image. The
-//! image file is unchanged. A made exactly one private copy per written
-//! page; B made none.
+//! after it. A then writes the second MiB, which it has just read (its
+//! stage 2 maps the image's pages there read-only, so the copy must zap
+//! them), and reads its values back; B still reads the image there. The
+//! VMM's mappings agree: A's shows A's values (and the rest of each
+//! written page is still the image's), B's shows the image. The image file
+//! is unchanged. A made exactly one private copy per written page; B made
+//! none.
 //!
 //! Skips if `/dev/vms` or `/dev/kvm` is missing.
 
@@ -66,6 +69,16 @@ fn writes_stay_private() {
         )),
     );
 
+    // Read, then written: the copy replaces a page stage 2 maps.
+    let a_again = Walk::values(CLONE_GPA + WRITTEN * PAGE_SIZE, WRITTEN, A_FIRST + WRITTEN as u32);
+    guest::run(&mut vm_a, 0, &guest::write(&a_again));
+    guest::run(&mut vm_a, 0, &guest::read_check(&a_again));
+    guest::run(
+        &mut vm_b,
+        0,
+        &guest::read_check(&Walk::pattern(CLONE_GPA + WRITTEN * PAGE_SIZE, WRITTEN, WRITTEN)),
+    );
+
     // The VMM's mappings: A's written pages are the image's page with A's
     // two words; B's are the image's.
     for i in 0..WRITTEN {
@@ -84,8 +97,8 @@ fn writes_stay_private() {
     let a = clone_a.stats();
     let b = clone_b.stats();
     ksft::ksft_print_msg(&format!("A: {a:?}\nB: {b:?}"));
-    test_assert_eq!(a.cow_copies, WRITTEN);
-    test_assert_eq!(a.private_pages, WRITTEN);
+    test_assert_eq!(a.cow_copies, 2 * WRITTEN);
+    test_assert_eq!(a.private_pages, 2 * WRITTEN);
     test_assert_eq!(b.cow_copies, 0);
     test_assert_eq!(b.private_pages, 0);
     let is = image.info();
