@@ -2,35 +2,48 @@
 
 //! [`PageTable`]: a sparse array indexed by page number.
 //!
-//! A clone of a 64 GiB image that touched a few pages must not pay for 16M
-//! entries, so the table is two levels: a vector of leaf pointers (8 bytes
-//! per 2 MiB of guest memory) and leaves of [`LEAF`] entries allocated on
-//! the first store into their range.
+//! A clone of a 64 GiB image that touched a few pages must pay neither for
+//! 16M entries nor, when it starts, for anything that grows with the size:
+//! the table has three levels, like a page table. The top level has one
+//! pointer per [`MID`] x [`LEAF`] pages (1 GiB of guest memory); a middle
+//! node of [`MID`] leaf pointers and a leaf of [`LEAF`] entries (2 MiB) are
+//! allocated on the first store into their range.
 
 use kernel::prelude::*;
 
 /// Entries per leaf: one leaf covers 2 MiB of guest memory.
 const LEAF: usize = 512;
+/// Leaves per middle node: one covers 1 GiB.
+const MID: usize = 512;
+
+type Leaf<T> = KVec<Option<T>>;
+type Mid<T> = KVec<Option<Leaf<T>>>;
 
 pub(crate) struct PageTable<T> {
-    leaves: KVVec<Option<KVec<Option<T>>>>,
+    top: KVec<Option<Mid<T>>>,
     len: usize,
     used: usize,
+}
+
+/// A vector of `n` `None`s.
+fn nones<U>(n: usize) -> Result<KVec<Option<U>>> {
+    let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
+    for _ in 0..n {
+        v.push(None, GFP_KERNEL)?;
+    }
+    Ok(v)
 }
 
 impl<T> PageTable<T> {
     /// A table for `len` pages, all empty.
     pub(crate) fn new(len: usize) -> Result<Self> {
-        let mut leaves = KVVec::with_capacity(len.div_ceil(LEAF), GFP_KERNEL)?;
-        for _ in 0..len.div_ceil(LEAF) {
-            leaves.push(None, GFP_KERNEL)?;
-        }
-        Ok(PageTable { leaves, len, used: 0 })
+        Ok(PageTable { top: nones(len.div_ceil(LEAF * MID))?, len, used: 0 })
     }
 
     /// The entry of page `idx`, if any.
     pub(crate) fn get(&self, idx: usize) -> Option<&T> {
-        self.leaves.get(idx / LEAF)?.as_ref()?.get(idx % LEAF)?.as_ref()
+        let mid = self.top.get(idx / (LEAF * MID))?.as_ref()?;
+        mid[idx / LEAF % MID].as_ref()?[idx % LEAF].as_ref()
     }
 
     /// Store `v` at `idx` (which must be empty or is replaced), allocating
@@ -39,11 +52,7 @@ impl<T> PageTable<T> {
         if idx >= self.len {
             return Err(EINVAL);
         }
-        if self.leaves[idx / LEAF].is_none() {
-            self.alloc_leaf(idx / LEAF)?;
-        }
-        let slot = &mut self.leaves[idx / LEAF];
-        let old = slot.as_mut().map(|l| l[idx % LEAF].replace(v)).flatten();
+        let old = self.leaf(idx)?[idx % LEAF].replace(v);
         if old.is_none() {
             self.used += 1;
         }
@@ -60,9 +69,12 @@ impl<T> PageTable<T> {
     /// fail.
     pub(crate) fn with_leaves_of<U>(other: &PageTable<U>) -> Result<Self> {
         let mut t = Self::new(other.len)?;
-        for (i, leaf) in other.leaves.iter().enumerate() {
-            if leaf.is_some() {
-                t.alloc_leaf(i)?;
+        for (i, mid) in other.top.iter().enumerate() {
+            let Some(mid) = mid else { continue };
+            for (j, leaf) in mid.iter().enumerate() {
+                if leaf.is_some() {
+                    t.leaf((i * MID + j) * LEAF)?;
+                }
             }
         }
         Ok(t)
@@ -70,11 +82,13 @@ impl<T> PageTable<T> {
 
     /// Take every entry out, in index order, and free the leaves.
     pub(crate) fn drain(&mut self, mut f: impl FnMut(usize, T)) {
-        for (i, slot) in self.leaves.iter_mut().enumerate() {
-            if let Some(leaf) = slot.take() {
-                for (j, v) in leaf.into_iter().enumerate() {
+        for (i, mid) in self.top.iter_mut().enumerate() {
+            let Some(mid) = mid.take() else { continue };
+            for (j, leaf) in mid.into_iter().enumerate() {
+                let Some(leaf) = leaf else { continue };
+                for (k, v) in leaf.into_iter().enumerate() {
                     if let Some(v) = v {
-                        f(i * LEAF + j, v);
+                        f((i * MID + j) * LEAF + k, v);
                     }
                 }
             }
@@ -82,12 +96,16 @@ impl<T> PageTable<T> {
         self.used = 0;
     }
 
-    fn alloc_leaf(&mut self, i: usize) -> Result {
-        let mut leaf = KVec::with_capacity(LEAF, GFP_KERNEL)?;
-        for _ in 0..LEAF {
-            leaf.push(None, GFP_KERNEL)?;
+    /// The leaf holding `idx` (< `len`), allocated if missing.
+    fn leaf(&mut self, idx: usize) -> Result<&mut Leaf<T>> {
+        let mid = &mut self.top[idx / (LEAF * MID)];
+        if mid.is_none() {
+            *mid = Some(nones(MID)?);
         }
-        self.leaves[i] = Some(leaf);
-        Ok(())
+        let leaf = &mut mid.as_mut().ok_or(EINVAL)?[idx / LEAF % MID];
+        if leaf.is_none() {
+            *leaf = Some(nones(LEAF)?);
+        }
+        leaf.as_mut().ok_or(EINVAL)
     }
 }
