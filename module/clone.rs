@@ -104,6 +104,15 @@ impl State {
     }
 }
 
+/// What [`VmClone::mmap_fault`] found.
+pub(crate) enum MmapFault {
+    /// Map this page.
+    Page(LockedPage),
+    /// Release `mmap_lock`, [`warm`](VmClone::warm) the page from this
+    /// image, and let the fault retry.
+    Read(Arc<Image>),
+}
+
 /// What [`VmClone::resolve`] found for a clone page.
 enum Resolved {
     /// Map `page`, writable if `private` (the clone's own page). `retire`:
@@ -305,7 +314,7 @@ impl VmClone {
     /// `state` (lockdep saw it with an image file on 9p). Resolving then
     /// finds the page cached. A snapshot that changes the image meanwhile
     /// is harmless: the new image finds the page through its parent.
-    fn warm(&self, image: &Image, idx: usize) -> Result {
+    pub(crate) fn warm(&self, image: &Image, idx: usize) -> Result {
         match image.page(idx) {
             Ok((_, _, streamed)) => {
                 if streamed {
@@ -362,13 +371,24 @@ impl VmClone {
         }
     }
 
-    /// A fault of the VMM's mapping at clone page `idx`: the page, locked.
-    pub(crate) fn mmap_fault(&self, idx: usize, write: bool) -> Result<LockedPage> {
+    /// A fault of the VMM's mapping at clone page `idx`: the page, locked,
+    /// or, if the image has to read it and `may_drop_lock` says the caller
+    /// can release `mmap_lock` and retry, the image to
+    /// [`warm`](Self::warm) once it has. Reading with `mmap_lock` held
+    /// orders it before the file's inode lock, which netfs filesystems
+    /// (9p, NFS, CIFS) hold while copying to user memory that may be a
+    /// clone mapping.
+    pub(crate) fn mmap_fault(
+        &self,
+        idx: usize,
+        write: bool,
+        may_drop_lock: bool,
+    ) -> Result<MmapFault> {
         if idx >= self.npages() {
             return Err(EINVAL);
         }
         self.stats.mmap_faults.fetch_add(1, Relaxed);
-        loop {
+        let page = loop {
             let mut st = self.state.lock();
             match self.resolve(&mut st, idx, write, VMM)? {
                 Resolved::Page { page, retire: Some(old), .. } => {
@@ -377,7 +397,7 @@ impl VmClone {
                     // A new private page. mm maps it read-only (writes go
                     // through `mmap_mkwrite`), which stays right even if a
                     // snapshot turns it into an image page meanwhile.
-                    return Ok(page.into_locked());
+                    break page.into_locked();
                 }
                 Resolved::Page { page, .. } => {
                     // Possibly a shared page: lock it before `state` goes,
@@ -385,14 +405,16 @@ impl VmClone {
                     // is mapped.
                     let locked = page.into_locked();
                     drop(st);
-                    return Ok(locked);
+                    break locked;
                 }
+                Resolved::Uncached(image) if may_drop_lock => return Ok(MmapFault::Read(image)),
                 Resolved::Uncached(image) => {
                     drop(st);
                     self.warm(&image, idx)?;
                 }
             }
-        }
+        };
+        Ok(MmapFault::Page(page))
     }
 
     /// The VMM writes to `page`, mapped read-only at clone page `idx`.

@@ -12,7 +12,7 @@
 //! registered), the clone file ([`new_clone_fd`]) with its mmap and fault
 //! handlers.
 
-use crate::clone::VmClone;
+use crate::clone::{MmapFault, VmClone};
 use crate::{abi, dev};
 use core::ptr::{addr_of_mut, null_mut, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
@@ -583,20 +583,39 @@ fn fault_error(e: Error) -> bindings::vm_fault_t {
 extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
     // SAFETY: the VMA of a fault is live and is a clone mapping (we set
     // `vm_ops` only on those), whose file is a live clone file.
-    let (clone, idx, write) = unsafe {
+    let (clone, idx, flags) = unsafe {
         let vma = (*vmf).__bindgen_anon_1.vma;
-        (
-            clone_of((*vma).vm_file),
-            (*vmf).__bindgen_anon_1.pgoff as usize,
-            (*vmf).flags & bindings::fault_flag_FAULT_FLAG_WRITE != 0,
-        )
+        (clone_of((*vma).vm_file), (*vmf).__bindgen_anon_1.pgoff as usize, (*vmf).flags)
     };
-    match clone.mmap_fault(idx, write) {
-        Ok(page) => {
+    let write = flags & bindings::fault_flag_FAULT_FLAG_WRITE != 0;
+    // Reading the image may drop the fault lock and retry, as filemap_fault
+    // does for I/O, unless the caller cannot (no ALLOW_RETRY, or NOWAIT)
+    // or this is already the retry (so an I/O error ends in SIGBUS rather
+    // than retrying for ever).
+    let may_drop_lock = flags & bindings::fault_flag_FAULT_FLAG_ALLOW_RETRY != 0
+        && flags
+            & (bindings::fault_flag_FAULT_FLAG_RETRY_NOWAIT | bindings::fault_flag_FAULT_FLAG_TRIED)
+            == 0;
+    match clone.mmap_fault(idx, write, may_drop_lock) {
+        Ok(MmapFault::Page(page)) => {
             // SAFETY: `vmf` is the fault in progress; the locked reference
             // moves to the fault path, which maps it, unlocks and drops it.
             unsafe { (*vmf).page = page.into_raw() };
             bindings::vm_fault_reason_VM_FAULT_LOCKED as _
+        }
+        Ok(MmapFault::Read(image)) => {
+            // Once the lock is released the VMA, and with it the clone
+            // file's reference to the clone, may go: keep our own (as
+            // filemap_fault pins the file before it drops the lock).
+            let clone: Arc<VmClone> = clone.into();
+            // SAFETY: the fault holds its lock and may release it
+            // (ALLOW_RETRY without NOWAIT), after which we touch neither the
+            // VMA nor the mm, and return VM_FAULT_RETRY as required.
+            unsafe { bindings::release_fault_lock(vmf) };
+            // An error is counted and logged; the retry reads again with
+            // the lock held and fails with SIGBUS.
+            let _ = clone.warm(&image, idx);
+            bindings::vm_fault_reason_VM_FAULT_RETRY as _
         }
         Err(e) => fault_error(e),
     }
