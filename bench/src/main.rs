@@ -12,7 +12,6 @@
 //! if anything is wrong, so `--smoke` is a correctness test.
 
 mod diag;
-mod fanout;
 mod faults;
 mod machine;
 mod mem;
@@ -122,8 +121,6 @@ enum Cmd {
     Start(StartArgs),
     /// Host memory used by N clones that read 90% and write 10%.
     Memory(MemoryArgs),
-    /// N clones started at once: time until all ran their first instruction.
-    Fanout(FanoutArgs),
     /// Every benchmark, then machine.md (and README.md with --out).
     All(AllArgs),
 }
@@ -176,22 +173,6 @@ struct MemoryArgs {
 }
 
 #[derive(Args, Clone)]
-struct FanoutArgs {
-    /// Clone counts started at once.
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
-    counts: Vec<usize>,
-    /// Image size (sparse).
-    #[arg(long, default_value = "256M")]
-    size: Size,
-    /// Runs per point.
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
-    /// The "copy" row only where clones x size is at most this.
-    #[arg(long, default_value = "2G")]
-    copy_max_total: Size,
-}
-
-#[derive(Args, Clone)]
 struct AllArgs {
     /// faults: region size.
     #[arg(long, default_value = "256M")]
@@ -214,12 +195,6 @@ struct AllArgs {
     /// memory: image size.
     #[arg(long, default_value = "64M")]
     memory_size: Size,
-    /// fanout: clone counts started at once.
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
-    fanout: Vec<usize>,
-    /// fanout: image size.
-    #[arg(long, default_value = "256M")]
-    fanout_size: Size,
 }
 
 fn sizes(v: &[Size]) -> String {
@@ -270,24 +245,6 @@ fn memory_params(a: &MemoryArgs, smoke: bool) -> memory::Params {
     }
 }
 
-fn fanout_params(a: &FanoutArgs, smoke: bool) -> fanout::Params {
-    if smoke {
-        fanout::Params {
-            counts: vec![1, 3],
-            size: Size(4 << 20),
-            runs: 1,
-            copy_max_total: Size(16 << 20),
-        }
-    } else {
-        fanout::Params {
-            counts: a.counts.clone(),
-            size: a.size,
-            runs: a.runs,
-            copy_max_total: a.copy_max_total,
-        }
-    }
-}
-
 fn write_machine(env: &Env, out: Option<&Path>, desc: &str) -> Result<String> {
     let md = machine::describe(env, desc);
     if let Some(dir) = out {
@@ -330,16 +287,6 @@ fn main() -> Result<()> {
             figures.push(memory::run(&env, &p));
             format!("memory: {:?} clones of {}", p.clones, mib_str(p.size.0))
         }
-        Cmd::Fanout(a) => {
-            let p = fanout_params(a, smoke);
-            figures.push(fanout::run(&env, &p));
-            format!(
-                "fanout: {:?} clones at once of {}, {} run(s)",
-                p.counts,
-                mib_str(p.size.0),
-                p.runs
-            )
-        }
         Cmd::All(a) => {
             let f = faults_params(
                 &FaultsArgs {
@@ -367,15 +314,6 @@ fn main() -> Result<()> {
                 },
                 smoke,
             );
-            let o = fanout_params(
-                &FanoutArgs {
-                    counts: a.fanout.clone(),
-                    size: a.fanout_size,
-                    runs: a.runs,
-                    copy_max_total: Size(2 << 30),
-                },
-                smoke,
-            );
             for (name, fig) in [
                 (
                     "faults",
@@ -383,7 +321,6 @@ fn main() -> Result<()> {
                 ),
                 ("start", Box::new(|| start::run(&env, &s))),
                 ("memory", Box::new(|| memory::run(&env, &m))),
-                ("fanout", Box::new(|| fanout::run(&env, &o))),
             ] {
                 let fig = fig();
                 progress(&format!("{name} done"));
@@ -392,7 +329,7 @@ fn main() -> Result<()> {
             }
             format!(
                 "faults: {} region, vCPUs {:?}, {} run(s); start: {} (copy up to {}), \
-                 {} run(s); memory: {:?} clones of {}; fanout: {:?} clones at once of {}",
+                 {} run(s); memory: {:?} clones of {}",
                 mib_str(f.size.0),
                 f.vcpus,
                 f.runs,
@@ -400,9 +337,7 @@ fn main() -> Result<()> {
                 mib_str(s.copy_max.0),
                 s.runs,
                 m.clones,
-                mib_str(m.size.0),
-                o.counts,
-                mib_str(o.size.0)
+                mib_str(m.size.0)
             )
         }
     };
@@ -422,7 +357,7 @@ fn main() -> Result<()> {
             "vms against userfaultfd page servers, MAP_PRIVATE file mappings and plain \
              memory, measured side by side by `vms-bench all` (issue 5). Each figure is also \
              in its own file with its chart: [faults](faults.md), [start](start.md), \
-             [memory](memory.md), [fanout](fanout.md), and [machine](machine.md).\n\n",
+             [memory](memory.md), and [machine](machine.md).\n\n",
         );
         for f in &figures {
             md.push_str(&f.markdown);

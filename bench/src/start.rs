@@ -36,17 +36,17 @@ const SLOT: u32 = 1;
 const GPA: u64 = CLONE_GPA;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum How {
+enum How {
     Empty,
     Vms,
     FilePrivate,
     Copy,
 }
 
-pub(crate) const HOWS: [How; 4] = [How::Empty, How::Vms, How::FilePrivate, How::Copy];
+const HOWS: [How; 4] = [How::Empty, How::Vms, How::FilePrivate, How::Copy];
 
 impl How {
-    pub(crate) fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             How::Empty => "anon, empty (no image; floor)",
             How::Vms => "vms clone",
@@ -120,23 +120,7 @@ pub fn run(env: &Env, p: &Params) -> Figure {
 /// guest's first instruction; returns seconds.
 fn measure(kvm: &Kvm, how: How, size: u64, f: &ImageFile, image: &Image, code: &[u8]) -> f64 {
     let t0 = Instant::now();
-    let (t1, vm) = start_one(kvm, how, size, f, image, code);
-    drop(vm);
-    (t1 - t0).as_secs_f64()
-}
-
-/// Starts one VM the way `how` says and runs it to the exit of its first
-/// instruction, which it checks: returns that moment and the VM (still
-/// alive, so that its teardown is not timed with other starts).
-pub(crate) fn start_one(
-    kvm: &Kvm,
-    how: How,
-    size: u64,
-    f: &ImageFile,
-    image: &Image,
-    code: &[u8],
-) -> (Instant, Vm) {
-    let (t1, outcome, vm) = match how {
+    let (t1, outcome) = match how {
         How::Vms => {
             let clone = image.clone_create();
             let map = clone.map();
@@ -146,32 +130,27 @@ pub(crate) fn start_one(
             let cs = clone.stats();
             test_assert!(cs.faults >= 1 && cs.io_errors == 0, "{cs:?}");
             test_assert_eq!(cs.private_pages, 0, "{cs:?}");
-            // The VM holds the memslot's pages through the clone's
-            // registration; the mapping and the clone file may go.
-            (t1, outcome, vm)
+            (t1, outcome)
         }
         How::FilePrivate => {
             let m = check(Mapping::file(f.file(), size, false), "mmap image file");
             let mut vm = vm_create(kvm);
             attach(&mut vm, m, size);
-            let (t1, outcome) = first_instruction(&mut vm);
-            (t1, outcome, vm)
+            first_instruction(&mut vm)
         }
         How::Copy => {
             let m = check(Mapping::anon(size), "mmap guest memory");
             m.fill_from(f.file());
             let mut vm = vm_create(kvm);
             attach(&mut vm, m, size);
-            let (t1, outcome) = first_instruction(&mut vm);
-            (t1, outcome, vm)
+            first_instruction(&mut vm)
         }
         How::Empty => {
             let m = check(Mapping::anon(size), "mmap guest memory");
             m.write(0, code);
             let mut vm = vm_create(kvm);
             attach(&mut vm, m, size);
-            let (t1, outcome) = first_instruction(&mut vm);
-            (t1, outcome, vm)
+            first_instruction(&mut vm)
         }
     };
     if outcome != Outcome::Done {
@@ -182,7 +161,7 @@ pub(crate) fn start_one(
             None,
         );
     }
-    (t1, vm)
+    (t1 - t0).as_secs_f64()
 }
 
 fn attach(vm: &mut Vm, m: Mapping, size: u64) {
