@@ -12,6 +12,7 @@
 //! if anything is wrong, so `--smoke` is a correctness test.
 
 mod diag;
+mod fanout;
 mod faults;
 mod machine;
 mod mem;
@@ -119,6 +120,9 @@ enum Cmd {
     Faults(FaultsArgs),
     /// Clone start latency against image size.
     Start(StartArgs),
+    /// Fan-out: 1, 8, 32 clones started at once, time until all ran
+    /// their first instruction.
+    Fanout(FanoutArgs),
     /// Host memory used by N clones that read 90% and write 10%.
     Memory(MemoryArgs),
     /// Every benchmark, then machine.md (and README.md with --out).
@@ -163,6 +167,30 @@ struct StartArgs {
 }
 
 #[derive(Args, Clone)]
+struct FanoutArgs {
+    /// Clone counts: how many start at once.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    fanout: Vec<usize>,
+    /// Image size (every page holds the test pattern).
+    #[arg(long, default_value = "256M")]
+    fanout_size: Size,
+    /// Runs per point.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Largest total (clones times image size) the "copy" row reads.
+    #[arg(long, default_value = "2G")]
+    copy_max_total: Size,
+    /// Only these rows (the floor is always measured): vms, vms-new,
+    /// private, copy, and uffd with --uffd.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Also measure userfaultfd (MISSING + UFFDIO_COPY): its clones
+    /// stall in the test VM (see the figure's notes).
+    #[arg(long)]
+    uffd: bool,
+}
+
+#[derive(Args, Clone)]
 struct MemoryArgs {
     /// Clone counts.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
@@ -180,7 +208,7 @@ struct AllArgs {
     /// faults: vCPU counts.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     vcpus: Vec<usize>,
-    /// faults and start: runs per point.
+    /// faults, start and fanout: runs per point.
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// start: sparse image sizes.
@@ -189,6 +217,16 @@ struct AllArgs {
     /// start: largest image the "copy" row reads in whole.
     #[arg(long, default_value = "1G")]
     copy_max: Size,
+    /// fanout: clone counts started at once.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    fanout: Vec<usize>,
+    /// fanout: image size.
+    #[arg(long, default_value = "256M")]
+    fanout_size: Size,
+    /// fanout: largest total (clones times image size) the "copy" row
+    /// reads.
+    #[arg(long, default_value = "2G")]
+    copy_max_total: Size,
     /// memory: clone counts.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     clones: Vec<usize>,
@@ -227,6 +265,29 @@ fn start_params(a: &StartArgs, smoke: bool) -> start::Params {
             sizes: a.sizes.clone(),
             runs: a.runs,
             copy_max: a.copy_max,
+        }
+    }
+}
+
+fn fanout_params(a: &FanoutArgs, smoke: bool) -> fanout::Params {
+    if smoke {
+        // The copy row runs for one clone and is "not run" for two.
+        fanout::Params {
+            fanout: vec![1, 2],
+            size: Size(4 << 20),
+            runs: 1,
+            copy_max_total: Size(4 << 20),
+            only: a.only.clone(),
+            uffd: a.uffd,
+        }
+    } else {
+        fanout::Params {
+            fanout: a.fanout.clone(),
+            size: a.fanout_size,
+            runs: a.runs,
+            copy_max_total: a.copy_max_total,
+            only: a.only.clone(),
+            uffd: a.uffd,
         }
     }
 }
@@ -282,6 +343,17 @@ fn main() -> Result<()> {
             figures.push(start::run(&env, &p));
             format!("start: {}, {} run(s)", sizes(&p.sizes), p.runs)
         }
+        Cmd::Fanout(a) => {
+            let p = fanout_params(a, smoke);
+            figures.push(fanout::run(&env, &p));
+            format!(
+                "fanout: {:?} clones of {} (copy up to {} in all), {} run(s)",
+                p.fanout,
+                mib_str(p.size.0),
+                mib_str(p.copy_max_total.0),
+                p.runs
+            )
+        }
         Cmd::Memory(a) => {
             let p = memory_params(a, smoke);
             figures.push(memory::run(&env, &p));
@@ -307,6 +379,17 @@ fn main() -> Result<()> {
                 },
                 smoke,
             );
+            let fo = fanout_params(
+                &FanoutArgs {
+                    fanout: a.fanout.clone(),
+                    fanout_size: a.fanout_size,
+                    runs: a.runs,
+                    copy_max_total: a.copy_max_total,
+                    only: Vec::new(),
+                    uffd: false,
+                },
+                smoke,
+            );
             let m = memory_params(
                 &MemoryArgs {
                     clones: a.clones.clone(),
@@ -320,6 +403,7 @@ fn main() -> Result<()> {
                     Box::new(|| faults::run(&env, &f)) as Box<dyn Fn() -> Figure>,
                 ),
                 ("start", Box::new(|| start::run(&env, &s))),
+                ("fanout", Box::new(|| fanout::run(&env, &fo))),
                 ("memory", Box::new(|| memory::run(&env, &m))),
             ] {
                 let fig = fig();
@@ -329,13 +413,18 @@ fn main() -> Result<()> {
             }
             format!(
                 "faults: {} region, vCPUs {:?}, {} run(s); start: {} (copy up to {}), \
-                 {} run(s); memory: {:?} clones of {}",
+                 {} run(s); fanout: {:?} clones of {} (copy up to {} in all), {} run(s); \
+                 memory: {:?} clones of {}",
                 mib_str(f.size.0),
                 f.vcpus,
                 f.runs,
                 sizes(&s.sizes),
                 mib_str(s.copy_max.0),
                 s.runs,
+                fo.fanout,
+                mib_str(fo.size.0),
+                mib_str(fo.copy_max_total.0),
+                fo.runs,
                 m.clones,
                 mib_str(m.size.0)
             )
@@ -357,7 +446,7 @@ fn main() -> Result<()> {
             "vms against userfaultfd page servers, MAP_PRIVATE file mappings and plain \
              memory, measured side by side by `vms-bench all` (issue 5). Each figure is also \
              in its own file with its chart: [faults](faults.md), [start](start.md), \
-             [memory](memory.md), and [machine](machine.md).\n\n",
+             [fanout](fanout.md), [memory](memory.md), and [machine](machine.md).\n\n",
         );
         for f in &figures {
             md.push_str(&f.markdown);
