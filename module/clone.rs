@@ -6,7 +6,9 @@
 //!
 //! - shared: no private page. A read, by the guest (stage-2 fault) or the
 //!   VMM (fault of its mapping), maps the image's page read-only: the
-//!   cached page, or the zero page;
+//!   cached page, or the zero page; where the image holds the file's
+//!   page-cache page, the VMM maps the image's copy of it instead (same
+//!   bytes, never written; see `image.rs`);
 //! - private: the clone's own copy, mapped writable everywhere.
 //!
 //! Two transitions: shared -> private, on the first write from the guest
@@ -195,13 +197,17 @@ impl VmClone {
         if let Some(p) = st.private.get(idx) {
             return Ok(Resolved::Page { page: p.clone(), private: true, retire: None });
         }
-        let Some((src, source)) = st.image.cached(idx) else {
+        // The VMM never maps the file's page-cache page but the image's
+        // copy of it: to read, and to retire after a copy-on-write where
+        // the VMM may have mapped the shared page.
+        let for_vmm = if write { st.marks(idx) & VMM != 0 } else { by == VMM };
+        let Some((src, source)) = st.image.cached(idx, for_vmm)? else {
             return Ok(Resolved::Uncached(st.image.clone()));
         };
         if !write {
             match source {
                 Source::Zero => self.stats.zero_maps.fetch_add(1, Relaxed),
-                Source::Cache => self.stats.shared_maps.fetch_add(1, Relaxed),
+                Source::Cache | Source::File => self.stats.shared_maps.fetch_add(1, Relaxed),
             };
             st.mark(idx, by);
             return Ok(Resolved::Page { page: src, private: false, retire: None });

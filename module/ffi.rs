@@ -163,7 +163,9 @@ impl PinnedDrop for MiscDevice {
 // ---------------------------------------------------------------------------
 // Pages
 
-/// A reference to a `struct page` (order 0).
+/// A reference to a `struct page`: a page vms allocated (order 0), or one
+/// page of a page-cache folio of an image file
+/// ([`FileRef::cached_page`]), on whose folio the reference is held.
 ///
 /// # Invariants
 ///
@@ -307,6 +309,22 @@ impl Drop for LockedPage {
 // ---------------------------------------------------------------------------
 // Files
 
+// `linux/pagemap.h` is not among the headers the 6.12 bindings are
+// generated from; the one function of it vms calls (exported, not inline).
+// `improper_ctypes`: the C structs reach an empty one (`sched_statistics`
+// without CONFIG_SCHEDSTATS), as the bindings crate, which allows it too.
+#[allow(improper_ctypes)]
+extern "C" {
+    /// Find the folio holding `index` in `mapping`; with `fgp_flags` 0,
+    /// only look: a referenced folio, or `ERR_PTR(-ENOENT)`.
+    fn __filemap_get_folio(
+        mapping: *mut bindings::address_space,
+        index: c_ulong, // pgoff_t
+        fgp_flags: c_uint,
+        gfp: bindings::gfp_t,
+    ) -> *mut bindings::folio;
+}
+
 /// A reference to a `struct file` opened for reading.
 ///
 /// # Invariants
@@ -347,6 +365,51 @@ impl FileRef {
     pub(crate) fn size(&self) -> u64 {
         // SAFETY: the file and its inode are live while we hold the file.
         unsafe { bindings::i_size_read(bindings::file_inode(self.0.as_ptr())) as u64 }
+    }
+
+    /// The file's own page-cache page at byte offset `pos` (a multiple of
+    /// `PAGE_SIZE`), referenced, if it is in the page cache and up to
+    /// date; `None` otherwise (then [`read_page`](Self::read_page) reads
+    /// it, which also brings it and its neighbours into the page cache).
+    ///
+    /// An image maps this page into its clones' stage 2 instead of a copy:
+    /// no allocation, no copy, and no second copy of the image next to the
+    /// page cache. Our reference keeps the page even if the file is
+    /// truncated (it then leaves the page cache, not us). It must never be
+    /// mapped into a VMM's mapping: mm would count a page-cache page as
+    /// mapped in a VMA its file's rmap cannot find, and truncating the file
+    /// would then find it "still mapped when deleted".
+    pub(crate) fn cached_page(&self, pos: u64) -> Option<PageRef> {
+        let index = (pos / PAGE_SIZE as u64) as c_ulong;
+        // SAFETY: the file is live while we hold it and its `f_mapping` is
+        // set at open; the lookup takes only the RCU read lock, and
+        // returns a referenced folio, NULL or an error pointer.
+        let folio = unsafe {
+            __filemap_get_folio((*self.0.as_ptr()).f_mapping, index, 0, 0)
+        };
+        if folio.is_null() || (folio as usize) >= (-(bindings::MAX_ERRNO as isize)) as usize {
+            return None;
+        }
+        // SAFETY: the folio is live: we hold the reference the lookup took.
+        // `flags` and `index` are read as `folio_test_uptodate()` and
+        // `folio->index` do; with SPARSEMEM_VMEMMAP (x86-64) the folio's
+        // pages are contiguous `struct page`s, so the page of `index` is
+        // `folio_page(folio, index - folio->index)`.
+        let page = unsafe {
+            let head = &raw mut (*folio).__bindgen_anon_1.page;
+            let flags = core::ptr::read_volatile(&raw const (*folio).__bindgen_anon_1.__bindgen_anon_1.flags);
+            let first = (*folio).__bindgen_anon_1.__bindgen_anon_1.index;
+            if flags & (1 << bindings::pageflags_PG_uptodate) == 0 || index < first {
+                bindings::put_page(head);
+                return None;
+            }
+            // Order the page's contents after the flag, as smp_rmb() in
+            // folio_test_uptodate() does.
+            core::sync::atomic::fence(Ordering::Acquire);
+            head.add((index - first) as usize)
+        };
+        // INVARIANT: the lookup's reference on the folio is this page's.
+        Some(PageRef(NonNull::new(page)?))
     }
 
     /// Read one page at byte offset `pos` into `page`. A short read is EIO.

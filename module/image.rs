@@ -16,8 +16,16 @@
 //!   racing lookup stored it first (then that copy is used);
 //! - `Zero`: read and found all zero: served by the module's one zero page,
 //!   so it costs no memory;
-//! - `Cached(page)`: read and kept; every clone maps this one page for
-//!   reading.
+//! - `Page(page)`: read and kept; every clone maps this one page for
+//!   reading;
+//! - `File { page, vmm }`: the file's own page-cache page, referenced
+//!   instead of copied (when the file had it in its page cache, up to
+//!   date): every clone's stage 2 maps it for reading. It is never mapped
+//!   into a VMM's mapping (see [`FileRef::cached_page`]): the first VMM
+//!   that needs it gets `vmm`, one copy made then and shared by every
+//!   clone's VMM mapping. Both hold the same bytes and neither is ever
+//!   written, so a guest and its VMM still read the same memory; a write
+//!   from either side replaces both with the clone's private copy.
 //!
 //! A page never leaves the cache while the image lives: the image is
 //! immutable, so there is nothing to invalidate.
@@ -39,6 +47,7 @@ use kernel::sync::{Arc, Mutex};
 pub(crate) enum Cached {
     Zero,
     Page(PageRef),
+    File { page: PageRef, vmm: Option<PageRef> },
 }
 
 /// Where an image's pages come from.
@@ -56,8 +65,10 @@ pub(crate) enum Backing {
 pub(crate) enum Source {
     /// The shared zero page.
     Zero,
-    /// A cached image page.
+    /// A cached image page vms owns.
     Cache,
+    /// The image file's page-cache page: for stage 2 only.
+    File,
 }
 
 #[pin_data]
@@ -74,6 +85,8 @@ pub(crate) struct Image {
     /// Live images layered on this one (changed under the registry lock).
     pub(crate) children: AtomicU64,
     cached_pages: AtomicU64,
+    file_pages: AtomicU64,
+    vmm_copies: AtomicU64,
     zero_pages: AtomicU64,
     streamed: AtomicU64,
     read_errors: AtomicU64,
@@ -124,6 +137,8 @@ impl Image {
             clones: AtomicU64::new(0),
             children: AtomicU64::new(0),
             cached_pages: AtomicU64::new(pages),
+            file_pages: AtomicU64::new(0),
+            vmm_copies: AtomicU64::new(0),
             zero_pages: AtomicU64::new(0),
             streamed: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
@@ -154,25 +169,36 @@ impl Image {
     /// The page `idx` if it is there without reading anything: cached, or
     /// a page of an empty image. `None`: [`page`](Self::page) must bring it
     /// in first (it reads, so it is called without clone locks held).
-    pub(crate) fn cached(&self, idx: usize) -> Option<(PageRef, Source)> {
-        match self.cache.lock().get(idx) {
+    /// `for_vmm`: the page goes to a VMM's mapping, which must not map the
+    /// file's page-cache page: a `File` entry then gives its copy, made
+    /// now if no VMM needed it before (which can fail with ENOMEM).
+    pub(crate) fn cached(&self, idx: usize, for_vmm: bool) -> Result<Option<(PageRef, Source)>> {
+        let mut cache = self.cache.lock();
+        Ok(match cache.get_mut(idx) {
             Some(Cached::Zero) => Some((self.zero.clone(), Source::Zero)),
             Some(Cached::Page(p)) => Some((p.clone(), Source::Cache)),
+            Some(Cached::File { page, .. }) if !for_vmm => Some((page.clone(), Source::File)),
+            Some(Cached::File { vmm: Some(copy), .. }) => Some((copy.clone(), Source::Cache)),
+            Some(Cached::File { page, vmm }) => {
+                let copy = PageRef::alloc()?;
+                copy.copy_from(page);
+                *vmm = Some(copy.clone());
+                self.vmm_copies.fetch_add(1, Relaxed);
+                Some((copy, Source::Cache))
+            }
             None if idx < self.npages && matches!(self.backing, Backing::Empty) => {
                 Some((self.zero.clone(), Source::Zero))
             }
             None => None,
-        }
+        })
     }
 
-    /// The page `idx`, streamed from the file if it is not cached. The
-    /// `bool` says whether this call read it from the file.
+    /// The page `idx` (for stage 2), streamed from the file if it is not
+    /// cached. The `bool` says whether this call read it from the file.
     pub(crate) fn page(&self, idx: usize) -> Result<(PageRef, Source, bool)> {
         let cache = self.cache.lock();
-        match cache.get(idx) {
-            Some(Cached::Zero) => return Ok((self.zero.clone(), Source::Zero, false)),
-            Some(Cached::Page(p)) => return Ok((p.clone(), Source::Cache, false)),
-            None => {}
+        if let Some(found) = Self::lookup(&cache, idx, &self.zero) {
+            return Ok(found);
         }
         if idx >= self.npages {
             return Err(EINVAL);
@@ -189,36 +215,62 @@ impl Image {
         // inode lock, under which another task can fault on a clone
         // mapping (inode lock -> mmap_lock -> clone state -> cache).
         drop(cache);
-        let page = PageRef::alloc()?;
         let pos = offset + (idx * PAGE_SIZE) as u64;
-        if let Err(e) = file.read_page(pos, &page) {
-            self.read_errors.fetch_add(1, Relaxed);
-            pr_warn!(
-                "image {}: reading page {} at file offset {}: error {}\n",
-                ffi_name(&self.name),
-                idx,
-                pos,
-                e.to_errno()
-            );
-            return Err(EIO);
-        }
+        // The file's page-cache page if it has one; else read a copy, which
+        // also brings the following pages into the page cache (readahead).
+        let (page, source) = match file.cached_page(pos) {
+            Some(page) => (page, Source::File),
+            None => {
+                let page = PageRef::alloc()?;
+                if let Err(e) = file.read_page(pos, &page) {
+                    return Err(self.read_error(idx, pos, e));
+                }
+                (page, Source::Cache)
+            }
+        };
+        let zero = page.is_zero();
         let mut cache = self.cache.lock();
         // A racing lookup may have read and stored the page meanwhile:
-        // keep the first copy, so every clone maps the same page.
-        match cache.get(idx) {
-            Some(Cached::Zero) => return Ok((self.zero.clone(), Source::Zero, false)),
-            Some(Cached::Page(p)) => return Ok((p.clone(), Source::Cache, false)),
-            None => {}
+        // keep the first, so every clone maps the same page.
+        if let Some(found) = Self::lookup(&cache, idx, &self.zero) {
+            return Ok(found);
         }
         self.streamed.fetch_add(1, Relaxed);
-        if page.is_zero() {
+        if zero {
             cache.set(idx, Cached::Zero)?;
             self.zero_pages.fetch_add(1, Relaxed);
             return Ok((self.zero.clone(), Source::Zero, true));
         }
-        cache.set(idx, Cached::Page(page.clone()))?;
+        if source == Source::File {
+            cache.set(idx, Cached::File { page: page.clone(), vmm: None })?;
+            self.file_pages.fetch_add(1, Relaxed);
+        } else {
+            cache.set(idx, Cached::Page(page.clone()))?;
+        }
         self.cached_pages.fetch_add(1, Relaxed);
-        Ok((page, Source::Cache, true))
+        Ok((page, source, true))
+    }
+
+    /// A cached entry of `cache` as [`page`](Self::page) returns it.
+    fn lookup(cache: &PageTable<Cached>, idx: usize, zero: &PageRef) -> Option<(PageRef, Source, bool)> {
+        match cache.get(idx)? {
+            Cached::Zero => Some((zero.clone(), Source::Zero, false)),
+            Cached::Page(p) => Some((p.clone(), Source::Cache, false)),
+            Cached::File { page, .. } => Some((page.clone(), Source::File, false)),
+        }
+    }
+
+    /// Count and log a failed read of page `idx`; the error for the fault.
+    fn read_error(&self, idx: usize, pos: u64, e: Error) -> Error {
+        self.read_errors.fetch_add(1, Relaxed);
+        pr_warn!(
+            "image {}: reading page {} at file offset {}: error {}\n",
+            ffi_name(&self.name),
+            idx,
+            pos,
+            e.to_errno()
+        );
+        EIO
     }
 
     /// Page `idx` of a live image, not in its cache: the parent's. Keeps
@@ -233,6 +285,7 @@ impl Image {
             let entry = match source {
                 Source::Zero => Cached::Zero,
                 Source::Cache => Cached::Page(page.clone()),
+                Source::File => Cached::File { page: page.clone(), vmm: None },
             };
             cache.set(idx, entry)?;
         }
@@ -250,6 +303,8 @@ impl Image {
             generation: self.generation,
             children: self.children.load(Relaxed),
             parent: self.parent().map_or([0; abi::VMS_NAME_LEN], |p| p.name),
+            file_pages: self.file_pages.load(Relaxed),
+            vmm_copies: self.vmm_copies.load(Relaxed),
             ..abi::VmsImageStats::zeroed()
         }
     }

@@ -46,6 +46,12 @@ impl<T> PageTable<T> {
         mid[idx / LEAF % MID].as_ref()?[idx % LEAF].as_ref()
     }
 
+    /// The entry of page `idx`, if any, to change in place.
+    pub(crate) fn get_mut(&mut self, idx: usize) -> Option<&mut T> {
+        let mid = self.top.get_mut(idx / (LEAF * MID))?.as_mut()?;
+        mid[idx / LEAF % MID].as_mut()?[idx % LEAF].as_mut()
+    }
+
     /// Store `v` at `idx` (which must be empty or is replaced), allocating
     /// its leaf if needed. Returns the entry it replaced.
     pub(crate) fn set(&mut self, idx: usize, v: T) -> Result<Option<T>> {

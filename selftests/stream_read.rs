@@ -6,8 +6,17 @@
 //! served to a guest at gpa 0x4000_0000; the guest reads the two pattern
 //! words of every page and checks them. Each page is then read from the
 //! file once and cached in the image, the clone holds no private page,
-//! and every page took a stage-2 fault. A second subtest does the same
-//! with an image that starts 8 KiB into its file (`file_offset`).
+//! and every page took a stage-2 fault. The file is on tmpfs, so every
+//! page is in its page cache: the image keeps references to those pages
+//! (`file_pages`) instead of copies. A second subtest does the same with
+//! an image that starts 8 KiB into its file (`file_offset`).
+//!
+//! A third truncates the file under an image whose cache holds its
+//! page-cache pages, mapped by clones' stage 2 and copied for the VMM:
+//! the pages leave the page cache but not the image, so a new clone's
+//! guest and VMM still read the image, a guest write copies it, and
+//! nothing in the kernel log complains (a page-cache page mapped into a
+//! VMM's mapping would be "still mapped when deleted").
 //!
 //! Skips if `/dev/vms` or `/dev/kvm` is missing.
 
@@ -15,8 +24,8 @@ use vms_selftests::guest::{self, Walk};
 use vms_selftests::ksft::{self, Test};
 use vms_selftests::kvm;
 use vms_selftests::vms::{
-    image_create, require_vms_and_kvm, unique_name, vm_with_clone, vms_open, ImageFile, CLONE_GPA,
-    PAGE_SIZE,
+    image_create, pattern_page, require_vms_and_kvm, unique_name, vm_with_clone, vms_open,
+    ImageFile, CLONE_GPA, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 
@@ -55,6 +64,8 @@ fn stream(junk: u64) {
     test_assert_eq!(is.size, PAGES * PAGE_SIZE);
     test_assert_eq!(is.clones, 1);
     test_assert_eq!(is.cached_pages, PAGES);
+    test_assert_eq!(is.file_pages, PAGES, "tmpfs has every page in its page cache");
+    test_assert_eq!(is.vmm_copies, 0, "no VMM read");
     test_assert_eq!(is.streamed, PAGES);
     test_assert_eq!(is.zero_pages, 0);
     test_assert_eq!(is.read_errors, 0);
@@ -77,11 +88,58 @@ fn read_every_page_file_offset() {
     stream(2 * PAGE_SIZE);
 }
 
+/// Truncate the image file while the image holds its page-cache pages.
+fn file_truncated_under_image() {
+    const N: u64 = 64;
+    let dev = vms_open();
+    let name = unique_name("stream_trunc");
+    let file = ImageFile::with_pattern(&name, N, 0);
+    let image = image_create(&dev, &name, file.file(), N * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+
+    let a = image.clone_create();
+    let a_map = a.map();
+    let mut a_vm = vm_with_clone(&kvm, &a, &a_map, 1);
+    guest::run(&mut a_vm, 0, &guest::read_check(&Walk::pattern(CLONE_GPA, 0, N)));
+    test_assert!(a_map.read_page(1) == pattern_page(1), "the VMM's view of page 1");
+    let is = image.info();
+    test_assert_eq!(is.file_pages, N, "{is:?}");
+    test_assert_eq!(is.vmm_copies, 1, "the VMM's read made one copy: {is:?}");
+
+    file.file().set_len(0).expect("truncating the image file");
+
+    // A's stage 2 still maps the pages; a new clone faults them in again
+    // from the image's cache, which kept them.
+    guest::run(&mut a_vm, 0, &guest::read_check(&Walk::pattern(CLONE_GPA, 0, N)));
+    let b = image.clone_create();
+    let b_map = b.map();
+    let mut b_vm = vm_with_clone(&kvm, &b, &b_map, 1);
+    guest::run(&mut b_vm, 0, &guest::read_check(&Walk::pattern(CLONE_GPA, 0, N)));
+    test_assert!(b_map.read_page(1) == pattern_page(1), "B's VMM, page 1 (the copy)");
+    test_assert!(b_map.read_page(2) == pattern_page(2), "B's VMM, page 2 (a new copy)");
+    guest::run(&mut b_vm, 0, &guest::write(&Walk::values(CLONE_GPA + 3 * PAGE_SIZE, 1, 7)));
+    let mut want = pattern_page(3);
+    want[..4].copy_from_slice(&7u32.to_le_bytes());
+    test_assert!(b_map.read_page(3)[4..2048] == want[4..2048], "B's copy of page 3 kept the image's bytes");
+    test_assert!(a_map.read_page(3) == pattern_page(3), "A still sees the image's page 3");
+
+    let is = image.info();
+    ksft::ksft_print_msg(&format!("image: {is:?}"));
+    test_assert_eq!(is.read_errors, 0, "{is:?}");
+    test_assert_eq!(is.streamed, N, "nothing read again: {is:?}");
+    test_assert_eq!(is.vmm_copies, 3, "pages 1, 2 and 3 (A's VMM): {is:?}");
+    test_assert_eq!(b.stats().private_pages, 1);
+
+    drop((a_vm, a_map, a, b_vm, b_map, b));
+    image.delete();
+}
+
 fn main() {
     ksft::init();
     require_vms_and_kvm();
     ksft::run(&[
         Test::new("read_every_page", read_every_page),
         Test::new("read_every_page_file_offset", read_every_page_file_offset),
+        Test::new("file_truncated_under_image", file_truncated_under_image),
     ]);
 }

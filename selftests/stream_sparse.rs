@@ -123,6 +123,8 @@ fn sparse_64g() {
     test_assert_eq!(is.streamed, data + holes, "pages read = pages touched");
     test_assert_eq!(is.zero_pages, holes, "holes touched");
     test_assert_eq!(is.cached_pages, data, "written pages touched");
+    test_assert_eq!(is.file_pages, data, "kept as the file's page-cache pages");
+    test_assert_eq!(is.vmm_copies, 1, "the VMM's read of a written page copied it");
     test_assert_eq!(is.read_errors, 0);
     test_assert_eq!(cs.size, SIZE);
     test_assert_eq!(cs.streamed, data + holes);

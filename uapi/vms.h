@@ -125,6 +125,11 @@ struct vms_image_create {
  * @parent:	NUL-terminated name of the image a live image is layered on;
  *		empty for generation 0. For a live image, @cached_pages counts
  *		the pages it took from its clone.
+ * @file_pages:	of @cached_pages, those that are the image file's own
+ *		page-cache pages, mapped by clones instead of a copy (they cost
+ *		no memory beyond the page cache).
+ * @vmm_copies:	copies of such pages made for VMMs' mappings of clones (a
+ *		VMM never maps a page-cache page itself); each costs a page.
  * @reserved:	0.
  */
 struct vms_image_stats {
@@ -137,7 +142,9 @@ struct vms_image_stats {
 	__u64 generation;
 	__u64 children;
 	__u8 parent[VMS_NAME_LEN];
-	__u64 reserved[4];
+	__u64 file_pages;
+	__u64 vmm_copies;
+	__u64 reserved[2];
 };
 
 /**

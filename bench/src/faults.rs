@@ -492,8 +492,9 @@ fn figure(
          - **vms, image cold**: a fresh clone of a new image of a file just written, its \
          page cache dropped with `POSIX_FADV_DONTNEED`. `/tmp` is a tmpfs in the test VM: \
          the file stays in memory whatever fadvise says, so *cold* means \"not in the vms \
-         image cache\": each fault reads the page from the file (a tmpfs page cache copy) \
-         into a new cached page, then maps it (or copies it on a write).\n\
+         image cache\": each fault looks the page up in the file's page cache and keeps \
+         a reference to that page (no copy) in the vms image cache, then maps it (or \
+         copies it on a write).\n\
          - **uffd MISSING + UFFDIO_COPY**: anonymous memory registered with userfaultfd; \
          one handler thread per vCPU share (as `demand_paging_test`) answers each fault \
          by `UFFDIO_COPY` from a read-only mapping of the image file.\n\

@@ -65,7 +65,8 @@ pub struct Params {
 struct Point {
     /// Bytes of free memory gone (negative: noise).
     used: i64,
-    /// vms: pages in the image cache (cached and zero).
+    /// vms: pages the image cache holds that vms owns (not the file's
+    /// page-cache pages it shares).
     cached: u64,
     /// vms: private pages of all clones.
     private: u64,
@@ -155,7 +156,7 @@ fn measure(env: &Env, how: How, n: usize, file: &ImageFile, size: u64) -> Point 
     };
     if let Some(image) = &image {
         let is = image.info();
-        pt.cached = is.cached_pages + is.zero_pages;
+        pt.cached = is.cached_pages - is.file_pages + is.vmm_copies;
         test_assert_eq!(is.cached_pages, pages, "{is:?}");
         for (i, (_, b)) in guests.iter().enumerate() {
             let cs = b.clone().expect("a clone").stats();
@@ -184,7 +185,7 @@ fn figure(p: &Params, points: &[Vec<Point>]) -> Figure {
         "MiB per clone",
         "MiB per added clone",
         "÷ written",
-        "vms: image cache MiB",
+        "vms: image cache MiB (own pages)",
         "vms: private MiB",
     ]);
     let mib = |b: f64| num(b / MIB);
@@ -241,7 +242,10 @@ fn figure(p: &Params, points: &[Vec<Point>]) -> Figure {
         "\n- **VMs only**: the same VMs, vCPUs and memslots with guests that touch no \
          page: what KVM and the VMs cost by themselves, in every other row too.\n\
          - **vms clones of one image**: a new image, so that its cache (each page read \
-         once, for all clones) is counted; each clone's writes are private copies.\n\
+         once, for all clones) is counted; each clone's writes are private copies. The \
+         image cache maps the file's own page-cache pages where the file has them (on \
+         tmpfs, always) instead of copies: *image cache MiB* counts only the pages vms \
+         owns there.\n\
          - **uffd MISSING + UFFDIO_COPY**: every page a clone touches is copied into its \
          own anonymous memory, read or written.\n\
          - **MAP_PRIVATE of the image file**: reads share the file's page cache (the tmpfs \

@@ -266,8 +266,15 @@ pub struct VmsImageStats {
     /// for generation 0. For a live image, `cached_pages` counts the pages
     /// it took from its clone.
     pub parent: [u8; VMS_NAME_LEN],
+    /// Of `cached_pages`, those that are the image file's own page-cache
+    /// pages, mapped by clones instead of a copy (they cost no memory
+    /// beyond the page cache).
+    pub file_pages: u64,
+    /// Copies of such pages made for VMMs' mappings of clones (a VMM never
+    /// maps a page-cache page itself); each costs a page.
+    pub vmm_copies: u64,
     /// 0.
-    pub reserved: [u64; 4],
+    pub reserved: [u64; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<VmsImageStats>() == 128);
@@ -281,7 +288,9 @@ const _: () = assert!(core::mem::offset_of!(VmsImageStats, read_errors) == 40);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, generation) == 48);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, children) == 56);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, parent) == 64);
-const _: () = assert!(core::mem::offset_of!(VmsImageStats, reserved) == 96);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, file_pages) == 96);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, vmm_copies) == 104);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, reserved) == 112);
 
 impl VmsImageStats {
     /// All counters zero.
@@ -296,7 +305,9 @@ impl VmsImageStats {
             generation: 0,
             children: 0,
             parent: [0; VMS_NAME_LEN],
-            reserved: [0; 4],
+            file_pages: 0,
+            vmm_copies: 0,
+            reserved: [0; 2],
         }
     }
 }

@@ -91,6 +91,10 @@ pub struct ImageReport {
     pub clones: u64,
     /// Pages held in the image's cache.
     pub cached_pages: u64,
+    /// Of those, the file's own page-cache pages (no copy).
+    pub file_pages: u64,
+    /// Copies of such pages made for VMMs' mappings.
+    pub vmm_copies: u64,
     /// Pages found all-zero.
     pub zero_pages: u64,
     /// Pages read from the file since creation.
@@ -113,6 +117,8 @@ impl ImageReport {
             size: s.size,
             clones: s.clones,
             cached_pages: s.cached_pages,
+            file_pages: s.file_pages,
+            vmm_copies: s.vmm_copies,
             zero_pages: s.zero_pages,
             streamed: s.streamed,
             read_errors: s.read_errors,
@@ -139,6 +145,8 @@ impl ImageReport {
             ),
             ("clones", self.clones.to_string()),
             ("cached_pages", pages(self.cached_pages)),
+            ("file_pages", pages(self.file_pages)),
+            ("vmm_copies", pages(self.vmm_copies)),
             ("zero_pages", self.zero_pages.to_string()),
             ("streamed", self.streamed.to_string()),
             ("read_errors", self.read_errors.to_string()),
@@ -217,6 +225,8 @@ mod tests {
             size,
             clones: 1,
             cached_pages: cached,
+            file_pages: cached - 1,
+            vmm_copies: 1,
             zero_pages: 0,
             streamed: cached,
             read_errors: 0,
@@ -259,6 +269,8 @@ image base
 size          1M (1048576 bytes, 256 pages)
 clones        1
 cached_pages  3 (12K)
+file_pages    2 (8K)
+vmm_copies    1 (4K)
 zero_pages    0
 streamed      3
 read_errors   0
