@@ -65,7 +65,11 @@ struct vms_version {
  * file_offset + N * 4096; holes read as zero). Images are named and live in
  * the module until deleted. A page is read from the file the first time a
  * clone needs it and is then kept in the image's cache and shared by every
- * clone. All-zero pages share one zero page and cost no memory.
+ * clone: the file's own page-cache page where the file has it, else a copy.
+ * All-zero pages share one zero page and cost no memory. The file must not
+ * be written while the image exists: as with a MAP_PRIVATE mapping of it,
+ * a write may or may not reach clones that already read that page.
+ * Truncating it is safe: pages already read stay, later reads fail (EIO).
  *
  * An image can also be empty (every page reads as zero: the memory of a VM
  * booted from scratch), or a live image: VMS_IMAGE_SNAPSHOT turns the

@@ -20,7 +20,10 @@ the file, and the image holds SIZE bytes of guest memory.
 
 FILE is opened read-only and handed to the module, which keeps it open and
 reads pages from it on demand until the image is deleted. It must be a
-regular file; holes read as zero pages.
+regular file; holes read as zero pages. Do not write to it while the image
+exists: clones share its page-cache pages, so, as with a MAP_PRIVATE
+mapping of it, a write may or may not reach clones that already read that
+page.
 
 SIZE and OFFSET are bytes, with an optional suffix K, M or G (powers of
 1024), and multiples of 4096. SIZE defaults to the file's length minus
