@@ -126,6 +126,9 @@ enum Cmd {
     /// Host memory used by N clones that read 90% and write 10%.
     Memory(MemoryArgs),
     /// Every benchmark, then machine.md (and README.md with --out).
+    /// An option given twice takes its last value, so that scripts/bench
+    /// can append the user's options to its defaults.
+    #[command(args_override_self = true)]
     All(AllArgs),
 }
 
