@@ -383,13 +383,9 @@ impl FileRef {
         let index = (pos / PAGE_SIZE as u64) as c_ulong;
         // SAFETY: the file is live while we hold it and its `f_mapping` is
         // set at open; the lookup takes only the RCU read lock, and
-        // returns a referenced folio, NULL or an error pointer.
-        let folio = unsafe {
-            __filemap_get_folio((*self.0.as_ptr()).f_mapping, index, 0, 0)
-        };
-        if folio.is_null() || (folio as usize) >= (-(bindings::MAX_ERRNO as isize)) as usize {
-            return None;
-        }
+        // returns a referenced folio or an error pointer.
+        let folio = unsafe { __filemap_get_folio((*self.0.as_ptr()).f_mapping, index, 0, 0) };
+        let folio = from_err_ptr(folio).ok().filter(|f| !f.is_null())?;
         // SAFETY: the folio is live: we hold the reference the lookup took.
         // `flags` and `index` are read as `folio_test_uptodate()` and
         // `folio->index` do; with SPARSEMEM_VMEMMAP (x86-64) the folio's
@@ -397,8 +393,9 @@ impl FileRef {
         // `folio_page(folio, index - folio->index)`.
         let page = unsafe {
             let head = &raw mut (*folio).__bindgen_anon_1.page;
-            let flags = core::ptr::read_volatile(&raw const (*folio).__bindgen_anon_1.__bindgen_anon_1.flags);
-            let first = (*folio).__bindgen_anon_1.__bindgen_anon_1.index;
+            let fields = &raw const (*folio).__bindgen_anon_1.__bindgen_anon_1;
+            let flags = core::ptr::read_volatile(&raw const (*fields).flags);
+            let first = (*fields).index;
             if flags & (1 << bindings::pageflags_PG_uptodate) == 0 || index < first {
                 bindings::put_page(head);
                 return None;

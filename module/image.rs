@@ -174,18 +174,17 @@ impl Image {
     /// now if no VMM needed it before (which can fail with ENOMEM).
     pub(crate) fn cached(&self, idx: usize, for_vmm: bool) -> Result<Option<(PageRef, Source)>> {
         let mut cache = self.cache.lock();
-        Ok(match cache.get_mut(idx) {
-            Some(Cached::Zero) => Some((self.zero.clone(), Source::Zero)),
-            Some(Cached::Page(p)) => Some((p.clone(), Source::Cache)),
-            Some(Cached::File { page, .. }) if !for_vmm => Some((page.clone(), Source::File)),
-            Some(Cached::File { vmm: Some(copy), .. }) => Some((copy.clone(), Source::Cache)),
-            Some(Cached::File { page, vmm }) => {
+        if let (true, Some(Cached::File { page, vmm })) = (for_vmm, cache.get_mut(idx)) {
+            if vmm.is_none() {
                 let copy = PageRef::alloc()?;
                 copy.copy_from(page);
-                *vmm = Some(copy.clone());
+                *vmm = Some(copy);
                 self.vmm_copies.fetch_add(1, Relaxed);
-                Some((copy, Source::Cache))
             }
+            return Ok(vmm.clone().map(|copy| (copy, Source::Cache)));
+        }
+        Ok(match Self::lookup(&cache, idx, &self.zero) {
+            Some((page, source, _)) => Some((page, source)),
             None if idx < self.npages && matches!(self.backing, Backing::Empty) => {
                 Some((self.zero.clone(), Source::Zero))
             }
@@ -252,7 +251,11 @@ impl Image {
     }
 
     /// A cached entry of `cache` as [`page`](Self::page) returns it.
-    fn lookup(cache: &PageTable<Cached>, idx: usize, zero: &PageRef) -> Option<(PageRef, Source, bool)> {
+    fn lookup(
+        cache: &PageTable<Cached>,
+        idx: usize,
+        zero: &PageRef,
+    ) -> Option<(PageRef, Source, bool)> {
         match cache.get(idx)? {
             Cached::Zero => Some((zero.clone(), Source::Zero, false)),
             Cached::Page(p) => Some((p.clone(), Source::Cache, false)),

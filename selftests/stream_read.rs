@@ -120,7 +120,10 @@ fn file_truncated_under_image() {
     guest::run(&mut b_vm, 0, &guest::write(&Walk::values(CLONE_GPA + 3 * PAGE_SIZE, 1, 7)));
     let mut want = pattern_page(3);
     want[..4].copy_from_slice(&7u32.to_le_bytes());
-    test_assert!(b_map.read_page(3)[4..2048] == want[4..2048], "B's copy of page 3 kept the image's bytes");
+    test_assert!(
+        b_map.read_page(3)[4..2048] == want[4..2048],
+        "B's copy of page 3 kept the image's bytes"
+    );
     test_assert!(a_map.read_page(3) == pattern_page(3), "A still sees the image's page 3");
 
     let is = image.info();
