@@ -345,6 +345,15 @@ impl VmClone {
         self.stats.faults.fetch_add(1, Relaxed);
         loop {
             let mut st = self.state.lock();
+            // Resolve only while a copy-on-write can zap stage 2: KVM must
+            // not find the shared page mapped where it installs the copy
+            // (it BUG()s on a present leaf changing pfn). Without `vm` —
+            // attaching has registered but not stored it yet, or drop has
+            // taken it and is unregistering — the vCPU retries until KVM
+            // stops asking us.
+            if st.vm.is_none() {
+                return Err(EAGAIN);
+            }
             let Some(a) = st.slots.iter_mut().find(|a| a.slot == slot.slot) else {
                 return Err(EFAULT);
             };
@@ -563,6 +572,8 @@ impl PinnedDrop for VmClone {
     fn drop(self: Pin<&mut Self>) {
         // Unregister from KVM (which waits for vCPUs inside our fault
         // handler, so `state` must not be held) before any page goes.
+        // Until it has, KVM may still call `stage2_fault`, which finds no
+        // `vm` and makes the vCPU retry.
         let vm = self.state.lock().vm.take();
         drop(vm);
         self.state.lock().image.clones.fetch_sub(1, Relaxed);

@@ -729,13 +729,31 @@ static CLONE_FOPS: FileOps = FileOps(bindings::file_operations {
 ///
 /// # Invariants
 ///
-/// `0` is null or the `f_mapping` of the clone file that owns the clone
-/// this value is part of; that inode outlives the clone.
+/// `0` is null or the `f_mapping` of the clone file made for the clone
+/// this value is part of, whose inode this value holds a reference to:
+/// the clone can outlive its file (an ioctl or a fault that holds the
+/// clone while another thread closes the file), and may still unmap.
 pub(crate) struct Mapping(AtomicPtr<bindings::address_space>);
 
 impl Mapping {
     pub(crate) const fn none() -> Self {
         Mapping(AtomicPtr::new(null_mut()))
+    }
+
+    /// Remember `file`'s mapping, holding a reference to its inode.
+    ///
+    /// # Safety
+    ///
+    /// `file` is the live clone file just made for this clone; called
+    /// once, before anyone can fault on the file.
+    unsafe fn set(&self, file: *mut bindings::file) {
+        // SAFETY: `file` is live (caller), so are its inode and mapping.
+        let mapping = unsafe {
+            bindings::ihold((*file).f_inode);
+            (*file).f_mapping
+        };
+        // INVARIANT: the mapping of the clone's file; its inode is held.
+        self.0.store(mapping, Ordering::Release);
     }
 
     /// Unmap page `idx` from every VMM mapping of the clone.
@@ -756,6 +774,17 @@ impl Mapping {
         }
         // SAFETY: the mapping is live (invariant); this takes its own locks.
         unsafe { bindings::unmap_mapping_range(m, off, len, 0) };
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        let m = *self.0.get_mut();
+        if !m.is_null() {
+            // SAFETY: we hold a reference to the mapping's inode (invariant),
+            // its `host`; nothing uses the mapping after this.
+            unsafe { bindings::iput((*m).host) };
+        }
     }
 }
 
@@ -815,9 +844,9 @@ pub(crate) fn new_clone_fd(clone: Arc<VmClone>) -> Result<i32> {
             return Err(e);
         }
     };
-    // INVARIANT: the mapping of the file that now owns the clone.
-    // SAFETY: the file is live; nobody can fault on it before fd_install.
-    clone.mapping.0.store(unsafe { (*file).f_mapping }, Ordering::Release);
+    // SAFETY: the file was just made for this clone; nobody can fault on
+    // it before fd_install.
+    unsafe { clone.mapping.set(file) };
     // SAFETY: `fd` is reserved and `file` is ours to give away.
     unsafe { bindings::fd_install(fd as c_uint, file) };
     Ok(fd)
