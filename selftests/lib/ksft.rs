@@ -282,10 +282,19 @@ pub fn run(tests: &[Test]) -> ! {
     ksft_set_plan(tests.len() + 1);
     state().pending = tests.iter().map(|t| t.name).collect();
 
+    // `KSFT_ONLY=a,b` runs only those subtests (the others are skipped),
+    // to repeat one while chasing a bug.
+    let only = std::env::var("KSFT_ONLY").ok().filter(|o| !o.is_empty());
+    let selected = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == name));
     for t in tests {
         {
             let mut st = state();
             st.pending.remove(0);
+            if !selected(t.name) {
+                drop(st);
+                ksft_test_result_skip(t.name, "not in KSFT_ONLY");
+                continue;
+            }
             st.phase = Phase::Running;
         }
         let r = panic::catch_unwind(t.func);
