@@ -12,6 +12,8 @@
 set -u
 ko=$1 bench=$2 out=$3
 shift 3
+# scripts/vm --disk: image files on the disk, as in scripts/bench.
+[ -z "${VMS_DISK:-}" ] || export VMS_IMAGE_DIR=$VMS_DISK
 command -v perf >/dev/null || { echo "perf is not installed (scripts/setup installs linux-perf)"; exit 4; }
 insmod "$ko" || exit 1
 mkdir -p "$out"

@@ -16,11 +16,11 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vms_selftests::guest::{self, Outcome, Walk};
 use vms_selftests::ksft::{self, check};
 use vms_selftests::kvm::{vm_create_pm32, Exit, Vm};
-use vms_selftests::vms::{image_create, unique_name, ImageFile, CLONE_GPA, PAGE_SIZE};
+use vms_selftests::vms::{image_create, image_dir, unique_name, ImageFile, CLONE_GPA, PAGE_SIZE};
 use vms_selftests::{test_assert, test_assert_eq};
 
 use crate::diag::{self, Watchdog};
-use crate::mem::{shares_of, Backend, Backing, Source};
+use crate::mem::{self, shares_of, Backend, Backing, Source};
 use crate::report::{num, ratio, spread, Bar, Chart, Figure, Samples, Section, Table};
 use crate::{mib_str, progress, Env, Size};
 
@@ -57,14 +57,16 @@ impl Access {
     }
 }
 
-const BACKENDS: [Backend; 7] = [
+const BACKENDS: [Backend; 9] = [
     Backend::AnonFilled,
     Backend::AnonFresh,
     Backend::VmsWarm,
     Backend::VmsCold,
     Backend::UffdMissing,
+    Backend::UffdMissingCold,
     Backend::UffdMinor,
     Backend::FilePrivate,
+    Backend::FilePrivateCold,
 ];
 
 /// What to measure.
@@ -83,7 +85,10 @@ pub struct Params {
 }
 
 fn is_uffd(b: Backend) -> bool {
-    matches!(b, Backend::UffdMissing | Backend::UffdMinor)
+    matches!(
+        b,
+        Backend::UffdMissing | Backend::UffdMissingCold | Backend::UffdMinor
+    )
 }
 
 /// Runs the benchmark and returns its figure.
@@ -109,6 +114,7 @@ pub fn run(env: &Env, p: &Params) -> Figure {
         let src = Source {
             dev: Some(&env.dev),
             file: &file,
+            cold: None,
             size,
             warm: Some(&warm),
         };
@@ -125,9 +131,22 @@ pub fn run(env: &Env, p: &Params) -> Figure {
     let is = warm.info();
     test_assert_eq!(is.cached_pages, pages, "the warm image caches every page");
 
+    // The cold backends' file: a copy, written out, whose page cache
+    // each of them drops. On tmpfs it cannot be dropped: only vms's
+    // "cold" (not in the image cache) means something there.
+    let in_memory = mem::in_memory(&image_dir());
+    let cold = ImageFile::create(&unique_name("bench-cold"));
+    {
+        let mut from = check(file.file().try_clone(), "dup image file");
+        check(std::io::Seek::rewind(&mut from), "seek image file");
+        let mut to = check(cold.file().try_clone(), "dup image file");
+        check(std::io::copy(&mut from, &mut to), "copy image file");
+        check(cold.file().sync_all(), "fsync image file");
+    }
     let src = Source {
         dev: Some(&env.dev),
         file: &file,
+        cold: Some(&cold),
         size,
         warm: Some(&warm),
     };
@@ -149,6 +168,9 @@ pub fn run(env: &Env, p: &Params) -> Figure {
                         continue;
                     }
                     if is_uffd(b) && n > 1 && !p.uffd_smp {
+                        continue;
+                    }
+                    if b.is_cold() && b != Backend::VmsCold && in_memory {
                         continue;
                     }
                     let rate = loop {
@@ -181,8 +203,9 @@ pub fn run(env: &Env, p: &Params) -> Figure {
     }
     warm.delete();
     drop(file);
+    drop(cold);
 
-    figure(p, pages, &rates, &stalls)
+    figure(p, pages, in_memory, &rates, &stalls)
 }
 
 /// One measurement: a fresh backing and VM, `n` vCPUs each walking its
@@ -246,7 +269,7 @@ fn measure(
         }
     }
     match b {
-        Backend::UffdMissing | Backend::UffdMinor => {
+        Backend::UffdMissing | Backend::UffdMissingCold | Backend::UffdMinor => {
             test_assert_eq!(served.resolved, pages, "{}: {served:?}", b.name());
         }
         Backend::VmsWarm | Backend::VmsCold => {
@@ -427,14 +450,15 @@ fn series(b: Backend) -> usize {
     match b {
         Backend::AnonFilled | Backend::AnonFresh => 0,
         Backend::VmsWarm | Backend::VmsCold => 1,
-        Backend::UffdMissing | Backend::UffdMinor => 2,
-        Backend::FilePrivate => 3,
+        Backend::UffdMissing | Backend::UffdMissingCold | Backend::UffdMinor => 2,
+        Backend::FilePrivate | Backend::FilePrivateCold => 3,
     }
 }
 
 fn figure(
     p: &Params,
     pages: u64,
+    in_memory: bool,
     rates: &[Vec<Vec<Samples>>],
     stalls: &[Vec<Vec<usize>>],
 ) -> Figure {
@@ -489,28 +513,52 @@ fn figure(
          - **vms, image cached (warm)**: a fresh clone of an image whose pages are all in \
          the vms image cache (one clone read them all first); a write copies the page \
          (copy-on-write).\n\
-         - **vms, image cold**: a fresh clone of a new image of a file just written, its \
-         page cache dropped with `POSIX_FADV_DONTNEED`. `/tmp` is a tmpfs in the test VM: \
-         the file stays in memory whatever fadvise says, so *cold* means \"not in the vms \
-         image cache\": each fault looks the page up in the file's page cache and keeps \
-         a reference to that page (no copy) in the vms image cache, then maps it (or \
-         copies it on a write).\n\
+         - **vms, image cold**: a fresh clone of a new image of the *cold file*, a \
+         copy of the image file whose page cache is dropped with `POSIX_FADV_DONTNEED` \
+         before each run (checked with `mincore`). The first touch of a page reads it \
+         from the file (a miss in the page cache reads a copy and starts readahead; a \
+         page readahead brought in is taken from the page cache by reference, no \
+         copy), keeps it in the vms image cache, then maps it (or copies it on a \
+         write).\n\
          - **uffd MISSING + UFFDIO_COPY**: anonymous memory registered with userfaultfd; \
          one handler thread per vCPU share (as `demand_paging_test`) answers each fault \
-         by `UFFDIO_COPY` from a read-only mapping of the image file.\n\
+         by `UFFDIO_COPY` from a read-only mapping of the image file (page cache \
+         warm); **, file cold**: the same, from a mapping of the cold file (the \
+         handler's copy faults the page in from the disk).\n\
          - **uffd MINOR + UFFDIO_CONTINUE (shmem)**: a memfd holding a copy of the image, \
          filled through one mapping; the guest gets a second mapping, registered for \
          MINOR faults, and the handler answers with `UFFDIO_CONTINUE`. Its writes go to \
          the shared memfd (no copy-on-write): each run gets a fresh memfd.\n\
-         - **MAP_PRIVATE of the image file**: reads map the file's page cache, writes \
-         copy the page into anonymous memory. On tmpfs the page cache is always warm \
-         (fadvise cannot drop it), so there is no cold variant of this row here.\n\n\
+         - **MAP_PRIVATE of the image file**: reads map the file's page cache (read \
+         through before each run: warm), writes copy the page into anonymous memory; \
+         **, cold**: the same mapping of the cold file.\n\n\
          Anonymous memory is mapped with `MADV_NOHUGEPAGE` (as the KVM selftests' \
          \"anonymous\" backing), shmem and tmpfs use 4 KiB pages and vms maps 4 KiB pages: \
          every backend takes one stage-2 fault per page.\n\n\
          All rates are from a nested guest under QEMU TCG: absolute numbers mean little, \
          the ratios between rows measured side by side do.\n",
     );
+    let dir = image_dir();
+    if in_memory {
+        md.push_str(&format!(
+            "\n**Image files in memory**: they were in `{}` ({}), whose page cache \
+             `POSIX_FADV_DONTNEED` cannot drop. *vms, image cold* therefore means \"not in \
+             the vms image cache\": each first touch looks the page up in the file's page \
+             cache and takes it by reference. The other cold rows are not measured (n/a). \
+             `scripts/bench` puts the files on a disk (`scripts/vm --disk`) instead.\n",
+            dir.display(),
+            mem::mount_of(&dir)
+        ));
+    } else {
+        md.push_str(&format!(
+            "\n**Image files on a disk**: `{}` ({}). A cold row's first touch of a page \
+             reads the disk (for vms, once for all clones of the image); its rate is bound \
+             by the disk and its readahead, so compare it with the other cold rows, not \
+             with the ceiling.\n",
+            dir.display(),
+            mem::mount_of(&dir)
+        ));
+    }
     if p.vcpus.iter().any(|&n| n > 1) {
         if p.uffd_smp {
             md.push_str(
@@ -561,7 +609,7 @@ fn figure(
             STALL_WALK.as_secs()
         ));
     }
-    md.push_str(&targets(p, rates));
+    md.push_str(&targets(p, in_memory, rates));
 
     let mut sections = Vec::new();
     for (ai, access) in [Access::Read, Access::Write].into_iter().enumerate() {
@@ -609,7 +657,7 @@ fn figure(
 }
 
 /// The issue's targets for vms, with the measured values.
-fn targets(p: &Params, rates: &[Vec<Vec<Samples>>]) -> String {
+fn targets(p: &Params, in_memory: bool, rates: &[Vec<Vec<Samples>>]) -> String {
     let idx = |b: Backend| BACKENDS.iter().position(|&x| x == b).expect("a backend");
     let m = |b: Backend, ai: usize, vi: usize| rates[idx(b)][ai][vi].median();
     let mut t = Table::new(&["target (vms)", "vCPUs", "measured", "met"]);
@@ -634,9 +682,15 @@ fn targets(p: &Params, rates: &[Vec<Vec<Samples>>]) -> String {
             ]);
         }
         for b in [Backend::VmsWarm, Backend::VmsCold] {
-            let r = m(b, 0, vi) / m(Backend::UffdMissing, 0, vi);
+            // Cold against cold: both read the same disk.
+            let uffd = if b == Backend::VmsCold && !in_memory {
+                Backend::UffdMissingCold
+            } else {
+                Backend::UffdMissing
+            };
+            let r = m(b, 0, vi) / m(uffd, 0, vi);
             t.row(vec![
-                format!("{}: read ≥ 2x uffd MISSING", b.name()),
+                format!("{}: read ≥ 2x {}", b.name(), uffd.name()),
                 n.to_string(),
                 ratio(r),
                 yes(r, r >= 2.0),

@@ -114,6 +114,11 @@ pub fn describe(env: &Env, sizes: &str) -> String {
         }
     }
     item("sizes", sizes.into());
+    let dir = vms_selftests::vms::image_dir();
+    item(
+        "image files",
+        format!("in `{}`: {}", dir.display(), crate::mem::mount_of(&dir)),
+    );
     if let Some(d) = sh("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]) {
         item("date", d);
     }

@@ -144,7 +144,8 @@ struct FaultsArgs {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Only these backends (the ceiling is always measured): anon, zero,
-    /// vms-warm, vms-cold, uffd-missing, uffd-minor, private.
+    /// vms-warm, vms-cold, uffd-missing, uffd-missing-cold, uffd-minor, private,
+    /// private-cold (the cold rows other than vms-cold need image files on a disk).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only this access: read or write.

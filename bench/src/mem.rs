@@ -8,12 +8,19 @@
 //! | `AnonFilled`   | anonymous memory the VMM filled with the image first |
 //! | `AnonFresh`    | anonymous memory never touched (zero-filled on fault)|
 //! | `VmsWarm`      | a vms clone of an image whose pages are all cached   |
-//! | `VmsCold`      | a vms clone of a new image: every page streamed      |
+//! | `VmsCold`      | a vms clone of a new image of the cold file          |
 //! | `UffdMissing`  | anonymous memory, MISSING faults answered with       |
 //! |                | `UFFDIO_COPY` from a mapping of the image file       |
+//! | `UffdMissingCold` | the same, copying from the cold file              |
 //! | `UffdMinor`    | a shmem (memfd) copy of the image mapped twice,      |
 //! |                | MINOR faults answered with `UFFDIO_CONTINUE`         |
-//! | `FilePrivate`  | `MAP_PRIVATE` of the image file                      |
+//! | `FilePrivate`  | `MAP_PRIVATE` of the image file, page cache warm     |
+//! | `FilePrivateCold` | `MAP_PRIVATE` of the cold file                    |
+//!
+//! The *cold file* is a copy of the image file whose page cache is
+//! dropped (`POSIX_FADV_DONTNEED`) before each use: on a disk
+//! (`scripts/vm --disk`) every first touch of a page reads the disk; on
+//! tmpfs nothing can be dropped (see [`in_memory`]).
 //!
 //! Anonymous memory never uses transparent huge pages (see
 //! [`Mapping::anon`]): every backend maps 4 KiB pages, as vms does.
@@ -25,13 +32,16 @@ use std::any::Any;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 use vms_selftests::ksft::check;
 use vms_selftests::kvm::Vm;
+use vms_selftests::test_assert;
 use vms_selftests::vms::{
-    image_create, unique_name, vm_attach_clone, CloneMap, Image, ImageFile, VmsClone, PAGE_SIZE,
+    image_create, image_dir, unique_name, vm_attach_clone, CloneMap, Image, ImageFile, VmsClone,
+    PAGE_SIZE,
 };
 
 use crate::uffd::{self, Handler, Served, Uffd};
@@ -189,12 +199,93 @@ impl Drop for Mapping {
 }
 
 /// Drops `file`'s pages from the page cache (`POSIX_FADV_DONTNEED`). On
-/// tmpfs the file *is* its page cache and this does nothing.
+/// tmpfs the file *is* its page cache and this does nothing; elsewhere
+/// it drops every clean page nothing else holds.
 pub fn fadvise_dontneed(file: &File) {
     // SAFETY: a plain system call on an fd we own.
     let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     if r != 0 {
         check::<(), _>(Err(io::Error::from_raw_os_error(r)), "posix_fadvise");
+    }
+}
+
+/// Whether files in `dir` live in memory (tmpfs or ramfs), so that their
+/// page cache cannot be dropped.
+pub fn in_memory(dir: &Path) -> bool {
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let st = check(nix_statfs(dir), "statfs of the image directory");
+    st == libc::TMPFS_MAGIC || st == RAMFS_MAGIC
+}
+
+fn nix_statfs(dir: &Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut c = dir.as_os_str().as_bytes().to_vec();
+    c.push(0);
+    // SAFETY: a NUL-terminated path and a buffer statfs fills.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` outlives the call.
+    let r = unsafe { libc::statfs(c.as_ptr().cast(), &mut st) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// The file system `dir` is on, from `/proc/mounts`: "ext4 on
+/// /dev/vda at /run/disk".
+pub fn mount_of(dir: &Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && dir.starts_with(f[1])).then(|| (f[1].len(), format!("{} on {} at {}", f[2], f[0], f[1])))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "file system unknown".into(), |(_, d)| d)
+}
+
+/// How many of the first `len` bytes' pages of `file` are in the page
+/// cache (`mincore` of a mapping, which faults nothing in).
+pub fn resident_pages(file: &File, len: u64) -> u64 {
+    let m = check(Mapping::file_ro(file, len), "mmap for mincore");
+    let pages = len.div_ceil(PAGE_SIZE) as usize;
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `m` maps `len` bytes; `vec` has a byte per page of it.
+    let r = unsafe { libc::mincore(m.ptr.as_ptr().cast(), len as usize, vec.as_mut_ptr()) };
+    if r != 0 {
+        check::<(), _>(Err(io::Error::last_os_error()), "mincore");
+    }
+    vec.iter().filter(|&&b| b & 1 != 0).count() as u64
+}
+
+/// Reads `file` through (its first `len` bytes), so that all its pages
+/// are in the page cache.
+pub fn warm_page_cache(file: &File, len: u64) {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        check(
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut buf[..n], at),
+            "read image file",
+        );
+        at += n as u64;
+    }
+}
+
+/// Drops the page cache of the cold file and checks it is gone (but on
+/// tmpfs, where it cannot be).
+#[track_caller]
+fn make_cold(file: &ImageFile, len: u64) {
+    fadvise_dontneed(file.file());
+    if !in_memory(&image_dir()) {
+        let left = resident_pages(file.file(), len);
+        test_assert!(
+            left <= len / PAGE_SIZE / 100,
+            "{left} pages of the cold file stayed in the page cache after POSIX_FADV_DONTNEED"
+        );
     }
 }
 
@@ -219,8 +310,10 @@ pub enum Backend {
     VmsWarm,
     VmsCold,
     UffdMissing,
+    UffdMissingCold,
     UffdMinor,
     FilePrivate,
+    FilePrivateCold,
 }
 
 impl Backend {
@@ -232,8 +325,10 @@ impl Backend {
             Backend::VmsWarm => "vms, image cached (warm)",
             Backend::VmsCold => "vms, image cold",
             Backend::UffdMissing => "uffd MISSING + UFFDIO_COPY",
+            Backend::UffdMissingCold => "uffd MISSING + UFFDIO_COPY, file cold",
             Backend::UffdMinor => "uffd MINOR + UFFDIO_CONTINUE (shmem)",
             Backend::FilePrivate => "MAP_PRIVATE of the image file",
+            Backend::FilePrivateCold => "MAP_PRIVATE of the image file, cold",
         }
     }
 
@@ -245,8 +340,10 @@ impl Backend {
             Backend::VmsWarm => "vms-warm",
             Backend::VmsCold => "vms-cold",
             Backend::UffdMissing => "uffd-missing",
+            Backend::UffdMissingCold => "uffd-missing-cold",
             Backend::UffdMinor => "uffd-minor",
             Backend::FilePrivate => "private",
+            Backend::FilePrivateCold => "private-cold",
         }
     }
 
@@ -254,6 +351,14 @@ impl Backend {
     /// [`Backend::AnonFresh`], which reads zeros).
     pub fn has_image(self) -> bool {
         self != Backend::AnonFresh
+    }
+
+    /// Whether it reads the cold file (whose page cache each use drops).
+    pub fn is_cold(self) -> bool {
+        matches!(
+            self,
+            Backend::VmsCold | Backend::UffdMissingCold | Backend::FilePrivateCold
+        )
     }
 }
 
@@ -265,6 +370,9 @@ pub struct Source<'a> {
     pub dev: Option<&'a File>,
     /// The image file.
     pub file: &'a ImageFile,
+    /// A copy of it for the cold backends ([`Backend::is_cold`]), which
+    /// drop its page cache before use; only they read it.
+    pub cold: Option<&'a ImageFile>,
     /// Its size in bytes.
     pub size: u64,
     /// A warm image of `file` ([`Backend::VmsWarm`]).
@@ -287,7 +395,6 @@ pub struct Backing {
     clone: Option<VmsClone>,
     /// An image of the backing's own ([`Backend::VmsCold`]).
     image: Option<Image>,
-    _file: Option<ImageFile>,
     size: u64,
 }
 
@@ -306,7 +413,7 @@ impl Backing {
         let size = src.size;
         let mut handlers = Vec::new();
         let mut uffds = Vec::new();
-        let (mut alias, mut shm, mut clone, mut image, mut file) = (None, None, None, None, None);
+        let (mut alias, mut shm, mut clone, mut image) = (None, None, None, None);
         let host = |m: io::Result<Mapping>| Arc::new(check(m, "mmap guest memory"));
         let map = match backend {
             Backend::AnonFilled => {
@@ -316,8 +423,13 @@ impl Backing {
             }
             Backend::AnonFresh => Map::Host(host(Mapping::anon(size))),
             Backend::FilePrivate => {
-                fadvise_dontneed(src.file.file());
+                warm_page_cache(src.file.file(), size);
                 Map::Host(host(Mapping::file(src.file.file(), size, false)))
+            }
+            Backend::FilePrivateCold => {
+                let cold = src.cold.expect("a cold file");
+                make_cold(cold, size);
+                Map::Host(host(Mapping::file(cold.file(), size, false)))
             }
             Backend::VmsWarm => {
                 let c = src.warm.expect("a warm image").clone_create();
@@ -326,33 +438,34 @@ impl Backing {
                 Map::Clone(m)
             }
             Backend::VmsCold => {
-                // A file just written, its page cache dropped (on tmpfs
-                // that does nothing), and a new image of it: nothing of
-                // it is in the vms image cache.
+                // The cold file, its page cache dropped (on tmpfs that
+                // does nothing), and a new image of it: nothing of it is
+                // in the vms image cache.
                 let dev = src.dev.expect("/dev/vms");
-                let name = unique_name("bench");
-                let f = ImageFile::create(&name);
-                let mut from = check(src.file.file().try_clone(), "dup image file");
-                check(io::Seek::rewind(&mut from), "seek image file");
-                let mut to = check(f.file().try_clone(), "dup image file");
-                check(io::copy(&mut from, &mut to), "copy image file");
-                check(f.file().sync_all(), "fsync image file");
-                fadvise_dontneed(f.file());
-                let i = image_create(dev, &name, f.file(), size, 0);
+                let cold = src.cold.expect("a cold file");
+                make_cold(cold, size);
+                let i = image_create(dev, &unique_name("bench"), cold.file(), size, 0);
                 let c = i.clone_create();
                 let m = c.map();
-                (clone, image, file) = (Some(c), Some(i), Some(f));
+                (clone, image) = (Some(c), Some(i));
                 Map::Clone(m)
             }
-            Backend::UffdMissing | Backend::UffdMinor => {
-                let mode = if backend == Backend::UffdMissing {
-                    uffd::Mode::Missing
-                } else {
+            Backend::UffdMissing | Backend::UffdMissingCold | Backend::UffdMinor => {
+                let mode = if backend == Backend::UffdMinor {
                     uffd::Mode::Minor
+                } else {
+                    uffd::Mode::Missing
                 };
                 let (m, source) = if mode == uffd::Mode::Missing {
                     // The handlers copy from a mapping of the file.
-                    let source = Mapping::file_ro(src.file.file(), size);
+                    let from = if backend == Backend::UffdMissingCold {
+                        let cold = src.cold.expect("a cold file");
+                        make_cold(cold, size);
+                        cold
+                    } else {
+                        src.file
+                    };
+                    let source = Mapping::file_ro(from.file(), size);
                     let source = Arc::new(check(source, "mmap image file"));
                     (host(Mapping::anon(size)), Some(source))
                 } else {
@@ -383,7 +496,6 @@ impl Backing {
             _memfd: shm,
             clone,
             image,
-            _file: file,
             size,
         }
     }

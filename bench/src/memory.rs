@@ -112,6 +112,7 @@ fn measure(env: &Env, how: How, n: usize, file: &ImageFile, size: u64) -> Point 
     let src = Source {
         dev: Some(&env.dev),
         file,
+        cold: None,
         size,
         warm: image.as_ref(),
     };

@@ -165,19 +165,28 @@ pub fn name_of(name: &[u8; VMS_NAME_LEN]) -> String {
         .to_string()
 }
 
-/// A file in `/tmp` that images are created from, open read-write, and
-/// removed on drop. `/tmp` in the test VM is a tmpfs: a sparse file costs
-/// only the pages written.
+/// A file that images are created from, open read-write, and removed on
+/// drop, in [`image_dir`]. `/tmp` in the test VM is a tmpfs: a sparse file
+/// costs only the pages written.
 pub struct ImageFile {
     path: PathBuf,
     file: File,
 }
 
+/// Where [`ImageFile`]s are made: `$VMS_IMAGE_DIR`, else `/tmp`.
+/// `scripts/bench` points it at a disk (`scripts/vm --disk`), where
+/// `POSIX_FADV_DONTNEED` really empties the page cache.
+pub fn image_dir() -> PathBuf {
+    std::env::var_os("VMS_IMAGE_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
+}
+
 impl ImageFile {
-    /// Creates the empty file `/tmp/vms-NAME.img`.
+    /// Creates the empty file `vms-NAME.img` in [`image_dir`].
     #[track_caller]
     pub fn create(name: &str) -> Self {
-        let path = PathBuf::from(format!("/tmp/vms-{name}.img"));
+        let path = image_dir().join(format!("vms-{name}.img"));
         let file = check(
             OpenOptions::new()
                 .read(true)
