@@ -323,6 +323,8 @@ extern "C" {
         fgp_flags: c_uint,
         gfp: bindings::gfp_t,
     ) -> *mut bindings::folio;
+    /// Sleep until bit `bit_nr` of the folio's flags is clear.
+    fn folio_wait_bit(folio: *mut bindings::folio, bit_nr: c_int);
 }
 
 /// A reference to a `struct file` opened for reading.
@@ -369,8 +371,9 @@ impl FileRef {
 
     /// The file's own page-cache page at byte offset `pos` (a multiple of
     /// `PAGE_SIZE`), referenced, if it is in the page cache and up to
-    /// date; `None` otherwise (then [`read_page`](Self::read_page) reads
-    /// it, which also brings it and its neighbours into the page cache).
+    /// date (waiting for a read in flight, such as readahead); `None`
+    /// otherwise (then [`read_page`](Self::read_page) reads it, which also
+    /// brings it and its neighbours into the page cache).
     ///
     /// An image maps this page into its clones' stage 2 instead of a copy:
     /// no allocation, no copy, and no second copy of the image next to the
@@ -386,17 +389,25 @@ impl FileRef {
         // returns a referenced folio or an error pointer.
         let folio = unsafe { __filemap_get_folio((*self.0.as_ptr()).f_mapping, index, 0, 0) };
         let folio = from_err_ptr(folio).ok().filter(|f| !f.is_null())?;
-        // SAFETY: the folio is live: we hold the reference the lookup took.
-        // `flags` and `index` are read as `folio_test_uptodate()` and
+        // SAFETY: the folio is live: we hold the reference the lookup took;
+        // we may sleep (no lock held). `flags` and `index` are read as
+        // `folio_test_uptodate()` and
         // `folio->index` do; with SPARSEMEM_VMEMMAP (x86-64) the folio's
         // pages are contiguous `struct page`s, so the page of `index` is
         // `folio_page(folio, index - folio->index)`.
         let page = unsafe {
             let head = &raw mut (*folio).__bindgen_anon_1.page;
             let fields = &raw const (*folio).__bindgen_anon_1.__bindgen_anon_1;
-            let flags = core::ptr::read_volatile(&raw const (*fields).flags);
+            let mut flags = core::ptr::read_volatile(&raw const (*fields).flags);
+            let uptodate = 1 << bindings::pageflags_PG_uptodate;
+            if flags & uptodate == 0 && flags & (1 << bindings::pageflags_PG_locked) != 0 {
+                // Being read (readahead in flight): wait for the read, as
+                // filemap_fault does, rather than read a copy of our own.
+                folio_wait_bit(folio, bindings::pageflags_PG_locked as c_int);
+                flags = core::ptr::read_volatile(&raw const (*fields).flags);
+            }
             let first = (*fields).index;
-            if flags & (1 << bindings::pageflags_PG_uptodate) == 0 || index < first {
+            if flags & uptodate == 0 || index < first {
                 bindings::put_page(head);
                 return None;
             }

@@ -224,7 +224,12 @@ impl Image {
                 if let Err(e) = file.read_page(pos, &page) {
                     return Err(self.read_error(idx, pos, e));
                 }
-                (page, Source::Cache)
+                // The read left the page in the page cache (where the file
+                // system has one): share that page rather than keep a copy.
+                match file.cached_page(pos) {
+                    Some(shared) => (shared, Source::File),
+                    None => (page, Source::Cache),
+                }
             }
         };
         let zero = page.is_zero();
