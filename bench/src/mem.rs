@@ -240,7 +240,8 @@ pub fn mount_of(dir: &Path) -> String {
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && dir.starts_with(f[1])).then(|| (f[1].len(), format!("{} on {} at {}", f[2], f[0], f[1])))
+            (f.len() >= 3 && dir.starts_with(f[1]))
+                .then(|| (f[1].len(), format!("{} on {} at {}", f[2], f[0], f[1])))
         })
         .max_by_key(|(len, _)| *len)
         .map_or_else(|| "file system unknown".into(), |(_, d)| d)

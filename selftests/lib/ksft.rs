@@ -285,7 +285,10 @@ pub fn run(tests: &[Test]) -> ! {
     // `KSFT_ONLY=a,b` runs only those subtests (the others are skipped),
     // to repeat one while chasing a bug.
     let only = std::env::var("KSFT_ONLY").ok().filter(|o| !o.is_empty());
-    let selected = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == name));
+    let selected = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
     for t in tests {
         {
             let mut st = state();
