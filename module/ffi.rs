@@ -389,11 +389,12 @@ impl FileRef {
         // returns a referenced folio or an error pointer.
         let folio = unsafe { __filemap_get_folio((*self.0.as_ptr()).f_mapping, index, 0, 0) };
         let folio = from_err_ptr(folio).ok().filter(|f| !f.is_null())?;
-        // SAFETY: the folio is live: we hold the reference the lookup took;
-        // we may sleep (no lock held). `flags` and `index` are read as
-        // `folio_test_uptodate()` and
-        // `folio->index` do; with SPARSEMEM_VMEMMAP (x86-64) the folio's
-        // pages are contiguous `struct page`s, so the page of `index` is
+        // SAFETY: the folio is live: we hold the reference the lookup took,
+        // and waiting on its lock bit needs nothing more (we hold no lock,
+        // so we may sleep). `flags` and `index` are read as
+        // `folio_test_uptodate()` and `folio->index` do; with
+        // SPARSEMEM_VMEMMAP (x86-64) the folio's pages are contiguous
+        // `struct page`s, so the page of `index` is
         // `folio_page(folio, index - folio->index)`.
         let page = unsafe {
             let head = &raw mut (*folio).__bindgen_anon_1.page;

@@ -134,19 +134,24 @@ pub fn run(env: &Env, p: &Params) -> Figure {
     // The cold backends' file: a copy, written out, whose page cache
     // each of them drops. On tmpfs it cannot be dropped: only vms's
     // "cold" (not in the image cache) means something there.
+    // Made only if a cold backend is measured (it costs a copy of the image).
     let in_memory = mem::in_memory(&image_dir());
-    let cold = ImageFile::create(&unique_name("bench-cold"));
-    {
+    let wants_cold = BACKENDS
+        .iter()
+        .any(|b| b.is_cold() && (p.only.is_empty() || p.only.iter().any(|k| k == b.key())));
+    let cold = wants_cold.then(|| {
+        let cold = ImageFile::create(&unique_name("bench-cold"));
         let mut from = check(file.file().try_clone(), "dup image file");
         check(std::io::Seek::rewind(&mut from), "seek image file");
         let mut to = check(cold.file().try_clone(), "dup image file");
         check(std::io::copy(&mut from, &mut to), "copy image file");
         check(cold.file().sync_all(), "fsync image file");
-    }
+        cold
+    });
     let src = Source {
         dev: Some(&env.dev),
         file: &file,
-        cold: Some(&cold),
+        cold: cold.as_ref(),
         size,
         warm: Some(&warm),
     };

@@ -213,11 +213,12 @@ pub fn fadvise_dontneed(file: &File) {
 /// page cache cannot be dropped.
 pub fn in_memory(dir: &Path) -> bool {
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    let st = check(nix_statfs(dir), "statfs of the image directory");
+    let st = check(fs_type(dir), "statfs of the image directory");
     st == libc::TMPFS_MAGIC || st == RAMFS_MAGIC
 }
 
-fn nix_statfs(dir: &Path) -> io::Result<i64> {
+/// The `f_type` (file system magic) of the file system `dir` is on.
+fn fs_type(dir: &Path) -> io::Result<i64> {
     use std::os::unix::ffi::OsStrExt;
     let mut c = dir.as_os_str().as_bytes().to_vec();
     c.push(0);
