@@ -372,8 +372,13 @@ impl FileRef {
     /// The file's own page-cache page at byte offset `pos` (a multiple of
     /// `PAGE_SIZE`), referenced, if it is in the page cache and up to
     /// date (waiting for a read in flight, such as readahead); `None`
-    /// otherwise (then [`read_page`](Self::read_page) reads it, which also
-    /// brings it and its neighbours into the page cache).
+    /// otherwise (then [`read_through`](Self::read_through) brings it and
+    /// its neighbours into the page cache).
+    ///
+    /// A page that carries the readahead marker starts the next readahead
+    /// window, as `filemap_fault()` and `filemap_read()` do on such a
+    /// page: this lookup bypasses both, so without it every window would
+    /// be read synchronously by the miss at its start.
     ///
     /// An image maps this page into its clones' stage 2 instead of a copy:
     /// no allocation, no copy, and no second copy of the image next to the
@@ -415,10 +420,39 @@ impl FileRef {
             // Order the page's contents after the flag, as smp_rmb() in
             // folio_test_uptodate() does.
             core::sync::atomic::fence(Ordering::Acquire);
+            if flags & (1 << bindings::pageflags_PG_readahead) != 0 {
+                // Best effort: a failed readahead leaves the next pages to
+                // the misses, which report their own errors.
+                let _ = self.read_through(pos);
+            }
             head.add((index - first) as usize)
         };
         // INVARIANT: the lookup's reference on the folio is this page's.
         Some(PageRef(NonNull::new(page)?))
+    }
+
+    /// Read the last byte of the page at `pos` through the page cache, for
+    /// what the read does on the way: on a miss, the page cache reads the
+    /// page and its readahead window and waits for the page; on a page
+    /// with the readahead marker, it starts the next window without
+    /// waiting. The page itself is then [`cached_page`](Self::cached_page)'s
+    /// to find (unless the file system keeps no page cache). Reading is
+    /// how the page cache's readahead learns the access pattern
+    /// (`file->f_ra`), so this uses its policy and window sizes rather
+    /// than our own. EIO if the page does not lie wholly inside the file.
+    pub(crate) fn read_through(&self, pos: u64) -> Result {
+        let mut byte = 0u8;
+        let mut off = (pos + PAGE_SIZE as u64 - 1) as bindings::loff_t;
+        // SAFETY: `byte` is one writable kernel byte; the file is live;
+        // `off` is ours.
+        let n = unsafe {
+            bindings::kernel_read(self.0.as_ptr(), (&raw mut byte).cast(), 1, &mut off)
+        };
+        match n {
+            1 => Ok(()),
+            n if n < 0 => Err(Error::from_errno(n as c_int)),
+            _ => Err(EIO),
+        }
     }
 
     /// Read one page at byte offset `pos` into `page`. A short read is EIO.

@@ -215,21 +215,21 @@ impl Image {
         // mapping (inode lock -> mmap_lock -> clone state -> cache).
         drop(cache);
         let pos = offset + (idx * PAGE_SIZE) as u64;
-        // The file's page-cache page if it has one; else read a copy, which
-        // also brings the following pages into the page cache (readahead).
-        let (page, source) = match file.cached_page(pos) {
+        // The file's page-cache page: found, or brought in (with its
+        // readahead window) by reading through the page cache. A file
+        // without page cache (a file system that keeps none, O_DIRECT)
+        // leaves us to read a copy, which also reports a read error.
+        let found = file
+            .cached_page(pos)
+            .or_else(|| file.read_through(pos).ok().and_then(|()| file.cached_page(pos)));
+        let (page, source) = match found {
             Some(page) => (page, Source::File),
             None => {
                 let page = PageRef::alloc()?;
                 if let Err(e) = file.read_page(pos, &page) {
                     return Err(self.read_error(idx, pos, e));
                 }
-                // The read left the page in the page cache (where the file
-                // system has one): share that page rather than keep a copy.
-                match file.cached_page(pos) {
-                    Some(shared) => (shared, Source::File),
-                    None => (page, Source::Cache),
-                }
+                (page, Source::Cache)
             }
         };
         let zero = page.is_zero();
