@@ -521,9 +521,10 @@ fn figure(
          - **vms, image cold**: a fresh clone of a new image of the *cold file*, a \
          copy of the image file whose page cache is dropped with `POSIX_FADV_DONTNEED` \
          before each run (checked with `mincore`). The first touch of a page reads it \
-         from the file (a miss in the page cache reads a copy and starts readahead; a \
-         page readahead brought in is taken from the page cache by reference, no \
-         copy), keeps it in the vms image cache, then maps it (or copies it on a \
+         from the file through the page cache (a miss reads the page and its readahead \
+         window; a page with the readahead marker starts the next window, as a page \
+         fault on a file mapping does) and takes the page-cache page by reference, no \
+         copy; it keeps it in the vms image cache, then maps it (or copies it on a \
          write).\n\
          - **uffd MISSING + UFFDIO_COPY**: anonymous memory registered with userfaultfd; \
          one handler thread per vCPU share (as `demand_paging_test`) answers each fault \
