@@ -401,7 +401,7 @@ impl FileRef {
         // SPARSEMEM_VMEMMAP (x86-64) the folio's pages are contiguous
         // `struct page`s, so the page of `index` is
         // `folio_page(folio, index - folio->index)`.
-        let page = unsafe {
+        let (page, marked) = unsafe {
             let head = &raw mut (*folio).__bindgen_anon_1.page;
             let fields = &raw const (*folio).__bindgen_anon_1.__bindgen_anon_1;
             let mut flags = core::ptr::read_volatile(&raw const (*fields).flags);
@@ -420,15 +420,17 @@ impl FileRef {
             // Order the page's contents after the flag, as smp_rmb() in
             // folio_test_uptodate() does.
             core::sync::atomic::fence(Ordering::Acquire);
-            if flags & (1 << bindings::pageflags_PG_readahead) != 0 {
-                // Best effort: a failed readahead leaves the next pages to
-                // the misses, which report their own errors.
-                let _ = self.read_through(pos);
-            }
-            head.add((index - first) as usize)
+            let marked = flags & (1 << bindings::pageflags_PG_readahead) != 0;
+            (head.add((index - first) as usize), marked)
         };
         // INVARIANT: the lookup's reference on the folio is this page's.
-        Some(PageRef(NonNull::new(page)?))
+        let page = PageRef(NonNull::new(page)?);
+        if marked {
+            // Best effort: a failed readahead leaves the next pages to the
+            // misses, which report their own errors.
+            let _ = self.read_through(pos);
+        }
+        Some(page)
     }
 
     /// Read the last byte of the page at `pos` through the page cache, for
