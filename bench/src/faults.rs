@@ -92,6 +92,11 @@ fn is_uffd(b: Backend) -> bool {
 }
 
 /// Runs the benchmark and returns its figure.
+/// Whether `--only` lets backend `b` run (the ceiling always does).
+fn selected(p: &Params, b: Backend) -> bool {
+    b == Backend::AnonFilled || p.only.is_empty() || p.only.iter().any(|k| k == b.key())
+}
+
 pub fn run(env: &Env, p: &Params) -> Figure {
     let size = p.size.0;
     let pages = size / PAGE_SIZE;
@@ -136,9 +141,7 @@ pub fn run(env: &Env, p: &Params) -> Figure {
     // "cold" (not in the image cache) means something there.
     // Made only if a cold backend is measured (it costs a copy of the image).
     let in_memory = mem::in_memory(&image_dir());
-    let wants_cold = BACKENDS
-        .iter()
-        .any(|b| b.is_cold() && (p.only.is_empty() || p.only.iter().any(|k| k == b.key())));
+    let wants_cold = BACKENDS.iter().any(|&b| b.is_cold() && selected(p, b));
     let cold = wants_cold.then(|| {
         let cold = ImageFile::create(&unique_name("bench-cold"));
         let mut from = check(file.file().try_clone(), "dup image file");
@@ -166,10 +169,7 @@ pub fn run(env: &Env, p: &Params) -> Figure {
                     continue;
                 }
                 for (bi, &b) in BACKENDS.iter().enumerate() {
-                    if b != Backend::AnonFilled
-                        && !p.only.is_empty()
-                        && !p.only.iter().any(|k| k == b.key())
-                    {
+                    if !selected(p, b) {
                         continue;
                     }
                     if is_uffd(b) && n > 1 && !p.uffd_smp {
