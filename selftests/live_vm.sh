@@ -19,10 +19,15 @@ set -u
 mode=$1
 vmsctl=$2
 export VMS_RUN_DIR=/tmp/vms-live-$$
-n=0 failed=0
+n=0 failed=0 failures=
 
 ok() { n=$((n + 1)); echo "ok $n - $*"; }
-fail() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
+fail() {
+	n=$((n + 1))
+	failed=$((failed + 1))
+	failures+="# not ok $n - $*"$'\n'
+	echo "not ok $n - $*"
+}
 msg() { echo "# $*"; }
 check() { # check NAME CMD...: ok if CMD succeeds
 	local name=$1
@@ -40,8 +45,15 @@ memfree_kb() {
 	echo 3 >/proc/sys/vm/drop_caches
 	awk '/^MemFree:/ { print $2 }' /proc/meminfo
 }
-# vx VM CMD: run CMD in VM's guest, print its output (fails if CMD did)
-vx() { timeout 90 "$vmsctl" exec "$1" --timeout 60 -- "$2"; }
+# vx VM CMD: run CMD in VM's guest, print its output (fails if CMD did;
+# says so on stderr unless CMD only returned 1, a shell's "false")
+vx() {
+	local rc
+	timeout 90 "$vmsctl" exec "$1" --timeout 60 -- "$2"
+	rc=$?
+	[ $rc -le 1 ] || echo "# $(date +%T) vmsctl exec $1 '$2': status $rc" >&2
+	return $rc
+}
 stats_json() { timeout 120 "$vmsctl" stats --json; }
 # vm_field VM KEY: a number from the VM's entry in `vmsctl stats --json`
 vm_field() {
@@ -57,6 +69,8 @@ cleanup() {
 			echo "# --- last lines of $f"
 			tail -n 12 "$f" | sed 's/^/#   /'
 		done
+		# Again after the logs, so the end of the output names them.
+		printf '%s' "$failures"
 	fi
 	for v in $("$vmsctl" list --names 2>/dev/null); do "$vmsctl" stop "$v" >/dev/null 2>&1; done
 	rm -rf "$VMS_RUN_DIR"
