@@ -36,6 +36,7 @@ check() { # check NAME CMD...: ok if CMD succeeds
 }
 skip_all() { echo "1..0 # SKIP $*"; exit 4; }
 finish() {
+	[ $restarts = 0 ] || msg "$restarts VM(s) triple faulted while starting and were started again"
 	echo "1..$n"
 	[ $failed = 0 ] && exit 0 || exit 1
 }
@@ -77,6 +78,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The emulated test machine (QEMU TCG's nested SVM) sometimes triple
+# faults a VM's vCPU as it starts, plain VMs included (`vmsctl run
+# --no-vms`): see docs/ARCHITECTURE.md, Known issues. A VM that ended so
+# before it was ready is started once more, and the test says so; any
+# other failure, or a second one, fails the test.
+restarts=0
+# platform_reset NAME: NAME's VM ended with a triple fault before ready.
+platform_reset() {
+	grep -q "triple fault (KVM_EXIT_SHUTDOWN).*before" "$VMS_RUN_DIR/vm/$1.log" 2>/dev/null ||
+		return 1
+	restarts=$((restarts + 1))
+	msg "$1 triple faulted while starting (the emulated machine's, not vms's: docs/ARCHITECTURE.md); starting it again. Its log:"
+	tail -n 3 "$VMS_RUN_DIR/vm/$1.log" | sed 's/^/#   /'
+}
+
 [ -c /dev/vms ] || skip_all "no /dev/vms (vms.ko not loaded)"
 [ -c /dev/kvm ] || skip_all "no /dev/kvm"
 echo "TAP version 13"
@@ -87,8 +103,11 @@ clones)
 	[ -f "$kernel" ] && [ -f "$initrd" ] || skip_all "no guest kernel/initramfs ($kernel, $initrd)"
 	free0=$(memfree_kb)
 	t0=$(date +%s%N)
-	if "$vmsctl" run --name parent --kernel "$kernel" --initrd "$initrd" \
-		--mem 256M --cpus "${LIVE_VM_CPUS:-1}" --detach; then
+	boot_parent() {
+		"$vmsctl" run --name parent --kernel "$kernel" --initrd "$initrd" \
+			--mem 256M --cpus "${LIVE_VM_CPUS:-1}" --detach
+	}
+	if boot_parent || { platform_reset parent && boot_parent; }; then
 		ok "boot a Linux guest to its ready marker ($(( ($(date +%s%N) - t0) / 1000000 )) ms)"
 	else
 		fail "boot a Linux guest to its ready marker"
@@ -114,8 +133,24 @@ clones)
 		ok "live-image start --count 8"
 	else
 		sed 's/^/# /' <<<"$out"
-		fail "live-image start --count 8"
-		finish
+		# Only clones that triple faulted while starting get a second go.
+		again=0 left=0
+		for i in 1 2 3 4 5 6 7 8; do
+			[ -e "$VMS_RUN_DIR/vm/c-$i.sock" ] && continue
+			if platform_reset c-$i &&
+				out=$("$vmsctl" live-image start img --count 1 --name-prefix c --first-id $i); then
+				sed 's/^/# /' <<<"$out"
+				again=$((again + 1))
+			else
+				left=$((left + 1))
+			fi
+		done
+		if [ $left = 0 ] && [ $again -gt 0 ]; then
+			ok "live-image start --count 8 (started $again again after a triple fault at start)"
+		else
+			fail "live-image start --count 8"
+			finish
+		fi
 	fi
 
 	# Each clone resumed (counter continues), has its identity.
