@@ -20,7 +20,8 @@ mkdir -p "$out"
 cd /tmp || exit 1
 perf record -q -a -g -F 1999 -e cpu-clock -o /tmp/perf.data -- "$bench" faults "$@" >/tmp/faults.md
 rc=$?
-rmmod vms || rc=1
+# The reports before rmmod: perf resolves vms.ko's symbols through
+# /proc/kallsyms, which drops them when the module goes.
 {
 	echo "# vms-bench faults $*"
 	echo
@@ -34,5 +35,6 @@ rmmod vms || rc=1
 	perf report -i /tmp/perf.data --stdio --children --comms vms-bench --sort sym \
 		--percent-limit 1.5 -g none 2>/dev/null | grep '%'
 } >"$out/profile.txt"
+rmmod vms || rc=1
 cat "$out/profile.txt"
 exit $rc
