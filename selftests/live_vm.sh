@@ -89,7 +89,7 @@ platform_reset() {
 	grep -q "triple fault (KVM_EXIT_SHUTDOWN).*before" "$VMS_RUN_DIR/vm/$1.log" 2>/dev/null ||
 		return 1
 	restarts=$((restarts + 1))
-	msg "$1 triple faulted while starting (the emulated machine's, not vms's: docs/ARCHITECTURE.md); starting it again. Its log:"
+	msg "$1 triple faulted while starting (plain VMs do so on this emulated machine too: docs/ARCHITECTURE.md); starting it again. Its log:"
 	tail -n 3 "$VMS_RUN_DIR/vm/$1.log" | sed 's/^/#   /'
 }
 
