@@ -91,12 +91,12 @@ fn is_uffd(b: Backend) -> bool {
     )
 }
 
-/// Runs the benchmark and returns its figure.
 /// Whether `--only` lets backend `b` run (the ceiling always does).
 fn selected(p: &Params, b: Backend) -> bool {
     b == Backend::AnonFilled || p.only.is_empty() || p.only.iter().any(|k| k == b.key())
 }
 
+/// Runs the benchmark and returns its figure.
 pub fn run(env: &Env, p: &Params) -> Figure {
     let size = p.size.0;
     let pages = size / PAGE_SIZE;
