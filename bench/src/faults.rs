@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vms_selftests::guest::{self, Outcome, Walk};
+use vms_selftests::host;
 use vms_selftests::ksft::{self, check};
 use vms_selftests::kvm::{vm_create_pm32, Exit, Vm};
 use vms_selftests::vms::{image_create, image_dir, unique_name, ImageFile, CLONE_GPA, PAGE_SIZE};
@@ -140,7 +141,7 @@ pub fn run(env: &Env, p: &Params) -> Figure {
     // each of them drops. On tmpfs it cannot be dropped: only vms's
     // "cold" (not in the image cache) means something there.
     // Made only if a cold backend is measured (it costs a copy of the image).
-    let in_memory = mem::in_memory(&image_dir());
+    let in_memory = host::in_memory(&image_dir());
     let wants_cold = BACKENDS.iter().any(|&b| b.is_cold() && selected(p, b));
     let cold = wants_cold.then(|| {
         let cold = ImageFile::create(&unique_name("bench-cold"));

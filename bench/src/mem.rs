@@ -36,6 +36,7 @@ use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use vms_selftests::host::{fadvise_dontneed, in_memory, resident_pages};
 use vms_selftests::ksft::check;
 use vms_selftests::kvm::Vm;
 use vms_selftests::test_assert;
@@ -198,40 +199,6 @@ impl Drop for Mapping {
     }
 }
 
-/// Drops `file`'s pages from the page cache (`POSIX_FADV_DONTNEED`). On
-/// tmpfs the file *is* its page cache and this does nothing; elsewhere
-/// it drops every clean page nothing else holds.
-pub fn fadvise_dontneed(file: &File) {
-    // SAFETY: a plain system call on an fd we own.
-    let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if r != 0 {
-        check::<(), _>(Err(io::Error::from_raw_os_error(r)), "posix_fadvise");
-    }
-}
-
-/// Whether files in `dir` live in memory (tmpfs or ramfs), so that their
-/// page cache cannot be dropped.
-pub fn in_memory(dir: &Path) -> bool {
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    let st = check(fs_type(dir), "statfs of the image directory");
-    st == libc::TMPFS_MAGIC || st == RAMFS_MAGIC
-}
-
-/// The `f_type` (file system magic) of the file system `dir` is on.
-fn fs_type(dir: &Path) -> io::Result<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut c = dir.as_os_str().as_bytes().to_vec();
-    c.push(0);
-    // SAFETY: a NUL-terminated path and a buffer statfs fills.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; `st` outlives the call.
-    let r = unsafe { libc::statfs(c.as_ptr().cast(), &mut st) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_type as i64)
-}
-
 /// The file system `dir` is on, from `/proc/mounts`: "ext4 on
 /// /dev/vda at /run/disk".
 pub fn mount_of(dir: &Path) -> String {
@@ -246,20 +213,6 @@ pub fn mount_of(dir: &Path) -> String {
         })
         .max_by_key(|(len, _)| *len)
         .map_or_else(|| "file system unknown".into(), |(_, d)| d)
-}
-
-/// How many of the first `len` bytes' pages of `file` are in the page
-/// cache (`mincore` of a mapping, which faults nothing in).
-pub fn resident_pages(file: &File, len: u64) -> u64 {
-    let m = check(Mapping::file_ro(file, len), "mmap for mincore");
-    let pages = len.div_ceil(PAGE_SIZE) as usize;
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `m` maps `len` bytes; `vec` has a byte per page of it.
-    let r = unsafe { libc::mincore(m.ptr.as_ptr().cast(), len as usize, vec.as_mut_ptr()) };
-    if r != 0 {
-        check::<(), _>(Err(io::Error::last_os_error()), "mincore");
-    }
-    vec.iter().filter(|&&b| b & 1 != 0).count() as u64
 }
 
 /// Reads `file` through (its first `len` bytes), so that all its pages

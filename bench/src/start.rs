@@ -23,12 +23,13 @@ use std::time::Instant;
 
 use kvm_ioctls::Kvm;
 use vms_selftests::guest::{self, Outcome};
+use vms_selftests::host::fadvise_dontneed;
 use vms_selftests::ksft::{self, check};
 use vms_selftests::kvm::{vm_create, Vm};
 use vms_selftests::vms::{image_create, unique_name, vm_attach_clone, Image, ImageFile, CLONE_GPA};
 use vms_selftests::{test_assert, test_assert_eq};
 
-use crate::mem::{fadvise_dontneed, Mapping};
+use crate::mem::Mapping;
 use crate::report::{num, ratio, spread, Bar, Chart, Figure, Samples, Section, Table};
 use crate::{mib_str, progress, Env, Size};
 

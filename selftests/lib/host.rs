@@ -1,14 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Host-side helpers: free memory (from `/proc/meminfo` and
-//! `/proc/zoneinfo`), and running a piece of code in a forked child to
-//! see how it ends (a signal, or as another user).
+//! `/proc/zoneinfo`), running a piece of code in a forked child to see
+//! how it ends (a signal, or as another user), and a file's page cache
+//! (drop it, count its pages, tell whether the file system has one to
+//! drop).
 
-use std::fs;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::ksft::{self, check};
+use crate::vms::PAGE_SIZE;
 
 /// A field of `/proc/meminfo` (such as `"MemFree"`), in bytes.
 #[track_caller]
@@ -163,4 +170,72 @@ pub fn no_core_dump() {
     };
     // SAFETY: `zero` is a valid rlimit for the duration of the call.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
+}
+
+/// Drops `file`'s pages from the page cache (`POSIX_FADV_DONTNEED`). On
+/// tmpfs the file *is* its page cache and this does nothing; elsewhere
+/// it drops every clean page nothing else holds.
+#[track_caller]
+pub fn fadvise_dontneed(file: &File) {
+    // SAFETY: a plain system call on an fd we own.
+    let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r != 0 {
+        check::<(), _>(Err(io::Error::from_raw_os_error(r)), "posix_fadvise");
+    }
+}
+
+/// Whether files in `dir` live in memory (tmpfs or ramfs), so that their
+/// page cache cannot be dropped and nothing reads ahead.
+#[track_caller]
+pub fn in_memory(dir: &Path) -> bool {
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let st = check(fs_type(dir), "statfs of the image directory");
+    st == libc::TMPFS_MAGIC || st == RAMFS_MAGIC
+}
+
+/// The `f_type` (file system magic) of the file system `dir` is on.
+fn fs_type(dir: &Path) -> io::Result<i64> {
+    let mut c = dir.as_os_str().as_bytes().to_vec();
+    c.push(0);
+    // SAFETY: a NUL-terminated path and a buffer statfs fills.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` outlives the call.
+    let r = unsafe { libc::statfs(c.as_ptr().cast(), &mut st) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// How many of the first `len` bytes' pages of `file` are in the page
+/// cache (`mincore` of a read-only shared mapping, which faults nothing
+/// in).
+#[track_caller]
+pub fn resident_pages(file: &File, len: u64) -> u64 {
+    let pages = len.div_ceil(PAGE_SIZE) as usize;
+    // SAFETY: a new mapping of `len` bytes of a file we hold open; only
+    // mincore looks at it, and it is unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        check::<(), _>(Err(io::Error::last_os_error()), "mmap for mincore");
+    }
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `p` maps `len` bytes; `vec` has a byte per page of it.
+    let r = unsafe { libc::mincore(p, len as usize, vec.as_mut_ptr()) };
+    let err = io::Error::last_os_error();
+    // SAFETY: `p` is the mapping made above, used by nothing else.
+    unsafe { libc::munmap(p, len as usize) };
+    if r != 0 {
+        check::<(), _>(Err(err), "mincore");
+    }
+    vec.iter().filter(|&&b| b & 1 != 0).count() as u64
 }
