@@ -363,6 +363,29 @@ impl FileRef {
         Ok(file)
     }
 
+    /// Raise the file's readahead window (`file->f_ra.ra_pages`, the
+    /// largest read its readahead makes) to at least `pages`, as
+    /// `POSIX_FADV_SEQUENTIAL` raises it to twice the device's. The window
+    /// only bounds sequential streams: a random miss still reads just its
+    /// page. A file whose readahead is off (window 0) keeps it off, and a
+    /// larger window stays. This is the open file's state, shared with
+    /// whoever else reads through it.
+    pub(crate) fn widen_readahead(&self, pages: u32) {
+        // SAFETY: the file is live while we hold it. `f_ra.ra_pages` is
+        // written without a lock, as `generic_fadvise()` writes it, and
+        // readahead reads it without one; a racing fadvise of the same
+        // file wins or loses as a whole (an aligned `unsigned int`).
+        // `f_ra` is the live member of its union: `f_freeptr` is the slab's
+        // only while the file is free.
+        unsafe {
+            let ra = &raw mut (*self.0.as_ptr()).__bindgen_anon_2.f_ra.ra_pages;
+            let now = core::ptr::read_volatile(ra);
+            if now != 0 && now < pages {
+                core::ptr::write_volatile(ra, pages);
+            }
+        }
+    }
+
     /// The file's size in bytes.
     pub(crate) fn size(&self) -> u64 {
         // SAFETY: the file and its inode are live while we hold the file.

@@ -18,14 +18,20 @@
 //! nothing in the kernel log complains (a page-cache page mapped into a
 //! VMM's mapping would be "still mapped when deleted").
 //!
+//! A fourth reads the first MiB of a cold image file in order and checks
+//! that the page cache read far ahead of it: vms widens the file's
+//! readahead window to 2 MiB. It needs a file system that reads ahead, so
+//! it runs in `stream_read_ext4` (the test VM's disk) and skips on tmpfs.
+//!
 //! Skips if `/dev/vms` or `/dev/kvm` is missing.
 
 use vms_selftests::guest::{self, Walk};
-use vms_selftests::ksft::{self, Test};
+use vms_selftests::host::{fadvise_dontneed, in_memory, resident_pages};
+use vms_selftests::ksft::{self, check, Test};
 use vms_selftests::kvm;
 use vms_selftests::vms::{
-    image_create, pattern_page, require_vms_and_kvm, unique_name, vm_with_clone, vms_open,
-    ImageFile, CLONE_GPA, PAGE_SIZE,
+    image_create, image_dir, pattern_page, require_vms_and_kvm, unique_name, vm_with_clone,
+    vms_open, ImageFile, CLONE_GPA, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 
@@ -137,6 +143,51 @@ fn file_truncated_under_image() {
     image.delete();
 }
 
+/// A guest reads the first `READ` pages of a cold 8 MiB image in order:
+/// the page cache must read more than 512 KiB past them. With the
+/// device's window (128 KiB for virtio-blk) it reads at most two windows,
+/// 256 KiB, ahead of a sequential stream; with vms's 2 MiB the windows
+/// grow to 1 MiB and 2 MiB.
+fn readahead_window() {
+    const N: u64 = 2048;
+    const READ: u64 = 256;
+    const AHEAD_MIN: u64 = 128;
+    if in_memory(&image_dir()) {
+        ksft::skip("image files on tmpfs, which reads nothing ahead (stream_read_ext4 runs this on a disk)");
+    }
+    let dev = vms_open();
+    let name = unique_name("stream_ra");
+    let file = ImageFile::with_pattern(&name, N, 0);
+    check(file.file().sync_all(), "fsync the image file");
+    fadvise_dontneed(file.file());
+    let left = resident_pages(file.file(), N * PAGE_SIZE);
+    test_assert!(left <= N / 100, "{left} pages stayed in the page cache after POSIX_FADV_DONTNEED");
+    let image = image_create(&dev, &name, file.file(), N * PAGE_SIZE, 0);
+    let clone = image.clone_create();
+    let map = clone.map();
+    let kvm = kvm::open_kvm();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+
+    guest::run(&mut vm, 0, &guest::read_check(&Walk::pattern(CLONE_GPA, 0, READ)));
+
+    let resident = resident_pages(file.file(), N * PAGE_SIZE);
+    let is = image.info();
+    ksft::ksft_print_msg(&format!(
+        "read {READ} pages in order; {resident} of {N} in the page cache; image: {is:?}"
+    ));
+    test_assert_eq!(is.streamed, READ, "{is:?}");
+    test_assert_eq!(is.read_errors, 0, "{is:?}");
+    test_assert!(resident >= READ, "{resident} pages in the page cache, {READ} read");
+    test_assert!(
+        resident - READ > AHEAD_MIN,
+        "the page cache read {} pages ahead of a sequential stream, not more than {AHEAD_MIN}: \
+         the file kept the device's readahead window",
+        resident - READ
+    );
+    drop((vm, map, clone));
+    image.delete();
+}
+
 fn main() {
     ksft::init();
     require_vms_and_kvm();
@@ -144,5 +195,6 @@ fn main() {
         Test::new("read_every_page", read_every_page),
         Test::new("read_every_page_file_offset", read_every_page_file_offset),
         Test::new("file_truncated_under_image", file_truncated_under_image),
+        Test::new("readahead_window", readahead_window),
     ]);
 }

@@ -267,7 +267,11 @@ struct vms_clone_stats {
 /*
  * On /dev/vms. Creating and deleting images needs CAP_SYS_ADMIN (EPERM).
  *
- * VMS_IMAGE_CREATE - create an image from a file.
+ * VMS_IMAGE_CREATE - create an image from a file. The image reads the
+ * file through its page cache and raises the readahead window of @fd's
+ * open file to 2 MiB (as POSIX_FADV_SEQUENTIAL raises it, to twice the
+ * device's), unless it is larger already or readahead is off for it;
+ * other users of that open file see the wider window too.
  * Return: 0, or EBADF (@fd not open), EACCES (@fd not open for reading),
  * EINVAL (bad name, size, offset, flags or reserved; a file that is not a
  * regular file or is shorter than @file_offset + @size), EEXIST (name

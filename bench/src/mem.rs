@@ -395,11 +395,14 @@ impl Backing {
             Backend::VmsCold => {
                 // The cold file, its page cache dropped (on tmpfs that
                 // does nothing), and a new image of it: nothing of it is
-                // in the vms image cache.
+                // in the vms image cache. The image gets its own open
+                // file: vms widens the readahead window of the open file
+                // it is given, which the other cold rows must not inherit.
                 let dev = src.dev.expect("/dev/vms");
                 let cold = src.cold.expect("a cold file");
                 make_cold(cold, size);
-                let i = image_create(dev, &unique_name("bench"), cold.file(), size, 0);
+                let own = check(File::open(cold.path()), "open the cold image file");
+                let i = image_create(dev, &unique_name("bench"), &own, size, 0);
                 let c = i.clone_create();
                 let m = c.map();
                 (clone, image) = (Some(c), Some(i));

@@ -564,6 +564,12 @@ impl VmsCloneStats {
 
 /// `VMS_IMAGE_CREATE`: creates an image from a file.
 ///
+/// The image reads the file through its page cache and raises the
+/// readahead window of `fd`'s open file to 2 MiB (as
+/// `POSIX_FADV_SEQUENTIAL` raises it, to twice the device's), unless it is
+/// larger already or readahead is off for it; other users of that open
+/// file see the wider window too.
+///
 /// Argument: [`VmsImageCreate`], read. Needs `CAP_SYS_ADMIN`.
 ///
 /// Return: 0, or
