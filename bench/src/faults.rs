@@ -589,7 +589,9 @@ fn figure(
                  but one `vms, image cached` read walk with 2 vCPUs stalled the same way \
                  later (a full run at 5972118, after about 130 walks). \
                  `vms-bench faults --uffd-smp` measures them anyway (walks with no resolved \
-                 fault for {} s are given up and measured again).\n",
+                 fault for {} s are given up and measured again); `scripts/bench --uffd-smp` \
+                 measures them one walk per fresh boot of the test VM and counts the walks \
+                 that fail.\n",
                 STALL.as_secs()
             ));
         }
