@@ -9,7 +9,8 @@
 # --vcpus 2 --uffd-smp --runs 1` measures the ceiling, the vms rows of the
 # same access and then one userfaultfd walk. A boot whose userfaultfd
 # walk fails is counted and its failure kept, never a sample; the vms
-# rows before it are kept (they ran before anything went wrong).
+# rows before it are kept (they ran before anything went wrong), and the
+# walk that failed is named.
 #
 #   bench/uffd-smp.sh MODULE.ko VMS-BENCH OUT.md SAMPLES MAX-BOOTS
 set -euo pipefail
@@ -34,7 +35,13 @@ boot() {
 	sed -n 's/.*faults run 1\/1: \(.*\) \(read\|write\), 2 vCPU(s): \([0-9,]*\) pages\/s.*/\1|\2|\3/p' \
 		<<<"$log" | awk -F'|' -v OFS='|' '{ gsub(/,/, "", $3); print }' >>"$raw"
 	if [ "$rc" != 0 ]; then
-		failures+=("$1 $2: $(grep -E 'did not complete|vCPU [0-9]+:|stalls|timed out|died' <<<"$log" |
+		# The walks run in this order; the first without a result failed.
+		local walk
+		for walk in "anon, prefilled (ceiling)" "vms, image cached (warm)" "vms, image cold" ""; do
+			grep -qF "faults run 1/1: $walk $2, " <<<"$log" || break
+		done
+		[ -n "$walk" ] || walk="the userfaultfd walk"
+		failures+=("$1 $2, in $walk: $(grep -E 'did not complete|vCPU [0-9]+:|stalls|timed out|died' <<<"$log" |
 			sed 's/^[# ]*//' | tr '\n' ' ' | cut -c1-200)")
 		return 1
 	fi
