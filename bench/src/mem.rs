@@ -31,11 +31,11 @@
 use std::any::Any;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::path::Path;
-use std::ptr::NonNull;
 use std::sync::Arc;
 
+pub use vms_selftests::host::Mapping;
 use vms_selftests::host::{fadvise_dontneed, in_memory, resident_pages};
 use vms_selftests::ksft::check;
 use vms_selftests::kvm::Vm;
@@ -46,158 +46,6 @@ use vms_selftests::vms::{
 };
 
 use crate::uffd::{self, Handler, Served, Uffd};
-
-/// A host mapping this program owns: anonymous or of a file, unmapped on
-/// drop. Accesses are volatile: a guest may change the memory.
-///
-/// # Invariants
-///
-/// `ptr` is the start of a mapping of `len` bytes, readable (and writable
-/// if mapped so), owned by this value.
-pub struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory owned like a Box<[u8]>; every
-// access is a volatile copy through a raw pointer.
-unsafe impl Send for Mapping {}
-// SAFETY: as for Send.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn mmap(len: usize, prot: i32, flags: i32, fd: i32) -> io::Result<Self> {
-        // SAFETY: a new mapping at an address the kernel picks; it
-        // aliases nothing of ours.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // INVARIANT: mmap succeeded: `p` maps `len` bytes.
-        Ok(Self {
-            ptr: NonNull::new(p.cast()).expect("mmap returned NULL"),
-            len,
-        })
-    }
-
-    /// `len` bytes of private anonymous memory, read-write, without
-    /// transparent huge pages (`MADV_NOHUGEPAGE`, as the "anonymous"
-    /// backing of the KVM selftests): KVM then maps 4 KiB pages at stage
-    /// 2, as it does for every other backend, and each page is a fault.
-    pub fn anon(len: u64) -> io::Result<Self> {
-        let m = Self::mmap(
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-        )?;
-        // SAFETY: advice on our own mapping; it changes no contents.
-        if unsafe { libc::madvise(m.ptr.as_ptr().cast(), m.len, libc::MADV_NOHUGEPAGE) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(m)
-    }
-
-    /// The first `len` bytes of `file`, read-write, `MAP_SHARED` or
-    /// `MAP_PRIVATE`.
-    pub fn file(file: &File, len: u64, shared: bool) -> io::Result<Self> {
-        let share = if shared {
-            libc::MAP_SHARED
-        } else {
-            libc::MAP_PRIVATE
-        };
-        Self::mmap(
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            share | libc::MAP_NORESERVE,
-            file.as_raw_fd(),
-        )
-    }
-
-    /// The first `len` bytes of `file`, read-only and shared: the source
-    /// a userfaultfd handler copies from.
-    pub fn file_ro(file: &File, len: u64) -> io::Result<Self> {
-        Self::mmap(
-            len as usize,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-        )
-    }
-
-    /// The host address of byte 0.
-    pub fn hva(&self) -> u64 {
-        self.ptr.as_ptr() as u64
-    }
-
-    /// Reads the u32 at byte `off` (4-byte aligned).
-    pub fn read_u32(&self, off: u64) -> u32 {
-        assert!(off.is_multiple_of(4) && off + 4 <= self.len as u64);
-        // SAFETY: aligned and inside the mapping (type invariant), which
-        // is readable.
-        unsafe {
-            self.ptr
-                .as_ptr()
-                .add(off as usize)
-                .cast::<u32>()
-                .read_volatile()
-        }
-    }
-
-    /// Copies `bytes` to byte `off` (a writable mapping that no guest
-    /// runs on yet).
-    pub fn write(&self, off: u64, bytes: &[u8]) {
-        assert!(off + bytes.len() as u64 <= self.len as u64);
-        // SAFETY: the destination lies inside our writable mapping (type
-        // invariant) and cannot overlap `bytes`, which Rust owns.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.ptr.as_ptr().add(off as usize),
-                bytes.len(),
-            )
-        };
-    }
-
-    /// Fills the whole mapping from `file` at offset 0 (`pread`, which
-    /// writes the mapping from the kernel: no reference into it is
-    /// made here).
-    #[track_caller]
-    pub fn fill_from(&self, file: &File) {
-        let mut done = 0usize;
-        while done < self.len {
-            let chunk = (self.len - done).min(1 << 20);
-            // SAFETY: the destination lies inside our mapping (type
-            // invariant), which is writable when this is called; the
-            // kernel writes it like any user buffer.
-            let n = unsafe {
-                libc::pread(
-                    file.as_raw_fd(),
-                    self.ptr.as_ptr().add(done).cast(),
-                    chunk,
-                    done as i64,
-                )
-            };
-            if n <= 0 {
-                let e = if n == 0 {
-                    io::Error::from(io::ErrorKind::UnexpectedEof)
-                } else {
-                    io::Error::last_os_error()
-                };
-                check::<(), _>(Err(e), "pread into guest memory");
-            }
-            done += n as usize;
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: by the type invariant we own the range; no reference
-        // into it outlives `self`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
 
 /// The file system `dir` is on, from `/proc/mounts`: "ext4 on
 /// /dev/vda at /run/disk".
