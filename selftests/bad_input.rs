@@ -8,8 +8,10 @@
 //! and busy images for `VMS_IMAGE_INFO`, `VMS_IMAGE_DELETE`,
 //! `VMS_IMAGE_LIST` and `VMS_CLONE_CREATE`; bad VMs, ranges, slots and a
 //! second VM or clone for `VMS_CLONE_ATTACH`; ioctls of the wrong file;
-//! an unprivileged caller; and a `KVM_MEM_PAGE_PROVIDER` memslot that no
-//! clone serves, which makes the guest's access fail with `EFAULT`.
+//! an unprivileged caller; a `KVM_MEM_PAGE_PROVIDER` memslot that no
+//! clone serves, which makes the guest's access fail with `EFAULT`; and
+//! the memslot flag combined with `KVM_MEM_READONLY`, or set or cleared on
+//! a live memslot, which KVM refuses with `EINVAL`.
 //!
 //! Every valid-looking argument is otherwise valid, so that the case at
 //! hand is the only thing wrong with it; an image created by mistake is
@@ -25,7 +27,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use vms_selftests::guest::{self, Walk};
 use vms_selftests::host::{become_user, fork_run, last_errno, ChildEnd};
 use vms_selftests::ksft::{self, check, Test};
-use vms_selftests::kvm::{self, vcpu_run_memory_fault, vm_create_pm32};
+use vms_selftests::kvm::{self, vcpu_run_memory_fault, vm_create_pm32, Vm};
 use vms_selftests::vms::{
     __image_snapshot, image_snapshot_arg, name_of,
     __clone_create, __image_create, __image_delete, __image_info, __image_list, __vms_ioctl,
@@ -783,6 +785,87 @@ fn provider_slot_without_clone_efault() {
     image.delete();
 }
 
+/// `KVM_SET_USER_MEMORY_REGION2` of memslot `slot` at `gpa` over `size`
+/// bytes at `hva` with `flags`, for a memslot that exists already (a
+/// flags-only update) or that must be refused: the raw result.
+fn __set_region(vm: &Vm, slot: u32, flags: u32, gpa: u64, size: u64, hva: u64) -> Result<(), i32> {
+    let region = kvm_bindings::kvm_userspace_memory_region2 {
+        slot,
+        flags,
+        guest_phys_addr: gpa,
+        memory_size: size,
+        userspace_addr: hva,
+        ..Default::default()
+    };
+    // SAFETY: `hva..hva + size` is the range an existing memslot of `vm`
+    // already covers, kept mapped by `vm` (an update changes only the
+    // flags), or the update is refused and nothing is installed.
+    unsafe { vm.fd().set_user_memory_region2(region) }.map_err(|e| e.errno())
+}
+
+/// `KVM_MEM_PAGE_PROVIDER | KVM_MEM_READONLY`: `EINVAL`. A read-only slot
+/// maps the provider's page without write access, so a guest write would
+/// fault back to the provider for ever.
+fn provider_slot_readonly_einval() {
+    let c = ctx();
+    let (image, clone) = clone_of(&c);
+    let map = clone.map();
+    let kvm = kvm::open_kvm();
+    let vm = vm_create_pm32(&kvm);
+    let flags = KVM_MEM_PAGE_PROVIDER | kvm_bindings::KVM_MEM_READONLY;
+    test_assert_eq!(
+        __set_region(&vm, CLONE_SLOT, flags, CLONE_GPA, SIZE, map.hva()),
+        Err(libc::EINVAL)
+    );
+    drop((vm, map, clone));
+    image.delete();
+}
+
+/// `KVM_MEM_PAGE_PROVIDER` cannot be cleared on a served memslot, nor
+/// set on a plain one (`EINVAL`): the slot's existing mappings came from
+/// the other source. The served slot keeps working, and dirty logging
+/// can still be switched on and off on it.
+fn provider_flag_change_einval() {
+    let c = ctx();
+    let (image, clone) = clone_of(&c);
+    let map = clone.map();
+    let kvm = kvm::open_kvm();
+    let mut vm = vm_create_pm32(&kvm);
+    vm_attach_clone(&mut vm, &clone, &map, CLONE_SLOT, CLONE_GPA, 0, SIZE);
+    vm.add_vcpu_pm32(0, guest::code_gpa(0));
+    // Map every page of the slot in stage 2 first.
+    guest::run(&mut vm, 0, &guest::read_check(&Walk::pattern(CLONE_GPA, 0, PAGES)));
+
+    let (gpa, hva) = (CLONE_GPA, map.hva());
+    test_assert_eq!(__set_region(&vm, CLONE_SLOT, 0, gpa, SIZE, hva), Err(libc::EINVAL));
+    let log = kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
+    test_assert_eq!(__set_region(&vm, CLONE_SLOT, log, gpa, SIZE, hva), Err(libc::EINVAL));
+    check(
+        __set_region(&vm, CLONE_SLOT, KVM_MEM_PAGE_PROVIDER | log, gpa, SIZE, hva)
+            .map_err(std::io::Error::from_raw_os_error),
+        "dirty logging on for a provider slot",
+    );
+    check(
+        __set_region(&vm, CLONE_SLOT, KVM_MEM_PAGE_PROVIDER, gpa, SIZE, hva)
+            .map_err(std::io::Error::from_raw_os_error),
+        "dirty logging off for a provider slot",
+    );
+    guest::run(&mut vm, 0, &guest::read_check(&Walk::pattern(CLONE_GPA, 0, PAGES)));
+
+    // A plain slot of anonymous memory, mapped in stage 2, stays plain.
+    let gpa2 = CLONE_GPA + 0x1000_0000;
+    vm.add_memory(CLONE_SLOT + 1, gpa2, SIZE as usize);
+    guest::run(&mut vm, 0, &guest::read_check(&Walk::zeros(gpa2, PAGES)));
+    let hva2 = vm.mem_hva(gpa2);
+    test_assert_eq!(
+        __set_region(&vm, CLONE_SLOT + 1, KVM_MEM_PAGE_PROVIDER, gpa2, SIZE, hva2),
+        Err(libc::EINVAL)
+    );
+    guest::run(&mut vm, 0, &guest::read_check(&Walk::zeros(gpa2, PAGES)));
+    drop((vm, map, clone));
+    image.delete();
+}
+
 fn main() {
     ksft::init();
     require_vms_and_kvm();
@@ -843,5 +926,7 @@ fn main() {
             "provider_slot_without_clone_efault",
             provider_slot_without_clone_efault,
         ),
+        Test::new("provider_slot_readonly_einval", provider_slot_readonly_einval),
+        Test::new("provider_flag_change_einval", provider_flag_change_einval),
     ]);
 }

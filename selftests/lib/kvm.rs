@@ -318,6 +318,22 @@ impl Vm {
         m.as_mut_slice()[off..off + bytes.len()].copy_from_slice(bytes);
     }
 
+    /// The host address of guest physical address `gpa` in memory that
+    /// [`Vm::add_memory`] installed (the memslot's `userspace_addr` plus
+    /// the offset).
+    #[track_caller]
+    pub fn mem_hva(&self, gpa: u64) -> u64 {
+        match self.mem.iter().find(|m| m.gpa <= gpa && gpa < m.gpa + m.size as u64) {
+            Some(m) => m.hva() + (gpa - m.gpa),
+            None => ksft::fail(
+                std::panic::Location::caller(),
+                "address outside guest memory",
+                format_args!("gpa {gpa:#x}"),
+                None,
+            ),
+        }
+    }
+
     /// Creates vCPU `id` (`KVM_CREATE_VCPU`) in real mode with its first
     /// instruction at `gpa` (below 1 MiB), returning the raw result. The
     /// vCPU is then reached with [`Vm::vcpu`]`(id)`.
