@@ -14,7 +14,8 @@
 //! Two transitions: shared -> private, on the first write from the guest
 //! or through the VMM's mapping (copy-on-write), and private -> shared for
 //! every private page at once when [`VmClone::snapshot`] moves them into a
-//! new live image, which becomes the clone's image. It follows KVM's
+//! new live image, which becomes the clone's image (a page someone holds
+//! stays private, and the image gets a copy). It follows KVM's
 //! rule: publish the private page in `State::private`, zap the old page
 //! from stage 2 ([`ffi::Vm::invalidate`], which bumps KVM's invalidation
 //! sequence so a racing fault retries), unmap it from the VMM's mappings
@@ -255,19 +256,44 @@ impl VmClone {
     }
 
     /// Make the clone's current memory the live image `name`, layered on
-    /// its image, without copying; the clone continues as a clone of it.
-    /// Called under the registry lock, which keeps `name` free and makes
-    /// the `clones`/`children` counts change atomically for delete.
+    /// its image, without copying what nobody else holds; the clone
+    /// continues as a clone of it. Called under the registry lock, which
+    /// keeps `name` free and makes the `clones`/`children` counts change
+    /// atomically for delete.
     ///
-    /// Every private page moves into the new image's cache and the clone's
-    /// table empties: from now on the clone reads those pages shared, and a
-    /// write copies them again. Following the CoW order: publish (the table
-    /// and the image, under `state`), zap stage 2 (a vCPU fault racing with
-    /// us retries on KVM's invalidation sequence) and the VMM's mappings,
-    /// where a private page may be mapped writable. A VMM fault that
-    /// resolved a page before we took `state` holds its page lock until
-    /// the page is mapped: waiting for each moved page's lock, then
-    /// unmapping again, removes such a late writable mapping.
+    /// Every private page moves into the new image's cache and leaves the
+    /// clone's table: from now on the clone reads it shared, and a write
+    /// copies it again. Except a page someone may write without the page
+    /// tables: a GUP pin for writing (O_DIRECT reads into guest memory,
+    /// `process_vm_writev`) or a reference such as `kvm_vcpu_map()`'s.
+    /// Its writes would change the immutable image under every other
+    /// clone of it. The image gets a copy of such a page, taken now, and
+    /// the clone keeps the page, which the writer goes on writing: it is
+    /// the clone's memory.
+    ///
+    /// Telling them apart: with `state` held, remove every mapping (zap
+    /// stage 2, where KVM keeps no page reference, and unmap the VMM's
+    /// mappings); no new one can be made, as VMM and stage-2 faults take
+    /// `state`. A pin taken before the unmap is counted before we look:
+    /// GUP's slow path takes its reference under the page-table lock the
+    /// unmap takes (or faults), and its fast path rechecks the PTE after
+    /// taking its reference. Then the table's reference is a
+    /// page's only one unless someone holds it: anything above one (a pin
+    /// adds 1024, `FOLL_GET` 1) means copy, as fork's
+    /// `copy_present_page()` copies a maybe-DMA-pinned page. A fault that
+    /// resolved the page before we took `state` holds a reference too: a
+    /// harmless false positive, and the reason no late mapping can show a
+    /// moved page: a VMM fault or `page_mkwrite` that may still map a
+    /// private page holds it (its reference, taken under `state` or from
+    /// the PTE we removed), so that page stays the clone's; a stage-2
+    /// fault retries on KVM's invalidation sequence.
+    ///
+    /// Everything that can fail comes before any page moves: the image,
+    /// its table and a table for the pages the clone keeps (both with a
+    /// leaf wherever the clone's table has one, so storing cannot fail),
+    /// then, once the held pages are counted, their copies; if those
+    /// cannot be had, every page goes back into the clone. The clone's
+    /// table keeps its leaves, which its next writes usually need again.
     pub(crate) fn snapshot(
         &self,
         name: [u8; abi::VMS_NAME_LEN],
@@ -275,31 +301,63 @@ impl VmClone {
     ) -> Result<Arc<Image>> {
         let mut st = self.state.lock();
         let n = st.private.used();
-        // Everything that can fail comes first, before any page moves.
         let mut table = PageTable::with_leaves_of(&st.private)?;
-        let mut moved = KVec::with_capacity(n, GFP_KERNEL)?;
+        let mut keep = PageTable::with_leaves_of(&st.private)?;
+        // kvmalloc: a clone may hold millions of private pages.
+        let mut pages = KVVec::with_capacity(n, GFP_KERNEL)?;
         let image = Arc::pin_init(
             Image::layer(name, st.image.clone(), PageTable::new(self.npages)?, n as u64, zero)?,
             GFP_KERNEL,
         )?;
+        self.invalidate_stage2_all(&st);
+        self.mapping.unmap_all();
+        // Order the reference counts after the cleared PTEs, against
+        // GUP-fast's reference-then-recheck.
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        let mut held = 0;
         st.private.drain(|idx, page| {
-            // Cannot fail: `table` has a leaf wherever `private` had one,
-            // and `moved` room for every page.
-            let _ = moved.push(page.clone(), GFP_KERNEL);
-            let _ = table.set(idx, Cached::Page(page));
+            let copy = page.ref_count() > 1;
+            held += usize::from(copy);
+            // Cannot fail: `pages` has room for every page.
+            let _ = pages.push((idx, page, copy), GFP_KERNEL);
         });
+        let alloc = || -> Result<KVVec<PageRef>> {
+            let mut copies = KVVec::with_capacity(held, GFP_KERNEL)?;
+            for _ in 0..held {
+                copies.push(PageRef::alloc()?, GFP_KERNEL)?;
+            }
+            Ok(copies)
+        };
+        let mut copies = match alloc() {
+            Ok(copies) => copies.into_iter(),
+            Err(e) => {
+                for (idx, page, _) in pages {
+                    // Cannot fail: `keep` has a leaf wherever `private`
+                    // had one.
+                    let _ = keep.set(idx, page);
+                }
+                st.private = keep;
+                return Err(e);
+            }
+        };
+        for (idx, page, copy) in pages {
+            // There is a copy for every held page.
+            let page = match copy.then(|| copies.next()).flatten() {
+                Some(c) => {
+                    c.copy_from(&page);
+                    let _ = keep.set(idx, page);
+                    c
+                }
+                None => page,
+            };
+            let _ = table.set(idx, Cached::Page(page));
+        }
+        st.private = keep;
         *image.lock_cache() = table;
         image.clones.fetch_add(1, Relaxed);
         st.image.children.fetch_add(1, Relaxed);
         let old = core::mem::replace(&mut st.image, image.clone());
         old.clones.fetch_sub(1, Relaxed);
-        self.invalidate_stage2_all(&st);
-        self.mapping.unmap_all();
-        drop(st);
-        for page in moved.iter() {
-            page.locked(|| ());
-        }
-        self.mapping.unmap_all();
         Ok(image)
     }
 

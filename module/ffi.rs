@@ -264,6 +264,23 @@ impl PageRef {
     pub(crate) fn is(&self, raw: *mut bindings::page) -> bool {
         self.as_ptr() == raw
     }
+
+    /// The page's reference count, as `page_ref_count()` reads it (ours
+    /// included). Meant for the order-0 pages vms allocates: a page of a
+    /// large folio keeps its count in the folio's head.
+    ///
+    /// Every holder counts: page-table mappings, faults in flight,
+    /// `FOLL_GET` references (`kvm_vcpu_map()`) and GUP pins, which add
+    /// `GUP_PIN_COUNTING_BIAS` (1024) to an order-0 page.
+    pub(crate) fn ref_count(&self) -> i32 {
+        // SAFETY: the page is live (invariant), so `_refcount` is an
+        // aligned `atomic_t` that C only changes with atomic operations;
+        // this is the relaxed load of `atomic_read()`.
+        let count = unsafe {
+            core::sync::atomic::AtomicI32::from_ptr(&raw mut (*self.as_ptr())._refcount.counter)
+        };
+        count.load(Ordering::Relaxed)
+    }
 }
 
 impl core::clone::Clone for PageRef {
