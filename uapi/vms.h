@@ -77,6 +77,10 @@ struct vms_version {
  * clone's private pages move into the new image, which is layered on the
  * clone's image for every other page, and the clone continues as a clone of
  * the new image: its next write to such a page makes a private copy again.
+ * A private page that someone else holds (pinned for I/O by O_DIRECT,
+ * process_vm_writev() or a device, or referenced by KVM) may still be
+ * written behind the page tables: the new image gets a copy of it, taken at
+ * the snapshot, and the clone keeps the page, so the image never changes.
  * Images form a tree: each has a generation (0 for a base image, parent's +
  * 1 for a live image) and counts the live images made on it (children).
  *
@@ -290,7 +294,7 @@ struct vms_clone_stats {
  * such image), EINVAL, ENOMEM, EMFILE.
  *
  * VMS_IMAGE_SNAPSHOT - make a live image of a clone's current memory
- * without copying (see above). The VMM pauses the vCPUs around it so the
+ * without copying what nobody else holds (see above). The VMM pauses the vCPUs around it so the
  * image is consistent with the vCPU state it saves; the module stays
  * correct if it does not (a racing write gets a private copy either before
  * or after the snapshot). Return: 0, or EBADF / EINVAL (@clone_fd is not a
