@@ -269,7 +269,10 @@ impl VmClone {
     /// Its writes would change the immutable image under every other
     /// clone of it. The image gets a copy of such a page, taken now, and
     /// the clone keeps the page, which the writer goes on writing: it is
-    /// the clone's memory.
+    /// the clone's memory. The copy is taken while such a writer may be
+    /// writing, so the image holds the page as it was at some moment of
+    /// the write (crash-consistent): a VMM that wants whole I/O in the
+    /// image drains its I/O before the snapshot, as it pauses its vCPUs.
     ///
     /// Telling them apart: with `state` held, remove every mapping (zap
     /// stage 2, where KVM keeps no page reference, and unmap the VMM's
@@ -316,7 +319,11 @@ impl VmClone {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         let mut held = 0;
         st.private.drain(|idx, page| {
-            let copy = page.ref_count() > 1;
+            // A fault that installed the page may still hold its lock for
+            // a few instructions (then marks it dirty and unlocks it, with
+            // its reference already handed to the PTE we removed): copy
+            // rather than move a page that is not wholly ours yet.
+            let copy = page.ref_count() > 1 || page.is_locked();
             held += usize::from(copy);
             // Cannot fail: `pages` has room for every page.
             let _ = pages.push((idx, page, copy), GFP_KERNEL);

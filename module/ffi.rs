@@ -281,6 +281,20 @@ impl PageRef {
         };
         count.load(Ordering::Relaxed)
     }
+
+    /// Whether someone holds the page's lock, as `PageLocked()` reads it.
+    /// For the order-0 pages vms allocates, whose flags are their own.
+    pub(crate) fn is_locked(&self) -> bool {
+        // SAFETY: the page is live (invariant); `flags` is an aligned word
+        // that C changes only with atomic bit operations, and this is the
+        // plain load of `test_bit()`.
+        let flags = unsafe {
+            core::sync::atomic::AtomicUsize::from_ptr(
+                (&raw mut (*self.as_ptr()).flags).cast::<usize>(),
+            )
+        };
+        flags.load(Ordering::Relaxed) & (1 << bindings::pageflags_PG_locked) != 0
+    }
 }
 
 impl core::clone::Clone for PageRef {
