@@ -22,14 +22,16 @@
 //!
 //! Whether a zap lands between the two halves of a memslot delete is up
 //! to the scheduler, so a clean run shows less than a failing one: the
-//! loop runs for [`ROUNDS`] snapshots and prints how many memslot deletes
-//! ran meanwhile.
+//! loop runs for [`ROUNDS`] snapshots or [`TIME`], whichever ends first,
+//! and prints how many memslot deletes ran meanwhile. On the kernel
+//! without the fix (patches/0009) the first run in a boot warned (the
+//! check warns once per boot).
 //!
 //! Skips if `/dev/vms` or `/dev/kvm` is missing.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vms_selftests::guest::{self, Outcome, Walk};
 use vms_selftests::host::Mapping;
@@ -45,6 +47,8 @@ use vms_selftests::{test_assert, test_assert_eq};
 const PAGES: u64 = 256;
 /// Snapshots the main thread takes (each after writing every page).
 const ROUNDS: usize = 60;
+/// ... or for this long, on a loaded machine.
+const TIME: Duration = Duration::from_secs(90);
 /// The memslot the churn thread creates and deletes: 64 KiB at 3 GiB.
 const CHURN_SLOT: u32 = 7;
 const CHURN_GPA: u64 = 0xc000_0000;
@@ -102,8 +106,9 @@ fn zaps_during_memslot_deletes() {
                 deletes.fetch_add(1, Ordering::SeqCst);
             }
         });
+        let t0 = Instant::now();
         for round in 0..ROUNDS {
-            if reader.is_finished() {
+            if reader.is_finished() || t0.elapsed() > TIME {
                 break;
             }
             // Copy-on-write of every page, keeping its bytes: a zap each.
@@ -124,7 +129,7 @@ fn zaps_during_memslot_deletes() {
         deletes.load(Ordering::SeqCst)
     ));
     test_assert_eq!(outcome, Outcome::Done);
-    test_assert_eq!(images.len(), ROUNDS);
+    test_assert!(!images.is_empty());
     test_assert!(passes.load(Ordering::SeqCst) > 0);
 
     drop((vm, map, clone));
