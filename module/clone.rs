@@ -420,6 +420,7 @@ impl VmClone {
                     // is mapped.
                     let locked = page.into_locked();
                     drop(st);
+                    ffi::debug_delay(ffi::Delay::Map);
                     break locked;
                 }
                 Resolved::Uncached(image) if may_drop_lock => return Ok(MmapFault::Read(image)),
