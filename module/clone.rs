@@ -110,9 +110,36 @@ impl State {
 pub(crate) enum MmapFault {
     /// Map this page.
     Page(LockedPage),
-    /// Release `mmap_lock`, [`warm`](VmClone::warm) the page from this
-    /// image, and let the fault retry.
-    Read(Arc<Image>),
+    /// Release the fault lock, [`read`](Warm::read) the page into the
+    /// image's cache, and let the fault retry.
+    Read(Warm),
+}
+
+/// What a VMM fault needs to bring a page into the image's cache with the
+/// fault lock released: the image and the clone's counters, not the
+/// clone.
+///
+/// Once the fault lock is released, the VMA may be unmapped and the clone
+/// file closed, so a reference to the clone held here could be the last.
+/// Dropping that unregisters the clone from KVM, which waits for KVM's
+/// SRCU readers, and the faulting thread may be one: a vCPU reaches this
+/// fault inside `kvm->srcu` when KVM's emulator (string I/O, page walks,
+/// kvmclock) reads guest memory through the memslot's hva, the clone
+/// mapping, or pins it with GUP. It would wait for itself. The image and
+/// the counters wait for nothing when dropped (an image file's last
+/// reference goes through `fput`, which defers the release).
+pub(crate) struct Warm {
+    image: Arc<Image>,
+    stats: Arc<Stats>,
+    idx: usize,
+}
+
+impl Warm {
+    /// Bring the page into the image's cache, counting it in the clone's
+    /// counters (see [`VmClone::warm`]).
+    pub(crate) fn read(&self) -> Result {
+        self.stats.warm(&self.image, self.idx)
+    }
 }
 
 /// What [`VmClone::resolve`] found for a clone page.
@@ -127,6 +154,7 @@ enum Resolved {
     Uncached(Arc<Image>),
 }
 
+/// The clone's counters, behind their own `Arc`: see [`Warm`].
 #[derive(Default)]
 struct Stats {
     faults: AtomicU64,
@@ -148,7 +176,25 @@ pub(crate) struct VmClone {
     pub(crate) provider: ffi::Provider,
     pub(crate) mapping: Mapping,
     npages: usize,
-    stats: Stats,
+    stats: Arc<Stats>,
+}
+
+impl Stats {
+    /// [`VmClone::warm`], counted here.
+    fn warm(&self, image: &Image, idx: usize) -> Result {
+        match image.page(idx) {
+            Ok((_, _, streamed)) => {
+                if streamed {
+                    self.streamed.fetch_add(1, Relaxed);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.io_errors.fetch_add(1, Relaxed);
+                Err(e)
+            }
+        }
+    }
 }
 
 impl VmClone {
@@ -158,6 +204,7 @@ impl VmClone {
         let npages = image.npages();
         let private = PageTable::new(npages)?;
         let mapped = PageTable::new(npages)?;
+        let stats = Arc::new(Stats::default(), GFP_KERNEL)?;
         Arc::pin_init(
             try_pin_init!(VmClone {
                 state <- new_mutex!(
@@ -175,7 +222,7 @@ impl VmClone {
                 provider: ffi::Provider::new(),
                 mapping: Mapping::none(),
                 npages,
-                stats: Stats::default(),
+                stats,
             }? Error),
             GFP_KERNEL,
         )
@@ -321,18 +368,7 @@ impl VmClone {
     /// finds the page cached. A snapshot that changes the image meanwhile
     /// is harmless: the new image finds the page through its parent.
     pub(crate) fn warm(&self, image: &Image, idx: usize) -> Result {
-        match image.page(idx) {
-            Ok((_, _, streamed)) => {
-                if streamed {
-                    self.stats.streamed.fetch_add(1, Relaxed);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.stats.io_errors.fetch_add(1, Relaxed);
-                Err(e)
-            }
-        }
+        self.stats.warm(image, idx)
     }
 
     /// A stage-2 (EPT/NPT) fault on `gfn` of memslot `slot`.
@@ -388,8 +424,8 @@ impl VmClone {
 
     /// A fault of the VMM's mapping at clone page `idx`: the page, locked,
     /// or, if the image has to read it and `may_drop_lock` says the caller
-    /// can release `mmap_lock` and retry, the image to
-    /// [`warm`](Self::warm) once it has. Reading with `mmap_lock` held
+    /// can release `mmap_lock` and retry, a [`Warm`] to read it once it
+    /// has (which does not hold the clone). Reading with `mmap_lock` held
     /// orders it before the file's inode lock, which netfs filesystems
     /// (9p, NFS, CIFS) hold while copying to user memory that may be a
     /// clone mapping.
@@ -423,7 +459,10 @@ impl VmClone {
                     ffi::debug_delay(ffi::Delay::Map);
                     break locked;
                 }
-                Resolved::Uncached(image) if may_drop_lock => return Ok(MmapFault::Read(image)),
+                Resolved::Uncached(image) if may_drop_lock => {
+                    let stats = self.stats.clone();
+                    return Ok(MmapFault::Read(Warm { image, stats, idx }));
+                }
                 Resolved::Uncached(image) => {
                     drop(st);
                     self.warm(&image, idx)?;

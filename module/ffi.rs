@@ -712,11 +712,10 @@ fn fault_error(e: Error) -> bindings::vm_fault_t {
 }
 
 extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
-    // SAFETY: the VMA of a fault is live and is a clone mapping (we set
-    // `vm_ops` only on those), whose file is a live clone file.
-    let (clone, idx, flags) = unsafe {
+    // SAFETY: the VMA of a fault is live while the fault holds its lock.
+    let (file, idx, flags) = unsafe {
         let vma = (*vmf).__bindgen_anon_1.vma;
-        (clone_of((*vma).vm_file), (*vmf).__bindgen_anon_1.pgoff as usize, (*vmf).flags)
+        ((*vma).vm_file, (*vmf).__bindgen_anon_1.pgoff as usize, (*vmf).flags)
     };
     let write = flags & bindings::fault_flag_FAULT_FLAG_WRITE != 0;
     // Reading the image may drop the fault lock and retry, as filemap_fault
@@ -727,18 +726,25 @@ extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault
         && flags
             & (bindings::fault_flag_FAULT_FLAG_RETRY_NOWAIT | bindings::fault_flag_FAULT_FLAG_TRIED)
             == 0;
-    match clone.mmap_fault(idx, write, may_drop_lock) {
+    // SAFETY: the VMA is a clone mapping (we set `vm_ops` only on those),
+    // so its file is a live clone file while the fault holds its lock.
+    // The borrow of the clone ends with this statement, before any path
+    // below releases the lock.
+    let found = unsafe { clone_of(file) }.mmap_fault(idx, write, may_drop_lock);
+    match found {
         Ok(MmapFault::Page(page)) => {
             // SAFETY: `vmf` is the fault in progress; the locked reference
             // moves to the fault path, which maps it, unlocks and drops it.
             unsafe { (*vmf).page = page.into_raw() };
             bindings::vm_fault_reason_VM_FAULT_LOCKED as _
         }
-        Ok(MmapFault::Read(image)) => {
+        Ok(MmapFault::Read(warm)) => {
             // Once the lock is released the VMA, and with it the clone
-            // file's reference to the clone, may go: keep our own (as
-            // filemap_fault pins the file before it drops the lock).
-            let clone: Arc<VmClone> = clone.into();
+            // file's reference to the clone, may go. `warm` holds what the
+            // read needs (the image and the clone's counters), never the
+            // clone, whose last reference must not be dropped here: this
+            // thread may be a vCPU inside KVM's SRCU read section, which
+            // the clone's drop waits for (see `Warm`).
             // SAFETY: the fault holds its lock and may release it
             // (ALLOW_RETRY without NOWAIT), after which we touch neither the
             // VMA nor the mm, and return VM_FAULT_RETRY as required.
@@ -746,7 +752,7 @@ extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault
             debug_delay(Delay::Read);
             // An error is counted and logged; the retry reads again with
             // the lock held and fails with SIGBUS.
-            let _ = clone.warm(&image, idx);
+            let _ = warm.read();
             bindings::vm_fault_reason_VM_FAULT_RETRY as _
         }
         Err(e) => fault_error(e),
@@ -803,8 +809,8 @@ static CLONE_FOPS: FileOps = FileOps(bindings::file_operations {
 ///
 /// `0` is null or the `f_mapping` of the clone file made for the clone
 /// this value is part of, whose inode this value holds a reference to:
-/// the clone can outlive its file (an ioctl or a fault that holds the
-/// clone while another thread closes the file), and may still unmap.
+/// the clone can outlive its file (an ioctl that holds the clone while
+/// another thread closes the file), and may still unmap.
 pub(crate) struct Mapping(AtomicPtr<bindings::address_space>);
 
 impl Mapping {
