@@ -246,7 +246,9 @@ impl VmClone {
         }
         // The VMM never maps the file's page-cache page but the image's
         // copy of it: to read, and to retire after a copy-on-write where
-        // the VMM may have mapped the shared page.
+        // the VMM may have mapped the shared page. The copy is the same
+        // page at every image level (image.rs), so a snapshot between a
+        // VMM fault and the copy does not change the page `retire` locks.
         let for_vmm = if write { st.marks(idx) & VMM != 0 } else { by == VMM };
         let Some((src, source)) = st.image.cached(idx, for_vmm)? else {
             return Ok(Resolved::Uncached(st.image.clone()));
@@ -356,7 +358,11 @@ impl VmClone {
     /// The VMM's fault handler locks the page it returns while `state` is
     /// held and mm installs it before unlocking: taking the page lock here
     /// waits for such a fault that raced with the copy, so its mapping is
-    /// in place, and removed, before we return.
+    /// in place, and removed, before we return. This needs the fault to
+    /// have returned `old` itself, also when a snapshot replaced the
+    /// clone's image in between: every level of an image chain hands out
+    /// the same page for a clone page (a live image keeps its parent's
+    /// pages, and its parent's VMM copy of a file page).
     fn retire(&self, idx: usize, old: PageRef) {
         old.locked(|| self.mapping.unmap_page(idx));
     }
