@@ -111,9 +111,36 @@ impl State {
 pub(crate) enum MmapFault {
     /// Map this page.
     Page(LockedPage),
-    /// Release `mmap_lock`, [`warm`](VmClone::warm) the page from this
-    /// image, and let the fault retry.
-    Read(Arc<Image>),
+    /// Release the fault lock, [`read`](Warm::read) the page into the
+    /// image's cache, and let the fault retry.
+    Read(Warm),
+}
+
+/// What a VMM fault needs to bring a page into the image's cache with the
+/// fault lock released: the image and the clone's counters, not the
+/// clone.
+///
+/// Once the fault lock is released, the VMA may be unmapped and the clone
+/// file closed, so a reference to the clone held here could be the last.
+/// Dropping that unregisters the clone from KVM, which waits for KVM's
+/// SRCU readers, and the faulting thread may be one: a vCPU reaches this
+/// fault inside `kvm->srcu` when KVM's emulator (string I/O, page walks,
+/// kvmclock) reads guest memory through the memslot's hva, the clone
+/// mapping, or pins it with GUP. It would wait for itself. The image and
+/// the counters wait for nothing when dropped (an image file's last
+/// reference goes through `fput`, which defers the release).
+pub(crate) struct Warm {
+    image: Arc<Image>,
+    stats: Arc<Stats>,
+    idx: usize,
+}
+
+impl Warm {
+    /// Bring the page into the image's cache, counting it in the clone's
+    /// counters (see [`VmClone::warm`]).
+    pub(crate) fn read(&self) -> Result {
+        self.stats.warm(&self.image, self.idx)
+    }
 }
 
 /// What [`VmClone::resolve`] found for a clone page.
@@ -128,6 +155,7 @@ enum Resolved {
     Uncached(Arc<Image>),
 }
 
+/// The clone's counters, behind their own `Arc`: see [`Warm`].
 #[derive(Default)]
 struct Stats {
     faults: AtomicU64,
@@ -149,7 +177,25 @@ pub(crate) struct VmClone {
     pub(crate) provider: ffi::Provider,
     pub(crate) mapping: Mapping,
     npages: usize,
-    stats: Stats,
+    stats: Arc<Stats>,
+}
+
+impl Stats {
+    /// [`VmClone::warm`], counted here.
+    fn warm(&self, image: &Image, idx: usize) -> Result {
+        match image.page(idx) {
+            Ok((_, _, streamed)) => {
+                if streamed {
+                    self.streamed.fetch_add(1, Relaxed);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.io_errors.fetch_add(1, Relaxed);
+                Err(e)
+            }
+        }
+    }
 }
 
 impl VmClone {
@@ -159,6 +205,7 @@ impl VmClone {
         let npages = image.npages();
         let private = PageTable::new(npages)?;
         let mapped = PageTable::new(npages)?;
+        let stats = Arc::new(Stats::default(), GFP_KERNEL)?;
         Arc::pin_init(
             try_pin_init!(VmClone {
                 state <- new_mutex!(
@@ -176,7 +223,7 @@ impl VmClone {
                 provider: ffi::Provider::new(),
                 mapping: Mapping::none(),
                 npages,
-                stats: Stats::default(),
+                stats,
             }? Error),
             GFP_KERNEL,
         )
@@ -200,7 +247,9 @@ impl VmClone {
         }
         // The VMM never maps the file's page-cache page but the image's
         // copy of it: to read, and to retire after a copy-on-write where
-        // the VMM may have mapped the shared page.
+        // the VMM may have mapped the shared page. The copy is the same
+        // page at every image level (image.rs), so a snapshot between a
+        // VMM fault and the copy does not change the page `retire` locks.
         let for_vmm = if write { st.marks(idx) & VMM != 0 } else { by == VMM };
         let Some((src, source)) = st.image.cached(idx, for_vmm)? else {
             return Ok(Resolved::Uncached(st.image.clone()));
@@ -374,7 +423,11 @@ impl VmClone {
     /// The VMM's fault handler locks the page it returns while `state` is
     /// held and mm installs it before unlocking: taking the page lock here
     /// waits for such a fault that raced with the copy, so its mapping is
-    /// in place, and removed, before we return.
+    /// in place, and removed, before we return. This needs the fault to
+    /// have returned `old` itself, also when a snapshot replaced the
+    /// clone's image in between: every level of an image chain hands out
+    /// the same page for a clone page (a live image keeps its parent's
+    /// pages, and its parent's VMM copy of a file page).
     fn retire(&self, idx: usize, old: PageRef) {
         old.locked(|| self.mapping.unmap_page(idx));
     }
@@ -386,18 +439,7 @@ impl VmClone {
     /// finds the page cached. A snapshot that changes the image meanwhile
     /// is harmless: the new image finds the page through its parent.
     pub(crate) fn warm(&self, image: &Image, idx: usize) -> Result {
-        match image.page(idx) {
-            Ok((_, _, streamed)) => {
-                if streamed {
-                    self.stats.streamed.fetch_add(1, Relaxed);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.stats.io_errors.fetch_add(1, Relaxed);
-                Err(e)
-            }
-        }
+        self.stats.warm(image, idx)
     }
 
     /// A stage-2 (EPT/NPT) fault on `gfn` of memslot `slot`.
@@ -453,8 +495,8 @@ impl VmClone {
 
     /// A fault of the VMM's mapping at clone page `idx`: the page, locked,
     /// or, if the image has to read it and `may_drop_lock` says the caller
-    /// can release `mmap_lock` and retry, the image to
-    /// [`warm`](Self::warm) once it has. Reading with `mmap_lock` held
+    /// can release `mmap_lock` and retry, a [`Warm`] to read it once it
+    /// has (which does not hold the clone). Reading with `mmap_lock` held
     /// orders it before the file's inode lock, which netfs filesystems
     /// (9p, NFS, CIFS) hold while copying to user memory that may be a
     /// clone mapping.
@@ -485,9 +527,13 @@ impl VmClone {
                     // is mapped.
                     let locked = page.into_locked();
                     drop(st);
+                    ffi::debug_delay(ffi::Delay::Map);
                     break locked;
                 }
-                Resolved::Uncached(image) if may_drop_lock => return Ok(MmapFault::Read(image)),
+                Resolved::Uncached(image) if may_drop_lock => {
+                    let stats = self.stats.clone();
+                    return Ok(MmapFault::Read(Warm { image, stats, idx }));
+                }
                 Resolved::Uncached(image) => {
                     drop(st);
                     self.warm(&image, idx)?;

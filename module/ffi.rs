@@ -15,7 +15,7 @@
 use crate::clone::{MmapFault, VmClone};
 use crate::{abi, dev};
 use core::ptr::{addr_of_mut, null_mut, NonNull};
-use core::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
 use kernel::c_str;
 use kernel::bindings;
 use kernel::error::{from_err_ptr, from_result, to_result};
@@ -817,11 +817,10 @@ fn fault_error(e: Error) -> bindings::vm_fault_t {
 }
 
 extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
-    // SAFETY: the VMA of a fault is live and is a clone mapping (we set
-    // `vm_ops` only on those), whose file is a live clone file.
-    let (clone, idx, flags) = unsafe {
+    // SAFETY: the VMA of a fault is live while the fault holds its lock.
+    let (file, idx, flags) = unsafe {
         let vma = (*vmf).__bindgen_anon_1.vma;
-        (clone_of((*vma).vm_file), (*vmf).__bindgen_anon_1.pgoff as usize, (*vmf).flags)
+        ((*vma).vm_file, (*vmf).__bindgen_anon_1.pgoff as usize, (*vmf).flags)
     };
     let write = flags & bindings::fault_flag_FAULT_FLAG_WRITE != 0;
     // Reading the image may drop the fault lock and retry, as filemap_fault
@@ -832,25 +831,33 @@ extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault
         && flags
             & (bindings::fault_flag_FAULT_FLAG_RETRY_NOWAIT | bindings::fault_flag_FAULT_FLAG_TRIED)
             == 0;
-    match clone.mmap_fault(idx, write, may_drop_lock) {
+    // SAFETY: the VMA is a clone mapping (we set `vm_ops` only on those),
+    // so its file is a live clone file while the fault holds its lock.
+    // The borrow of the clone ends with this statement, before any path
+    // below releases the lock.
+    let found = unsafe { clone_of(file) }.mmap_fault(idx, write, may_drop_lock);
+    match found {
         Ok(MmapFault::Page(page)) => {
             // SAFETY: `vmf` is the fault in progress; the locked reference
             // moves to the fault path, which maps it, unlocks and drops it.
             unsafe { (*vmf).page = page.into_raw() };
             bindings::vm_fault_reason_VM_FAULT_LOCKED as _
         }
-        Ok(MmapFault::Read(image)) => {
+        Ok(MmapFault::Read(warm)) => {
             // Once the lock is released the VMA, and with it the clone
-            // file's reference to the clone, may go: keep our own (as
-            // filemap_fault pins the file before it drops the lock).
-            let clone: Arc<VmClone> = clone.into();
+            // file's reference to the clone, may go. `warm` holds what the
+            // read needs (the image and the clone's counters), never the
+            // clone, whose last reference must not be dropped here: this
+            // thread may be a vCPU inside KVM's SRCU read section, which
+            // the clone's drop waits for (see `Warm`).
             // SAFETY: the fault holds its lock and may release it
             // (ALLOW_RETRY without NOWAIT), after which we touch neither the
             // VMA nor the mm, and return VM_FAULT_RETRY as required.
             unsafe { bindings::release_fault_lock(vmf) };
+            debug_delay(Delay::Read);
             // An error is counted and logged; the retry reads again with
             // the lock held and fails with SIGBUS.
-            let _ = clone.warm(&image, idx);
+            let _ = warm.read();
             bindings::vm_fault_reason_VM_FAULT_RETRY as _
         }
         Err(e) => fault_error(e),
@@ -907,8 +914,8 @@ static CLONE_FOPS: FileOps = FileOps(bindings::file_operations {
 ///
 /// `0` is null or the `f_mapping` of the clone file made for the clone
 /// this value is part of, whose inode this value holds a reference to:
-/// the clone can outlive its file (an ioctl or a fault that holds the
-/// clone while another thread closes the file), and may still unmap.
+/// the clone can outlive its file (an ioctl that holds the clone while
+/// another thread closes the file), and may still unmap.
 pub(crate) struct Mapping(AtomicPtr<bindings::address_space>);
 
 impl Mapping {
@@ -1026,4 +1033,147 @@ pub(crate) fn new_clone_fd(clone: Arc<VmClone>) -> Result<i32> {
     // SAFETY: `fd` is reserved and `file` is ours to give away.
     unsafe { bindings::fd_install(fd as c_uint, file) };
     Ok(fd)
+}
+
+// ---------------------------------------------------------------------------
+// Debug instruments: /sys/kernel/debug/vms
+
+// Rust-for-Linux 6.12 has no debugfs abstraction and `linux/debugfs.h` is
+// not among the headers its bindings are generated from: the three
+// functions vms calls (exported GPL). `improper_ctypes`: as for
+// `__filemap_get_folio` above.
+#[cfg(CONFIG_DEBUG_FS)]
+#[allow(improper_ctypes)]
+extern "C" {
+    /// A directory `name` in `parent` (NULL: the debugfs root): its
+    /// dentry, or an `ERR_PTR` on failure.
+    fn debugfs_create_dir(
+        name: *const kernel::ffi::c_char,
+        parent: *mut bindings::dentry,
+    ) -> *mut bindings::dentry;
+    /// A file `name` in `parent` that reads and writes the `u32` at
+    /// `value` in decimal, with plain loads and stores; failures are
+    /// silent (the file is just missing).
+    fn debugfs_create_u32(
+        name: *const kernel::ffi::c_char,
+        mode: bindings::umode_t,
+        parent: *mut bindings::dentry,
+        value: *mut u32,
+    );
+    /// Remove `dentry` and everything in it, after waiting for the
+    /// accesses in flight; NULL and `ERR_PTR` values are ignored.
+    fn debugfs_remove(dentry: *mut bindings::dentry);
+}
+
+// Without CONFIG_DEBUG_FS the C functions are inline stubs, not symbols:
+// these do what the stubs do (no directory, no files).
+#[cfg(not(CONFIG_DEBUG_FS))]
+unsafe fn debugfs_create_dir(
+    _name: *const kernel::ffi::c_char,
+    _parent: *mut bindings::dentry,
+) -> *mut bindings::dentry {
+    null_mut()
+}
+#[cfg(not(CONFIG_DEBUG_FS))]
+unsafe fn debugfs_create_u32(
+    _name: *const kernel::ffi::c_char,
+    _mode: bindings::umode_t,
+    _parent: *mut bindings::dentry,
+    _value: *mut u32,
+) {
+}
+#[cfg(not(CONFIG_DEBUG_FS))]
+unsafe fn debugfs_remove(_dentry: *mut bindings::dentry) {}
+
+/// Debug knob `vmm_read_delay_ms`: a VMM fault that reads the image with
+/// the fault lock released sleeps this long first ([`Delay::Read`]).
+static VMM_READ_DELAY_MS: AtomicU32 = AtomicU32::new(0);
+/// Debug knob `vmm_map_delay_ms`: a VMM fault that returns a page sleeps
+/// this long with the page locked ([`Delay::Map`]).
+static VMM_MAP_DELAY_MS: AtomicU32 = AtomicU32::new(0);
+/// Debug counter `vmm_delays` (read-only): sleeps begun at either point,
+/// so that a test knows when a fault is inside its window.
+static VMM_DELAYS: AtomicU32 = AtomicU32::new(0);
+
+/// The files of `/sys/kernel/debug/vms`: name, mode, value.
+static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 3] = [
+    (c_str!("vmm_read_delay_ms"), 0o600, &VMM_READ_DELAY_MS),
+    (c_str!("vmm_map_delay_ms"), 0o600, &VMM_MAP_DELAY_MS),
+    (c_str!("vmm_delays"), 0o400, &VMM_DELAYS),
+];
+
+/// A point in the VMM's fault path where a test can hold a race window
+/// open (docs/ARCHITECTURE.md, "Debug instruments").
+pub(crate) enum Delay {
+    /// The fault lock is released and the page is about to be read from
+    /// the image; no clone lock is held (`vmm_read_delay_ms`).
+    Read,
+    /// The page to map is locked and the clone's `state` released; mm
+    /// has not mapped it yet (`vmm_map_delay_ms`).
+    Map,
+}
+
+/// Sleep at `at` for as long as its knob says (0, the default: not at
+/// all). Only where the caller may sleep; a signal ends the sleep early.
+pub(crate) fn debug_delay(at: Delay) {
+    let knob = match at {
+        Delay::Read => &VMM_READ_DELAY_MS,
+        Delay::Map => &VMM_MAP_DELAY_MS,
+    };
+    let ms = knob.load(Ordering::Relaxed);
+    if ms != 0 {
+        VMM_DELAYS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: only sleeps; our callers are fault handlers in process
+        // context that may sleep (they take mutexes and page locks).
+        unsafe { bindings::msleep_interruptible(ms) };
+    }
+}
+
+/// The module's debugfs directory, `/sys/kernel/debug/vms`, with the
+/// files of [`DEBUG_FILES`]; removed on drop.
+///
+/// # Invariants
+///
+/// `0` is null (no directory) or a debugfs directory this value created,
+/// whose files point at `'static` atomics; it stays until drop.
+pub(crate) struct DebugFs(*mut bindings::dentry);
+
+// SAFETY: the dentry is only passed to `debugfs_remove`, once, in drop,
+// which may run on any thread.
+unsafe impl Send for DebugFs {}
+// SAFETY: `&DebugFs` gives no access to the dentry.
+unsafe impl Sync for DebugFs {}
+
+impl DebugFs {
+    /// Create `/sys/kernel/debug/vms`. Never fails: without it (no
+    /// debugfs, or an error) the knobs stay 0 and nothing is delayed; a
+    /// test that needs a knob skips when its file is missing.
+    pub(crate) fn create() -> Self {
+        // SAFETY: the name is a static C string; a NULL parent is the
+        // debugfs root. An error comes back as an ERR_PTR (or NULL).
+        let dir = unsafe { debugfs_create_dir(c_str!("vms").as_char_ptr(), null_mut()) };
+        if dir.is_null() || from_err_ptr(dir).is_err() {
+            pr_info!("no /sys/kernel/debug/vms: the debug knobs are unavailable\n");
+            return DebugFs(null_mut());
+        }
+        for (name, mode, value) in DEBUG_FILES.iter() {
+            // SAFETY: `dir` is our live directory; the name is static;
+            // `value` is a `'static` atomic, whose `u32` debugfs reads and
+            // writes with aligned plain loads and stores, as for the
+            // kernel's own debugfs u32s (we use atomic accesses); the file
+            // goes with `dir`, in drop, before the module's statics do.
+            unsafe { debugfs_create_u32(name.as_char_ptr(), *mode, dir, value.as_ptr()) };
+        }
+        // INVARIANT: created above; its files point at statics.
+        DebugFs(dir)
+    }
+}
+
+impl Drop for DebugFs {
+    fn drop(&mut self) {
+        // SAFETY: null or our directory (invariant), removed once; this
+        // waits for reads and writes of its files in flight, so none
+        // touches the knobs after the module is gone.
+        unsafe { debugfs_remove(self.0) };
+    }
 }

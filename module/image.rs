@@ -25,7 +25,9 @@
 //!   that needs it gets `vmm`, one copy made then and shared by every
 //!   clone's VMM mapping. Both hold the same bytes and neither is ever
 //!   written, so a guest and its VMM still read the same memory; a write
-//!   from either side replaces both with the clone's private copy.
+//!   from either side replaces both with the clone's private copy. A live
+//!   image's `File` entries are its parent's, and so is their `vmm`: one
+//!   copy per file page across all levels (see `Image::vmm_copy`).
 //!
 //! A page never leaves the cache while the image lives: the image is
 //! immutable, so there is nothing to invalidate.
@@ -171,18 +173,14 @@ impl Image {
     /// a page of an empty image. `None`: [`page`](Self::page) must bring it
     /// in first (it reads, so it is called without clone locks held).
     /// `for_vmm`: the page goes to a VMM's mapping, which must not map the
-    /// file's page-cache page: a `File` entry then gives its copy, made
-    /// now if no VMM needed it before (which can fail with ENOMEM).
+    /// file's page-cache page: a `File` entry then gives the VMM copy of
+    /// it (see `vmm_copy`), made now if no VMM needed it
+    /// before (which can fail with ENOMEM).
     pub(crate) fn cached(&self, idx: usize, for_vmm: bool) -> Result<Option<(PageRef, Source)>> {
-        let mut cache = self.cache.lock();
-        if let (true, Some(Cached::File { page, vmm })) = (for_vmm, cache.get_mut(idx)) {
-            if vmm.is_none() {
-                let copy = PageRef::alloc()?;
-                copy.copy_from(page);
-                *vmm = Some(copy);
-                self.vmm_copies.fetch_add(1, Relaxed);
-            }
-            return Ok(vmm.clone().map(|copy| (copy, Source::Cache)));
+        let cache = self.cache.lock();
+        if for_vmm && matches!(cache.get(idx), Some(Cached::File { .. })) {
+            drop(cache);
+            return Ok(Some((self.vmm_copy(idx)?, Source::Cache)));
         }
         Ok(match Self::lookup(&cache, idx, &self.zero) {
             Some((page, source, _)) => Some((page, source)),
@@ -191,6 +189,54 @@ impl Image {
             }
             None => None,
         })
+    }
+
+    /// The VMM copy of page `idx`, which the cache holds as a `File` entry.
+    ///
+    /// There is one such copy per file page, however many images are
+    /// layered on the one that read it: that image makes it, and a live
+    /// image's `File` entry (always its parent's, see
+    /// [`page_from`](Self::page_from)) takes its parent's, asked with our
+    /// `cache` released. A copy-on-write retires the copy under its page
+    /// lock, which waits for a VMM fault that returned it and has not
+    /// mapped it yet (see `clone.rs`). Were a live image to make a copy of
+    /// its own, a fault that resolved the parent's copy before a snapshot
+    /// would not be waited for, and would map the parent's copy after the
+    /// copy-on-write: a stale view of a page the guest has written.
+    fn vmm_copy(&self, idx: usize) -> Result<PageRef> {
+        let parent = {
+            let mut cache = self.cache.lock();
+            // Entries never change: only a `File` entry gets here.
+            let Some(Cached::File { page, vmm }) = cache.get_mut(idx) else {
+                return Err(EINVAL);
+            };
+            if let Some(copy) = vmm {
+                return Ok(copy.clone());
+            }
+            match self.parent() {
+                Some(parent) => parent,
+                None => {
+                    let copy = PageRef::alloc()?;
+                    copy.copy_from(page);
+                    *vmm = Some(copy.clone());
+                    self.vmm_copies.fetch_add(1, Relaxed);
+                    return Ok(copy);
+                }
+            }
+        };
+        // The parent holds a `File` entry for the page too (ours came from
+        // it, and entries never go), so it gives its copy.
+        let Some((copy, _)) = parent.cached(idx, true)? else {
+            return Err(EINVAL);
+        };
+        let mut cache = self.cache.lock();
+        if let Some(Cached::File { vmm, .. }) = cache.get_mut(idx) {
+            // A racing lookup may have stored it first: the same page.
+            if vmm.is_none() {
+                *vmm = Some(copy.clone());
+            }
+        }
+        Ok(copy)
     }
 
     /// The page `idx` (for stage 2), streamed from the file if it is not

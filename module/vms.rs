@@ -31,9 +31,11 @@ module! {
     license: "GPL",
 }
 
-/// The module: owns the `/dev/vms` registration for its lifetime.
+/// The module: owns the `/dev/vms` registration and the debug knobs
+/// (`/sys/kernel/debug/vms`) for its lifetime.
 struct Vms {
     _dev: Pin<KBox<ffi::MiscDevice>>,
+    _debug: ffi::DebugFs,
 }
 
 impl kernel::Module for Vms {
@@ -42,8 +44,10 @@ impl kernel::Module for Vms {
             ffi::MiscDevice::register(c_str!("vms"), dev::Registry::new()?),
             GFP_KERNEL,
         )?;
+        // Knobs for tests; the module works without them.
+        let debug = ffi::DebugFs::create();
         pr_info!("vms {} loaded (abi {})\n", dev::MODULE_VERSION, abi::VMS_ABI_VERSION);
-        Ok(Vms { _dev: dev })
+        Ok(Vms { _dev: dev, _debug: debug })
     }
 }
 

@@ -11,7 +11,8 @@
 //!   host side that runs them;
 //! - [`vms`]: `/dev/vms` and its ioctls, test images, clones and their
 //!   mappings, a VM served by a clone;
-//! - [`host`]: free memory, forked children.
+//! - [`host`]: free memory, forked children;
+//! - [`knob`]: the module's debug knobs, which hold race windows open.
 //!
 //! Naming follows the KVM selftests: `__foo()` returns the raw result for a
 //! test that checks the error itself, `foo()` asserts that it worked (or
@@ -22,6 +23,7 @@
 
 pub mod guest;
 pub mod host;
+pub mod knob;
 pub mod ksft;
 pub mod kvm;
 pub mod vms;

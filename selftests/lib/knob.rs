@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The module's debug knobs, `/sys/kernel/debug/vms` (docs/ARCHITECTURE.md,
+//! "Debug instruments"): u32 files that make a VMM fault sleep at a chosen
+//! point, so that a test holds a race window open instead of hoping to hit
+//! it.
+//!
+//! A test takes the knobs it needs with [`Knob::require`] (which skips
+//! when the module has no such knob), sets a delay with [`Knob::set`],
+//! waits with [`wait_for_delay`] until a fault sleeps in its window, and
+//! sets the knob back to 0 so that no other fault sleeps. A [`Knob`]
+//! sets itself back to 0 when dropped, also when an assertion unwinds.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::ksft::{self, check};
+
+/// Where the module's knobs are.
+pub const KNOB_DIR: &str = "/sys/kernel/debug/vms";
+/// A VMM fault that reads the image sleeps this long (ms) after
+/// releasing the fault lock, before reading.
+pub const VMM_READ_DELAY_MS: &str = "vmm_read_delay_ms";
+/// A VMM fault sleeps this long (ms) with the page it returns locked and
+/// the clone's state released, before mm maps it.
+pub const VMM_MAP_DELAY_MS: &str = "vmm_map_delay_ms";
+/// Read-only: how many sleeps either delay has begun.
+pub const VMM_DELAYS: &str = "vmm_delays";
+
+/// One knob file of [`KNOB_DIR`]; set back to 0 on drop if writable.
+pub struct Knob {
+    path: PathBuf,
+    writable: bool,
+}
+
+impl Knob {
+    /// The knob `name`; skips the test (or subtest) if it is missing: a
+    /// module without it, or a kernel without debugfs.
+    #[track_caller]
+    pub fn require(name: &str) -> Self {
+        let path = PathBuf::from(KNOB_DIR).join(name);
+        let Ok(meta) = fs::metadata(&path) else {
+            ksft::skip(format_args!(
+                "{} missing (vms.ko without debug knobs, or debugfs not mounted)",
+                path.display()
+            ));
+        };
+        let writable = meta.permissions().mode() & 0o200 != 0;
+        Self { path, writable }
+    }
+
+    /// Its value.
+    #[track_caller]
+    pub fn get(&self) -> u32 {
+        let s = check(fs::read_to_string(&self.path), "read debugfs knob");
+        match s.trim().parse() {
+            Ok(v) => v,
+            Err(_) => ksft::fail(
+                std::panic::Location::caller(),
+                "debugfs knob is not a u32",
+                format_args!("{}: {s:?}", self.path.display()),
+                None,
+            ),
+        }
+    }
+
+    /// Sets it to `v`.
+    #[track_caller]
+    pub fn set(&self, v: u32) {
+        check(fs::write(&self.path, format!("{v}\n")), "write debugfs knob");
+    }
+}
+
+impl Drop for Knob {
+    fn drop(&mut self) {
+        if self.writable {
+            let _ = fs::write(&self.path, "0\n");
+        }
+    }
+}
+
+/// Waits until `delays` (the [`VMM_DELAYS`] counter) exceeds `before`,
+/// i.e. a fault began to sleep; false if that did not happen in `limit`.
+pub fn wait_for_delay(delays: &Knob, before: u32, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while delays.get() == before {
+        if t0.elapsed() > limit {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
