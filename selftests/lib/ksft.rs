@@ -590,6 +590,7 @@ impl Watchdog {
                     "{what}: still running after {} s",
                     limit.as_secs()
                 ));
+                dump_task_stacks();
                 out(format_args!("Bail out! {what} hangs"));
                 process::exit(KSFT_FAIL);
             }
@@ -597,6 +598,30 @@ impl Watchdog {
         Self {
             disarm: Some(tx),
             thread: Some(thread),
+        }
+    }
+}
+
+/// Prints where each of this process's threads is waiting in the kernel
+/// (`/proc/self/task/*/stack`, root only), so that a hang names its place.
+fn dump_task_stacks() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        ksft_print_msg(&format!(
+            "thread {} ({}), state {}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("stat")
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').next().map(str::to_string))
+                .unwrap_or_default()
+        ));
+        for line in read("stack").lines() {
+            ksft_print_msg(&format!("    {line}"));
         }
     }
 }
