@@ -21,7 +21,14 @@
 //! come back to within 4 MiB of where it was. Every step is bounded by a
 //! watchdog: a hang fails the test.
 //!
-//! Skips if `/dev/vms` or `/dev/kvm` is missing.
+//! One more subtest, `close_anon_while_running`, has the same shape
+//! without vms, for comparison (`scripts/soak`'s `close-anon` arm runs it
+//! with vms.ko not loaded): the memslot is 16 MiB of prefilled private
+//! anonymous memory, which an inaccessible mapping (`mmap(PROT_NONE,
+//! MAP_FIXED)`) replaces under the running vCPUs, freeing its pages.
+//!
+//! Skips if `/dev/kvm` is missing; the clone subtests skip one by one if
+//! `/dev/vms` is.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,11 +37,11 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuFd, VmFd};
 use vms_selftests::guest::{self, Outcome, Walk};
-use vms_selftests::host::{mem_free, mem_free_settle, mib};
-use vms_selftests::ksft::{self, Test, Watchdog};
-use vms_selftests::kvm::{self, delete_memslot, Exit, Vm};
+use vms_selftests::host::{mem_free, mem_free_settle, mib, Mapping};
+use vms_selftests::ksft::{self, check, Test, Watchdog};
+use vms_selftests::kvm::{self, delete_memslot, vm_create_pm32, Exit, Vm};
 use vms_selftests::vms::{
-    image_create, require_vms_and_kvm, unique_name, vm_with_clone, vms_open, CloneMap, ImageFile,
+    image_create, pattern_word, unique_name, vm_with_clone, vms_open, CloneMap, ImageFile,
     VmsClone, CLONE_GPA, CLONE_SLOT, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
@@ -201,6 +208,13 @@ fn scenario(
         test_assert_eq!(image.info().clones, 0, "the clone is gone");
         image.delete();
     }
+    check_memory_back(free_start);
+}
+
+/// Asserts that free memory came back to within [`SLACK`] of
+/// `free_start` (waiting up to 10 s for it).
+#[track_caller]
+fn check_memory_back(free_start: u64) {
     let free_end = mem_free_settle(free_start, SLACK, Duration::from_secs(10));
     ksft::ksft_print_msg(&format!(
         "free memory: {:.1} MiB at the start, {:.1} MiB at the end",
@@ -266,12 +280,64 @@ fn close_vm_while_running() {
     );
 }
 
+/// The shape of [`close_clone_while_running`] on anonymous memory, no
+/// vms involved: makes the memslot's prefilled anonymous memory
+/// inaccessible (`mmap(PROT_NONE, MAP_FIXED)`, which frees its pages as
+/// `munmap` does but keeps the range reserved) under the running vCPUs.
+/// Each vCPU must then end with a memory fault (or `EFAULT`) within one
+/// progress report, and the pages must come back as free memory.
+fn close_anon_while_running() {
+    let _watchdog = Watchdog::start("teardown subtest", LIMIT);
+    let kvm = kvm::open_kvm();
+    let free_start = mem_free();
+    {
+        let size = PAGES * PAGE_SIZE;
+        let mem = Arc::new(check(Mapping::anon(size), "mmap guest memory"));
+        // The values the walk checks: every page present before the
+        // vCPUs run, as a clone's are in its image.
+        for p in 0..PAGES {
+            mem.write(p * PAGE_SIZE, &pattern_word(p).to_le_bytes());
+        }
+        let mut vm = vm_create_pm32(&kvm);
+        // SAFETY: `mem` unmaps its range only when dropped, which the VM
+        // prevents while it exists (it keeps `mem`);
+        // `make_inaccessible` keeps the range reserved.
+        let r = unsafe {
+            vm.__add_memory_at(CLONE_SLOT, 0, CLONE_GPA, size, mem.hva(), mem.clone())
+        };
+        check(r, "KVM_SET_USER_MEMORY_REGION2");
+        for i in 0..NR_VCPUS {
+            vm.add_vcpu_pm32(i as u64, guest::code_gpa(i));
+        }
+        let up = Walk::pattern(CLONE_GPA, 0, PAGES);
+        guest::load(&mut vm, 0, &guest::read_write_forever(&up));
+        guest::load(&mut vm, 1, &guest::read_write_forever(&up.reversed()));
+
+        let ends = run_and(&mut vm, |_| mem.make_inaccessible());
+        ksft::ksft_print_msg(&format!("vCPUs ended: {ends:?}"));
+        ends_in(&ends, &[End::MemoryFault, End::Efault]);
+        for (i, (_, after)) in ends.iter().enumerate() {
+            // As for a deleted memslot: one report on its way at most.
+            test_assert!(*after <= 1, "vCPU {i} went on for {after} reports");
+        }
+        vm.close_vcpus();
+        drop(vm);
+        drop(mem);
+    }
+    check_memory_back(free_start);
+}
+
 fn main() {
     ksft::init();
-    require_vms_and_kvm();
+    // The clone subtests skip one by one without /dev/vms (vms_open);
+    // the anonymous one needs KVM only.
+    let kvm = kvm::open_kvm();
+    drop(kvm::vm_create(&kvm));
+    drop(kvm);
     ksft::run(&[
         Test::new("delete_memslot_while_running", delete_memslot_while_running),
         Test::new("close_clone_while_running", close_clone_while_running),
         Test::new("close_vm_while_running", close_vm_while_running),
+        Test::new("close_anon_while_running", close_anon_while_running),
     ]);
 }

@@ -12,6 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -213,11 +214,13 @@ fn fs_type(dir: &Path) -> io::Result<i64> {
 ///
 /// # Invariants
 ///
-/// `ptr` is the start of a mapping of `len` bytes, readable (and writable
-/// if mapped so), owned by this value.
+/// `ptr` is the start of a mapping of `len` bytes, owned by this value,
+/// readable (and writable if mapped so) until `inaccessible` is set.
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// Set by [`Mapping::make_inaccessible`].
+    inaccessible: AtomicBool,
 }
 
 // SAFETY: the mapping is plain memory owned like a Box<[u8]>; every
@@ -238,6 +241,7 @@ impl Mapping {
         Ok(Self {
             ptr: NonNull::new(p.cast()).expect("mmap returned NULL"),
             len,
+            inaccessible: AtomicBool::new(false),
         })
     }
 
@@ -291,11 +295,46 @@ impl Mapping {
         self.ptr.as_ptr() as u64
     }
 
+    /// Replaces the mapping with an inaccessible one of the same range
+    /// (`mmap(PROT_NONE, MAP_FIXED)`): its pages are freed as by
+    /// `munmap`, but the range stays reserved, so a memslot that still
+    /// points here never reaches memory the process maps later. The
+    /// accessors below refuse to run afterwards.
+    #[track_caller]
+    pub fn make_inaccessible(&self) {
+        self.inaccessible.store(true, Ordering::SeqCst);
+        // SAFETY: MAP_FIXED over our own mapping (type invariant) replaces
+        // it; no reference into it exists (the accessors copy, and check
+        // `inaccessible` first).
+        let p = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            check::<(), _>(Err(io::Error::last_os_error()), "mmap PROT_NONE over a mapping");
+        }
+    }
+
+    /// Asserts that [`Mapping::make_inaccessible`] was not called.
+    fn assert_accessible(&self) {
+        assert!(
+            !self.inaccessible.load(Ordering::SeqCst),
+            "access to a mapping made inaccessible"
+        );
+    }
+
     /// Reads the u32 at byte `off` (4-byte aligned).
     pub fn read_u32(&self, off: u64) -> u32 {
         assert!(off.is_multiple_of(4) && off + 4 <= self.len as u64);
+        self.assert_accessible();
         // SAFETY: aligned and inside the mapping (type invariant), which
-        // is readable.
+        // is readable: it was not made inaccessible (checked above).
         unsafe {
             self.ptr
                 .as_ptr()
@@ -309,8 +348,10 @@ impl Mapping {
     /// runs on yet).
     pub fn write(&self, off: u64, bytes: &[u8]) {
         assert!(off + bytes.len() as u64 <= self.len as u64);
+        self.assert_accessible();
         // SAFETY: the destination lies inside our writable mapping (type
-        // invariant) and cannot overlap `bytes`, which Rust owns.
+        // invariant; not made inaccessible, checked above) and cannot
+        // overlap `bytes`, which Rust owns.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
@@ -325,6 +366,7 @@ impl Mapping {
     /// made here).
     #[track_caller]
     pub fn fill_from(&self, file: &File) {
+        self.assert_accessible();
         let mut done = 0usize;
         while done < self.len {
             let chunk = (self.len - done).min(1 << 20);
