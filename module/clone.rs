@@ -687,7 +687,11 @@ impl PinnedDrop for VmClone {
         // `vm` and makes the vCPU retry.
         let vm = self.state.lock().vm.take();
         drop(vm);
-        self.state.lock().image.clones.fetch_sub(1, Relaxed);
+        let mut st = self.state.lock();
+        st.image.clones.fetch_sub(1, Relaxed);
+        // KVM maps none of them any more; the VMM's mappings are gone
+        // (they hold the clone's file). The debug quarantine may keep them.
+        st.private.drain(|_, page| ffi::release_private(page));
     }
 }
 

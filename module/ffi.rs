@@ -15,7 +15,7 @@
 use crate::clone::{MmapFault, VmClone};
 use crate::{abi, dev};
 use core::ptr::{addr_of_mut, null_mut, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use kernel::c_str;
 use kernel::bindings;
 use kernel::error::{from_err_ptr, from_result, to_result};
@@ -1021,12 +1021,124 @@ static VMM_MAP_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 /// so that a test knows when a fault is inside its window.
 static VMM_DELAYS: AtomicU32 = AtomicU32::new(0);
 
+/// Debug knob `quarantine_pages`: how many freed private pages to keep
+/// out of circulation, filled with a sentinel ([`release_private`]); 0,
+/// the default, frees them at once. At most [`QUARANTINE_MAX`].
+static QUARANTINE_PAGES: AtomicU32 = AtomicU32::new(0);
+/// Debug counter `quarantine_checked` (read-only): quarantined pages whose
+/// sentinel was checked on release.
+static QUARANTINE_CHECKED: AtomicU32 = AtomicU32::new(0);
+/// Debug counter `quarantine_bad` (read-only): of those, pages that
+/// something wrote to while they sat in quarantine.
+static QUARANTINE_BAD: AtomicU32 = AtomicU32::new(0);
+
 /// The files of `/sys/kernel/debug/vms`: name, mode, value.
-static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 3] = [
+static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 6] = [
     (c_str!("vmm_read_delay_ms"), 0o600, &VMM_READ_DELAY_MS),
     (c_str!("vmm_map_delay_ms"), 0o600, &VMM_MAP_DELAY_MS),
     (c_str!("vmm_delays"), 0o400, &VMM_DELAYS),
+    (c_str!("quarantine_pages"), 0o600, &QUARANTINE_PAGES),
+    (c_str!("quarantine_checked"), 0o400, &QUARANTINE_CHECKED),
+    (c_str!("quarantine_bad"), 0o400, &QUARANTINE_BAD),
 ];
+
+/// The quarantine's capacity: 64 MiB of pages.
+const QUARANTINE_MAX: usize = 16384;
+/// The quarantine, a ring of page references (null: empty slot).
+static QUARANTINE: [AtomicPtr<bindings::page>; QUARANTINE_MAX] =
+    [const { AtomicPtr::new(null_mut()) }; QUARANTINE_MAX];
+/// The ring's next slot (modulo the knob's capacity).
+static QUARANTINE_NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// The sentinel of word `i` of a quarantined page.
+fn sentinel(i: usize) -> u64 {
+    0x5e17_1e1f_0000_0000 | i as u64
+}
+
+/// Release a clone's private page once nothing of the clone can reach it
+/// (KVM has unregistered the clone, its mappings are gone).
+///
+/// With the `quarantine_pages` knob set, a page only we hold is instead
+/// filled with a sentinel and kept in a ring of that many pages; the page
+/// it displaces from the ring is checked and freed. A write to a page
+/// after vms let it go (a stale stage-2 or VMM mapping, a pin we missed)
+/// then changes its sentinel instead of whatever the kernel reused the
+/// page for, and the check reports it ("BUG: vms: quarantined page"),
+/// dumping the changed bytes of the first such page. The page stays in
+/// the direct map: this catches writes through other mappings (a guest's
+/// stage 2, a user mapping, a device), not stray kernel pointers, which
+/// KASAN and page poisoning cover.
+pub(crate) fn release_private(page: PageRef) {
+    let cap = (QUARANTINE_PAGES.load(Ordering::Relaxed) as usize).min(QUARANTINE_MAX);
+    if cap == 0 || page.ref_count() != 1 {
+        return;
+    }
+    page.with_bytes(|p| {
+        // SAFETY: `p` maps PAGE_SIZE bytes, aligned to 8, that only we
+        // hold (reference count 1).
+        let words = unsafe { core::slice::from_raw_parts_mut(p as *mut u64, PAGE_SIZE / 8) };
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = sentinel(i);
+        }
+    });
+    let slot = QUARANTINE_NEXT.fetch_add(1, Ordering::Relaxed) % cap;
+    let old = QUARANTINE[slot].swap(page.into_raw(), Ordering::AcqRel);
+    if let Some(old) = NonNull::new(old) {
+        // INVARIANT: the ring held this reference, which the swap took.
+        check_quarantined(PageRef(old));
+    }
+}
+
+/// Empty the quarantine (module unload), checking every page.
+pub(crate) fn drain_quarantine() {
+    for slot in QUARANTINE.iter() {
+        if let Some(p) = NonNull::new(slot.swap(null_mut(), Ordering::AcqRel)) {
+            // INVARIANT: the ring held this reference, which the swap took.
+            check_quarantined(PageRef(p));
+        }
+    }
+    let (checked, bad) = (QUARANTINE_CHECKED.load(Ordering::Relaxed), QUARANTINE_BAD.load(Ordering::Relaxed));
+    if checked != 0 {
+        pr_info!("quarantine: {} pages checked, {} changed while free\n", checked, bad);
+    }
+}
+
+/// Check a quarantined page's sentinel, report any change, free the page.
+fn check_quarantined(page: PageRef) {
+    QUARANTINE_CHECKED.fetch_add(1, Ordering::Relaxed);
+    page.with_bytes(|p| {
+        // SAFETY: `p` maps PAGE_SIZE bytes, aligned to 8.
+        let words = unsafe { core::slice::from_raw_parts(p as *const u64, PAGE_SIZE / 8) };
+        let changed = words.iter().enumerate().filter(|&(i, &w)| w != sentinel(i)).count();
+        if changed == 0 {
+            return;
+        }
+        let first = words.iter().enumerate().position(|(i, &w)| w != sentinel(i)).unwrap_or(0);
+        let nth = QUARANTINE_BAD.fetch_add(1, Ordering::Relaxed);
+        pr_err!(
+            "BUG: vms: quarantined page {:p} changed while free: {} of {} words, the first at offset {:#x}\n",
+            page.as_ptr(),
+            changed,
+            words.len(),
+            first * 8
+        );
+        if nth == 0 {
+            // The whole page's changed rows, once per boot.
+            for (row, ws) in words.chunks(4).enumerate() {
+                if ws.iter().enumerate().any(|(k, &w)| w != sentinel(row * 4 + k)) {
+                    pr_err!(
+                        "vms:   {:#05x}: {:016x} {:016x} {:016x} {:016x}\n",
+                        row * 32,
+                        ws[0],
+                        ws[1],
+                        ws[2],
+                        ws[3]
+                    );
+                }
+            }
+        }
+    });
+}
 
 /// A point in the VMM's fault path where a test can hold a race window
 /// open (docs/ARCHITECTURE.md, "Debug instruments").

@@ -53,6 +53,7 @@ impl kernel::Module for Vms {
 
 impl Drop for Vms {
     fn drop(&mut self) {
+        ffi::drain_quarantine();
         pr_info!("vms unloaded\n");
     }
 }
