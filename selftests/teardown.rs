@@ -26,6 +26,9 @@
 //! with vms.ko not loaded): the memslot is 16 MiB of prefilled private
 //! anonymous memory, which an inaccessible mapping (`mmap(PROT_NONE,
 //! MAP_FIXED)`) replaces under the running vCPUs, freeing its pages.
+//! And `close_file_while_running`: the same on a private mapping of the
+//! pattern file, so that the stock kernel makes a clone's page traffic
+//! (page-cache pages mapped read-only, copy-on-write on first write).
 //!
 //! Skips if `/dev/kvm` is missing; the clone subtests skip one by one if
 //! `/dev/vms` is.
@@ -287,17 +290,50 @@ fn close_vm_while_running() {
 /// Each vCPU must then end with a memory fault (or `EFAULT`) within one
 /// progress report, and the pages must come back as free memory.
 fn close_anon_while_running() {
-    let _watchdog = Watchdog::start("teardown subtest", LIMIT);
-    let kvm = kvm::open_kvm();
-    let free_start = mem_free();
-    {
-        let size = PAGES * PAGE_SIZE;
-        let mem = Arc::new(check(Mapping::anon(size), "mmap guest memory"));
+    close_mapping_while_running(|| {
+        let mem = check(Mapping::anon(PAGES * PAGE_SIZE), "mmap guest memory");
         // The values the walk checks: every page present before the
         // vCPUs run, as a clone's are in its image.
         for p in 0..PAGES {
             mem.write(p * PAGE_SIZE, &pattern_word(p).to_le_bytes());
         }
+        (mem, None)
+    });
+}
+
+/// The shape of [`close_clone_while_running`] with the same page traffic
+/// as a clone's, made by the stock kernel instead of vms: the memslot is
+/// a private (`MAP_PRIVATE`) mapping of the same pattern file. The
+/// vCPUs' reads map the file's page-cache pages into stage 2, their
+/// first writes are the kernel's copy-on-write (a new anonymous page,
+/// the mmu notifier zapping the read-only SPTE and flushing the remote
+/// TLBs), as a clone's are vms's. `scripts/soak`'s `close-file` arm runs
+/// it with vms.ko not loaded: does the corruption need vms's code, or
+/// only this traffic?
+fn close_file_while_running() {
+    close_mapping_while_running(|| {
+        let file = ImageFile::with_pattern(&unique_name("teardown-file"), PAGES, 0);
+        let mem = check(
+            Mapping::file(file.file(), PAGES * PAGE_SIZE, false),
+            "mmap the file MAP_PRIVATE",
+        );
+        (mem, Some(file))
+    });
+}
+
+/// The non-vms subtests: a memslot on the mapping `make` returns (with
+/// the file behind it, kept until the end), two vCPUs walking it, the
+/// mapping made inaccessible under them; each vCPU must end with a
+/// memory fault (or `EFAULT`) within one progress report, and the memory
+/// must come back.
+fn close_mapping_while_running(make: impl FnOnce() -> (Mapping, Option<ImageFile>)) {
+    let _watchdog = Watchdog::start("teardown subtest", LIMIT);
+    let kvm = kvm::open_kvm();
+    let free_start = mem_free();
+    {
+        let size = PAGES * PAGE_SIZE;
+        let (mem, file) = make();
+        let mem = Arc::new(mem);
         let mut vm = vm_create_pm32(&kvm);
         // SAFETY: `mem` unmaps its range only when dropped, which the VM
         // prevents while it exists (it keeps `mem`);
@@ -323,6 +359,13 @@ fn close_anon_while_running() {
         vm.close_vcpus();
         drop(vm);
         drop(mem);
+        if let Some(file) = file {
+            test_assert!(
+                file.first_difference(PAGES, 0).is_none(),
+                "a private mapping's writes reached the file"
+            );
+            drop(file);
+        }
     }
     check_memory_back(free_start);
 }
@@ -339,5 +382,6 @@ fn main() {
         Test::new("close_clone_while_running", close_clone_while_running),
         Test::new("close_vm_while_running", close_vm_while_running),
         Test::new("close_anon_while_running", close_anon_while_running),
+        Test::new("close_file_while_running", close_file_while_running),
     ]);
 }
