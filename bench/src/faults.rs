@@ -147,9 +147,12 @@ pub fn run(env: &Env, p: &Params) -> Figure {
         let cold = ImageFile::create(&unique_name("bench-cold"));
         let mut from = check(file.file().try_clone(), "dup image file");
         check(std::io::Seek::rewind(&mut from), "seek image file");
-        let mut to = check(cold.file().try_clone(), "dup image file");
+        // Closed before the cold vms row makes an image of it: vms
+        // refuses a file that is open for writing.
+        let mut to = cold.writer();
         check(std::io::copy(&mut from, &mut to), "copy image file");
-        check(cold.file().sync_all(), "fsync image file");
+        check(to.sync_all(), "fsync image file");
+        drop(to);
         cold
     });
     let src = Source {

@@ -81,8 +81,13 @@ pub fn run(env: &Env, p: &Params) -> Figure {
     for s in &p.sizes {
         let name = unique_name("bench-start");
         let f = ImageFile::create(&name);
-        check(f.file().set_len(s.0), "ftruncate image file");
-        check(f.file().write_all_at(&code, 0), "write image file");
+        {
+            // Closed before the image is made: vms refuses a file that
+            // is open for writing.
+            let w = f.writer();
+            check(w.set_len(s.0), "ftruncate image file");
+            check(w.write_all_at(&code, 0), "write image file");
+        }
         fadvise_dontneed(f.file());
         let image = image_create(&env.dev, &name, f.file(), s.0, 0);
         images.push((f, image));

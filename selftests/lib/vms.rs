@@ -14,9 +14,11 @@
 //! short shows. [`pattern_page`] builds a whole page.
 
 use std::any::Any;
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -165,9 +167,15 @@ pub fn name_of(name: &[u8; VMS_NAME_LEN]) -> String {
         .to_string()
 }
 
-/// A file that images are created from, open read-write, and removed on
-/// drop, in [`image_dir`]. `/tmp` in the test VM is a tmpfs: a sparse file
-/// costs only the pages written.
+/// A file that images are created from, in [`image_dir`], removed on
+/// drop. `/tmp` in the test VM is a tmpfs: a sparse file costs only the
+/// pages written.
+///
+/// The file it holds open ([`ImageFile::file`]) is open for reading only:
+/// vms refuses to make an image of a file that anyone holds open for
+/// writing, and while an image uses the file nobody can open it for
+/// writing (both `ETXTBSY`). It is written through [`ImageFile::writer`],
+/// a file of its own that must be closed before an image is made.
 pub struct ImageFile {
     path: PathBuf,
     file: File,
@@ -187,15 +195,15 @@ impl ImageFile {
     #[track_caller]
     pub fn create(name: &str) -> Self {
         let path = image_dir().join(format!("vms-{name}.img"));
-        let file = check(
+        drop(check(
             OpenOptions::new()
-                .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .open(&path),
             "create image file",
-        );
+        ));
+        let file = check(File::open(&path), "open image file");
         Self { path, file }
     }
 
@@ -204,9 +212,10 @@ impl ImageFile {
     #[track_caller]
     pub fn with_pattern(name: &str, pages: u64, junk: u64) -> Self {
         let f = Self::create(name);
+        let w = f.writer();
         if junk > 0 {
             check(
-                f.file.write_all_at(&vec![0xee; junk as usize], 0),
+                w.write_all_at(&vec![0xee; junk as usize], 0),
                 "write image file",
             );
         }
@@ -224,8 +233,7 @@ impl ImageFile {
                 fill_pattern_page(page + i as u64, p);
             }
             check(
-                f.file
-                    .write_all_at(&buf[..(n * PAGE_SIZE) as usize], junk + page * PAGE_SIZE),
+                w.write_all_at(&buf[..(n * PAGE_SIZE) as usize], junk + page * PAGE_SIZE),
                 "write image file",
             );
             page += n;
@@ -238,17 +246,42 @@ impl ImageFile {
     #[track_caller]
     pub fn sparse(name: &str, size: u64, pages: &[u64]) -> Self {
         let f = Self::create(name);
-        check(f.file.set_len(size), "ftruncate image file");
+        let w = f.writer();
+        check(w.set_len(size), "ftruncate image file");
         for &p in pages {
             check(
-                f.file.write_all_at(&pattern_page(p), p * PAGE_SIZE),
+                w.write_all_at(&pattern_page(p), p * PAGE_SIZE),
                 "write image file",
             );
         }
         f
     }
 
-    /// The open file.
+    /// Opens the file for writing, returning the raw result: `ETXTBSY`
+    /// while an image uses it.
+    pub fn __writer(&self) -> io::Result<File> {
+        OpenOptions::new().write(true).open(&self.path)
+    }
+
+    /// Opens the file for writing, asserting that it worked. Close it
+    /// before making an image of the file.
+    #[track_caller]
+    pub fn writer(&self) -> File {
+        check(self.__writer(), "open image file for writing")
+    }
+
+    /// `truncate(2)` of the file, by its path, to `len` bytes, returning
+    /// the raw result: `ETXTBSY` while an image uses it.
+    pub fn __truncate(&self, len: u64) -> io::Result<()> {
+        let path = CString::new(self.path.as_os_str().as_bytes()).expect("a path without NUL");
+        // SAFETY: `path` is a NUL-terminated string that outlives the call.
+        if unsafe { libc::truncate(path.as_ptr(), len as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The open file, read-only.
     pub fn file(&self) -> &File {
         &self.file
     }

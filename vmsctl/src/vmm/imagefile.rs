@@ -88,6 +88,9 @@ pub fn save(
     }
     file.write_all_at(&head, 0).context("writing the header")?;
     file.sync_all().context("syncing the file")?;
+    // Closed before it takes its name: `load` registers the file as an
+    // image, which vms refuses while anyone holds it open for writing.
+    drop(file);
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(header)
 }
