@@ -10,7 +10,7 @@
 
 use crate::abi;
 use crate::clone::VmClone;
-use crate::ffi::{self, FileRef, PageRef, PAGE_SIZE};
+use crate::ffi::{self, FileRef, ImageFile, PageRef, PAGE_SIZE};
 use crate::image::{ffi_name, Backing, Image};
 use core::sync::atomic::Ordering::Relaxed;
 use kernel::new_mutex;
@@ -130,6 +130,16 @@ fn image_create(reg: &Registry, arg: UserPtr) -> Result<isize> {
             );
             return Err(EINVAL);
         }
+        // Clones map the file's page-cache pages: nobody may write it while
+        // the image lives. Given back when the image (or, on an error
+        // below, this value) is dropped.
+        let file = ImageFile::deny_write(file).inspect_err(|_| {
+            pr_info!(
+                "VMS_IMAGE_CREATE {}: fd {}: the file is open for writing\n",
+                ffi_name(&name),
+                c.fd
+            );
+        })?;
         file.widen_readahead(IMAGE_READAHEAD_PAGES);
         Backing::File { file, offset: c.file_offset }
     };

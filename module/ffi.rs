@@ -15,7 +15,7 @@
 use crate::clone::{MmapFault, VmClone};
 use crate::{abi, dev};
 use core::ptr::{addr_of_mut, null_mut, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use kernel::c_str;
 use kernel::bindings;
 use kernel::error::{from_err_ptr, from_result, to_result};
@@ -535,6 +535,80 @@ impl Drop for FileRef {
     fn drop(&mut self) {
         // SAFETY: we own one reference (invariant).
         unsafe { bindings::fput(self.0.as_ptr()) };
+    }
+}
+
+impl FileRef {
+    /// The inode's `i_writecount`: above 0, the number of writers (opens
+    /// for writing, shared writable mappings, a truncate in progress);
+    /// below 0, the number of holders that deny writes (a running
+    /// executable, an active swap file, an image).
+    fn i_writecount(&self) -> &AtomicI32 {
+        // SAFETY: the inode lives at least as long as our file reference,
+        // hence as long as `&self`. `i_writecount` is an `atomic_t`, whose
+        // `int` is 4-byte aligned, and C accesses it only through 32-bit
+        // atomic operations (`atomic_read()`, `atomic_inc()`,
+        // `atomic_dec_unless_positive()`, ...), never with plain accesses
+        // once the inode is published, so Rust's atomics may share it.
+        unsafe {
+            let inode = bindings::file_inode(self.0.as_ptr());
+            AtomicI32::from_ptr(&raw mut (*inode).i_writecount.counter)
+        }
+    }
+}
+
+/// An image's file: a [`FileRef`] whose inode refuses writers while this
+/// lives, as a running executable's does. Opening the file for writing
+/// and truncating it fail with ETXTBSY. An image maps the file's own
+/// page-cache pages into its clones' stage 2 (see
+/// [`FileRef::cached_page`]): a write would change memory that guests
+/// already read, behind the back of the VMM's copy.
+///
+/// This is 6.12's `deny_write_access()` and `allow_write_access()`,
+/// static inlines in `linux/fs.h` that bindgen cannot wrap. The denial is
+/// per inode and counted: two images of one file deny twice, and the file
+/// is writable again when both are gone.
+///
+/// # Invariants
+///
+/// `0`'s inode counts one write denial (in `i_writecount`) that this value
+/// owns.
+pub(crate) struct ImageFile(FileRef);
+
+impl ImageFile {
+    /// Deny writes to `file`'s inode: ETXTBSY if someone holds the file
+    /// open for writing (also through another open file of the same
+    /// inode, or a shared writable mapping), as `deny_write_access()`.
+    pub(crate) fn deny_write(file: FileRef) -> Result<Self> {
+        // `atomic_dec_unless_positive()`: fully ordered when it
+        // decrements, relaxed when it does not.
+        file.i_writecount()
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
+                if n <= 0 {
+                    n.checked_sub(1)
+                } else {
+                    None
+                }
+            })
+            .map_err(|_| ETXTBSY)?;
+        // INVARIANT: we lowered `i_writecount` by one: our denial.
+        Ok(ImageFile(file))
+    }
+}
+
+impl core::ops::Deref for ImageFile {
+    type Target = FileRef;
+
+    fn deref(&self) -> &FileRef {
+        &self.0
+    }
+}
+
+impl Drop for ImageFile {
+    fn drop(&mut self) {
+        // `allow_write_access()`: give our denial back (invariant), before
+        // the file reference goes.
+        self.0.i_writecount().fetch_add(1, Ordering::Relaxed);
     }
 }
 

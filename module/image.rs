@@ -38,7 +38,7 @@
 //! 9p). A live image asks its parent with its own `cache` released, so two
 //! never nest.
 
-use crate::ffi::{FileRef, PageRef, PAGE_SIZE};
+use crate::ffi::{ImageFile, PageRef, PAGE_SIZE};
 use crate::table::PageTable;
 use crate::abi;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -56,8 +56,9 @@ pub(crate) enum Cached {
 pub(crate) enum Backing {
     /// Every page is zero.
     Empty,
-    /// Page `N` is at `offset + N * PAGE_SIZE` in `file`.
-    File { file: FileRef, offset: u64 },
+    /// Page `N` is at `offset + N * PAGE_SIZE` in `file`, which nobody
+    /// can write while the image lives.
+    File { file: ImageFile, offset: u64 },
     /// Pages not in the cache are the parent's.
     Parent(Arc<Image>),
 }

@@ -2,9 +2,12 @@
 
 //! io_error: a page the image cannot read is an error, never zeros.
 //!
-//! A 1 MiB image is created from a pattern file, then the file is
-//! truncated to 0, so every read of it comes back short. Each subtest
-//! touches one page of a fresh clone:
+//! A one-page image is made of a file that cannot be read: the sysfs
+//! attribute `/sys/kernel/fscaps`, a regular file whose inode says 4096
+//! bytes (every sysfs attribute does) and whose read returns two, so
+//! every read of the page comes back short. (This test used to truncate
+//! an image's file under it; vms now refuses that with `ETXTBSY`, see
+//! `image_file`.) Each subtest touches the page in a fresh clone:
 //!
 //! - a guest read: `KVM_RUN` fails with `EFAULT` and exit reason
 //!   `KVM_EXIT_MEMORY_FAULT` for that page's gpa, and again when run
@@ -18,6 +21,7 @@
 //!
 //! Skips if `/dev/vms` or `/dev/kvm` is missing.
 
+use std::fs::File;
 use std::sync::Arc;
 
 use vms_selftests::guest::{self, Walk};
@@ -26,12 +30,13 @@ use vms_selftests::ksft::{self, check, Test};
 use vms_selftests::kvm::{self, vcpu_run_memory_fault, Vm};
 use vms_selftests::vms::{
     image_create, pattern_word, require_vms_and_kvm, unique_name, vm_with_clone, vms_open,
-    CloneMap, Image, ImageFile, VmsClone, CLONE_GPA, PAGE_SIZE,
+    CloneMap, Image, VmsClone, CLONE_GPA, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 
-/// 1 MiB image.
-const PAGES: u64 = 256;
+/// The image's file: a sysfs attribute, 4096 bytes by its size, a few
+/// by its contents.
+const SHORT_FILE: &str = "/sys/kernel/fscaps";
 
 /// Fields drop top down: VM, mapping, clone, image, file.
 struct Setup {
@@ -39,17 +44,19 @@ struct Setup {
     map: Arc<CloneMap>,
     clone: VmsClone,
     image: Image,
-    _file: ImageFile,
+    _file: File,
 }
 
-/// An image whose file was truncated to 0 after its creation, a clone of
-/// it, the clone's mapping and a VM with one vCPU that it serves.
+/// A one-page image of [`SHORT_FILE`], whose page cannot be read, a
+/// clone of it, the clone's mapping and a VM with one vCPU that it
+/// serves.
 fn setup() -> Setup {
     let dev = vms_open();
     let name = unique_name("io_error");
-    let file = ImageFile::with_pattern(&name, PAGES, 0);
-    let image = image_create(&dev, &name, file.file(), PAGES * PAGE_SIZE, 0);
-    check(file.file().set_len(0), "truncate the image file");
+    let file = check(File::open(SHORT_FILE), SHORT_FILE);
+    let size = check(file.metadata(), SHORT_FILE).len();
+    test_assert_eq!(size, PAGE_SIZE, "the size of a sysfs attribute");
+    let image = image_create(&dev, &name, &file, PAGE_SIZE, 0);
     let clone = image.clone_create();
     let map = clone.map();
     let kvm = kvm::open_kvm();
@@ -131,30 +138,30 @@ impl Setup {
 
 fn guest_read_efault() {
     let mut s = setup();
-    let w = Walk::pattern(CLONE_GPA + 5 * PAGE_SIZE, 5, 1);
-    s.guest_faults(&guest::read_check(&w), 5);
+    let w = Walk::pattern(CLONE_GPA, 0, 1);
+    s.guest_faults(&guest::read_check(&w), 0);
     s.errors_counted();
     s.finish();
 }
 
 fn guest_write_efault() {
     let mut s = setup();
-    let w = Walk::values(CLONE_GPA + 7 * PAGE_SIZE, 1, pattern_word(0));
-    s.guest_faults(&guest::write(&w), 7);
+    let w = Walk::values(CLONE_GPA, 1, pattern_word(0));
+    s.guest_faults(&guest::write(&w), 0);
     s.errors_counted();
     s.finish();
 }
 
 fn vmm_read_sigbus() {
     let s = setup();
-    s.vmm_sigbus(6, false);
+    s.vmm_sigbus(0, false);
     s.errors_counted();
     s.finish();
 }
 
 fn vmm_write_sigbus() {
     let s = setup();
-    s.vmm_sigbus(8, true);
+    s.vmm_sigbus(0, true);
     s.errors_counted();
     s.finish();
 }

@@ -11,12 +11,14 @@
 //! (`file_pages`) instead of copies. A second subtest does the same with
 //! an image that starts 8 KiB into its file (`file_offset`).
 //!
-//! A third truncates the file under an image whose cache holds its
-//! page-cache pages, mapped by clones' stage 2 and copied for the VMM:
-//! the pages leave the page cache but not the image, so a new clone's
-//! guest and VMM still read the image, a guest write copies it, and
-//! nothing in the kernel log complains (a page-cache page mapped into a
-//! VMM's mapping would be "still mapped when deleted").
+//! A third tries to truncate the file under an image whose cache holds
+//! its page-cache pages, mapped by clones' stage 2 and copied for the
+//! VMM: vms denies writes to the file while the image lives, so the
+//! truncate (and an open for writing) fails with `ETXTBSY` and the file
+//! keeps its bytes; the clone's guest and VMM, and a new clone's, still
+//! read the image, a guest write copies it, and nothing in the kernel log
+//! complains (a page-cache page mapped into a VMM's mapping would be
+//! "still mapped when deleted" if the file were truncated).
 //!
 //! A fourth reads the first MiB of a cold image file in order and checks
 //! that the page cache read far ahead of it: vms widens the file's
@@ -33,7 +35,7 @@ use vms_selftests::vms::{
     image_create, image_dir, pattern_page, require_vms_and_kvm, unique_name, vm_with_clone,
     vms_open, ImageFile, CLONE_GPA, PAGE_SIZE,
 };
-use vms_selftests::{test_assert, test_assert_eq};
+use vms_selftests::{test_assert, test_assert_eq, test_assert_errno};
 
 /// 16 MiB.
 const PAGES: u64 = 4096;
@@ -94,8 +96,9 @@ fn read_every_page_file_offset() {
     stream(2 * PAGE_SIZE);
 }
 
-/// Truncate the image file while the image holds its page-cache pages.
-fn file_truncated_under_image() {
+/// Try to truncate the image file while the image holds its page-cache
+/// pages: refused.
+fn truncate_refused_under_image() {
     const N: u64 = 64;
     let dev = vms_open();
     let name = unique_name("stream_trunc");
@@ -112,10 +115,12 @@ fn file_truncated_under_image() {
     test_assert_eq!(is.file_pages, N, "{is:?}");
     test_assert_eq!(is.vmm_copies, 1, "the VMM's read made one copy: {is:?}");
 
-    file.file().set_len(0).expect("truncating the image file");
+    test_assert_errno!(file.__truncate(0), libc::ETXTBSY, "truncate(2) of the image file");
+    test_assert_errno!(file.__writer(), libc::ETXTBSY, "open the image file for writing");
+    test_assert_eq!(file.first_difference(N, 0), None, "the image file changed");
 
     // A's stage 2 still maps the pages; a new clone faults them in again
-    // from the image's cache, which kept them.
+    // from the image's cache.
     guest::run(&mut a_vm, 0, &guest::read_check(&Walk::pattern(CLONE_GPA, 0, N)));
     let b = image.clone_create();
     let b_map = b.map();
@@ -194,7 +199,7 @@ fn main() {
     ksft::run(&[
         Test::new("read_every_page", read_every_page),
         Test::new("read_every_page_file_offset", read_every_page_file_offset),
-        Test::new("file_truncated_under_image", file_truncated_under_image),
+        Test::new("truncate_refused_under_image", truncate_refused_under_image),
         Test::new("readahead_window", readahead_window),
     ]);
 }

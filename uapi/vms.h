@@ -66,10 +66,10 @@ struct vms_version {
  * the module until deleted. A page is read from the file the first time a
  * clone needs it and is then kept in the image's cache and shared by every
  * clone: the file's own page-cache page where the file has it, else a copy.
- * All-zero pages share one zero page and cost no memory. The file must not
- * be written while the image exists: as with a MAP_PRIVATE mapping of it,
- * a write may or may not reach clones that already read that page.
- * Truncating it is safe: pages already read stay, later reads fail (EIO).
+ * All-zero pages share one zero page and cost no memory. Clones map the
+ * file's page-cache pages, so nobody can write the file while an image uses
+ * it: as for a running executable, opening it for writing and truncating it
+ * fail with ETXTBSY until the last image of it is deleted.
  *
  * An image can also be empty (every page reads as zero: the memory of a VM
  * booted from scratch), or a live image: VMS_IMAGE_SNAPSHOT turns the
@@ -98,8 +98,8 @@ struct vms_version {
  * struct vms_image_create - argument of VMS_IMAGE_CREATE
  * @name:	(in) NUL-terminated name, unique in the module: letters,
  *		digits, '-', '_' and '.', at least one character.
- * @fd:		(in) file to read pages from, open for reading; -1 with
- *		VMS_IMAGE_EMPTY.
+ * @fd:		(in) file to read pages from, open for reading, and by
+ *		nobody for writing; -1 with VMS_IMAGE_EMPTY.
  * @flags:	(in) 0, or VMS_IMAGE_EMPTY: no file, every page reads as
  *		zero (@file_offset must be 0).
  * @size:	(in) size of guest memory in bytes, a non-zero multiple of
@@ -275,11 +275,15 @@ struct vms_clone_stats {
  * file through its page cache and raises the readahead window of @fd's
  * open file to 2 MiB (as POSIX_FADV_SEQUENTIAL raises it, to twice the
  * device's), unless it is larger already or readahead is off for it;
- * other users of that open file see the wider window too.
+ * other users of that open file see the wider window too. While the image
+ * lives, writes to the file are denied (its inode's i_writecount, as exec
+ * and swapon deny them): opening it for writing or truncating it fails with
+ * ETXTBSY. Deleting the image gives write access back.
  * Return: 0, or EBADF (@fd not open), EACCES (@fd not open for reading),
  * EINVAL (bad name, size, offset, flags or reserved; a file that is not a
- * regular file or is shorter than @file_offset + @size), EEXIST (name
- * taken), ENOMEM.
+ * regular file or is shorter than @file_offset + @size), ETXTBSY (the file
+ * is open for writing: @fd itself, another open file, or a shared writable
+ * mapping), EEXIST (name taken), ENOMEM.
  *
  * VMS_IMAGE_INFO - read an image's counters. Return: 0, ENOENT, EINVAL.
  *

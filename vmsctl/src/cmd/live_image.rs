@@ -38,7 +38,9 @@ $VMS_RUN_DIR/images/<image>.json (default run dir /run/vmsctl).
 
 `save` writes a live image to one file; `load` registers such a file as an
 image whose pages are streamed from the file on demand, e.g. on another
-host that shares the storage.";
+host that shares the storage. While the loaded image exists, the file
+cannot be written (ETXTBSY); `save` writes a new file and renames it into
+place, so saving over a loaded file leaves the loaded image as it was.";
 
 /// Arguments of `vmsctl live-image`.
 #[derive(Debug, Args)]

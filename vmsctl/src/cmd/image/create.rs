@@ -20,10 +20,12 @@ the file, and the image holds SIZE bytes of guest memory.
 
 FILE is opened read-only and handed to the module, which keeps it open and
 reads pages from it on demand until the image is deleted. It must be a
-regular file; holes read as zero pages. Do not write to it while the image
-exists: clones share its page-cache pages, so, as with a MAP_PRIVATE
-mapping of it, a write may or may not reach clones that already read that
-page.
+regular file; holes read as zero pages. Clones share its page-cache pages,
+so nothing may write it: the module refuses a file that is open for
+writing, and until the image is deleted, opening the file for writing or
+truncating it fails with ETXTBSY (text file busy), as for a running
+program. Replacing it (a new file renamed over it) leaves the image on the
+old one.
 
 SIZE and OFFSET are bytes, with an optional suffix K, M or G (powers of
 1024), and multiples of 4096. SIZE defaults to the file's length minus
@@ -131,6 +133,11 @@ fn explain(errno: Errno) -> Option<String> {
             libc::EEXIST => "an image with this name exists",
             libc::EACCES => "the file is not open for reading",
             libc::EBADF => "the module did not get an open file",
+            libc::ETXTBSY => {
+                "the file is open for writing (by any process, or through a shared writable \
+                 mapping); close every writer first: the file cannot be written while an \
+                 image uses it"
+            }
             libc::EINVAL => {
                 "the module rejected the name, size, offset or file; the file must be a \
                  regular file holding offset + size bytes"
