@@ -114,6 +114,36 @@ pub(crate) enum MmapFault {
     /// Release the fault lock, [`read`](Warm::read) the page into the
     /// image's cache, and let the fault retry.
     Read(Warm),
+    /// The page must be read, which the fault may not wait for: retry
+    /// later (`VM_FAULT_RETRY` with the fault lock still held).
+    Busy,
+}
+
+/// How a VMM fault may wait for a read of the image, from its
+/// `FAULT_FLAG_*`s (`clone_vm_fault` in ffi.rs), as `filemap_fault`
+/// waits for I/O.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MayRead {
+    /// A first attempt that may retry (`ALLOW_RETRY` without
+    /// `RETRY_NOWAIT`): release the fault lock, read, retry.
+    First,
+    /// A retry (`TRIED`) that may retry again: as [`First`](Self::First),
+    /// unless the page's last attempt failed (`Image::failure`): then the
+    /// fault fails with its error (SIGBUS, or OOM for ENOMEM). A page
+    /// read without error stays in the image's cache (entries never go),
+    /// so the retry after a good read finds it, and after a bad read
+    /// fails: retries end, unless the failure could not be marked (no
+    /// memory for the mark; then it reads again). A transient error is
+    /// not read again by the retry (`filemap_fault` reads once more): the
+    /// next fault on the page reads it again.
+    Again,
+    /// `RETRY_NOWAIT`: the caller (KVM's async page fault, through GUP's
+    /// `FOLL_NOWAIT`) may neither block nor lose the lock: it is told to
+    /// retry, and faults again later without `RETRY_NOWAIT`.
+    NoWait,
+    /// No `ALLOW_RETRY` (e.g. `access_remote_vm()` for ptrace): the read
+    /// runs with the fault lock held, the only choice left.
+    Locked,
 }
 
 /// What a VMM fault needs to bring a page into the image's cache with the
@@ -192,6 +222,8 @@ impl Stats {
             }
             Err(e) => {
                 self.io_errors.fetch_add(1, Relaxed);
+                // For a retried VMM fault (`MayRead::Again`) to return.
+                image.mark_failure(idx, e);
                 Err(e)
             }
         }
@@ -493,19 +525,14 @@ impl VmClone {
         }
     }
 
-    /// A fault of the VMM's mapping at clone page `idx`: the page, locked,
-    /// or, if the image has to read it and `may_drop_lock` says the caller
-    /// can release `mmap_lock` and retry, a [`Warm`] to read it once it
-    /// has (which does not hold the clone). Reading with `mmap_lock` held
-    /// orders it before the file's inode lock, which netfs filesystems
-    /// (9p, NFS, CIFS) hold while copying to user memory that may be a
-    /// clone mapping.
-    pub(crate) fn mmap_fault(
-        &self,
-        idx: usize,
-        write: bool,
-        may_drop_lock: bool,
-    ) -> Result<MmapFault> {
+    /// A fault of the VMM's mapping at clone page `idx`: the page, locked;
+    /// or, if the image has to read it, what `how` allows (see
+    /// [`MayRead`]). A read never runs with `mmap_lock` held unless the
+    /// caller cannot retry: that would order `mmap_lock` before the locks
+    /// a file's `read_iter` takes, which netfs filesystems (9p, NFS, CIFS:
+    /// the inode lock) and seq_file (its buffer lock) hold while copying
+    /// to user memory that may be a clone mapping.
+    pub(crate) fn mmap_fault(&self, idx: usize, write: bool, how: MayRead) -> Result<MmapFault> {
         if idx >= self.npages() {
             return Err(EINVAL);
         }
@@ -530,10 +557,20 @@ impl VmClone {
                     ffi::debug_delay(ffi::Delay::Map);
                     break locked;
                 }
-                Resolved::Uncached(image) if may_drop_lock => {
+                // The retry of a fault whose read failed: its error, not
+                // another read (which could fail for ever).
+                Resolved::Uncached(image) if how == MayRead::Again => {
+                    if let Some(e) = image.failure(idx) {
+                        return Err(e);
+                    }
                     let stats = self.stats.clone();
                     return Ok(MmapFault::Read(Warm { image, stats, idx }));
                 }
+                Resolved::Uncached(image) if how == MayRead::First => {
+                    let stats = self.stats.clone();
+                    return Ok(MmapFault::Read(Warm { image, stats, idx }));
+                }
+                Resolved::Uncached(_) if how == MayRead::NoWait => return Ok(MmapFault::Busy),
                 Resolved::Uncached(image) => {
                     drop(st);
                     self.warm(&image, idx)?;

@@ -12,7 +12,7 @@
 //! registered), the clone file ([`new_clone_fd`]) with its mmap and fault
 //! handlers.
 
-use crate::clone::{MmapFault, VmClone};
+use crate::clone::{MayRead, MmapFault, VmClone};
 use crate::{abi, dev};
 use core::ptr::{addr_of_mut, null_mut, NonNull};
 use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
@@ -371,6 +371,29 @@ unsafe impl Send for FileRef {}
 unsafe impl Sync for FileRef {}
 
 impl FileRef {
+    /// A new reference to `file`, as `get_file()` takes it (a static
+    /// inline, so done with a core atomic on the raw counter).
+    ///
+    /// # Safety
+    ///
+    /// `file` is live: the caller holds a reference to it for the call
+    /// (e.g. a VMA's `vm_file` under the fault lock).
+    pub(crate) unsafe fn get(file: *mut bindings::file) -> Self {
+        // SAFETY: `file` is live (the caller's contract); `f_count` is an
+        // `atomic_long_t`, whose `long` is 8-byte aligned on x86-64, and C
+        // touches it only through atomic operations once the file is
+        // published, so a Rust atomic may share it.
+        unsafe {
+            let count = core::sync::atomic::AtomicI64::from_ptr(&raw mut (*file).f_count.counter);
+            // `atomic_long_fetch_inc_relaxed()`.
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        // INVARIANT: we took a reference, which `Drop` gives back with
+        // `fput()`.
+        // SAFETY: a live file is not at address 0.
+        FileRef(unsafe { NonNull::new_unchecked(file) })
+    }
+
     /// The regular file behind `fd`, which must be open for reading.
     pub(crate) fn get_readable(fd: i32) -> Result<Self> {
         // SAFETY: `fget` accepts any number and returns NULL if not open.
@@ -823,19 +846,22 @@ extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault
         ((*vma).vm_file, (*vmf).__bindgen_anon_1.pgoff as usize, (*vmf).flags)
     };
     let write = flags & bindings::fault_flag_FAULT_FLAG_WRITE != 0;
-    // Reading the image may drop the fault lock and retry, as filemap_fault
-    // does for I/O, unless the caller cannot (no ALLOW_RETRY, or NOWAIT)
-    // or this is already the retry (so an I/O error ends in SIGBUS rather
-    // than retrying for ever).
-    let may_drop_lock = flags & bindings::fault_flag_FAULT_FLAG_ALLOW_RETRY != 0
-        && flags
-            & (bindings::fault_flag_FAULT_FLAG_RETRY_NOWAIT | bindings::fault_flag_FAULT_FLAG_TRIED)
-            == 0;
+    // Reading the image drops the fault lock and retries, as filemap_fault
+    // does for I/O, where the caller allows it (see `MayRead`).
+    let how = if flags & bindings::fault_flag_FAULT_FLAG_ALLOW_RETRY == 0 {
+        MayRead::Locked
+    } else if flags & bindings::fault_flag_FAULT_FLAG_RETRY_NOWAIT != 0 {
+        MayRead::NoWait
+    } else if flags & bindings::fault_flag_FAULT_FLAG_TRIED != 0 {
+        MayRead::Again
+    } else {
+        MayRead::First
+    };
     // SAFETY: the VMA is a clone mapping (we set `vm_ops` only on those),
     // so its file is a live clone file while the fault holds its lock.
     // The borrow of the clone ends with this statement, before any path
     // below releases the lock.
-    let found = unsafe { clone_of(file) }.mmap_fault(idx, write, may_drop_lock);
+    let found = unsafe { clone_of(file) }.mmap_fault(idx, write, how);
     match found {
         Ok(MmapFault::Page(page)) => {
             // SAFETY: `vmf` is the fault in progress; the locked reference
@@ -850,16 +876,31 @@ extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault
             // clone, whose last reference must not be dropped here: this
             // thread may be a vCPU inside KVM's SRCU read section, which
             // the clone's drop waits for (see `Warm`).
+            // The clone file is what holds vms.ko (its `owner`): once the
+            // lock is released, another thread may unmap and close it,
+            // and rmmod could free the code this thread runs. Hold the
+            // file over the read, as filemap_fault pins `vm_file` when it
+            // drops the lock for I/O. Its last `fput` is deferred (task
+            // work or a worker), never run inside this fault, so it cannot
+            // drop the clone in KVM's SRCU read section either.
+            // SAFETY: `file` is the VMA's `vm_file`, live under the lock.
+            let pin = unsafe { FileRef::get(file) };
             // SAFETY: the fault holds its lock and may release it
             // (ALLOW_RETRY without NOWAIT), after which we touch neither the
             // VMA nor the mm, and return VM_FAULT_RETRY as required.
             unsafe { bindings::release_fault_lock(vmf) };
             debug_delay(Delay::Read);
-            // An error is counted and logged; the retry reads again with
-            // the lock held and fails with SIGBUS.
+            // An error is counted, logged and marked in the image: the
+            // retry (`MayRead::Again`) then fails with it.
             let _ = warm.read();
-            bindings::vm_fault_reason_VM_FAULT_RETRY as _
+            drop(warm);
+            drop(pin);
+            // MAJOR, as filemap_fault reports a fault that waited for I/O.
+            (bindings::vm_fault_reason_VM_FAULT_RETRY | bindings::vm_fault_reason_VM_FAULT_MAJOR) as _
         }
+        // RETRY_NOWAIT: retry, with the lock held, as filemap_fault does
+        // when it would have to wait.
+        Ok(MmapFault::Busy) => bindings::vm_fault_reason_VM_FAULT_RETRY as _,
         Err(e) => fault_error(e),
     }
 }

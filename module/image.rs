@@ -93,6 +93,13 @@ pub(crate) struct Image {
     zero_pages: AtomicU64,
     streamed: AtomicU64,
     read_errors: AtomicU64,
+    /// The error of the last attempt to bring each page into the cache,
+    /// for pages whose last attempt failed and that are not cached: a
+    /// retried VMM fault returns it instead of reading again (see
+    /// [`failure`](Self::failure)). Changed only with `cache` held (taken
+    /// first), so a page is never both cached and marked here.
+    #[pin]
+    failed: Mutex<PageTable<Error>>,
 }
 
 impl Image {
@@ -130,6 +137,7 @@ impl Image {
         pages: u64,
         zero: PageRef,
     ) -> Result<impl PinInit<Self, Error>> {
+        let failed = PageTable::new(npages)?;
         Ok(try_pin_init!(Image {
             name,
             backing,
@@ -145,6 +153,7 @@ impl Image {
             zero_pages: AtomicU64::new(0),
             streamed: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
+            failed <- new_mutex!(failed, "vms_image_failed"),
         }? Error))
     }
 
@@ -287,6 +296,7 @@ impl Image {
             return Ok(found);
         }
         self.streamed.fetch_add(1, Relaxed);
+        self.forget_failure(&cache, idx);
         if zero {
             cache.set(idx, Cached::Zero)?;
             self.zero_pages.fetch_add(1, Relaxed);
@@ -328,6 +338,41 @@ impl Image {
         EIO
     }
 
+    /// Remember that bringing page `idx` into the cache failed with `e`,
+    /// unless it is cached (by a racing attempt that succeeded). Best
+    /// effort: without memory for the mark, a retried VMM fault reads
+    /// again (with the fault lock released, as the first attempt did).
+    pub(crate) fn mark_failure(&self, idx: usize, e: Error) {
+        let cache = self.cache.lock();
+        if cache.get(idx).is_none() {
+            let _ = self.failed.lock().set(idx, e);
+        }
+    }
+
+    /// A page stored in `cache` (held) no longer counts as failed.
+    fn forget_failure(&self, _cache: &PageTable<Cached>, idx: usize) {
+        self.failed.lock().take(idx);
+    }
+
+    /// The error of the last failed attempt to bring page `idx` into this
+    /// image's cache, or its parents' (a live image's pages come from its
+    /// parent), if no level from here down caches it since.
+    pub(crate) fn failure(&self, idx: usize) -> Option<Error> {
+        let mut level = self;
+        loop {
+            {
+                let cache = level.cache.lock();
+                if cache.get(idx).is_some() {
+                    return None;
+                }
+                if let Some(e) = level.failed.lock().get(idx) {
+                    return Some(*e);
+                }
+            }
+            level = level.parent()?;
+        }
+    }
+
     /// Page `idx` of a live image, not in its cache: the parent's. Keeps
     /// a reference so the next lookup stops here. The parent is asked
     /// without our `cache` held (the locks of a chain would nest without
@@ -337,6 +382,7 @@ impl Image {
         let (page, source, streamed) = parent.page(idx)?;
         let mut cache = self.cache.lock();
         if cache.get(idx).is_none() {
+            self.forget_failure(&cache, idx);
             let entry = match source {
                 Source::Zero => Cached::Zero,
                 Source::Cache => Cached::Page(page.clone()),

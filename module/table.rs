@@ -65,6 +65,16 @@ impl<T> PageTable<T> {
         Ok(old)
     }
 
+    /// Take the entry of page `idx` out, if any (its leaf stays).
+    pub(crate) fn take(&mut self, idx: usize) -> Option<T> {
+        let mid = self.top.get_mut(idx / (LEAF * MID))?.as_mut()?;
+        let old = mid[idx / LEAF % MID].as_mut()?[idx % LEAF].take();
+        if old.is_some() {
+            self.used -= 1;
+        }
+        old
+    }
+
     /// Number of pages with an entry.
     pub(crate) fn used(&self) -> usize {
         self.used
