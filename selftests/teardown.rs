@@ -28,7 +28,8 @@
 //! MAP_FIXED)`) replaces under the running vCPUs, freeing its pages.
 //! And `close_file_while_running`: the same on a private mapping of the
 //! pattern file, so that the stock kernel makes a clone's page traffic
-//! (page-cache pages mapped read-only, copy-on-write on first write).
+//! (page-cache pages mapped read-only, copy-on-write on first write);
+//! it runs only when `KSFT_ONLY` names it (the soak's `close-file` arm).
 //!
 //! Skips if `/dev/kvm` is missing; the clone subtests skip one by one if
 //! `/dev/vms` is.
@@ -310,7 +311,18 @@ fn close_anon_while_running() {
 /// TLBs), as a clone's are vms's. `scripts/soak`'s `close-file` arm runs
 /// it with vms.ko not loaded: does the corruption need vms's code, or
 /// only this traffic?
+///
+/// It tests no vms code and, on the emulated test machine, fails about
+/// one run in eleven for the machine's own corruption
+/// (docs/ARCHITECTURE.md, Known issues), so the suite skips it: it runs
+/// only when `KSFT_ONLY` names it, as the soak's arm does.
 fn close_file_while_running() {
+    let only = std::env::var("KSFT_ONLY").unwrap_or_default();
+    if !only.split(',').any(|n| n == "close_file_while_running") {
+        ksft::skip(
+            "a soak instrument (scripts/soak arm close-file): runs only when KSFT_ONLY names it",
+        );
+    }
     close_mapping_while_running(|| {
         let file = ImageFile::with_pattern(&unique_name("teardown-file"), PAGES, 0);
         let mem = check(
@@ -338,9 +350,8 @@ fn close_mapping_while_running(make: impl FnOnce() -> (Mapping, Option<ImageFile
         // SAFETY: `mem` unmaps its range only when dropped, which the VM
         // prevents while it exists (it keeps `mem`);
         // `make_inaccessible` keeps the range reserved.
-        let r = unsafe {
-            vm.__add_memory_at(CLONE_SLOT, 0, CLONE_GPA, size, mem.hva(), mem.clone())
-        };
+        let r =
+            unsafe { vm.__add_memory_at(CLONE_SLOT, 0, CLONE_GPA, size, mem.hva(), mem.clone()) };
         check(r, "KVM_SET_USER_MEMORY_REGION2");
         for i in 0..NR_VCPUS {
             vm.add_vcpu_pm32(i as u64, guest::code_gpa(i));
