@@ -56,6 +56,22 @@ pub fn mem_free() -> u64 {
     meminfo("MemFree") + pcp_pages() * 4096
 }
 
+/// Gives back memory the kernel keeps for reuse but does not need: empty
+/// slabs of every slab cache (`/sys/kernel/slab/*/shrink`) and clean page
+/// cache and dentries (`drop_caches`). A test that made many KVM VMs
+/// leaves tens of MiB of empty slabs behind (measured: 44 MiB after 5,000
+/// fuzz calls, all of it back after this), which a free-memory check
+/// would take for a leak. Best effort: a file that cannot be written is
+/// skipped.
+pub fn shrink_caches() {
+    if let Ok(dir) = fs::read_dir("/sys/kernel/slab") {
+        for e in dir.flatten() {
+            let _ = fs::write(e.path().join("shrink"), "1");
+        }
+    }
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
 /// Pages on the per-CPU free lists of every zone: the sum of the
 /// `count:` lines of the `pagesets` in `/proc/zoneinfo`.
 #[track_caller]
