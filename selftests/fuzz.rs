@@ -625,7 +625,7 @@ struct MapObj {
     pgoff: u64,
     writable: bool,
     present: RwLock<Bits>,
-    /// Bumped on every change of `present`.
+    /// Bumped before and after every change of `present`.
     seq: AtomicU64,
 }
 
@@ -645,6 +645,11 @@ impl MapObj {
     /// Replaces pages `a..b` with an inaccessible anonymous mapping (the
     /// clone's pages are unmapped, the range stays ours).
     fn punch(&self, present: &mut Bits, a: u64, b: u64) -> io::Result<()> {
+        // Bumped before the change too: a vCPU run that overlaps any part
+        // of it sees a new value when it ends (bumped only after, a run
+        // that faulted on the new PROT_NONE pages could end between the
+        // mmap and the bump and take its EFAULT for a bug).
+        self.seq.fetch_add(1, SeqCst);
         // SAFETY: MAP_FIXED over a range this value reserves (invariant);
         // no reference into it exists (accesses are copies).
         let p = unsafe {
@@ -1933,6 +1938,8 @@ impl<'a> Worker<'a> {
         let mut present = write(&m.present);
         let (a, b) = Self::range_of(rng, m.pages);
         self.note(format!("mmap MAP_FIXED pages {a}..{b} of mapping {} (clone {})", m.id, m.clone.id));
+        // Before and after, as in `MapObj::punch`.
+        m.seq.fetch_add(1, SeqCst);
         // SAFETY: MAP_FIXED over part of the range `m` reserves (MapObj's
         // invariant), mapping the same clone pages at the same place.
         let p = unsafe {
