@@ -261,29 +261,11 @@ fn kvm_err<T>(r: Result<T, vmm_sys_util::errno::Error>) -> io::Result<T> {
 
 /// The name of an errno, for messages.
 fn ename(e: i32) -> String {
-    let n = match e {
-        0 => "success",
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EINTR => "EINTR",
-        libc::EIO => "EIO",
-        libc::EBADF => "EBADF",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EFAULT => "EFAULT",
-        libc::EBUSY => "EBUSY",
-        libc::EEXIST => "EEXIST",
-        libc::ENODEV => "ENODEV",
-        libc::EINVAL => "EINVAL",
-        libc::EMFILE => "EMFILE",
-        libc::ENOTTY => "ENOTTY",
-        libc::ETXTBSY => "ETXTBSY",
-        libc::EOVERFLOW => "EOVERFLOW",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        _ => return format!("errno {e} ({})", ksft::strerror(e)),
-    };
-    n.to_string()
+    match (e, vms_uapi::errno_name(e)) {
+        (0, _) => "success".into(),
+        (_, Some(n)) => n.into(),
+        (_, None) => format!("errno {e} ({})", ksft::strerror(e)),
+    }
 }
 
 /// Checks that `r` is an allowed result of `what`: success if `ok`, or

@@ -11,9 +11,80 @@
 mod abi;
 pub use abi::*;
 
+/// The symbolic name of a Linux errno that vms and the system calls around
+/// it return (the ABI documents its errors by these names), for messages:
+/// `errno_name(22) == Some("EINVAL")`. Not in `abi.rs`: the module does not
+/// need it. The numbers are the kernel's (asm-generic/errno-base.h and
+/// errno.h), checked against libc in the tests below.
+pub fn errno_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        1 => "EPERM",
+        2 => "ENOENT",
+        4 => "EINTR",
+        5 => "EIO",
+        6 => "ENXIO",
+        9 => "EBADF",
+        11 => "EAGAIN",
+        12 => "ENOMEM",
+        13 => "EACCES",
+        14 => "EFAULT",
+        16 => "EBUSY",
+        17 => "EEXIST",
+        19 => "ENODEV",
+        21 => "EISDIR",
+        22 => "EINVAL",
+        23 => "ENFILE",
+        24 => "EMFILE",
+        25 => "ENOTTY",
+        26 => "ETXTBSY",
+        27 => "EFBIG",
+        28 => "ENOSPC",
+        30 => "EROFS",
+        34 => "ERANGE",
+        75 => "EOVERFLOW",
+        95 => "EOPNOTSUPP",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errno_names_match_libc() {
+        for (e, name) in [
+            (libc::EPERM, "EPERM"),
+            (libc::ENOENT, "ENOENT"),
+            (libc::EINTR, "EINTR"),
+            (libc::EIO, "EIO"),
+            (libc::ENXIO, "ENXIO"),
+            (libc::EBADF, "EBADF"),
+            (libc::EAGAIN, "EAGAIN"),
+            (libc::ENOMEM, "ENOMEM"),
+            (libc::EACCES, "EACCES"),
+            (libc::EFAULT, "EFAULT"),
+            (libc::EBUSY, "EBUSY"),
+            (libc::EEXIST, "EEXIST"),
+            (libc::ENODEV, "ENODEV"),
+            (libc::EISDIR, "EISDIR"),
+            (libc::EINVAL, "EINVAL"),
+            (libc::ENFILE, "ENFILE"),
+            (libc::EMFILE, "EMFILE"),
+            (libc::ENOTTY, "ENOTTY"),
+            (libc::ETXTBSY, "ETXTBSY"),
+            (libc::EFBIG, "EFBIG"),
+            (libc::ENOSPC, "ENOSPC"),
+            (libc::EROFS, "EROFS"),
+            (libc::ERANGE, "ERANGE"),
+            (libc::EOVERFLOW, "EOVERFLOW"),
+            (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+        ] {
+            assert_eq!(errno_name(e), Some(name), "errno {e}");
+        }
+        assert_eq!(errno_name(0), None);
+        assert_eq!(errno_name(-22), None);
+    }
 
     // The expected numbers below come from the C header itself: a small
     // program compiled with `cc` against uapi/vms.h printed them with

@@ -47,33 +47,7 @@ impl Errno {
 
     /// The symbolic name, for the errnos vms and its system calls return.
     pub fn name(self) -> Option<&'static str> {
-        Some(match self.0 {
-            libc::EPERM => "EPERM",
-            libc::ENOENT => "ENOENT",
-            libc::EINTR => "EINTR",
-            libc::EIO => "EIO",
-            libc::ENXIO => "ENXIO",
-            libc::EBADF => "EBADF",
-            libc::EAGAIN => "EAGAIN",
-            libc::ENOMEM => "ENOMEM",
-            libc::EACCES => "EACCES",
-            libc::EFAULT => "EFAULT",
-            libc::EBUSY => "EBUSY",
-            libc::EEXIST => "EEXIST",
-            libc::ENODEV => "ENODEV",
-            libc::EISDIR => "EISDIR",
-            libc::EINVAL => "EINVAL",
-            libc::ENFILE => "ENFILE",
-            libc::EMFILE => "EMFILE",
-            libc::ENOTTY => "ENOTTY",
-            libc::EFBIG => "EFBIG",
-            libc::ENOSPC => "ENOSPC",
-            libc::EROFS => "EROFS",
-            libc::ERANGE => "ERANGE",
-            libc::EOVERFLOW => "EOVERFLOW",
-            libc::EOPNOTSUPP => "EOPNOTSUPP",
-            _ => return None,
-        })
+        vms_uapi::errno_name(self.0)
     }
 
     /// The C library's description, first letter lowercased to read as
