@@ -1357,14 +1357,17 @@ impl<'a> Worker<'a> {
         name_field(&format!("fz{}-none-{}", std::process::id(), self.f.id()))
     }
 
-    fn info(&mut self, rng: &mut Rng) -> Result<bool, Bug> {
+    /// The bad calls `VMS_IMAGE_INFO` and `VMS_IMAGE_DELETE` share (both
+    /// take a `vms_image_info`): case 0 an unknown name (`ENOENT`), 1 flags
+    /// or pad set (`EINVAL`), 2 a bad pointer.
+    fn image_name_bad(&self, rng: &mut Rng, case: u64, cmd: u32, what: &str) -> Res {
         let mut arg = VmsImageInfo::zeroed();
-        match rng.below(10) {
+        match case {
             0 => {
                 arg.name = self.unknown_name();
-                self.note("VMS_IMAGE_INFO of an unknown name".into());
-                let r = ioctl_with(self.dev(), VMS_IMAGE_INFO, &mut arg);
-                expect(&r, false, &[libc::ENOENT], "VMS_IMAGE_INFO")?;
+                self.note(format!("{what} of an unknown name"));
+                let r = ioctl_with(self.dev(), cmd, &mut arg);
+                expect(&r, false, &[libc::ENOENT], what)
             }
             1 => {
                 arg.name = name_field(&self.f.anchor);
@@ -1373,11 +1376,18 @@ impl<'a> Worker<'a> {
                 } else {
                     arg.pad = 1 << rng.below(32);
                 }
-                self.note(format!("VMS_IMAGE_INFO flags {:#x} pad {:#x}", arg.flags, arg.pad));
-                let r = ioctl_with(self.dev(), VMS_IMAGE_INFO, &mut arg);
-                expect(&r, false, &[libc::EINVAL], "VMS_IMAGE_INFO")?;
+                self.note(format!("{what} of the anchor, flags {:#x} pad {:#x}", arg.flags, arg.pad));
+                let r = ioctl_with(self.dev(), cmd, &mut arg);
+                expect(&r, false, &[libc::EINVAL], what)
             }
-            2 => self.bad_ptr_call(rng, self.dev(), VMS_IMAGE_INFO, size_of::<VmsImageInfo>(), &[libc::EINVAL], "VMS_IMAGE_INFO")?,
+            _ => self.bad_ptr_call(rng, self.dev(), cmd, size_of::<VmsImageInfo>(), &[libc::EINVAL], what),
+        }
+    }
+
+    fn info(&mut self, rng: &mut Rng) -> Result<bool, Bug> {
+        let mut arg = VmsImageInfo::zeroed();
+        match rng.below(10) {
+            k @ 0..3 => self.image_name_bad(rng, k, VMS_IMAGE_INFO, "VMS_IMAGE_INFO")?,
             _ => {
                 let Some(img) = rng.pick_from(&self.f.images) else { return Ok(false) };
                 arg.name = name_field(&img.name);
@@ -1439,24 +1449,7 @@ impl<'a> Worker<'a> {
     fn delete(&mut self, rng: &mut Rng) -> Result<bool, Bug> {
         let mut arg = VmsImageInfo::zeroed();
         match rng.below(8) {
-            0 => {
-                arg.name = self.unknown_name();
-                self.note("VMS_IMAGE_DELETE of an unknown name".into());
-                let r = ioctl_with(self.dev(), VMS_IMAGE_DELETE, &mut arg);
-                expect(&r, false, &[libc::ENOENT], "VMS_IMAGE_DELETE")?;
-            }
-            1 => {
-                arg.name = name_field(&self.f.anchor);
-                if rng.chance(50) {
-                    arg.flags = 1 << rng.below(32);
-                } else {
-                    arg.pad = 1 << rng.below(32);
-                }
-                self.note(format!("VMS_IMAGE_DELETE of the anchor, flags {:#x} pad {:#x}", arg.flags, arg.pad));
-                let r = ioctl_with(self.dev(), VMS_IMAGE_DELETE, &mut arg);
-                expect(&r, false, &[libc::EINVAL], "VMS_IMAGE_DELETE")?;
-            }
-            2 => self.bad_ptr_call(rng, self.dev(), VMS_IMAGE_DELETE, size_of::<VmsImageInfo>(), &[libc::EINVAL], "VMS_IMAGE_DELETE")?,
+            k @ 0..3 => self.image_name_bad(rng, k, VMS_IMAGE_DELETE, "VMS_IMAGE_DELETE")?,
             _ => {
                 let Some(img) = rng.pick_from(&self.f.images) else { return Ok(false) };
                 arg.name = name_field(&img.name);
