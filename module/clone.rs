@@ -295,9 +295,9 @@ impl VmClone {
             return Ok(Resolved::Page { page: src, private: false, retire: None });
         }
         let new = if source == Source::Zero {
-            PageRef::alloc_zeroed()?
+            PageRef::alloc_private(true)?
         } else {
-            let p = PageRef::alloc()?;
+            let p = PageRef::alloc_private(false)?;
             p.copy_from(&src);
             p
         };
@@ -412,7 +412,7 @@ impl VmClone {
         let alloc = || -> Result<KVVec<PageRef>> {
             let mut copies = KVVec::with_capacity(held, GFP_KERNEL)?;
             for _ in 0..held {
-                copies.push(PageRef::alloc()?, GFP_KERNEL)?;
+                copies.push(PageRef::alloc_private(false)?, GFP_KERNEL)?;
             }
             Ok(copies)
         };

@@ -197,6 +197,31 @@ impl PageRef {
         NonNull::new(p).map(PageRef).ok_or(ENOMEM)
     }
 
+    /// Allocate a clone's private page (a copy-on-write copy, or a copy
+    /// a snapshot makes), zeroed or not, charged to the caller's memory
+    /// cgroup.
+    ///
+    /// With the debug knob `private_movable` set, the page comes from
+    /// the movable pageblocks user memory uses (`__GFP_MOVABLE |
+    /// __GFP_HIGHMEM`, as `GFP_HIGHUSER_MOVABLE`), not the kernel's
+    /// unmovable ones; once freed it is then recycled into user memory
+    /// rather than into slabs and page tables. vms cannot migrate it
+    /// (compaction skips it), so this is an instrument for the soak's
+    /// `movable` arm, not a mode for hosts.
+    pub(crate) fn alloc_private(zeroed: bool) -> Result<Self> {
+        let mut gfp = bindings::GFP_KERNEL_ACCOUNT;
+        if zeroed {
+            gfp |= bindings::__GFP_ZERO;
+        }
+        if PRIVATE_MOVABLE.load(Ordering::Relaxed) != 0 {
+            gfp |= bindings::__GFP_HIGHMEM | (1 << bindings::___GFP_MOVABLE_BIT);
+        }
+        // SAFETY: plain allocation, no preconditions.
+        let p = unsafe { bindings::alloc_pages(gfp, 0) };
+        // INVARIANT: a fresh page comes with one reference.
+        NonNull::new(p).map(PageRef).ok_or(ENOMEM)
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut bindings::page {
         self.0.as_ptr()
     }
@@ -1147,14 +1172,19 @@ static QUARANTINE_CHECKED: AtomicU32 = AtomicU32::new(0);
 /// something wrote to while they sat in quarantine.
 static QUARANTINE_BAD: AtomicU32 = AtomicU32::new(0);
 
+/// Debug knob `private_movable`: non-zero allocates clones' private
+/// pages movable ([`PageRef::alloc_private`]).
+static PRIVATE_MOVABLE: AtomicU32 = AtomicU32::new(0);
+
 /// The files of `/sys/kernel/debug/vms`: name, mode, value.
-static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 6] = [
+static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 7] = [
     (c_str!("vmm_read_delay_ms"), 0o600, &VMM_READ_DELAY_MS),
     (c_str!("vmm_map_delay_ms"), 0o600, &VMM_MAP_DELAY_MS),
     (c_str!("vmm_delays"), 0o400, &VMM_DELAYS),
     (c_str!("quarantine_pages"), 0o600, &QUARANTINE_PAGES),
     (c_str!("quarantine_checked"), 0o400, &QUARANTINE_CHECKED),
     (c_str!("quarantine_bad"), 0o400, &QUARANTINE_BAD),
+    (c_str!("private_movable"), 0o600, &PRIVATE_MOVABLE),
 ];
 
 /// The quarantine's capacity: 64 MiB of pages.
