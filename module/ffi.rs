@@ -202,19 +202,23 @@ impl PageRef {
     /// cgroup.
     ///
     /// With the debug knob `private_movable` set, the page comes from
-    /// the movable pageblocks user memory uses (`__GFP_MOVABLE |
-    /// __GFP_HIGHMEM`, as `GFP_HIGHUSER_MOVABLE`), not the kernel's
-    /// unmovable ones; once freed it is then recycled into user memory
-    /// rather than into slabs and page tables. vms cannot migrate it
-    /// (compaction skips it), so this is an instrument for the soak's
-    /// `movable` arm, not a mode for hosts.
+    /// the movable pageblocks user memory uses (`__GFP_MOVABLE`), not the
+    /// kernel's unmovable ones; once freed it tends to be recycled into
+    /// user memory rather than into slabs and page tables (pageblocks of
+    /// one kind do lend pages to the other under pressure). Not
+    /// `__GFP_HIGHMEM` as `GFP_HIGHUSER_MOVABLE` has: that would put the
+    /// page in ZONE_MOVABLE where one exists, which memory offlining and
+    /// long-term pins require to be migratable. vms cannot migrate it
+    /// (compaction skips it; a CMA allocation over it fails with EBUSY),
+    /// so this is an instrument for the soak's `movable` arm, not a mode
+    /// for hosts.
     pub(crate) fn alloc_private(zeroed: bool) -> Result<Self> {
         let mut gfp = bindings::GFP_KERNEL_ACCOUNT;
         if zeroed {
             gfp |= bindings::__GFP_ZERO;
         }
         if PRIVATE_MOVABLE.load(Ordering::Relaxed) != 0 {
-            gfp |= bindings::__GFP_HIGHMEM | (1 << bindings::___GFP_MOVABLE_BIT);
+            gfp |= 1 << bindings::___GFP_MOVABLE_BIT;
         }
         // SAFETY: plain allocation, no preconditions.
         let p = unsafe { bindings::alloc_pages(gfp, 0) };
