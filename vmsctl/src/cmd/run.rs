@@ -20,6 +20,9 @@ use crate::args::{format_size, parse_size, ImageName};
 use crate::cmd::live_image;
 use crate::dev::{CloneFd, Vms};
 use crate::vmm::{control, imagefile};
+use crate::vmm::devices::Virtio;
+use crate::vmm::layout::{VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ};
+use crate::vmm::virtio;
 use crate::vmm::{BootImages, GuestRam, RunningVm, Stop, Vm, DEFAULT_CMDLINE, MAX_CPUS};
 
 const LONG_ABOUT: &str = "\
@@ -91,6 +94,11 @@ pub struct RunArgs {
     /// Kernel parameters to add to the default command line.
     #[arg(long, value_name = "EXTRA")]
     cmdline: Option<String>,
+    /// No virtio-rng device. By default a booting guest gets one (random
+    /// bytes from the host's getrandom(2), at 0xd0000000, IRQ 5, named on
+    /// its command line); a clone gets the devices its live image had.
+    #[arg(long, conflicts_with = "image")]
+    no_rng: bool,
     /// Run in the background: return once the guest is ready (booted,
     /// or resumed with its identity), its console going to
     /// <run dir>/vm/NAME.log.
@@ -332,16 +340,25 @@ fn start(args: &RunArgs) -> Result<Vmm> {
     let (ram, memory) = guest_ram(args, mem_size)?;
     let flags = if memory.clone.is_some() { KVM_MEM_PAGE_PROVIDER } else { 0 };
     let uarts = restore.as_ref().map(|(_, s)| s.uarts.as_slice());
-    let mut vm = Vm::create(cpus, ram, flags, uarts).context("creating the VM")?;
+    let virtio = match &restore {
+        Some((_, s)) => Virtio::Restore(&s.virtio),
+        None => Virtio::Fresh { rng: !args.no_rng },
+    };
+    let mut vm = Vm::create(cpus, ram, flags, uarts, virtio).context("creating the VM")?;
     if let Some(clone) = &memory.clone {
         clone
             .attach(std::os::fd::AsRawFd::as_raw_fd(vm.vm_fd()), 0, 0, mem_size)
             .context("attaching the vms clone to the VM (VMS_CLONE_ATTACH)")?;
     }
+    let devices = if args.no_rng {
+        String::new()
+    } else {
+        format!(" {}", virtio::mmio::cmdline_arg(VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ))
+    };
     let cmdline = match (&restore, &args.cmdline) {
         (Some((_, s)), _) => s.cmdline.clone(),
-        (None, Some(extra)) => format!("{DEFAULT_CMDLINE} {extra}"),
-        (None, None) => DEFAULT_CMDLINE.to_owned(),
+        (None, Some(extra)) => format!("{DEFAULT_CMDLINE}{devices} {extra}"),
+        (None, None) => format!("{DEFAULT_CMDLINE}{devices}"),
     };
     let restored = match &restore {
         Some((image, s)) => {

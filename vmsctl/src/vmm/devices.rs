@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The devices the VMM emulates, all on I/O ports: COM1 (console), COM2
+//! The devices the VMM emulates: on I/O ports COM1 (console), COM2
 //! (agent channel) and the part of the i8042 keyboard controller that
-//! resets the machine. The PIC, PIT, IOAPIC and LAPICs are KVM's.
+//! resets the machine; in MMIO, a virtio-rng device (virtio-mmio,
+//! [`super::virtio`]). The PIC, PIT, IOAPIC and LAPICs are KVM's.
 //!
 //! Any other port reads as all ones and ignores writes, like an ISA port
-//! with nothing behind it.
+//! with nothing behind it; so does any other MMIO address.
 
 use std::io::Write;
 use std::ops::Range;
@@ -13,11 +14,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result};
 use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
 use super::state::UartState;
+use super::virtio::mmio::{MmioState, MmioTransport, WINDOW};
+use super::virtio::rng::Rng;
 
 use super::agent::{AgentOutput, AgentWriter};
 use super::layout::{
     COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT, I8042_COMMAND_PORT, I8042_DATA_PORT, UART_PORTS,
+    VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ,
 };
 use super::serial::{Console, IrqLine, Uart};
 use super::status::{Status, Stop};
@@ -31,11 +37,22 @@ const I8042_RESET: u8 = 0xfe;
 /// to clear, writes the reset command without delay.
 const I8042_STATUS: u8 = 0x01;
 
-/// The port-mapped devices.
+/// The emulated devices.
 pub struct Devices {
     console: Mutex<Uart<Console>>,
     agent: Mutex<Uart<AgentWriter>>,
+    rng: Option<Mutex<MmioTransport<Rng>>>,
+    /// Guest memory, where the virtio devices find their rings.
+    mem: GuestMemoryMmap,
     status: Arc<Status>,
+}
+
+/// Which virtio devices a VM gets.
+pub enum Virtio<'a> {
+    /// A booting VM: with or without virtio-rng.
+    Fresh { rng: bool },
+    /// A VM resuming from a snapshot: the devices it had, as they were.
+    Restore(&'a [MmioState]),
 }
 
 /// The ports of a UART at `base`.
@@ -55,11 +72,15 @@ impl Devices {
     /// goes to `agent_output`.
     ///
     /// With `uarts`, COM1 and COM2 continue from a snapshot's states.
+    ///
+    /// The virtio devices are `virtio`'s, on guest memory `mem`.
     pub fn new(
         vm: &VmFd,
         status: Arc<Status>,
         agent_output: Arc<AgentOutput>,
         uarts: Option<&[UartState]>,
+        mem: GuestMemoryMmap,
+        virtio: Virtio,
     ) -> Result<Self> {
         let console_out = Console::new(status.clone());
         let agent_out = AgentWriter(agent_output);
@@ -74,9 +95,23 @@ impl Devices {
             ),
             Some(other) => anyhow::bail!("the snapshot has {} UARTs, this VMM 2", other.len()),
         };
+        let rng = match virtio {
+            Virtio::Fresh { rng: false } => None,
+            Virtio::Fresh { rng: true } => Some(MmioTransport::new(Rng::new(), irq_line(vm, VIRTIO_RNG_IRQ)?)?),
+            Virtio::Restore([]) => None,
+            Virtio::Restore([rng]) => Some(
+                MmioTransport::from_state(Rng::new(), irq_line(vm, VIRTIO_RNG_IRQ)?, rng)
+                    .context("restoring the virtio-rng device")?,
+            ),
+            Virtio::Restore(other) => {
+                anyhow::bail!("the snapshot has {} virtio devices, this VMM at most 1", other.len())
+            }
+        };
         Ok(Self {
             console: Mutex::new(console),
             agent: Mutex::new(agent),
+            rng: rng.map(Mutex::new),
+            mem,
             status,
         })
     }
@@ -118,6 +153,34 @@ impl Devices {
             self.status.stop(Stop::Reset);
         }
         Ok(())
+    }
+
+    /// A guest read of `data.len()` bytes at guest-physical `addr`
+    /// outside RAM.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match &self.rng {
+            Some(rng) if (VIRTIO_RNG_BASE..VIRTIO_RNG_BASE + WINDOW).contains(&addr) => {
+                lock(rng).read(addr - VIRTIO_RNG_BASE, data)
+            }
+            _ => data.fill(0xff),
+        }
+    }
+
+    /// A guest write of `data` at guest-physical `addr` outside RAM.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<()> {
+        match &self.rng {
+            Some(rng) if (VIRTIO_RNG_BASE..VIRTIO_RNG_BASE + WINDOW).contains(&addr) => lock(rng)
+                .write(addr - VIRTIO_RNG_BASE, data, &self.mem)
+                .context("virtio-rng"),
+            _ => Ok(()),
+        }
+    }
+
+    /// The virtio devices' states, for a snapshot (taken with the vCPUs
+    /// paused: a device serves its queues in a vCPU's MMIO exit, so none
+    /// is in the middle of a request then).
+    pub fn virtio_states(&self) -> Vec<MmioState> {
+        self.rng.iter().map(|t| lock(t).state()).collect()
     }
 
     /// Queues input for the guest on COM2 (the agent channel).

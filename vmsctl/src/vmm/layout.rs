@@ -40,6 +40,15 @@ pub const BASE_MEM_END: u64 = 0xa_0000;
 /// Start of high memory, where the protected-mode kernel is loaded.
 pub const HIGH_MEM_START: u64 = 0x10_0000;
 
+/// The virtio-mmio devices' register windows, 4 KiB each from here:
+/// above the most RAM, below KVM's TSS, the IOAPIC and the LAPICs.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// virtio-rng: the first window, and ISA IRQ 5 (free on this machine:
+/// COM1 and COM2 take 4 and 3, the PIT 0, the RTC 8).
+pub const VIRTIO_RNG_BASE: u64 = VIRTIO_MMIO_START;
+/// See [`VIRTIO_RNG_BASE`].
+pub const VIRTIO_RNG_IRQ: u32 = 5;
+
 /// KVM's three-page TSS region (needed by Intel VMX), above the RAM.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// The IOAPIC's registers (KVM's in-kernel IOAPIC).

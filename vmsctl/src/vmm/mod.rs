@@ -22,6 +22,7 @@
 //! 0x000a_0000  legacy hole (VGA, ROMs, BIOS): RAM in the memslot, not in e820
 //! 0x0010_0000  RAM, e820 usable: the protected-mode kernel, entered at +0x200
 //!   top of RAM   the initramfs, page aligned, as high as the kernel allows
+//! 0xd000_0000  virtio-mmio windows, 4 KiB each (virtio-rng first)
 //! 0xfec0_0000  IOAPIC (KVM)
 //! 0xfee0_0000  local APICs (KVM)
 //! 0xfffb_d000  KVM's TSS pages (Intel)
@@ -40,7 +41,18 @@
 //! other        reads all ones, writes ignored
 //! ```
 //!
-//! The UARTs raise their IRQ through irqfds. No MMIO device exists.
+//! The UARTs raise their IRQ through irqfds.
+//!
+//! MMIO (`virtio/`): a virtio-rng device on the virtio-mmio transport,
+//! unless `vmsctl run --no-rng`:
+//!
+//! ```text
+//! 0xd000_0000  virtio-rng registers (4 KiB), ISA IRQ 5 (irqfd)
+//! other        reads all ones, writes ignored
+//! ```
+//!
+//! The guest finds it through `virtio_mmio.device=4K@0xd0000000:5` on its
+//! command line (`CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
 //!
 //! CPUs: vCPU `i` has local APIC id `i`; vCPU 0 boots, the others wait
 //! for INIT/SIPI. The MP table (`mptable.rs`) lists them, the ISA bus,
@@ -101,6 +113,7 @@ mod run;
 pub mod serial;
 pub mod state;
 pub mod status;
+pub mod virtio;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,12 +162,14 @@ impl Vm {
     /// memory), an in-kernel irqchip and PIT, and the serial ports. Its
     /// vCPUs are created but not set up: see [`Vm::boot_linux`].
     ///
-    /// With `uarts`, the serial ports continue from a snapshot's states.
+    /// With `uarts`, the serial ports continue from a snapshot's states;
+    /// `virtio` says which virtio devices it gets.
     pub fn create(
         cpus: u8,
         ram: GuestRam,
         memslot_flags: u32,
         uarts: Option<&[state::UartState]>,
+        virtio: devices::Virtio,
     ) -> Result<Self> {
         ensure!(
             (1..=MAX_CPUS).contains(&cpus),
@@ -183,7 +198,14 @@ impl Vm {
 
         let status = Arc::new(Status::new());
         let agent_output = Arc::new(AgentOutput::default());
-        let devices = Arc::new(Devices::new(&vm_fd, status.clone(), agent_output.clone(), uarts)?);
+        let devices = Arc::new(Devices::new(
+            &vm_fd,
+            status.clone(),
+            agent_output.clone(),
+            uarts,
+            ram.memory().clone(),
+            virtio,
+        )?);
         let vcpus = (0..cpus)
             .map(|id| {
                 vm_fd
@@ -342,6 +364,7 @@ impl RunningVm {
                 vcpus,
                 devices,
                 uarts: self.vm.devices.uart_states(),
+                virtio: self.vm.devices.virtio_states(),
                 cmdline: cmdline.to_owned(),
             };
             let t = with_paused(&s)?;

@@ -254,9 +254,10 @@ fn handle_exit(exit: VcpuExit, devices: &Devices) -> Result<Option<Stop>> {
         VcpuExit::IoOut(port, data) => devices
             .pio_write(port, data)
             .with_context(|| format!("port {port:#x}"))?,
-        // Nothing is mapped outside RAM but KVM's own devices.
-        VcpuExit::MmioRead(_, data) => data.fill(0xff),
-        VcpuExit::MmioWrite(..) => {}
+        VcpuExit::MmioRead(addr, data) => devices.mmio_read(addr, data),
+        VcpuExit::MmioWrite(addr, data) => devices
+            .mmio_write(addr, data)
+            .with_context(|| format!("MMIO at {addr:#x}"))?,
         VcpuExit::Shutdown => return Ok(Some(Stop::TripleFault)),
         VcpuExit::SystemEvent(kind, _) => return system_event(kind).map(Some),
         VcpuExit::MemoryFault { flags, gpa, size } => bail!(

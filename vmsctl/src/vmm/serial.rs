@@ -33,6 +33,13 @@ impl IrqLine {
     pub fn eventfd(&self) -> &EventFd {
         &self.0
     }
+
+    /// A line on an eventfd made elsewhere (a test's clone of another
+    /// line's, to watch it).
+    #[cfg(test)]
+    pub fn from_eventfd(fd: EventFd) -> Self {
+        Self(fd)
+    }
 }
 
 impl Trigger for IrqLine {

@@ -115,6 +115,10 @@ pub struct MachineState {
     pub vcpus: Vec<VcpuState>,
     pub devices: VmDevices,
     pub uarts: Vec<UartState>,
+    /// The virtio devices (virtio-mmio transports with their queues), in
+    /// window order; none in images made before they existed.
+    #[serde(default)]
+    pub virtio: Vec<super::virtio::MmioState>,
     /// The kernel command line the VM booted with (for `list`/`info`).
     pub cmdline: String,
 }
