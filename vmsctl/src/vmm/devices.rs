@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::{Context, Result};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::state::UartState;
 use super::virtio::mmio::{MmioState, MmioTransport, WINDOW};
@@ -45,6 +46,8 @@ pub struct Devices {
     /// Guest memory, where the virtio devices find their rings.
     mem: GuestMemoryMmap,
     status: Arc<Status>,
+    /// The devices' interrupt eventfds and their IRQs, for `connect_irqs`.
+    irqs: Vec<(EventFd, u32)>,
 }
 
 /// Which virtio devices a VM gets.
@@ -67,40 +70,50 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Devices {
-    /// Creates the devices of VM `vm` (which has an in-kernel irqchip):
-    /// the UARTs' interrupts are irqfds on their ISA IRQs; COM2's output
-    /// goes to `agent_output`.
+    /// Creates the devices: their interrupts are eventfds, which
+    /// [`connect_irqs`](Self::connect_irqs) makes irqfds on their ISA IRQs
+    /// of a VM with an in-kernel irqchip; COM2's output goes to
+    /// `agent_output`.
     ///
     /// With `uarts`, COM1 and COM2 continue from a snapshot's states.
     ///
     /// The virtio devices are `virtio`'s, on guest memory `mem`.
+    ///
+    /// A device restored with an interrupt pending raises it at once
+    /// (vm-superio's UART does so in `Serial::from_state`); its eventfd
+    /// keeps it until it is connected.
     pub fn new(
-        vm: &VmFd,
         status: Arc<Status>,
         agent_output: Arc<AgentOutput>,
         uarts: Option<&[UartState]>,
         mem: GuestMemoryMmap,
         virtio: Virtio,
     ) -> Result<Self> {
+        let mut irqs = Vec::new();
+        let mut irq_line = |irq: u32| -> Result<IrqLine> {
+            let line = IrqLine::new()?;
+            irqs.push((line.eventfd().try_clone().context("an IRQ's eventfd")?, irq));
+            Ok(line)
+        };
         let console_out = Console::new(status.clone());
         let agent_out = AgentWriter(agent_output);
         let (console, agent) = match uarts {
             None => (
-                Uart::new(irq_line(vm, COM1_IRQ)?, console_out),
-                Uart::new(irq_line(vm, COM2_IRQ)?, agent_out),
+                Uart::new(irq_line(COM1_IRQ)?, console_out),
+                Uart::new(irq_line(COM2_IRQ)?, agent_out),
             ),
             Some([com1, com2]) => (
-                Uart::from_state(irq_line(vm, COM1_IRQ)?, console_out, &com1.into(), &com1.pending)?,
-                Uart::from_state(irq_line(vm, COM2_IRQ)?, agent_out, &com2.into(), &com2.pending)?,
+                Uart::from_state(irq_line(COM1_IRQ)?, console_out, &com1.into(), &com1.pending)?,
+                Uart::from_state(irq_line(COM2_IRQ)?, agent_out, &com2.into(), &com2.pending)?,
             ),
             Some(other) => anyhow::bail!("the snapshot has {} UARTs, this VMM 2", other.len()),
         };
         let rng = match virtio {
             Virtio::Fresh { rng: false } => None,
-            Virtio::Fresh { rng: true } => Some(MmioTransport::new(Rng::new(), irq_line(vm, VIRTIO_RNG_IRQ)?)?),
+            Virtio::Fresh { rng: true } => Some(MmioTransport::new(Rng::new(), irq_line(VIRTIO_RNG_IRQ)?)?),
             Virtio::Restore([]) => None,
             Virtio::Restore([rng]) => Some(
-                MmioTransport::from_state(Rng::new(), irq_line(vm, VIRTIO_RNG_IRQ)?, rng)
+                MmioTransport::from_state(Rng::new(), irq_line(VIRTIO_RNG_IRQ)?, rng)
                     .context("restoring the virtio-rng device")?,
             ),
             Virtio::Restore(other) => {
@@ -113,7 +126,24 @@ impl Devices {
             rng: rng.map(Mutex::new),
             mem,
             status,
+            irqs,
         })
+    }
+
+    /// Connects the devices' interrupts to VM `vm`: an irqfd for each on
+    /// its ISA IRQ (= GSI in KVM's default routing, to both the PIC and
+    /// the IOAPIC). Call it once, after a restored VM's irqchip and vCPUs
+    /// are restored and before any vCPU runs. KVM injects an eventfd
+    /// that is already signalled when it is connected; connected earlier,
+    /// a restored device's interrupt would be injected from a kernel
+    /// worker into interrupt controllers that `KVM_SET_IRQCHIP` and
+    /// `KVM_SET_LAPIC` then overwrite, or are overwriting.
+    pub fn connect_irqs(&self, vm: &VmFd) -> Result<()> {
+        for (fd, irq) in &self.irqs {
+            vm.register_irqfd(fd, *irq)
+                .with_context(|| format!("KVM_IRQFD for IRQ {irq}"))?;
+        }
+        Ok(())
     }
 
     /// A guest `in` from `port`: fills `data`.
@@ -202,11 +232,87 @@ fn uart_state<W: Write>(uart: &Mutex<Uart<W>>) -> UartState {
     s
 }
 
-/// An interrupt line to ISA IRQ `irq` (= GSI `irq` in KVM's default
-/// routing, to both the PIC and the IOAPIC).
-fn irq_line(vm: &VmFd, irq: u32) -> Result<IrqLine> {
-    let line = IrqLine::new()?;
-    vm.register_irqfd(line.eventfd(), irq)
-        .with_context(|| format!("KVM_IRQFD for IRQ {irq}"))?;
-    Ok(line)
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::{kvm_irqchip, KVM_IRQCHIP_PIC_MASTER};
+    use kvm_ioctls::Kvm;
+    use std::time::{Duration, Instant};
+    use vm_memory::GuestAddress;
+
+    /// COM1 as a snapshot may leave it: its transmit-empty interrupt
+    /// enabled and pending, which vm-superio raises on restore.
+    fn uarts_with_com1_pending() -> [UartState; 2] {
+        let mut com1 = UartState::from(&vm_superio::serial::SerialState::default());
+        com1.interrupt_enable = 0x02;
+        com1.interrupt_identification = 0x02;
+        [com1, UartState::from(&vm_superio::serial::SerialState::default())]
+    }
+
+    fn restored_devices(uarts: &[UartState]) -> Devices {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+        Devices::new(
+            Arc::new(Status::new()),
+            Arc::new(AgentOutput::default()),
+            Some(uarts),
+            mem,
+            Virtio::Restore(&[]),
+        )
+        .unwrap()
+    }
+
+    /// Whether the master PIC has IRQ `irq` requested, waiting up to
+    /// `wait` for an irqfd's worker to inject it.
+    fn pic_irr(vm: &VmFd, irq: u32, wait: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            let mut c = kvm_irqchip { chip_id: KVM_IRQCHIP_PIC_MASTER, ..Default::default() };
+            vm.get_irqchip(&mut c).unwrap();
+            // SAFETY: chip_id says the union holds the PIC's state.
+            let irr = unsafe { c.chip.pic.irr };
+            if irr & (1 << irq) != 0 {
+                return true;
+            }
+            if start.elapsed() >= wait {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A restored device's pending interrupt reaches the guest's restored
+    /// interrupt controller: connected after `KVM_SET_IRQCHIP`, not
+    /// before, where the restore overwrites what the irqfd injected.
+    #[test]
+    fn a_restored_interrupt_outlives_the_irqchip_restore() {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("SKIP: no /dev/kvm");
+            return;
+        };
+        let uarts = uarts_with_com1_pending();
+        for connect_first in [true, false] {
+            let vm = kvm.create_vm().unwrap();
+            vm.create_irq_chip().unwrap();
+            // The snapshot's PIC: nothing requested.
+            let mut pic = kvm_irqchip { chip_id: KVM_IRQCHIP_PIC_MASTER, ..Default::default() };
+            vm.get_irqchip(&mut pic).unwrap();
+            let devices = restored_devices(&uarts);
+            if connect_first {
+                // The order before: the edge is injected at once...
+                devices.connect_irqs(&vm).unwrap();
+                assert!(pic_irr(&vm, COM1_IRQ, Duration::from_secs(5)));
+                // ... and the restore wipes it out.
+                vm.set_irqchip(&pic).unwrap();
+                assert!(!pic_irr(&vm, COM1_IRQ, Duration::ZERO), "the restore keeps the edge");
+            } else {
+                vm.set_irqchip(&pic).unwrap();
+                devices.connect_irqs(&vm).unwrap();
+                assert!(
+                    pic_irr(&vm, COM1_IRQ, Duration::from_secs(5)),
+                    "the pending UART interrupt was injected once connected"
+                );
+            }
+        }
+    }
 }

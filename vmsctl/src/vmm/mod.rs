@@ -199,7 +199,6 @@ impl Vm {
         let status = Arc::new(Status::new());
         let agent_output = Arc::new(AgentOutput::default());
         let devices = Arc::new(Devices::new(
-            &vm_fd,
             status.clone(),
             agent_output.clone(),
             uarts,
@@ -261,6 +260,8 @@ impl Vm {
 
     /// Starts the vCPUs.
     pub fn start(mut self) -> Result<RunningVm> {
+        // Only now: a restored VM's interrupt controllers are restored.
+        self.devices.connect_irqs(&self.vm_fd)?;
         let vcpus = std::mem::take(&mut self.vcpus);
         let threads = run::start(vcpus, &self.devices, &self.status)?;
         let agent = Agent::new(
