@@ -4,9 +4,10 @@
 # live_vm: the product's promise, end to end, with a Linux guest.
 #
 #   live_vm.sh clones VMSCTL KERNEL INITRD SAVE_FILE
-#       boot a guest (vmsctl run), make a live image, start 8 clones:
+#       boot a guest (vmsctl run), make a live image, start 8 clones
+#       (LIVE_VM_CLONES, at least 3):
 #       each resumes (its counter goes on from the parent's), has its own
-#       identity and its own tmpfs; 8 clones use < 1.5x the parent's
+#       identity and its own tmpfs; the clones use < 1.5x the parent's
 #       memory; killing a clone or the parent leaves the others running;
 #       everything is freed at the end. Saves the image to SAVE_FILE.
 #   live_vm.sh load VMSCTL SAVE_FILE
@@ -18,6 +19,15 @@ set -u
 
 mode=$1
 vmsctl=$2
+# How many clones; c-3 is killed, so at least 3.
+N=${LIVE_VM_CLONES:-8}
+[ "$N" -ge 3 ] 2>/dev/null || { echo "LIVE_VM_CLONES=$N: a number, at least 3" >&2; exit 2; }
+all=$(seq 1 "$N")
+others() { # the clones but $1, then the parent
+	local i
+	for i in $all; do [ "$i" = "$1" ] || echo "c-$i"; done
+	echo parent
+}
 export VMS_RUN_DIR=/tmp/vms-live-$$
 n=0 failed=0 failures=
 
@@ -47,9 +57,10 @@ memfree_kb() {
 	awk '/^MemFree:/ { print $2 }' /proc/meminfo
 }
 # meminfo_diff BEFORE: the /proc/meminfo fields that changed by 1 MiB or
-# more since BEFORE (an earlier copy of it), in KiB
+# more since BEFORE (an earlier copy of it), in KiB. (BEFORE goes in on
+# stdin: the test VM has no /dev/fd for <(...).)
 meminfo_diff() {
-	awk 'NR == FNR { a[$1] = $2; next } ($1 in a) && ($2 - a[$1] >= 1024 || a[$1] - $2 >= 1024) { printf "%s%+d ", $1, $2 - a[$1] }' <(echo "$1") /proc/meminfo
+	awk 'NR == FNR { a[$1] = $2; next } ($1 in a) && ($2 - a[$1] >= 1024 || a[$1] - $2 >= 1024) { printf "%s%+d ", $1, $2 - a[$1] }' - /proc/meminfo <<<"$1"
 }
 # kernel_growth_kb BEFORE: how much the kernel's own counted memory grew
 # since BEFORE (a copy of /proc/meminfo), in KiB: slabs (with KASAN's
@@ -61,7 +72,7 @@ meminfo_diff() {
 kernel_growth_kb() {
 	awk 'NR == FNR { a[$1] = $2; next }
 		$1 ~ /^(Slab|KernelStack|PageTables|SecPageTables|Percpu|VmallocUsed|Shmem):$/ { g += $2 - a[$1] }
-		END { print g + 0 }' <(echo "$1") /proc/meminfo
+		END { print g + 0 }' - /proc/meminfo <<<"$1"
 }
 # vx VM CMD: run CMD in VM's guest, print its output (fails if CMD did;
 # says so on stderr unless CMD only returned 1, a shell's "false")
@@ -153,14 +164,14 @@ clones)
 	parent_kb=$((image_pages * 4))
 	msg "the parent had written $image_pages pages ($parent_kb KiB); they are the image now"
 	free1=$(memfree_kb)
-	if out=$("$vmsctl" live-image start img --count 8 --name-prefix c); then
+	if out=$("$vmsctl" live-image start img --count "$N" --name-prefix c); then
 		sed 's/^/# /' <<<"$out"
-		ok "live-image start --count 8"
+		ok "live-image start --count $N"
 	else
 		sed 's/^/# /' <<<"$out"
 		# Only clones that triple faulted while starting get a second go.
 		again=0 left=0
-		for i in 1 2 3 4 5 6 7 8; do
+		for i in $all; do
 			[ -e "$VMS_RUN_DIR/vm/c-$i.sock" ] && continue
 			if platform_reset c-$i &&
 				out=$("$vmsctl" live-image start img --count 1 --name-prefix c --first-id $i); then
@@ -171,16 +182,16 @@ clones)
 			fi
 		done
 		if [ $left = 0 ] && [ $again -gt 0 ]; then
-			ok "live-image start --count 8 (started $again again after a triple fault at start)"
+			ok "live-image start --count $N (started $again again after a triple fault at start)"
 		else
-			fail "live-image start --count 8"
+			fail "live-image start --count $N"
 			finish
 		fi
 	fi
 
 	# Each clone resumed (counter continues), has its identity.
 	good=0
-	for i in 1 2 3 4 5 6 7 8; do
+	for i in $all; do
 		out=$(vx c-$i 'echo "$(hostname) $(cat /run/vms-id) $(cat /run/counter) $(cat /tmp/who)"')
 		msg "c-$i: $out"
 		read -r host id counter who <<<"$out"
@@ -188,15 +199,15 @@ clones)
 			good=$((good + 1))
 		fi
 	done
-	check "8 clones resumed with the parent's state and their own identity ($good/8)" [ $good = 8 ]
+	check "$N clones resumed with the parent's state and their own identity ($good/$N)" [ $good = "$N" ]
 	resumed=$(grep -l "vms-guest: resumed" "$VMS_RUN_DIR"/vm/c-*.log 2>/dev/null | wc -l)
-	check "8 clones printed their resume line on the console ($resumed/8)" [ "$resumed" = 8 ]
+	check "$N clones printed their resume line on the console ($resumed/$N)" [ "$resumed" = "$N" ]
 
 	# Private tmpfs: a file in c-1 is absent elsewhere.
 	vx c-1 'echo mine >/tmp/only-c1' >/dev/null
 	# Each must answer "absent": a VM that does not answer proves nothing.
 	absent=0
-	for v in parent c-2 c-3 c-4 c-5 c-6 c-7 c-8; do
+	for v in $(others 1); do
 		r=$(vx "$v" 'if test -e /tmp/only-c1; then echo present; else echo absent; fi')
 		case $r in
 		absent) absent=$((absent + 1)) ;;
@@ -205,16 +216,16 @@ clones)
 		esac
 	done
 	mine=$(vx c-1 'cat /tmp/only-c1')
-	check "a file written in c-1's tmpfs is absent from the 7 others and the parent ($absent/8)" \
-		test "$absent" = 8 -a "$mine" = mine
+	check "a file written in c-1's tmpfs is absent from the $((N - 1)) others and the parent ($absent/$N)" \
+		test "$absent" = "$N" -a "$mine" = mine
 
 	# Memory: module counters and host MemFree.
 	msg "$(date +%T) reading the counters"
 	private=$(stats_json | python3 -c "import json,sys; print(sum(v['clone']['private_pages'] for v in json.load(sys.stdin)['vms'] if v['name'].startswith('c-')))")
 	free2=$(memfree_kb)
 	used_kb=$((free1 - free2))
-	msg "8 clones: $private private pages ($((private * 4)) KiB) by the module's count; host MemFree fell $used_kb KiB; parent: $parent_kb KiB"
-	check "8 clones' private pages < 1.5x the parent's ($((private * 4)) < $((parent_kb * 3 / 2)) KiB)" \
+	msg "$N clones: $private private pages ($((private * 4)) KiB) by the module's count; host MemFree fell $used_kb KiB; parent: $parent_kb KiB"
+	check "$N clones' private pages < 1.5x the parent's ($((private * 4)) < $((parent_kb * 3 / 2)) KiB)" \
 		[ $((private * 4)) -lt $((parent_kb * 3 / 2)) ]
 	check "host MemFree fell less than 1.5x the parent's memory ($used_kb < $((parent_kb * 3 / 2)) KiB)" \
 		[ "$used_kb" -lt $((parent_kb * 3 / 2)) ]
@@ -226,7 +237,7 @@ clones)
 	# 64-byte buffer for /dev/hwrng and virtio_rng's own 64 bytes. Read
 	# 256, at least 128 of them from the device after the resume.
 	rngs="" got=0 bad=""
-	for i in 1 2 3 4 5 6 7 8; do
+	for i in $all; do
 		v=$(vx c-$i 'head -c 256 /dev/hwrng | od -An -v -tx1 | tr -d " \n"')
 		if [[ $v =~ ^[0-9a-f]{512}$ ]]; then
 			got=$((got + 1))
@@ -237,8 +248,8 @@ clones)
 	done
 	distinct=$(printf '%s' "$rngs" | sort -u | grep -c .)
 	shared=$(printf '%s' "$rngs" | cut -c1-128 | sort -u | grep -c .)
-	msg "clones' hwrng: $got of 8 read 256 bytes${bad:+ (not:$bad)}, $distinct distinct; $shared distinct first 64 bytes (the guest driver's read-ahead may predate the image)"
-	check "8 clones read 256 bytes from their virtio-rng ($got/8)" [ "$got" = 8 ]
+	msg "clones' hwrng: $got of $N read 256 bytes${bad:+ (not:$bad)}, $distinct distinct; $shared distinct first 64 bytes (the guest driver's read-ahead may predate the image)"
+	check "$N clones read 256 bytes from their virtio-rng ($got/$N)" [ "$got" = "$N" ]
 	check "the clones' 256-byte values all differ ($distinct/$got)" [ "$distinct" = "$got" ]
 	[ "$distinct" = "$got" ] || printf '%s' "$rngs" | sed 's/^/# /'
 
@@ -248,19 +259,19 @@ clones)
 	check "c-3 was still running, and kill -9 reached its process" kill -9 "${pid:-no-such-vm}"
 	sleep 1
 	alive=0
-	for v in parent c-1 c-2 c-4 c-5 c-6 c-7 c-8; do
+	for v in $(others 3); do
 		[ "$(vx "$v" 'echo up')" = up ] && alive=$((alive + 1))
 	done
-	check "kill -9 of c-3's process: the parent and 7 clones still answer ($alive/8)" [ $alive = 8 ]
+	check "kill -9 of c-3's process: the parent and $((N - 1)) clones still answer ($alive/$N)" [ $alive = "$N" ]
 	pid=$("$vmsctl" list --json | python3 -c "import json,sys; print(next((v['pid'] for v in json.load(sys.stdin) if v['name']=='parent'), ''))")
 	check "the parent was still running, and kill -9 reached its process" kill -9 "${pid:-no-such-vm}"
 	sleep 1
 	alive=0
-	for v in c-1 c-2 c-4 c-5 c-6 c-7 c-8; do
+	for v in $(others 3 | grep -v parent); do
 		[ "$(vx "$v" 'echo up')" = up ] && alive=$((alive + 1))
 	done
-	check "kill -9 of the parent's process: 7 clones still answer ($alive/7)" [ $alive = 7 ]
-	check "the image counts 7 clones" [ "$(image_field img clones)" = 7 ]
+	check "kill -9 of the parent's process: $((N - 1)) clones still answer ($alive/$((N - 1)))" [ $alive = $((N - 1)) ]
+	check "the image counts $((N - 1)) clones" [ "$(image_field img clones)" = $((N - 1)) ]
 
 	# Save for the load test, then stop everything: nothing leaks.
 	if "$vmsctl" live-image save img "$save" >/dev/null; then
@@ -268,7 +279,7 @@ clones)
 	else
 		fail "live-image save"
 	fi
-	for i in 1 2 4 5 6 7 8; do "$vmsctl" stop c-$i >/dev/null; done
+	for v in $(others 3 | grep -v parent); do "$vmsctl" stop "$v" >/dev/null; done
 	check "live-image delete" "$vmsctl" live-image delete img
 	left=$("$vmsctl" image list | grep -vc '^NAME\|^no images')
 	check "no images left ($left)" [ "$left" = 0 ]
