@@ -247,8 +247,8 @@ clones)
 		fi
 	done
 	distinct=$(printf '%s' "$rngs" | sort -u | grep -c .)
-	shared=$(printf '%s' "$rngs" | cut -c1-128 | sort -u | grep -c .)
-	msg "clones' hwrng: $got of $N read 256 bytes${bad:+ (not:$bad)}, $distinct distinct; $shared distinct first 64 bytes (the guest driver's read-ahead may predate the image)"
+	shared=$(printf '%s' "$rngs" | cut -c1-256 | sort -u | grep -c .)
+	msg "clones' hwrng: $got of $N read 256 bytes${bad:+ (not:$bad)}, $distinct distinct; $shared distinct first 128 bytes (Linux's read-ahead, which may predate the image)"
 	check "$N clones read 256 bytes from their virtio-rng ($got/$N)" [ "$got" = "$N" ]
 	check "the clones' 256-byte values all differ ($distinct/$got)" [ "$distinct" = "$got" ]
 	[ "$distinct" = "$got" ] || printf '%s' "$rngs" | sed 's/^/# /'

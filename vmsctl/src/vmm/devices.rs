@@ -232,7 +232,6 @@ fn uart_state<W: Write>(uart: &Mutex<Uart<W>>) -> UartState {
     s
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
