@@ -29,22 +29,7 @@ others() { # the clones but $1, then the parent
 	echo parent
 }
 export VMS_RUN_DIR=/tmp/vms-live-$$
-n=0 failed=0 failures=
-
-ok() { n=$((n + 1)); echo "ok $n - $*"; }
-fail() {
-	n=$((n + 1))
-	failed=$((failed + 1))
-	failures+="# not ok $n - $*"$'\n'
-	echo "not ok $n - $*"
-}
-msg() { echo "# $*"; }
-check() { # check NAME CMD...: ok if CMD succeeds
-	local name=$1
-	shift
-	if "$@"; then ok "$name"; else fail "$name"; fi
-}
-skip_all() { echo "1..0 # SKIP $*"; exit 4; }
+. "$(dirname "$0")/tap.sh"
 finish() {
 	[ $restarts = 0 ] || msg "$restarts VM(s) triple faulted while starting and were started again"
 	echo "1..$n"
@@ -91,20 +76,7 @@ vm_field() {
 image_field() {
 	stats_json | python3 -c "import json,sys; d=json.load(sys.stdin); print(next(i['$2'] for i in d['images'] if i['name']=='$1'))"
 }
-cleanup() {
-	if [ $failed != 0 ]; then
-		for f in "$VMS_RUN_DIR"/vm/*.log; do
-			[ -e "$f" ] || continue
-			echo "# --- last lines of $f"
-			tail -n 12 "$f" | sed 's/^/#   /'
-		done
-		# Again after the logs, so the end of the output names them.
-		printf '%s' "$failures"
-	fi
-	for v in $("$vmsctl" list --names 2>/dev/null); do "$vmsctl" stop "$v" >/dev/null 2>&1; done
-	rm -rf "$VMS_RUN_DIR"
-}
-trap cleanup EXIT
+trap vm_cleanup EXIT
 
 # The emulated test machine (QEMU TCG's nested SVM) sometimes triple
 # faults a VM's vCPU as it starts, plain VMs included (`vmsctl run

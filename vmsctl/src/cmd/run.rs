@@ -21,7 +21,8 @@ use crate::cmd::live_image;
 use crate::dev::{CloneFd, Vms};
 use crate::vmm::{control, imagefile};
 use crate::vmm::devices::Virtio;
-use crate::vmm::layout::{VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ};
+use crate::vmm::layout::{VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ, VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ};
+use crate::vmm::virtio::blk::DiskConfig;
 use crate::vmm::virtio;
 use crate::vmm::{BootImages, GuestRam, RunningVm, Stop, Vm, DEFAULT_CMDLINE, MAX_CPUS};
 
@@ -50,6 +51,11 @@ enters the kernel in 64-bit mode. The guest's first serial port (ttyS0)
 is the console and goes to standard output as it comes; the second
 (ttyS1) is the channel to the guest agent of the initramfs that
 scripts/build-guest makes.
+
+Devices: virtio-rng (unless --no-rng) and, with --disk FILE, a virtio-blk
+disk backed by the raw FILE (/dev/vda in the guest; --disk-ro makes it
+read-only). Both are virtio-mmio devices named on the command line, which
+the guest kernel must support (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
 
 vmsctl exits with status 0 when the guest reboots or powers off (and
 says so on standard error), and with status 1 and the reason when it
@@ -99,6 +105,17 @@ pub struct RunArgs {
     /// its command line); a clone gets the devices its live image had.
     #[arg(long, conflicts_with = "image")]
     no_rng: bool,
+    /// A disk for the guest: a raw image file (or a block device) whose
+    /// size is a multiple of 512 bytes, as virtio-blk (at 0xd0001000,
+    /// IRQ 6, named on the command line; Linux calls it /dev/vda). A
+    /// clone gets the disk its live image had.
+    #[arg(long, value_name = "FILE", conflicts_with = "image")]
+    disk: Option<PathBuf>,
+    /// The guest may only read the disk (the VMM opens it read-only).
+    /// Live images can only be made of a VM whose disk is read-only:
+    /// clones do not yet get a copy-on-write layer of their own.
+    #[arg(long, requires = "disk")]
+    disk_ro: bool,
     /// Run in the background: return once the guest is ready (booted,
     /// or resumed with its identity), its console going to
     /// <run dir>/vm/NAME.log.
@@ -340,9 +357,13 @@ fn start(args: &RunArgs) -> Result<Vmm> {
     let (ram, memory) = guest_ram(args, mem_size)?;
     let flags = if memory.clone.is_some() { KVM_MEM_PAGE_PROVIDER } else { 0 };
     let uarts = restore.as_ref().map(|(_, s)| s.uarts.as_slice());
+    let disk = match &args.disk {
+        Some(path) => Some(DiskConfig::new(path, args.disk_ro)?),
+        None => None,
+    };
     let virtio = match &restore {
-        Some((_, s)) => Virtio::Restore(&s.virtio),
-        None => Virtio::Fresh { rng: !args.no_rng },
+        Some((_, s)) => Virtio::Restore { states: &s.virtio, disk: s.disk.as_ref() },
+        None => Virtio::Fresh { rng: !args.no_rng, disk },
     };
     let mut vm = Vm::create(cpus, ram, flags, uarts, virtio).context("creating the VM")?;
     if let Some(clone) = &memory.clone {
@@ -350,11 +371,13 @@ fn start(args: &RunArgs) -> Result<Vmm> {
             .attach(std::os::fd::AsRawFd::as_raw_fd(vm.vm_fd()), 0, 0, mem_size)
             .context("attaching the vms clone to the VM (VMS_CLONE_ATTACH)")?;
     }
-    let devices = if args.no_rng {
-        String::new()
-    } else {
-        format!(" {}", virtio::mmio::cmdline_arg(VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ))
-    };
+    let mut devices = String::new();
+    if !args.no_rng {
+        devices += &format!(" {}", virtio::mmio::cmdline_arg(VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ));
+    }
+    if args.disk.is_some() {
+        devices += &format!(" {}", virtio::mmio::cmdline_arg(VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ));
+    }
     let cmdline = match (&restore, &args.cmdline) {
         (Some((_, s)), _) => s.cmdline.clone(),
         (None, Some(extra)) => format!("{DEFAULT_CMDLINE}{devices} {extra}"),
@@ -500,6 +523,14 @@ fn snapshot(running: &RunningVm, memory: &Memory, info: &Info, image: &str) -> R
     let (Some(vms), Some(clone)) = (&memory.vms, &memory.clone) else {
         bail!("this VM runs on plain memory (--no-vms): no live images");
     };
+    if let Some(disk) = running.disk().filter(|d| !d.read_only) {
+        bail!(
+            "this VM's disk {} is writable, and its clones would all write the one file; \
+             a live image needs the disk read-only (vmsctl run --disk-ro) until clones get \
+             their own copy-on-write layer of it",
+            disk.path.display()
+        );
+    }
     let state_path = live_image::state_path(image);
     if state_path.exists() {
         bail!("live image {image} exists ({})", state_path.display());

@@ -2,29 +2,45 @@
 
 //! The devices the VMM emulates: on I/O ports COM1 (console), COM2
 //! (agent channel) and the part of the i8042 keyboard controller that
-//! resets the machine; in MMIO, a virtio-rng device (virtio-mmio,
-//! [`super::virtio`]). The PIC, PIT, IOAPIC and LAPICs are KVM's.
+//! resets the machine; in MMIO, a virtio-rng device and a virtio-blk
+//! device (virtio-mmio, [`super::virtio`]). The PIC, PIT, IOAPIC and
+//! LAPICs are KVM's.
+//!
+//! The disk is served by an I/O thread of its own: KVM signals an
+//! ioeventfd when the driver writes the queue's index to the
+//! QueueNotify register (no exit to the VMM), and the thread serves the
+//! queue under the transport's lock. A pause for a live image takes
+//! every transport's lock ([`Devices::quiesce`]) and holds it while the
+//! memory is taken, so no request is half done in the image, nor done
+//! between the device's state and the memory's.
 //!
 //! Any other port reads as all ones and ignores writes, like an ISA port
 //! with nothing behind it; so does any other MMIO address.
 
 use std::io::Write;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
-use anyhow::{Context, Result};
-use kvm_ioctls::VmFd;
+use anyhow::{bail, Context, Result};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_RNG};
+use virtio_bindings::virtio_mmio::{
+    VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_QUEUE_NOTIFY,
+};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::state::UartState;
-use super::virtio::mmio::{MmioState, MmioTransport, WINDOW};
+use super::virtio::blk::{Blk, DiskConfig};
+use super::virtio::mmio::{InterruptStatus, MmioState, MmioTransport, WINDOW};
 use super::virtio::rng::Rng;
 
 use super::agent::{AgentOutput, AgentWriter};
 use super::layout::{
     COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT, I8042_COMMAND_PORT, I8042_DATA_PORT, UART_PORTS,
-    VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ,
+    VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ, VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ,
 };
 use super::serial::{Console, IrqLine, Uart};
 use super::status::{Status, Stop};
@@ -43,19 +59,99 @@ pub struct Devices {
     console: Mutex<Uart<Console>>,
     agent: Mutex<Uart<AgentWriter>>,
     rng: Option<Mutex<MmioTransport<Rng>>>,
+    blk: Option<Arc<Mutex<MmioTransport<Blk>>>>,
+    /// The disk's InterruptStatus register, served without its lock.
+    blk_isr: Option<InterruptStatus>,
     /// Guest memory, where the virtio devices find their rings.
     mem: GuestMemoryMmap,
     status: Arc<Status>,
-    /// The devices' interrupt eventfds and their IRQs, for `connect_irqs`.
+    /// The devices' interrupt eventfds and their IRQs, for `connect`.
     irqs: Vec<(EventFd, u32)>,
+    /// The disk's I/O thread, once `connect` started it.
+    io: Mutex<Option<IoThread>>,
 }
 
 /// Which virtio devices a VM gets.
 pub enum Virtio<'a> {
-    /// A booting VM: with or without virtio-rng.
-    Fresh { rng: bool },
-    /// A VM resuming from a snapshot: the devices it had, as they were.
-    Restore(&'a [MmioState]),
+    /// A booting VM: with or without virtio-rng, with or without a disk.
+    Fresh { rng: bool, disk: Option<DiskConfig> },
+    /// A VM resuming from a snapshot: the devices it had, as they were,
+    /// and the disk its virtio-blk device serves, if it had one.
+    Restore { states: &'a [MmioState], disk: Option<&'a DiskConfig> },
+}
+
+/// The devices' locks, held: nothing in them moves until it drops.
+pub struct Quiet<'a> {
+    rng: Option<MutexGuard<'a, MmioTransport<Rng>>>,
+    blk: Option<MutexGuard<'a, MmioTransport<Blk>>>,
+}
+
+impl Quiet<'_> {
+    /// The virtio devices' states, in window order, for a snapshot.
+    pub fn virtio_states(&self) -> Vec<MmioState> {
+        let rng = self.rng.as_ref().map(|t| t.state());
+        let blk = self.blk.as_ref().map(|t| t.state());
+        rng.into_iter().chain(blk).collect()
+    }
+
+    /// The disk, if the VM has one.
+    pub fn disk(&self) -> Option<DiskConfig> {
+        self.blk.as_ref().map(|t| t.device().config().clone())
+    }
+}
+
+/// A thread that serves the disk's queue when KVM signals its ioeventfd.
+struct IoThread {
+    stop: EventFd,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for IoThread {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The disk's I/O thread: waits for `kick` (the driver notified the
+/// queue) or `stop`, and serves the queue.
+fn serve_disk(
+    blk: Arc<Mutex<MmioTransport<Blk>>>,
+    kick: EventFd,
+    stop: EventFd,
+    mem: GuestMemoryMmap,
+    status: Arc<Status>,
+) {
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: kick.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: `fds` is an array of two initialized pollfds that
+        // outlives the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            status.stop(Stop::Failed(anyhow::Error::new(e).context("virtio-blk: poll")));
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        if fds[0].revents != 0 {
+            // Non-blocking: a kick another wake-up already consumed.
+            let _ = kick.read();
+            if let Err(e) = lock(&blk).notify(0, &mem) {
+                status.stop(Stop::Failed(e.context("virtio-blk")));
+                return;
+            }
+        }
+    }
 }
 
 /// The ports of a UART at `base`.
@@ -71,7 +167,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Devices {
     /// Creates the devices: their interrupts are eventfds, which
-    /// [`connect_irqs`](Self::connect_irqs) makes irqfds on their ISA IRQs
+    /// [`connect`](Self::connect) makes irqfds on their ISA IRQs
     /// of a VM with an in-kernel irqchip; COM2's output goes to
     /// `agent_output`.
     ///
@@ -108,25 +204,48 @@ impl Devices {
             ),
             Some(other) => anyhow::bail!("the snapshot has {} UARTs, this VMM 2", other.len()),
         };
-        let rng = match virtio {
-            Virtio::Fresh { rng: false } => None,
-            Virtio::Fresh { rng: true } => Some(MmioTransport::new(Rng::new(), irq_line(VIRTIO_RNG_IRQ)?)?),
-            Virtio::Restore([]) => None,
-            Virtio::Restore([rng]) => Some(
-                MmioTransport::from_state(Rng::new(), irq_line(VIRTIO_RNG_IRQ)?, rng)
-                    .context("restoring the virtio-rng device")?,
-            ),
-            Virtio::Restore(other) => {
-                anyhow::bail!("the snapshot has {} virtio devices, this VMM at most 1", other.len())
+        let (mut rng, mut blk) = (None, None);
+        match virtio {
+            Virtio::Fresh { rng: with_rng, disk } => {
+                if with_rng {
+                    rng = Some(MmioTransport::new(Rng::new(), irq_line(VIRTIO_RNG_IRQ)?)?);
+                }
+                if let Some(disk) = disk {
+                    blk = Some(MmioTransport::new(Blk::open(&disk)?, irq_line(VIRTIO_BLK_IRQ)?)?);
+                }
             }
-        };
+            Virtio::Restore { states, disk } => {
+                for s in states {
+                    match s.device_type {
+                        VIRTIO_ID_RNG if rng.is_none() => {
+                            let t = MmioTransport::from_state(Rng::new(), irq_line(VIRTIO_RNG_IRQ)?, s)
+                                .context("restoring the virtio-rng device")?;
+                            rng = Some(t);
+                        }
+                        VIRTIO_ID_BLOCK if blk.is_none() => {
+                            let Some(disk) = disk else {
+                                bail!("the snapshot has a virtio-blk device but names no disk");
+                            };
+                            let dev = Blk::open(disk).context("the live image's disk")?;
+                            let t = MmioTransport::from_state(dev, irq_line(VIRTIO_BLK_IRQ)?, s)
+                                .context("restoring the virtio-blk device")?;
+                            blk = Some(t);
+                        }
+                        t => bail!("the snapshot has a virtio device of type {t} this VMM does not have (or two)"),
+                    }
+                }
+            }
+        }
         Ok(Self {
             console: Mutex::new(console),
             agent: Mutex::new(agent),
             rng: rng.map(Mutex::new),
+            blk_isr: blk.as_ref().map(|b| b.interrupt_status()),
+            blk: blk.map(|b| Arc::new(Mutex::new(b))),
             mem,
             status,
             irqs,
+            io: Mutex::new(None),
         })
     }
 
@@ -138,13 +257,38 @@ impl Devices {
     /// a restored device's interrupt would be injected from a kernel
     /// worker into interrupt controllers that `KVM_SET_IRQCHIP` and
     /// `KVM_SET_LAPIC` then overwrite, or are overwriting.
-    pub fn connect_irqs(&self, vm: &VmFd) -> Result<()> {
+    ///
+    /// Then starts the disk's I/O thread, woken by an ioeventfd on its
+    /// QueueNotify register, and serves every virtio queue once: a
+    /// restored driver may have made requests available that the device
+    /// had not yet taken when the live image was made.
+    pub fn connect(&self, vm: &VmFd) -> Result<()> {
         for (fd, irq) in &self.irqs {
             vm.register_irqfd(fd, *irq)
                 .with_context(|| format!("KVM_IRQFD for IRQ {irq}"))?;
         }
+        if let Some(rng) = &self.rng {
+            lock(rng).kick(&self.mem).context("virtio-rng")?;
+        }
+        if let Some(blk) = &self.blk {
+            let kick = EventFd::new(EFD_NONBLOCK).context("the disk's ioeventfd")?;
+            let notify = IoEventAddress::Mmio(VIRTIO_BLK_BASE + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
+            // Linux's driver writes the queue's index (0), 32 bits wide.
+            vm.register_ioevent(&kick, &notify, 0u32)
+                .context("KVM_IOEVENTFD for the disk's QueueNotify")?;
+            kick.write(1).context("kicking the disk's queue")?;
+            let stop = EventFd::new(EFD_NONBLOCK).context("an eventfd")?;
+            let (blk, mem, status) = (blk.clone(), self.mem.clone(), self.status.clone());
+            let thread_stop = stop.try_clone().context("an eventfd")?;
+            let handle = std::thread::Builder::new()
+                .name("virtio-blk".into())
+                .spawn(move || serve_disk(blk, kick, thread_stop, mem, status))
+                .context("starting the disk's I/O thread")?;
+            *lock(&self.io) = Some(IoThread { stop, handle: Some(handle) });
+        }
         Ok(())
     }
+
 
     /// A guest `in` from `port`: fills `data`.
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
@@ -188,9 +332,19 @@ impl Devices {
     /// A guest read of `data.len()` bytes at guest-physical `addr`
     /// outside RAM.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
-        match &self.rng {
-            Some(rng) if (VIRTIO_RNG_BASE..VIRTIO_RNG_BASE + WINDOW).contains(&addr) => {
-                lock(rng).read(addr - VIRTIO_RNG_BASE, data)
+        let rng_window = VIRTIO_RNG_BASE..VIRTIO_RNG_BASE + WINDOW;
+        let blk_window = VIRTIO_BLK_BASE..VIRTIO_BLK_BASE + WINDOW;
+        match (&self.rng, &self.blk) {
+            (Some(rng), _) if rng_window.contains(&addr) => lock(rng).read(addr - VIRTIO_RNG_BASE, data),
+            (_, Some(blk)) if blk_window.contains(&addr) => {
+                let offset = addr - VIRTIO_BLK_BASE;
+                match &self.blk_isr {
+                    // The interrupt handler's read: no wait for the disk.
+                    Some(isr) if offset == u64::from(VIRTIO_MMIO_INTERRUPT_STATUS) && data.len() == 4 => {
+                        data.copy_from_slice(&isr.get().to_le_bytes())
+                    }
+                    _ => lock(blk).read(offset, data),
+                }
             }
             _ => data.fill(0xff),
         }
@@ -198,19 +352,36 @@ impl Devices {
 
     /// A guest write of `data` at guest-physical `addr` outside RAM.
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<()> {
-        match &self.rng {
-            Some(rng) if (VIRTIO_RNG_BASE..VIRTIO_RNG_BASE + WINDOW).contains(&addr) => lock(rng)
+        let rng_window = VIRTIO_RNG_BASE..VIRTIO_RNG_BASE + WINDOW;
+        let blk_window = VIRTIO_BLK_BASE..VIRTIO_BLK_BASE + WINDOW;
+        match (&self.rng, &self.blk) {
+            (Some(rng), _) if rng_window.contains(&addr) => lock(rng)
                 .write(addr - VIRTIO_RNG_BASE, data, &self.mem)
                 .context("virtio-rng"),
+            // The interrupt handler's acknowledgement, without waiting
+            // for the disk; other registers under the lock. (A notify
+            // the ioeventfd did not match, of another width or queue, is
+            // ignored there as the transport ignores it.)
+            (_, Some(blk)) if blk_window.contains(&addr) => {
+                let offset = addr - VIRTIO_BLK_BASE;
+                match (&self.blk_isr, <[u8; 4]>::try_from(data)) {
+                    (Some(isr), Ok(v)) if offset == u64::from(VIRTIO_MMIO_INTERRUPT_ACK) => {
+                        isr.ack(u32::from_le_bytes(v));
+                        Ok(())
+                    }
+                    _ => lock(blk).write(offset, data, &self.mem).context("virtio-blk"),
+                }
+            }
             _ => Ok(()),
         }
     }
 
-    /// The virtio devices' states, for a snapshot (taken with the vCPUs
-    /// paused: a device serves its queues in a vCPU's MMIO exit, so none
-    /// is in the middle of a request then).
-    pub fn virtio_states(&self) -> Vec<MmioState> {
-        self.rng.iter().map(|t| lock(t).state()).collect()
+    /// Takes every virtio device's lock, for a snapshot: with the vCPUs
+    /// paused and the disk's I/O thread kept out, no device moves until
+    /// the returned guard drops, and none is in the middle of a request
+    /// (each serves a request whole under its lock).
+    pub fn quiesce(&self) -> Quiet<'_> {
+        Quiet { rng: self.rng.as_ref().map(lock), blk: self.blk.as_ref().map(|b| lock(b)) }
     }
 
     /// Queues input for the guest on COM2 (the agent channel).
@@ -256,7 +427,7 @@ mod tests {
             Arc::new(AgentOutput::default()),
             Some(uarts),
             mem,
-            Virtio::Restore(&[]),
+            Virtio::Restore { states: &[], disk: None },
         )
         .unwrap()
     }
@@ -299,14 +470,14 @@ mod tests {
             let devices = restored_devices(&uarts);
             if connect_first {
                 // The order before: the edge is injected at once...
-                devices.connect_irqs(&vm).unwrap();
+                devices.connect(&vm).unwrap();
                 assert!(pic_irr(&vm, COM1_IRQ, Duration::from_secs(5)));
                 // ... and the restore wipes it out.
                 vm.set_irqchip(&pic).unwrap();
                 assert!(!pic_irr(&vm, COM1_IRQ, Duration::ZERO), "the restore keeps the edge");
             } else {
                 vm.set_irqchip(&pic).unwrap();
-                devices.connect_irqs(&vm).unwrap();
+                devices.connect(&vm).unwrap();
                 assert!(
                     pic_irr(&vm, COM1_IRQ, Duration::from_secs(5)),
                     "the pending UART interrupt was injected once connected"

@@ -48,6 +48,11 @@ pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 pub const VIRTIO_RNG_BASE: u64 = VIRTIO_MMIO_START;
 /// See [`VIRTIO_RNG_BASE`].
 pub const VIRTIO_RNG_IRQ: u32 = 5;
+/// virtio-blk: the second window, and ISA IRQ 6 (the floppy's on a PC;
+/// there is none).
+pub const VIRTIO_BLK_BASE: u64 = VIRTIO_MMIO_START + 0x1000;
+/// See [`VIRTIO_BLK_BASE`].
+pub const VIRTIO_BLK_IRQ: u32 = 6;
 
 /// KVM's three-page TSS region (needed by Intel VMX), above the RAM.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;

@@ -22,7 +22,7 @@
 //! 0x000a_0000  legacy hole (VGA, ROMs, BIOS): RAM in the memslot, not in e820
 //! 0x0010_0000  RAM, e820 usable: the protected-mode kernel, entered at +0x200
 //!   top of RAM   the initramfs, page aligned, as high as the kernel allows
-//! 0xd000_0000  virtio-mmio windows, 4 KiB each (virtio-rng first)
+//! 0xd000_0000  virtio-mmio windows, 4 KiB each (virtio-rng, virtio-blk)
 //! 0xfec0_0000  IOAPIC (KVM)
 //! 0xfee0_0000  local APICs (KVM)
 //! 0xfffb_d000  KVM's TSS pages (Intel)
@@ -44,15 +44,20 @@
 //! The UARTs raise their IRQ through irqfds.
 //!
 //! MMIO (`virtio/`): a virtio-rng device on the virtio-mmio transport,
-//! unless `vmsctl run --no-rng`:
+//! unless `vmsctl run --no-rng`, and a virtio-blk device with
+//! `vmsctl run --disk`:
 //!
 //! ```text
 //! 0xd000_0000  virtio-rng registers (4 KiB), ISA IRQ 5 (irqfd)
+//! 0xd000_1000  virtio-blk registers (4 KiB), ISA IRQ 6 (irqfd); its
+//!              QueueNotify (+0x50) is an ioeventfd served by the disk's
+//!              I/O thread
 //! other        reads all ones, writes ignored
 //! ```
 //!
-//! The guest finds it through `virtio_mmio.device=4K@0xd0000000:5` on its
-//! command line (`CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
+//! The guest finds them through `virtio_mmio.device=4K@0xd0000000:5` and
+//! `virtio_mmio.device=4K@0xd0001000:6` on its command line
+//! (`CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
 //!
 //! CPUs: vCPU `i` has local APIC id `i`; vCPU 0 boots, the others wait
 //! for INIT/SIPI. The MP table (`mptable.rs`) lists them, the ISA bus,
@@ -261,7 +266,7 @@ impl Vm {
     /// Starts the vCPUs.
     pub fn start(mut self) -> Result<RunningVm> {
         // Only now: a restored VM's interrupt controllers are restored.
-        self.devices.connect_irqs(&self.vm_fd)?;
+        self.devices.connect(&self.vm_fd)?;
         let vcpus = std::mem::take(&mut self.vcpus);
         let threads = run::start(vcpus, &self.devices, &self.status)?;
         let agent = Agent::new(
@@ -358,6 +363,9 @@ impl RunningVm {
         let t0 = std::time::Instant::now();
         let vcpus = self.threads.pause(&msrs);
         let result = vcpus.and_then(|vcpus| {
+            // Held until the memory is taken: the disk's I/O thread is
+            // kept out as the vCPUs are.
+            let quiet = self.vm.devices.quiesce();
             let devices = state::save_devices(self.vm.vm_fd())?;
             let s = state::MachineState {
                 version: state::STATE_VERSION,
@@ -365,7 +373,8 @@ impl RunningVm {
                 vcpus,
                 devices,
                 uarts: self.vm.devices.uart_states(),
-                virtio: self.vm.devices.virtio_states(),
+                virtio: quiet.virtio_states(),
+                disk: quiet.disk(),
                 cmdline: cmdline.to_owned(),
             };
             let t = with_paused(&s)?;
@@ -375,6 +384,11 @@ impl RunningVm {
         let paused = t0.elapsed();
         let (s, t) = result?;
         Ok((s, t, paused))
+    }
+
+    /// The VM's disk, if it has one.
+    pub fn disk(&self) -> Option<virtio::blk::DiskConfig> {
+        self.vm.devices.quiesce().disk()
     }
 
     /// The MSRs a snapshot saves: KVM's list (KVM_GET_MSR_INDEX_LIST).

@@ -119,6 +119,11 @@ pub struct MachineState {
     /// window order; none in images made before they existed.
     #[serde(default)]
     pub virtio: Vec<super::virtio::MmioState>,
+    /// The disk the virtio-blk device serves (read-only: a live image of
+    /// a VM with a writable disk is refused until clones get their own
+    /// copy-on-write layer of it).
+    #[serde(default)]
+    pub disk: Option<super::virtio::blk::DiskConfig>,
     /// The kernel command line the VM booted with (for `list`/`info`).
     pub cmdline: String,
 }

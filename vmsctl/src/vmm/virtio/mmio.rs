@@ -18,7 +18,8 @@
 //! queue that does not exist. The configuration space, from offset 0x100,
 //! takes accesses of any width.
 
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -115,6 +116,34 @@ pub struct MmioState {
     pub queues: Vec<QueueSnapshot>,
 }
 
+/// The InterruptStatus register, shared with whoever serves the window
+/// without the transport's lock: a driver's interrupt handler reads it
+/// and acknowledges it, and must not wait for a request in progress
+/// (the disk's I/O thread holds the transport's lock while it reads and
+/// writes the file).
+#[derive(Clone, Default)]
+pub struct InterruptStatus(Arc<AtomicU32>);
+
+impl InterruptStatus {
+    /// A read of the register.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// The driver's write of `v` to InterruptACK.
+    pub fn ack(&self, v: u32) {
+        self.0.fetch_and(!v, Ordering::SeqCst);
+    }
+
+    fn raise(&self, bits: u32) {
+        self.0.fetch_or(bits, Ordering::SeqCst);
+    }
+
+    fn set(&self, v: u32) {
+        self.0.store(v, Ordering::SeqCst);
+    }
+}
+
 /// One virtio device's register window.
 pub struct MmioTransport<D: VirtioDevice> {
     device: D,
@@ -125,7 +154,9 @@ pub struct MmioTransport<D: VirtioDevice> {
     driver_features_sel: u32,
     driver_features: u64,
     queue_sel: u32,
-    interrupt_status: u32,
+    interrupt_status: InterruptStatus,
+    /// The device failed (a ring it could not use): reported once.
+    failed: bool,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -145,7 +176,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
-            interrupt_status: 0,
+            interrupt_status: InterruptStatus::default(),
+            failed: false,
         })
     }
 
@@ -182,9 +214,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
             driver_features_sel: state.driver_features_sel,
             driver_features: state.driver_features,
             queue_sel: state.queue_sel,
-            interrupt_status: state.interrupt_status,
+            interrupt_status: InterruptStatus::default(),
+            failed: false,
         };
-        if t.interrupt_status != 0 {
+        t.interrupt_status.set(state.interrupt_status);
+        if state.interrupt_status != 0 {
             t.irq.trigger().context("raising a restored virtio interrupt")?;
         }
         Ok(t)
@@ -199,13 +233,17 @@ impl<D: VirtioDevice> MmioTransport<D> {
             driver_features_sel: self.driver_features_sel,
             driver_features: self.driver_features,
             queue_sel: self.queue_sel,
-            interrupt_status: self.interrupt_status,
+            interrupt_status: self.interrupt_status.get(),
             queues: self.queues.iter().map(|q| q.state().into()).collect(),
         }
     }
 
+    /// The InterruptStatus register, to serve without the lock.
+    pub fn interrupt_status(&self) -> InterruptStatus {
+        self.interrupt_status.clone()
+    }
+
     /// The device behind the transport.
-    #[cfg(test)]
     pub fn device(&self) -> &D {
         &self.device
     }
@@ -246,7 +284,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             },
             VIRTIO_MMIO_QUEUE_NUM_MAX => sel.map_or(0, |q| q.max_size().into()),
             VIRTIO_MMIO_QUEUE_READY => sel.map_or(0, |q| q.ready().into()),
-            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status,
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status.get(),
             VIRTIO_MMIO_STATUS => self.status,
             // The configuration space never changes under the driver.
             VIRTIO_MMIO_CONFIG_GENERATION => 0,
@@ -300,7 +338,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             VIRTIO_MMIO_QUEUE_USED_LOW if setup => self.with_selected(|q| q.set_used_ring_address(Some(v), None)),
             VIRTIO_MMIO_QUEUE_USED_HIGH if setup => self.with_selected(|q| q.set_used_ring_address(None, Some(v))),
             VIRTIO_MMIO_QUEUE_NOTIFY => return self.notify(v as usize, mem),
-            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt_status &= !v,
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt_status.ack(v),
             VIRTIO_MMIO_STATUS => self.set_status(v, mem),
             _ => {}
         }
@@ -350,22 +388,54 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.driver_features_sel = 0;
         self.driver_features = 0;
         self.queue_sel = 0;
-        self.interrupt_status = 0;
+        self.interrupt_status.set(0);
+        self.failed = false;
+    }
+
+    /// Serves every queue, as if the driver had notified each: after a
+    /// restore, for requests the driver made available before the live
+    /// image was taken (it will not notify them again).
+    pub fn kick(&mut self, mem: &GuestMemoryMmap) -> Result<()> {
+        for index in 0..self.queues.len() {
+            self.notify(index, mem)?;
+        }
+        Ok(())
     }
 
     /// The driver notified queue `index`: let the device serve it, and
-    /// interrupt the driver if the ring asks for it.
-    fn notify(&mut self, index: usize, mem: &GuestMemoryMmap) -> Result<()> {
+    /// interrupt the driver if the ring asks for it. A write of the
+    /// index to QueueNotify does this; so does a device's I/O thread
+    /// woken by an ioeventfd on that register.
+    pub fn notify(&mut self, index: usize, mem: &GuestMemoryMmap) -> Result<()> {
         if !self.driver_ok() {
             return Ok(());
         }
         let Some(queue) = self.queues.get_mut(index) else {
             return Ok(());
         };
-        if !queue.ready() {
+        if !queue.ready() || self.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
             return Ok(());
         }
-        let used = self.device.process_queue(index, queue, mem)?;
+        let used = match self.device.process_queue(index, queue, mem) {
+            Ok(used) => used,
+            // A ring the device cannot use (a head index out of range, a
+            // used ring it cannot write): the driver's fault, so the
+            // device stops and asks for a reset (virtio 1.2, 2.1.1)
+            // instead of stopping the VM.
+            Err(e) => {
+                if !self.failed {
+                    self.failed = true;
+                    eprintln!(
+                        "vmsctl: virtio device (type {}) queue {index}: {e:#}; it needs a reset now",
+                        self.device.device_type()
+                    );
+                }
+                self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+                self.interrupt_status.raise(VIRTIO_MMIO_INT_CONFIG);
+                self.irq.trigger().context("raising the virtio interrupt")?;
+                return Ok(());
+            }
+        };
         if !used {
             return Ok(());
         }
@@ -375,7 +445,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .needs_notification(mem)
             .map_err(|e| anyhow::anyhow!("virtio queue {index}: {e:?}"))?;
         if wanted {
-            self.interrupt_status |= VIRTIO_MMIO_INT_VRING;
+            self.interrupt_status.raise(VIRTIO_MMIO_INT_VRING);
             if let Err(e) = self.irq.trigger() {
                 bail!("raising the virtio interrupt: {e}");
             }
@@ -579,6 +649,56 @@ mod tests {
         assert_eq!(q.used().idx().load(), 0);
     }
 
+    /// A request the driver made available but the device had not taken
+    /// when the live image was made: the restored device serves it when
+    /// kicked at start (the driver will not notify it again), once.
+    #[test]
+    fn a_pending_request_is_served_after_the_restore() {
+        let mem = memory();
+        let q = MockSplitQueue::create(&mem, RING, LEN);
+        let (mut t, _irq) = rng();
+        handshake(&mut t, &q, 1 << VIRTIO_F_VERSION_1, &mem);
+        offer(&q, &mem, 0, 1, 32, VRING_DESC_F_WRITE as u16);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0, &mem);
+        // The next one is made available; the snapshot comes before the
+        // device sees the notification.
+        offer(&q, &mem, 1, 1, 32, VRING_DESC_F_WRITE as u16);
+        let state = t.state();
+        drop(t);
+        let mut t = MmioTransport::from_state(Rng::new(), IrqLine::new().unwrap(), &state).unwrap();
+        assert_eq!(q.used().idx().load(), 1);
+        t.kick(&mem).unwrap();
+        assert_eq!(q.used().idx().load(), 2);
+        assert_eq!(t.device().bytes(), 32);
+        t.kick(&mem).unwrap();
+        assert_eq!(q.used().idx().load(), 2, "nothing is done twice");
+    }
+
+    /// A ring the device cannot use (a head index past the queue) makes
+    /// the device ask for a reset; the VMM goes on.
+    #[test]
+    fn a_broken_ring_needs_a_reset() {
+        let mem = memory();
+        let q = MockSplitQueue::create(&mem, RING, LEN);
+        let (mut t, irq) = rng();
+        handshake(&mut t, &q, 1 << VIRTIO_F_VERSION_1, &mem);
+        q.avail().ring().ref_at(0).unwrap().store(LEN + 3);
+        q.avail().idx().store(1);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0, &mem);
+        assert_ne!(r32(&t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert_eq!(r32(&t, VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
+        assert!(irq.eventfd().read().unwrap() >= 1);
+        // Until the reset, notifications are ignored; then it works again.
+        offer(&q, &mem, 1, 1, 32, VRING_DESC_F_WRITE as u16);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0, &mem);
+        assert_eq!(q.used().idx().load(), 0);
+        let q = MockSplitQueue::create(&mem, RING, LEN);
+        handshake(&mut t, &q, 1 << VIRTIO_F_VERSION_1, &mem);
+        offer(&q, &mem, 0, 1, 32, VRING_DESC_F_WRITE as u16);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0, &mem);
+        assert_eq!(q.used().idx().load(), 1);
+    }
+
     #[test]
     fn state_carries_the_queue_positions() {
         let mem = memory();
@@ -602,6 +722,11 @@ mod tests {
         // Requests 2 and 3 done, 0 and 1 not done twice.
         assert_eq!(q.used().idx().load(), 4);
         assert_eq!(t.device().bytes(), 64);
+        // The interrupt register is served without the lock too.
+        let isr = t.interrupt_status();
+        assert_eq!(isr.get(), VIRTIO_MMIO_INT_VRING);
+        isr.ack(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(r32(&t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
         // A state of another device type, or other queues, is refused.
         let mut other = state.clone();
         other.device_type = 2;

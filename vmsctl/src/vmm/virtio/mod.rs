@@ -12,13 +12,18 @@
 //!   (it depends on `virtio-bindings` by path, without a version), and
 //!   Firecracker's and Cloud Hypervisor's are parts of their VMMs. It is
 //!   the register file of section 4.2.2 and a few hundred lines;
-//! - the devices ([`rng`]) are written here too, on those queues.
+//! - the devices ([`rng`], [`blk`]) are written here too, on those
+//!   queues.
 //!
 //! A device serves its queues when the driver notifies one
 //! ([`VirtioDevice::process_queue`]), in the thread that handled the
 //! notification, and raises its interrupt through an [`IrqLine`] (an
-//! irqfd) when the ring says the driver wants one.
+//! irqfd) when the ring says the driver wants one. virtio-rng is served
+//! in the vCPU thread whose MMIO write notified it (a getrandom(2) call);
+//! virtio-blk in an I/O thread of its own, which KVM wakes through an
+//! ioeventfd on the notify register, so a vCPU never waits for the disk.
 
+pub mod blk;
 pub mod mmio;
 pub mod rng;
 

@@ -1,0 +1,547 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! virtio-blk (virtio 1.2, section 5.2) backed by a raw file: reads,
+//! writes, flush and the device ID, on one request queue.
+//!
+//! A request is a chain: a 16-byte header the device reads (type, I/O
+//! priority, first 512-byte sector), the data (read by the device for a
+//! write, written by it for a read), and one status byte the device
+//! writes last. Requests are served in order, one at a time, in the
+//! thread that serves the queue: the disk's I/O thread
+//! ([`super::super::devices`]), woken by an ioeventfd, never a vCPU.
+//!
+//! What a request may not do: reach past the disk's end, write a
+//! read-only disk, or come as a chain without room for its status. The
+//! first two end with `VIRTIO_BLK_S_IOERR` (one line on the VMM's
+//! stderr for each kind, the first time), the third is completed with
+//! nothing written, as the specification leaves a device no better way.
+//! Unknown request types get `VIRTIO_BLK_S_UNSUPP`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::VirtioDevice;
+
+/// Descriptors in the queue, at most.
+pub const QUEUE_SIZE: u16 = 256;
+/// The unit of the protocol's sector numbers and of the disk's size.
+pub const SECTOR: u64 = 512;
+/// The header every request starts with.
+const HEADER: usize = 16;
+/// The most bytes moved per step of one request: a guest's chain may
+/// describe gigabytes; the device copies it in pieces of this size.
+const CHUNK: usize = 1 << 20;
+
+/// A disk as the VM was given it, and as a live image records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    /// The backing file (a raw disk image, or a block device).
+    pub path: PathBuf,
+    /// The guest may not write it (`VIRTIO_BLK_F_RO`); the VMM opens it
+    /// read-only.
+    pub read_only: bool,
+    /// Its size in bytes when the VM got it.
+    pub size: u64,
+    /// Its modification time then (ns since the epoch): a clone refuses
+    /// a read-only disk that changed since its live image was made.
+    pub modified: i128,
+}
+
+impl DiskConfig {
+    /// The disk at `path` (made absolute: clones start in other working
+    /// directories), with its size and modification time now.
+    pub fn new(path: &Path, read_only: bool) -> Result<Self> {
+        let path = std::fs::canonicalize(path).with_context(|| format!("disk {}", path.display()))?;
+        let mut f = File::open(&path).with_context(|| format!("opening disk {}", path.display()))?;
+        let (size, modified) = disk_identity(&mut f, &path)?;
+        Ok(Self { path, read_only, size, modified })
+    }
+}
+
+/// The size of the open disk `f` (a regular file's length or a block
+/// device's size, a nonzero multiple of 512 bytes) and its modification
+/// time in nanoseconds since the epoch.
+fn disk_identity(f: &mut File, path: &Path) -> Result<(u64, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let size = std::io::Seek::seek(f, std::io::SeekFrom::End(0))
+        .with_context(|| format!("the size of disk {}", path.display()))?;
+    ensure!(
+        size > 0 && size % SECTOR == 0,
+        "disk {}: {size} bytes; a disk is a nonzero multiple of {SECTOR} bytes",
+        path.display()
+    );
+    let m = f.metadata().with_context(|| format!("fstat of disk {}", path.display()))?;
+    Ok((size, i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())))
+}
+
+/// Requests of each outcome, for statistics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlkCounters {
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub errors: u64,
+    pub unsupported: u64,
+}
+
+/// The virtio-blk device.
+pub struct Blk {
+    file: File,
+    config: DiskConfig,
+    /// The device ID string (`VIRTIO_BLK_T_GET_ID`): the file's name,
+    /// cut to 20 bytes (Linux shows it as /sys/block/vda/serial).
+    id: Vec<u8>,
+    counters: BlkCounters,
+    /// Kinds of errors already reported on stderr (bit per kind).
+    reported: u8,
+}
+
+/// Why a request failed with `VIRTIO_BLK_S_IOERR`.
+#[derive(Clone, Copy)]
+enum Fault {
+    OutOfRange = 1,
+    ReadOnly = 2,
+    Io = 4,
+    Short = 8,
+}
+
+impl Blk {
+    /// Opens the disk `config` names; fails if its size changed since
+    /// `config` was made (a live image's disk must be the one it saw).
+    pub fn open(config: &DiskConfig) -> Result<Self> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!config.read_only)
+            .open(&config.path)
+            .with_context(|| {
+                format!(
+                    "opening disk {}{}",
+                    config.path.display(),
+                    if config.read_only { " read-only" } else { " for reading and writing" }
+                )
+            })?;
+        let (size, modified) = disk_identity(&mut file, &config.path)?;
+        ensure!(
+            size == config.size,
+            "disk {}: {size} bytes now, {} when the VM got it",
+            config.path.display(),
+            config.size
+        );
+        ensure!(
+            !config.read_only || modified == config.modified,
+            "disk {} was modified since the VM got it (a read-only disk must stay as its live image saw it)",
+            config.path.display()
+        );
+        let name = config.path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"disk");
+        let id = name[..name.len().min(VIRTIO_BLK_ID_BYTES as usize)].to_vec();
+        Ok(Self { file, config: config.clone(), id, counters: BlkCounters::default(), reported: 0 })
+    }
+
+    /// The disk it serves.
+    pub fn config(&self) -> &DiskConfig {
+        &self.config
+    }
+
+    /// What it has done so far.
+    #[allow(dead_code)] // Tests, and `vmsctl stats` later.
+    pub fn counters(&self) -> BlkCounters {
+        self.counters
+    }
+
+    fn fault(&mut self, fault: Fault, what: &str) -> u8 {
+        self.counters.errors += 1;
+        if self.reported & fault as u8 == 0 {
+            self.reported |= fault as u8;
+            eprintln!(
+                "vmsctl: virtio-blk {}: {what} (the guest gets an I/O error; reported once)",
+                self.config.path.display()
+            );
+        }
+        VIRTIO_BLK_S_IOERR as u8
+    }
+
+    /// Whether `len` bytes from sector `sector` lie on the disk.
+    fn in_range(&self, sector: u64, len: usize) -> bool {
+        sector
+            .checked_mul(SECTOR)
+            .and_then(|off| off.checked_add(len as u64))
+            .is_some_and(|end| end <= self.config.size)
+    }
+
+    /// Serves one request: returns its status and the bytes the device
+    /// wrote into the chain before the status byte.
+    fn serve(&mut self, header: &mut impl Read, out: &mut impl Read, out_len: usize, data: &mut impl Write, in_len: usize) -> (u8, usize) {
+        let mut h = [0u8; HEADER];
+        if header.read_exact(&mut h).is_err() {
+            return (self.fault(Fault::Short, "a request without its 16-byte header"), 0);
+        }
+        let kind = u32::from_le_bytes(h[0..4].try_into().unwrap());
+        let sector = u64::from_le_bytes(h[8..16].try_into().unwrap());
+        match kind {
+            VIRTIO_BLK_T_IN => {
+                if !self.in_range(sector, in_len) {
+                    return (self.fault(Fault::OutOfRange, "a read past the disk's end"), 0);
+                }
+                let mut buf = vec![0u8; in_len.min(CHUNK)];
+                let mut done = 0;
+                while done < in_len {
+                    let n = (in_len - done).min(CHUNK);
+                    let off = sector * SECTOR + done as u64;
+                    if let Err(e) = self.file.read_exact_at(&mut buf[..n], off) {
+                        return (self.fault(Fault::Io, &format!("reading at {off}: {e}")), done);
+                    }
+                    if data.write_all(&buf[..n]).is_err() {
+                        return (self.fault(Fault::Short, "a read into memory the guest does not have"), done);
+                    }
+                    done += n;
+                }
+                self.counters.reads += 1;
+                (VIRTIO_BLK_S_OK as u8, in_len)
+            }
+            VIRTIO_BLK_T_OUT => {
+                if self.config.read_only {
+                    return (self.fault(Fault::ReadOnly, "a write to a read-only disk"), 0);
+                }
+                if !self.in_range(sector, out_len) {
+                    return (self.fault(Fault::OutOfRange, "a write past the disk's end"), 0);
+                }
+                let mut buf = vec![0u8; out_len.min(CHUNK)];
+                let mut done = 0;
+                while done < out_len {
+                    let n = (out_len - done).min(CHUNK);
+                    if out.read_exact(&mut buf[..n]).is_err() {
+                        return (self.fault(Fault::Short, "a write from memory the guest does not have"), 0);
+                    }
+                    let off = sector * SECTOR + done as u64;
+                    if let Err(e) = self.file.write_all_at(&buf[..n], off) {
+                        return (self.fault(Fault::Io, &format!("writing at {off}: {e}")), 0);
+                    }
+                    done += n;
+                }
+                self.counters.writes += 1;
+                (VIRTIO_BLK_S_OK as u8, 0)
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                if !self.config.read_only {
+                    if let Err(e) = self.file.sync_data() {
+                        return (self.fault(Fault::Io, &format!("flushing: {e}")), 0);
+                    }
+                }
+                self.counters.flushes += 1;
+                (VIRTIO_BLK_S_OK as u8, 0)
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                // The ID, NUL-padded to 20 bytes (virtio 1.2, 5.2.6.1),
+                // as much of it as the driver's buffer takes.
+                let mut id = self.id.clone();
+                id.resize(VIRTIO_BLK_ID_BYTES as usize, 0);
+                let n = in_len.min(id.len());
+                id.truncate(n);
+                if data.write_all(&id).is_err() {
+                    return (self.fault(Fault::Short, "an ID request into memory the guest does not have"), 0);
+                }
+                (VIRTIO_BLK_S_OK as u8, n)
+            }
+            _ => {
+                self.counters.unsupported += 1;
+                (VIRTIO_BLK_S_UNSUPP as u8, 0)
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Blk {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        let ro = if self.config.read_only { 1 << VIRTIO_BLK_F_RO } else { 0 };
+        (1 << VIRTIO_BLK_F_FLUSH) | ro
+    }
+
+    /// The configuration space: only `capacity` (le64 at offset 0, in
+    /// 512-byte sectors) is offered; the rest reads as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let capacity = (self.config.size / SECTOR).to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| capacity.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool> {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = match (chain.clone().reader(mem), chain.writer(mem)) {
+                (Ok(mut r), Ok(mut w)) if w.available_bytes() >= 1 => {
+                    let in_len = w.available_bytes() - 1;
+                    let mut status = w.split_at(in_len).expect("in_len < available bytes");
+                    let out_len = r.available_bytes().saturating_sub(HEADER);
+                    let mut out = r.split_at(HEADER.min(r.available_bytes())).expect("within available bytes");
+                    let (st, written) = self.serve(&mut r, &mut out, out_len, &mut w, in_len);
+                    match status.write_all(&[st]) {
+                        Ok(()) => written + 1,
+                        Err(_) => written,
+                    }
+                }
+                // No room for a status byte, or descriptors outside
+                // memory: nothing the driver could read back.
+                _ => {
+                    self.fault(Fault::Short, "a request without room for its status byte");
+                    0
+                }
+            };
+            queue
+                .add_used(mem, head, len as u32)
+                .map_err(|e| anyhow::anyhow!("virtio-blk: adding to the used ring: {e:?}"))?;
+            used = true;
+        }
+        Ok(used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const RING: GuestAddress = GuestAddress(0x1_0000);
+    const HDR: u64 = 0x8_0000;
+    const DATA: u64 = 0x9_0000;
+    const STATUS: u64 = 0xf_0000;
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+
+    /// A scratch disk of `sectors` sectors, sector `i` filled with byte
+    /// `i`, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str, sectors: u64) -> Self {
+            let path = std::env::temp_dir().join(format!("vms-blk-{}-{name}", std::process::id()));
+            let bytes: Vec<u8> = (0..sectors).flat_map(|i| vec![i as u8; SECTOR as usize]).collect();
+            std::fs::write(&path, bytes).unwrap();
+            Self(path)
+        }
+        fn bytes(&self) -> Vec<u8> {
+            std::fs::read(&self.0).unwrap()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+        mem.write_slice(&[0xee], GuestAddress(STATUS)).unwrap();
+    }
+
+    /// Makes the chain `descs` (address, length, flags) available and lets
+    /// `blk` serve it; returns the used length and the status byte.
+    fn request(blk: &mut Blk, mem: &GuestMemoryMmap, descs: &[(u64, u32, u16)]) -> (u32, u8) {
+        let q = MockSplitQueue::create(mem, RING, 16);
+        let n = descs.len();
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, flags))| {
+                let (flags, next) = if i + 1 < n { (flags | VRING_DESC_F_NEXT as u16, i as u16 + 1) } else { (flags, 0) };
+                RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+            })
+            .collect();
+        q.add_desc_chains(&raw, 0).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert!(blk.process_queue(0, &mut queue, mem).unwrap());
+        assert_eq!(q.used().idx().load(), 1);
+        let e = q.used().ring().ref_at(0).unwrap().load();
+        let mut st = [0u8];
+        mem.read_slice(&mut st, GuestAddress(STATUS)).unwrap();
+        (e.len(), st[0])
+    }
+
+    fn open(disk: &Scratch, read_only: bool) -> Blk {
+        Blk::open(&DiskConfig::new(&disk.0, read_only).unwrap()).unwrap()
+    }
+
+    const OK: u8 = VIRTIO_BLK_S_OK as u8;
+    const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+
+    #[test]
+    fn reads_the_sectors_asked_for() {
+        let disk = Scratch::new("read", 8);
+        let mut blk = open(&disk, false);
+        let mem = memory();
+        header(&mem, VIRTIO_BLK_T_IN, 2);
+        // Two data descriptors: a read may be scattered.
+        let (len, st) = request(&mut blk, &mem, &[(HDR, 16, 0), (DATA, 512, W), (DATA + 0x1000, 512, W), (STATUS, 1, W)]);
+        assert_eq!((len, st), (1025, OK));
+        let mut got = vec![0u8; 512];
+        mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert_eq!(got, vec![2u8; 512]);
+        mem.read_slice(&mut got, GuestAddress(DATA + 0x1000)).unwrap();
+        assert_eq!(got, vec![3u8; 512]);
+        assert_eq!(blk.counters().reads, 1);
+    }
+
+    #[test]
+    fn writes_and_flushes() {
+        let disk = Scratch::new("write", 8);
+        let mut blk = open(&disk, false);
+        let mem = memory();
+        header(&mem, VIRTIO_BLK_T_OUT, 5);
+        mem.write_slice(&[0xabu8; 1024], GuestAddress(DATA)).unwrap();
+        let (len, st) = request(&mut blk, &mem, &[(HDR, 16, 0), (DATA, 1024, 0), (STATUS, 1, W)]);
+        assert_eq!((len, st), (1, OK));
+        let bytes = disk.bytes();
+        assert_eq!(&bytes[5 * 512..7 * 512], &[0xab; 1024][..]);
+        assert_eq!(&bytes[4 * 512..5 * 512], &[4u8; 512][..]);
+        assert_eq!(&bytes[7 * 512..], &[7u8; 512][..]);
+        header(&mem, VIRTIO_BLK_T_FLUSH, 0);
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 16, 0), (STATUS, 1, W)]), (1, OK));
+        let c = blk.counters();
+        assert_eq!((c.writes, c.flushes, c.errors), (1, 1, 0));
+    }
+
+    #[test]
+    fn nothing_past_the_end() {
+        let disk = Scratch::new("end", 8);
+        let before = disk.bytes();
+        let mut blk = open(&disk, false);
+        let mem = memory();
+        // The last sector reads; one more does not.
+        header(&mem, VIRTIO_BLK_T_IN, 7);
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]).1, OK);
+        header(&mem, VIRTIO_BLK_T_IN, 7);
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 16, 0), (DATA, 1024, W), (STATUS, 1, W)]).1, IOERR);
+        // A sector number whose byte offset overflows.
+        header(&mem, VIRTIO_BLK_T_OUT, u64::MAX / 256);
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]).1, IOERR);
+        header(&mem, VIRTIO_BLK_T_OUT, 8);
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]).1, IOERR);
+        assert_eq!(disk.bytes(), before);
+        assert_eq!(blk.counters().errors, 3);
+    }
+
+    #[test]
+    fn a_read_only_disk_is_not_written() {
+        let disk = Scratch::new("ro", 4);
+        let before = disk.bytes();
+        let mut blk = open(&disk, true);
+        assert_ne!(blk.features() & (1 << VIRTIO_BLK_F_RO), 0);
+        let mem = memory();
+        header(&mem, VIRTIO_BLK_T_OUT, 0);
+        mem.write_slice(&[0xcdu8; 512], GuestAddress(DATA)).unwrap();
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]), (1, IOERR));
+        assert_eq!(disk.bytes(), before);
+        // Reads and flushes still work.
+        header(&mem, VIRTIO_BLK_T_IN, 1);
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]), (513, OK));
+        header(&mem, VIRTIO_BLK_T_FLUSH, 0);
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 16, 0), (STATUS, 1, W)]), (1, OK));
+    }
+
+    #[test]
+    fn id_capacity_and_unknown_requests() {
+        let disk = Scratch::new("id", 6);
+        let mut blk = open(&disk, false);
+        let mut cap = [0u8; 8];
+        blk.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 6);
+        let mut hi = [0xffu8; 4];
+        blk.read_config(4, &mut hi);
+        assert_eq!(hi, [0; 4]);
+        blk.read_config(u64::MAX, &mut hi);
+        assert_eq!(hi, [0; 4]);
+        let mem = memory();
+        header(&mem, VIRTIO_BLK_T_GET_ID, 0);
+        let (len, st) = request(&mut blk, &mem, &[(HDR, 16, 0), (DATA, 20, W), (STATUS, 1, W)]);
+        assert_eq!(st, OK);
+        // The file's name, NUL-padded to 20 bytes.
+        let mut name = disk.0.file_name().unwrap().as_encoded_bytes().to_vec();
+        name.resize(20, 0);
+        assert_eq!(len, 21);
+        let mut got = vec![0xffu8; 20];
+        mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert_eq!(got, name);
+        header(&mem, 11, 0); // VIRTIO_BLK_T_DISCARD: not offered
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 16, 0), (STATUS, 1, W)]), (1, VIRTIO_BLK_S_UNSUPP as u8));
+    }
+
+    #[test]
+    fn broken_chains_complete_without_harm() {
+        let disk = Scratch::new("broken", 4);
+        let before = disk.bytes();
+        let mut blk = open(&disk, false);
+        let mem = memory();
+        // No writable descriptor: no room for a status.
+        header(&mem, VIRTIO_BLK_T_OUT, 0);
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 16, 0), (DATA, 512, 0)]).0, 0);
+        // A header cut short.
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 8, 0), (STATUS, 1, W)]), (1, IOERR));
+        // Data outside guest memory.
+        header(&mem, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(request(&mut blk, &mem, &[(HDR, 16, 0), (0x100_0000, 512, W), (STATUS, 1, W)]).0, 0);
+        assert_eq!(disk.bytes(), before);
+    }
+
+    #[test]
+    fn disks_of_odd_or_changed_sizes_are_refused() {
+        let path = std::env::temp_dir().join(format!("vms-blk-{}-odd", std::process::id()));
+        std::fs::write(&path, [0u8; 1000]).unwrap();
+        let e = DiskConfig::new(&path, false).unwrap_err();
+        assert!(format!("{e:#}").contains("multiple of 512"), "{e:#}");
+        std::fs::write(&path, []).unwrap();
+        assert!(DiskConfig::new(&path, false).is_err());
+        std::fs::write(&path, [0u8; 1024]).unwrap();
+        let config = DiskConfig::new(&path, false).unwrap();
+        std::fs::write(&path, [0u8; 2048]).unwrap();
+        let e = Blk::open(&config).err().unwrap();
+        assert!(format!("{e:#}").contains("2048 bytes now, 1024"), "{e:#}");
+        // A read-only disk rewritten at the same size is refused too; a
+        // writable one is the VM's to change.
+        let config = DiskConfig::new(&path, true).unwrap();
+        assert!(config.path.is_absolute());
+        Blk::open(&config).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
+        let e = Blk::open(&config).err().unwrap();
+        assert!(format!("{e:#}").contains("was modified"), "{e:#}");
+        Blk::open(&DiskConfig { read_only: false, ..config }).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(DiskConfig::new(&path, false).is_err());
+    }
+}
