@@ -62,6 +62,8 @@ pub struct Devices {
     blk: Option<Arc<Mutex<MmioTransport<Blk>>>>,
     /// The disk's InterruptStatus register, served without its lock.
     blk_isr: Option<InterruptStatus>,
+    /// The disk the virtio-blk device serves (fixed for the VM's life).
+    disk: Option<DiskConfig>,
     /// Guest memory, where the virtio devices find their rings.
     mem: GuestMemoryMmap,
     status: Arc<Status>,
@@ -92,11 +94,6 @@ impl Quiet<'_> {
         let rng = self.rng.as_ref().map(|t| t.state());
         let blk = self.blk.as_ref().map(|t| t.state());
         rng.into_iter().chain(blk).collect()
-    }
-
-    /// The disk, if the VM has one.
-    pub fn disk(&self) -> Option<DiskConfig> {
-        self.blk.as_ref().map(|t| t.device().config().clone())
     }
 }
 
@@ -241,6 +238,7 @@ impl Devices {
             agent: Mutex::new(agent),
             rng: rng.map(Mutex::new),
             blk_isr: blk.as_ref().map(|b| b.interrupt_status()),
+            disk: blk.as_ref().map(|b| b.device().config().clone()),
             blk: blk.map(|b| Arc::new(Mutex::new(b))),
             mem,
             status,
@@ -374,6 +372,11 @@ impl Devices {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The disk, if the VM has one (no lock: it never changes).
+    pub fn disk(&self) -> Option<&DiskConfig> {
+        self.disk.as_ref()
     }
 
     /// Takes every virtio device's lock, for a snapshot: with the vCPUs

@@ -374,7 +374,7 @@ impl RunningVm {
                 devices,
                 uarts: self.vm.devices.uart_states(),
                 virtio: quiet.virtio_states(),
-                disk: quiet.disk(),
+                disk: self.vm.devices.disk().cloned(),
                 cmdline: cmdline.to_owned(),
             };
             let t = with_paused(&s)?;
@@ -388,7 +388,7 @@ impl RunningVm {
 
     /// The VM's disk, if it has one.
     pub fn disk(&self) -> Option<virtio::blk::DiskConfig> {
-        self.vm.devices.quiesce().disk()
+        self.vm.devices.disk().cloned()
     }
 
     /// The MSRs a snapshot saves: KVM's list (KVM_GET_MSR_INDEX_LIST).

@@ -155,7 +155,7 @@ impl Blk {
     }
 
     /// What it has done so far.
-    #[allow(dead_code)] // Tests, and `vmsctl stats` later.
+    #[cfg(test)]
     pub fn counters(&self) -> BlkCounters {
         self.counters
     }
