@@ -7,7 +7,8 @@
 #       boot a guest (vmsctl run), make a live image, start 8 clones
 #       (LIVE_VM_CLONES, at least 3):
 #       each resumes (its counter goes on from the parent's), has its own
-#       identity and its own tmpfs; the clones use < 1.5x the parent's
+#       identity (hostname, id, a reseeded CRNG: distinct /dev/urandom,
+#       a wall clock within 2 s of the host's) and its own tmpfs; the clones use < 1.5x the parent's
 #       memory; killing a clone or the parent leaves the others running;
 #       everything is freed at the end. Saves the image to SAVE_FILE.
 #   live_vm.sh load VMSCTL SAVE_FILE
@@ -136,6 +137,9 @@ clones)
 	parent_kb=$((image_pages * 4))
 	msg "the parent had written $image_pages pages ($parent_kb KiB); they are the image now"
 	free1=$(memfree_kb)
+	# Let the image age, so that a clone which kept the parent's wall
+	# clock would be seconds late, not within the clock check's 2 s.
+	sleep 5
 	if out=$("$vmsctl" live-image start img --count "$N" --name-prefix c); then
 		sed 's/^/# /' <<<"$out"
 		ok "live-image start --count $N"
@@ -172,6 +176,27 @@ clones)
 		fi
 	done
 	check "$N clones resumed with the parent's state and their own identity ($good/$N)" [ $good = "$N" ]
+	# Safe identity: the CRNG reseeded from host entropy before anything
+	# read it (every clone resumed with the parent's CRNG state: without
+	# the reseed they would hand out the same bytes), and the host's time.
+	urnd="" got=0 late="" skews=""
+	for i in $all; do
+		h0=$(date +%s)
+		out=$(vx c-$i 'date +%s; head -c 32 /dev/urandom | od -An -v -tx1 | tr -d " \n"')
+		h1=$(date +%s)
+		read -r g v <<<"$(echo $out)"
+		[[ $v =~ ^[0-9a-f]{64}$ ]] && { got=$((got + 1)); urnd+="$v"$'\n'; }
+		# within 2 s of the host's clock, read just before and after
+		if [[ $g =~ ^[0-9]+$ ]] && [ "$g" -ge $((h0 - 2)) ] && [ "$g" -le $((h1 + 2)) ]; then
+			skews+=" $((g - h0))"
+		else
+			late+=" c-$i(${g:-?} vs $h0..$h1)"
+		fi
+	done
+	distinct=$(printf '%s' "$urnd" | sort -u | grep -c .)
+	msg "clones' /dev/urandom: $got of $N read 32 bytes, $distinct distinct; clock minus host's (s):$skews${late:+; off:$late}"
+	check "$N clones' /dev/urandom after the resume all differ ($distinct/$N)" [ "$distinct" = "$N" ]
+	check "$N clones' wall clocks within 2 s of the host's${late:+ (off:$late)}" [ -z "$late" ]
 	resumed=$(grep -l "vms-guest: resumed" "$VMS_RUN_DIR"/vm/c-*.log 2>/dev/null | wc -l)
 	check "$N clones printed their resume line on the console ($resumed/$N)" [ "$resumed" = "$N" ]
 

@@ -37,7 +37,11 @@ The guest's memory is a vms clone: of a new empty image for a boot (named
 boot.NAME), of the live image for a clone, whose pages then stream from the
 image at fault time and stay shared until the clone writes them. A clone
 resumes where the VM the image was made of was paused, and is handed its
-identity (hostname NAME, /run/vms-id N) through the guest agent.
+identity through the guest agent before anything else runs there: 32 bytes
+of host entropy that reseed the guest's CRNG (the parent's random-number
+state must not be handed out twice), the host's wall clock, hostname NAME
+and /run/vms-id N (scripts/guest/identity; what a guest needs:
+docs/ARCHITECTURE.md#a-clones-identity).
 
 Foreground (default): runs until the guest powers off or reboots. With
 --detach: returns once the guest is ready (booted, or resumed with its
@@ -464,10 +468,15 @@ impl Vmm {
         let first_ns = now_ns().saturating_sub(first.elapsed().as_nanos());
         let start_us = first_ns.saturating_sub(requested_ns) as f64 / 1000.0;
         let id = args.id.unwrap_or(0);
+        let mut seed = [0u8; 32];
+        crate::vmm::virtio::rng::fill_random(&mut seed).context("host entropy for the clone")?;
+        let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+        // The host's time as the command leaves: the guest sets its clock
+        // to it, late by the agent's round trip (milliseconds).
         let reply = self
             .running
             .agent()
-            .exec(&format!("vms-identity {id} {}", args.name), timeout)
+            .exec(&format!("vms-identity {id} {} {seed} {}", args.name, now_ns()), timeout)
             .context("handing the clone its identity (vms-identity through the agent)")?;
         if reply.status != 0 {
             bail!(

@@ -41,7 +41,7 @@ impl Rng {
 }
 
 /// Fill `buf` from the host's CRNG.
-fn fill_random(buf: &mut [u8]) -> Result<()> {
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
