@@ -49,7 +49,8 @@ identity); the VM runs on in its own process, its console in
 <run dir>/vm/NAME.log (run dir: $VMS_RUN_DIR, default /run/vmsctl), and is
 reached by name: vmsctl list, exec, stop, live-image create.
 
-The guest is a small PC without firmware, ACPI or PCI: vmsctl loads the
+The guest is a small PC without firmware or PCI, and without ACPI unless
+--acpi is given: vmsctl loads the
 bzImage (--kernel) and the initramfs (--initrd) into guest memory and
 enters the kernel in 64-bit mode. The guest's first serial port (ttyS0)
 is the console and goes to standard output as it comes; the second
@@ -59,7 +60,10 @@ scripts/build-guest makes.
 Devices: virtio-rng (unless --no-rng) and, with --disk FILE, a virtio-blk
 disk backed by the raw FILE (/dev/vda in the guest; --disk-ro makes it
 read-only). Both are virtio-mmio devices named on the command line, which
-the guest kernel must support (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
+the guest kernel must support (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), or,
+with --acpi, described in the ACPI tables' DSDT (LNRO0005), as a stock
+distro kernel expects; --acpi also gives the guest a VM generation ID,
+which each clone changes (CONFIG_VMGENID reseeds the guest's CRNG).
 
 vmsctl exits with status 0 when the guest reboots or powers off (and
 says so on standard error), and with status 1 and the reason when it
@@ -70,7 +74,8 @@ cannot run the guest: a kernel panic, an exit KVM could not handle
 The kernel command line is
   console=ttyS0 reboot=k panic=1 acpi=off pci=off 8250.nr_uarts=2
   no_timer_check tsc=reliable quiet
-followed by --cmdline.";
+(without acpi=off under --acpi), the devices' virtio_mmio.device=
+parameters (not under --acpi), then --cmdline.";
 
 /// Arguments of `vmsctl run`.
 #[derive(Debug, Args)]
@@ -120,6 +125,15 @@ pub struct RunArgs {
     /// clones do not yet get a copy-on-write layer of their own.
     #[arg(long, requires = "disk")]
     disk_ro: bool,
+    /// Describe the machine with ACPI tables (experimental): the virtio
+    /// devices as LNRO0005 in the DSDT instead of on the command line
+    /// (how a stock distro kernel finds them), the serial ports, and a
+    /// VM generation ID that each clone changes, so a guest kernel with
+    /// CONFIG_VMGENID reseeds its CRNG as the clone resumes. Drops
+    /// acpi=off and the virtio_mmio.device= parameters from the command
+    /// line. A clone has ACPI if its live image's VM had.
+    #[arg(long, conflicts_with = "image")]
+    acpi: bool,
     /// Run in the background: return once the guest is ready (booted,
     /// or resumed with its identity), its console going to
     /// <run dir>/vm/NAME.log.
@@ -369,23 +383,30 @@ fn start(args: &RunArgs) -> Result<Vmm> {
         Some((_, s)) => Virtio::Restore { states: &s.virtio, disk: s.disk.as_ref() },
         None => Virtio::Fresh { rng: !args.no_rng, disk },
     };
-    let mut vm = Vm::create(cpus, ram, flags, uarts, virtio).context("creating the VM")?;
+    let acpi = restore.as_ref().map_or(args.acpi, |(_, s)| s.acpi);
+    let mut vm = Vm::create(cpus, ram, flags, uarts, virtio, acpi).context("creating the VM")?;
     if let Some(clone) = &memory.clone {
         clone
             .attach(std::os::fd::AsRawFd::as_raw_fd(vm.vm_fd()), 0, 0, mem_size)
             .context("attaching the vms clone to the VM (VMS_CLONE_ATTACH)")?;
     }
-    let mut devices = String::new();
-    if !args.no_rng {
-        devices += &format!(" {}", virtio::mmio::cmdline_arg(VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ));
-    }
-    if args.disk.is_some() {
-        devices += &format!(" {}", virtio::mmio::cmdline_arg(VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ));
+    // Without ACPI the guest finds the virtio devices on its command
+    // line; with it, in the DSDT (and ACPI must not be turned off).
+    let mut base = DEFAULT_CMDLINE.to_owned();
+    if acpi {
+        base = base.replace("acpi=off ", "");
+    } else {
+        if !args.no_rng {
+            base += &format!(" {}", virtio::mmio::cmdline_arg(VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ));
+        }
+        if args.disk.is_some() {
+            base += &format!(" {}", virtio::mmio::cmdline_arg(VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ));
+        }
     }
     let cmdline = match (&restore, &args.cmdline) {
         (Some((_, s)), _) => s.cmdline.clone(),
-        (None, Some(extra)) => format!("{DEFAULT_CMDLINE}{devices} {extra}"),
-        (None, None) => format!("{DEFAULT_CMDLINE}{devices}"),
+        (None, Some(extra)) => format!("{base} {extra}"),
+        (None, None) => base,
     };
     let restored = match &restore {
         Some((image, s)) => {
@@ -396,7 +417,7 @@ fn start(args: &RunArgs) -> Result<Vmm> {
             let (Some(kernel), Some(initrd)) = (&args.kernel, &args.initrd) else {
                 bail!("--kernel and --initrd are needed to boot");
             };
-            let images = BootImages { kernel, initrd, cmdline: &cmdline };
+            let images = BootImages { kernel, initrd, cmdline: &cmdline, acpi_rsdp: None };
             vm.boot_linux(&images).context("loading Linux")?;
             None
         }

@@ -40,6 +40,8 @@ pub struct BootImages<'a> {
     pub initrd: &'a Path,
     /// The whole kernel command line.
     pub cmdline: &'a str,
+    /// Where the ACPI tables' RSDP is, for the zero page (`--acpi`).
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// Writes everything the kernel needs into guest RAM (`ram_size` bytes at
@@ -48,7 +50,7 @@ pub fn load_linux(mem: &GuestMemoryMmap, ram_size: u64, images: &BootImages) -> 
     let (kernel_load, hdr) = load_kernel(mem, images.kernel)?;
     let initrd = load_initrd(mem, ram_size, images.initrd, &hdr, kernel_load)?;
     write_cmdline(mem, images.cmdline, &hdr)?;
-    write_zero_page(mem, ram_size, hdr, initrd)?;
+    write_zero_page(mem, ram_size, hdr, initrd, images.acpi_rsdp)?;
     write_gdt(mem)?;
     write_page_tables(mem)?;
     Ok(BootEntry {
@@ -148,8 +150,9 @@ fn write_zero_page(
     ram_size: u64,
     mut hdr: setup_header,
     (initrd, initrd_size): (GuestAddress, u64),
+    acpi_rsdp: Option<u64>,
 ) -> Result<()> {
-    let mut params = boot_params::default();
+    let mut params = boot_params { acpi_rsdp_addr: acpi_rsdp.unwrap_or(0), ..Default::default() };
     hdr.type_of_loader = 0xff; // "undefined" boot loader
     hdr.cmd_line_ptr = CMDLINE_START as u32;
     hdr.ramdisk_image = initrd.raw_value() as u32;
@@ -308,6 +311,7 @@ mod tests {
             kernel: &kernel,
             initrd: &initrd,
             cmdline: "console=ttyS0",
+            acpi_rsdp: None,
         };
         let boot = load_linux(&mem, size, &images).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -350,6 +354,7 @@ mod tests {
             kernel: &kernel,
             initrd: &initrd,
             cmdline: "",
+            acpi_rsdp: None,
         };
         let e = load_linux(&mem, size, &images).unwrap_err();
         std::fs::remove_dir_all(&dir).unwrap();

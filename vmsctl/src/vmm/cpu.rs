@@ -23,11 +23,12 @@ pub fn configure(
     cpus: u8,
     supported: &CpuId,
     boot: Option<&BootEntry>,
+    acpi: bool,
 ) -> Result<()> {
     let cpuid = cpuid_for(supported, index, cpus);
     vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
     set_boot_msrs(vcpu)?;
-    set_lint(vcpu)?;
+    set_lint(vcpu, acpi)?;
     if let Some(boot) = boot {
         set_boot_registers(vcpu, boot)?;
     }
@@ -133,14 +134,26 @@ const APIC_LVT1: usize = 0x360;
 const DELIVERY_EXTINT: u32 = 0x7;
 const DELIVERY_NMI: u32 = 0x4;
 
+/// LVT mask bit.
+const LVT_MASKED: u32 = 1 << 16;
+
 /// Wires the LAPIC as on a PC (and as the MP table says): LINT0 takes
 /// the 8259 PIC's interrupts (ExtINT), LINT1 is the NMI pin.
-fn set_lint(vcpu: &VcpuFd) -> Result<()> {
+///
+/// With ACPI (hardware-reduced: no legacy PIC for Linux, which never
+/// programs it) LINT0 starts masked: Linux keeps the boot CPU's LINT0 as
+/// it finds it when unmasked, and KVM's PIC, which also receives every
+/// ISA IRQ in its default routing, would then inject them as ExtINT
+/// vectors the guest never set up.
+fn set_lint(vcpu: &VcpuFd, acpi: bool) -> Result<()> {
     let mut lapic = vcpu.get_lapic().context("KVM_GET_LAPIC")?;
     for (offset, mode) in [(APIC_LVT0, DELIVERY_EXTINT), (APIC_LVT1, DELIVERY_NMI)] {
         let reg = &mut lapic.regs[offset..offset + 4];
         let value = u32::from_le_bytes([reg[0] as u8, reg[1] as u8, reg[2] as u8, reg[3] as u8]);
-        let value = (value & !0x700) | mode << 8;
+        let mut value = (value & !0x700) | mode << 8;
+        if acpi && offset == APIC_LVT0 {
+            value |= LVT_MASKED;
+        }
         for (dst, src) in reg.iter_mut().zip(value.to_le_bytes()) {
             *dst = src as _;
         }

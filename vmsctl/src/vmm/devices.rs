@@ -39,7 +39,7 @@ use super::virtio::rng::Rng;
 
 use super::agent::{AgentOutput, AgentWriter};
 use super::layout::{
-    COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT, I8042_COMMAND_PORT, I8042_DATA_PORT, UART_PORTS,
+    COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT, GED_IRQ, I8042_COMMAND_PORT, I8042_DATA_PORT, UART_PORTS,
     VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ, VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ,
 };
 use super::serial::{Console, IrqLine, Uart};
@@ -71,6 +71,8 @@ pub struct Devices {
     irqs: Vec<(EventFd, u32)>,
     /// The disk's I/O thread, once `connect` started it.
     io: Mutex<Option<IoThread>>,
+    /// With ACPI: the generic event device's interrupt (`acpi.rs`).
+    ged: Option<IrqLine>,
 }
 
 /// Which virtio devices a VM gets.
@@ -181,6 +183,7 @@ impl Devices {
         uarts: Option<&[UartState]>,
         mem: GuestMemoryMmap,
         virtio: Virtio,
+        acpi: bool,
     ) -> Result<Self> {
         let mut irqs = Vec::new();
         let mut irq_line = |irq: u32| -> Result<IrqLine> {
@@ -233,6 +236,7 @@ impl Devices {
                 }
             }
         }
+        let ged = if acpi { Some(irq_line(GED_IRQ)?) } else { None };
         Ok(Self {
             console: Mutex::new(console),
             agent: Mutex::new(agent),
@@ -244,7 +248,25 @@ impl Devices {
             status,
             irqs,
             io: Mutex::new(None),
+            ged,
         })
+    }
+
+    /// The virtio-mmio windows, `(base, irq)`, for the ACPI tables.
+    pub fn virtio_windows(&self) -> Vec<(u64, u32)> {
+        let rng = self.rng.as_ref().map(|_| (VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ));
+        let blk = self.blk.as_ref().map(|_| (VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ));
+        rng.into_iter().chain(blk).collect()
+    }
+
+    /// Raises the ACPI generic event device's interrupt: the guest runs
+    /// its `_EVT`, which tells the VM generation ID device that the ID
+    /// changed. Call it after [`connect`](Self::connect).
+    pub fn raise_ged(&self) -> Result<()> {
+        match &self.ged {
+            Some(line) => line.eventfd().write(1).context("raising the ACPI GED interrupt"),
+            None => bail!("the VM has no ACPI"),
+        }
     }
 
     /// Connects the devices' interrupts to VM `vm`: an irqfd for each on
@@ -431,6 +453,7 @@ mod tests {
             Some(uarts),
             mem,
             Virtio::Restore { states: &[], disk: None },
+            false,
         )
         .unwrap()
     }

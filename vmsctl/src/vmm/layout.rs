@@ -34,6 +34,12 @@ pub const CMDLINE_START: u64 = 0x2_0000;
 /// The MP table: in the last KiB of base memory, where Linux looks for
 /// the floating pointer (639 KiB, the traditional EBDA start).
 pub const MPTABLE_START: u64 = 0x9_fc00;
+/// The ACPI tables (`vmsctl run --acpi`, `acpi.rs`): the RSDP and the
+/// tables after it, in the BIOS area of the legacy hole (RAM in the
+/// memslot, not in the e820 map), where Linux also looks for an RSDP.
+pub const ACPI_START: u64 = 0xe_0000;
+/// The VM generation ID (16 bytes) the ACPI `VGEN` device points at.
+pub const VMGENID_START: u64 = 0xe_f000;
 /// End of base (conventional) memory; from here to 1 MiB is the legacy
 /// VGA and BIOS hole, not RAM.
 pub const BASE_MEM_END: u64 = 0xa_0000;
@@ -53,6 +59,10 @@ pub const VIRTIO_RNG_IRQ: u32 = 5;
 pub const VIRTIO_BLK_BASE: u64 = VIRTIO_MMIO_START + 0x1000;
 /// See [`VIRTIO_BLK_BASE`].
 pub const VIRTIO_BLK_IRQ: u32 = 6;
+
+/// The ACPI generic event device's IRQ (with `--acpi`): raised when a
+/// clone's VM generation ID changed.
+pub const GED_IRQ: u32 = 7;
 
 /// KVM's three-page TSS region (needed by Intel VMX), above the RAM.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;

@@ -5,8 +5,9 @@
 //!
 //! # The machine
 //!
-//! A legacy-free PC without firmware, ACPI or PCI: the VMM writes what a
-//! BIOS would leave behind and enters the kernel in 64-bit mode.
+//! A legacy-free PC without firmware or PCI: the VMM writes what a BIOS
+//! would leave behind (the zero page, an MP table, and with `--acpi` the
+//! ACPI tables of `acpi.rs`) and enters the kernel in 64-bit mode.
 //!
 //! Guest-physical memory (one RAM region at 0, one memslot, at most
 //! 3 GiB so it stays below the 32-bit PCI hole; see `layout.rs`):
@@ -20,6 +21,7 @@
 //!     0x2_0000   kernel command line
 //! 0x0009_fc00  MP floating pointer and configuration table, e820 reserved
 //! 0x000a_0000  legacy hole (VGA, ROMs, BIOS): RAM in the memslot, not in e820
+//!     0xe_0000   with --acpi: RSDP, XSDT, FADT, MADT, DSDT; 0xe_f000 VM generation ID
 //! 0x0010_0000  RAM, e820 usable: the protected-mode kernel, entered at +0x200
 //!   top of RAM   the initramfs, page aligned, as high as the kernel allows
 //! 0xd000_0000  virtio-mmio windows, 4 KiB each (virtio-rng, virtio-blk)
@@ -75,7 +77,7 @@
 //! - `panic=1`: reboot one second after a panic instead of hanging; the
 //!   VMM saw the panic message on the console and reports a failure;
 //! - `acpi=off`: there are no ACPI tables, the MP table describes the
-//!   machine; also skips the search for them;
+//!   machine; also skips the search for them (left out with `--acpi`);
 //! - `pci=off`: there is no PCI bus; probing one costs exits;
 //! - `8250.nr_uarts=2`: only COM1 and COM2 exist; the driver would probe
 //!   four legacy ports;
@@ -105,6 +107,7 @@
 //! `\n@@vms-done <tag> <exit status>\n` (`agent.rs`). The guest's init
 //! prints `vms-guest: ready` on the console once the agent listens.
 
+mod acpi;
 pub mod agent;
 mod boot;
 pub mod control;
@@ -159,6 +162,11 @@ pub struct Vm {
     ram: GuestRam,
     status: Arc<Status>,
     agent_output: Arc<AgentOutput>,
+    /// The guest has ACPI tables (`acpi.rs`).
+    acpi: bool,
+    /// A restored VM with ACPI got a new VM generation ID: raise the
+    /// generic event device's interrupt as it starts.
+    new_generation: bool,
 }
 
 impl Vm {
@@ -168,13 +176,16 @@ impl Vm {
     /// vCPUs are created but not set up: see [`Vm::boot_linux`].
     ///
     /// With `uarts`, the serial ports continue from a snapshot's states;
-    /// `virtio` says which virtio devices it gets.
+    /// `virtio` says which virtio devices it gets; with `acpi`, the guest
+    /// is described by ACPI tables (written by [`Vm::boot_linux`]) and
+    /// gets their generic event device.
     pub fn create(
         cpus: u8,
         ram: GuestRam,
         memslot_flags: u32,
         uarts: Option<&[state::UartState]>,
         virtio: devices::Virtio,
+        acpi: bool,
     ) -> Result<Self> {
         ensure!(
             (1..=MAX_CPUS).contains(&cpus),
@@ -209,6 +220,7 @@ impl Vm {
             uarts,
             ram.memory().clone(),
             virtio,
+            acpi,
         )?);
         let vcpus = (0..cpus)
             .map(|id| {
@@ -225,22 +237,29 @@ impl Vm {
             ram,
             status,
             agent_output,
+            acpi,
+            new_generation: false,
         })
     }
 
-    /// Loads Linux into guest RAM, writes the MP table and sets up the
-    /// vCPUs so that vCPU 0 enters the kernel.
+    /// Loads Linux into guest RAM, writes the MP table (and the ACPI
+    /// tables if the VM has ACPI) and sets up the vCPUs so that vCPU 0
+    /// enters the kernel.
     pub fn boot_linux(&mut self, images: &BootImages) -> Result<()> {
         let cpus = self.vcpus.len() as u8;
-        let entry = boot::load_linux(self.ram.memory(), self.ram.size(), images)?;
+        let images = BootImages { acpi_rsdp: self.acpi.then_some(acpi::RSDP_START), ..*images };
+        let entry = boot::load_linux(self.ram.memory(), self.ram.size(), &images)?;
         mptable::write(self.ram.memory(), cpus)?;
+        if self.acpi {
+            acpi::write(self.ram.memory(), cpus, &self.devices.virtio_windows())?;
+        }
         let supported = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .context("KVM_GET_SUPPORTED_CPUID")?;
         for (index, vcpu) in self.vcpus.iter().enumerate() {
             let boot = (index == 0).then_some(&entry);
-            cpu::configure(vcpu, index as u8, cpus, &supported, boot)
+            cpu::configure(vcpu, index as u8, cpus, &supported, boot, self.acpi)
                 .with_context(|| format!("setting up vCPU {index}"))?;
         }
         Ok(())
@@ -255,7 +274,14 @@ impl Vm {
             s.vcpus.len(),
             self.vcpus.len()
         );
+        ensure!(s.acpi == self.acpi, "the snapshot's VM had ACPI: {}, this VM: {}", s.acpi, self.acpi);
         state::restore_devices(&self.vm_fd, &s.devices)?;
+        if self.acpi {
+            // A new generation ID before the clone runs: its kernel
+            // reseeds when the GED interrupt at start tells it to look.
+            acpi::write_generation_id(self.ram.memory())?;
+            self.new_generation = true;
+        }
         for (index, (vcpu, vs)) in self.vcpus.iter().zip(&s.vcpus).enumerate() {
             state::restore_vcpu(&self.kvm, vcpu, vs)
                 .with_context(|| format!("restoring vCPU {index}"))?;
@@ -267,6 +293,9 @@ impl Vm {
     pub fn start(mut self) -> Result<RunningVm> {
         // Only now: a restored VM's interrupt controllers are restored.
         self.devices.connect(&self.vm_fd)?;
+        if self.new_generation {
+            self.devices.raise_ged()?;
+        }
         let vcpus = std::mem::take(&mut self.vcpus);
         let threads = run::start(vcpus, &self.devices, &self.status)?;
         let agent = Agent::new(
@@ -376,6 +405,7 @@ impl RunningVm {
                 virtio: quiet.virtio_states(),
                 disk: self.vm.devices.disk().cloned(),
                 cmdline: cmdline.to_owned(),
+                acpi: self.vm.acpi,
             };
             let t = with_paused(&s)?;
             Ok((s, t))

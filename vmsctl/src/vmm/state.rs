@@ -126,6 +126,10 @@ pub struct MachineState {
     pub disk: Option<super::virtio::blk::DiskConfig>,
     /// The kernel command line the VM booted with (for `list`/`info`).
     pub cmdline: String,
+    /// The VM was described by ACPI tables (`vmsctl run --acpi`): a clone
+    /// gets a new VM generation ID.
+    #[serde(default)]
+    pub acpi: bool,
 }
 
 impl MachineState {
