@@ -8,10 +8,16 @@
 # - a guest booted with --disk reads the file's bytes at /dev/vda, and
 #   what it writes (and flushes) is in the file, byte for byte;
 # - with --disk-ro the guest sees a read-only disk;
-# - a live image of a VM whose disk is writable is refused; of one whose
-#   disk is read-only it is made while the guest reads the disk in a
-#   loop, and each clone's reads go on and see the same bytes (the pause
-#   lost no request: a lost one would hang the guest's loop).
+# - a live image of a VM whose disk is writable freezes the disk file;
+#   the VM goes on in a qcow2 overlay, each clone in one of its own: a
+#   clone sees the disk as it was at the image, its writes are its own
+#   (absent from the other clone, the parent and the image's file), its
+#   overlay goes when it stops, and a VM that would write the frozen
+#   file is refused;
+# - a live image of a VM whose disk is read-only is made while the guest
+#   reads the disk in a loop, and each clone's reads go on and see the
+#   same bytes (the pause lost no request: a lost one would hang the
+#   guest's loop).
 #
 # TAP output (kselftest style); exit 0 pass, 1 fail, 4 skip.
 set -u
@@ -26,9 +32,9 @@ finish() {
 }
 vx() { timeout 90 "$vmsctl" exec "$1" --timeout 60 -- "$2"; }
 cleanup() {
-	"$vmsctl" stop d-1 >/dev/null 2>&1
-	"$vmsctl" stop d-2 >/dev/null 2>&1
+	for v in d-1 d-2 w-1 w-2 rw thief; do "$vmsctl" stop $v >/dev/null 2>&1; done
 	"$vmsctl" live-image delete dimg >/dev/null 2>&1
+	"$vmsctl" live-image delete wimg >/dev/null 2>&1
 	vm_cleanup
 }
 trap cleanup EXIT
@@ -85,16 +91,62 @@ check "the bytes around it are untouched" \
 # Read back through the disk, not the guest's page cache.
 got=$(vx rw 'echo 3 >/proc/sys/vm/drop_caches; dd if=/dev/vda bs=4096 skip=256 count=64 2>/dev/null | head -c '"$len"' | md5sum | cut -d" " -f1')
 check "the guest reads back what it wrote" test "$got" = "$(seq 1 30000 | md5sum | cut -d' ' -f1)"
-if out=$("$vmsctl" live-image create rw dimg 2>&1); then
-	fail "a live image of a VM with a writable disk is refused"
-	"$vmsctl" live-image delete dimg >/dev/null 2>&1
+# 2. A live image of the VM with its writable disk: the file is frozen
+# in the pause (the image's disk layer), the VM goes on in a qcow2
+# overlay next to it, and each clone gets an overlay of its own.
+# put VM TEXT / get VM: a text at block 300, written with a flush / read
+# from the disk (the guest's caches dropped).
+put() { vx "$1" "printf '$2' | dd of=/dev/vda bs=4096 seek=300 conv=sync,fsync 2>/dev/null"; }
+get() { vx "$1" 'echo 3 >/proc/sys/vm/drop_caches; dd if=/dev/vda bs=4096 skip=300 count=1 2>/dev/null | tr -d "\0"'; }
+host_get() { dd if="$disk" bs=4096 skip=300 count=1 2>/dev/null | tr -d '\0'; }
+put rw image-time
+if out=$("$vmsctl" live-image create rw wimg 2>&1); then
+	msg "$out"
+	ok "live-image create of a VM with a writable disk"
 else
 	msg "$out"
-	check "a live image of a VM with a writable disk is refused" grep -q "disk-ro" <<<"$out"
+	fail "live-image create of a VM with a writable disk"
+	finish
 fi
+frozen=$(md5sum <"$disk")
+put rw after-image
+check "the VM goes on writing, in a new overlay ($(basename "$disk").wimg.qcow2)" \
+	test "$(get rw)" = after-image -a -f "$disk.wimg.qcow2"
+check "the frozen disk file keeps the image's bytes" test "$(host_get)" = image-time
+if out=$("$vmsctl" live-image start wimg --count 2 --name-prefix w 2>&1); then
+	sed 's/^/# /' <<<"$out"
+	ok "two clones of the image with a writable disk start"
+else
+	sed 's/^/# /' <<<"$out"
+	fail "two clones of the image with a writable disk start"
+	finish
+fi
+check "each clone reads the disk as it was when the image was made" \
+	test "$(get w-1)" = image-time -a "$(get w-2)" = image-time
+put w-1 only-w-1
+check "a write in w-1 is its own: w-1 reads it; w-2, the parent and the image's file do not" \
+	test "$(get w-1)" = only-w-1 -a "$(get w-2)" = image-time -a "$(get rw)" = after-image -a "$(host_get)" = image-time
+overlays=$(ls "$VMS_RUN_DIR"/disks/w-*.qcow2 2>/dev/null | wc -l)
+msg "clones' overlays: $(du -k "$VMS_RUN_DIR"/disks/w-*.qcow2 2>/dev/null | awk '{ printf "%s %s KiB; ", $2, $1 }')"
+check "each clone has its own overlay in the run directory ($overlays)" test "$overlays" = 2
+if out=$("$vmsctl" run --name thief --kernel "$kernel" --initrd "$initrd" --mem 128M --disk "$disk" --detach 2>&1); then
+	fail "a VM that would write the frozen layer is refused"
+	"$vmsctl" stop thief >/dev/null 2>&1
+else
+	msg "$(tail -n 1 <<<"$out")"
+	check "a VM that would write the frozen layer is refused (in use)" grep -q "in use" <<<"$out"
+fi
+"$vmsctl" stop w-1 >/dev/null
+check "w-1's overlay goes with it" test "$(ls "$VMS_RUN_DIR"/disks/w-*.qcow2 2>/dev/null | wc -l)" = 1
+check "the frozen layer is unchanged after all of this" test "$(md5sum <"$disk")" = "$frozen"
+"$vmsctl" stop w-2 >/dev/null
 "$vmsctl" stop rw >/dev/null
+check "the image deletes once its clones and parent are stopped" "$vmsctl" live-image delete wimg
+# The parent's overlay holds what it wrote after the image; it stays
+# (a user's data), as qemu-img would read it.
+rm -f "$disk.wimg.qcow2"
 
-# 2. Read-only, and a live image with the disk.
+# 3. Read-only, and a live image with the disk.
 sum=$(range_md5 "$disk" 0 2048)
 if boot ro --disk "$disk" --disk-ro; then
 	ok "boot a guest with --disk-ro"

@@ -100,6 +100,12 @@ pub fn state_path(name: &str) -> PathBuf {
     control::run_dir().join("images").join(format!("{name}.json"))
 }
 
+/// Where live image `name` keeps its disk layer when the VM it was made
+/// of was a clone (whose own overlay would go when it stops).
+pub fn disk_layer_path(name: &str) -> PathBuf {
+    control::run_dir().join("images").join(format!("{name}.disk.qcow2"))
+}
+
 /// The machine state of live image `name`.
 pub fn load_state(name: &str) -> Result<MachineState> {
     let path = state_path(name);
@@ -298,6 +304,9 @@ fn delete(image: &ImageName) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("live image {name}: deleting")),
     }
     let _ = std::fs::remove_file(state_path(&name));
+    // Its disk layer, if it kept one: nothing uses it now (the kernel
+    // refuses the delete while clones or live images depend on it).
+    let _ = std::fs::remove_file(disk_layer_path(&name));
     println!("deleted live image {name}");
     // The empty image a VM booted on (boot.NAME) goes with the last live
     // image made of it, once that VM is gone too.

@@ -23,6 +23,7 @@ use crate::vmm::{control, imagefile};
 use crate::vmm::devices::Virtio;
 use crate::vmm::layout::{VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ, VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ};
 use crate::vmm::virtio::blk::DiskConfig;
+use crate::vmm::virtio::disk::DiskFormat;
 use crate::vmm::virtio;
 use crate::vmm::{BootImages, GuestRam, RunningVm, Stop, Vm, DEFAULT_CMDLINE, MAX_CPUS};
 
@@ -58,8 +59,8 @@ is the console and goes to standard output as it comes; the second
 scripts/build-guest makes.
 
 Devices: virtio-rng (unless --no-rng) and, with --disk FILE, a virtio-blk
-disk backed by the raw FILE (/dev/vda in the guest; --disk-ro makes it
-read-only). Both are virtio-mmio devices named on the command line, which
+disk backed by FILE, raw or qcow2 (/dev/vda in the guest; --disk-ro makes
+it read-only; see --disk for what a live image does with it). Both are virtio-mmio devices named on the command line, which
 the guest kernel must support (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), or,
 with --acpi, described in the ACPI tables' DSDT (LNRO0005), as a stock
 distro kernel expects; --acpi also gives the guest a VM generation ID,
@@ -115,16 +116,23 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "image")]
     no_rng: bool,
     /// A disk for the guest: a raw image file (or a block device) whose
-    /// size is a multiple of 512 bytes, as virtio-blk (at 0xd0001000,
-    /// IRQ 6, named on the command line; Linux calls it /dev/vda). A
-    /// clone gets the disk its live image had.
+    /// size is a multiple of 512 bytes, or a qcow2 image (--disk-format),
+    /// as virtio-blk (at 0xd0001000, IRQ 6; Linux calls it /dev/vda). A
+    /// clone gets the disk its live image had: a copy-on-write qcow2
+    /// overlay of its own in <run dir>/disks, gone when it stops. A live
+    /// image freezes a writable disk's file (nothing writes it again; a
+    /// VM that would is refused), and the VM goes on in FILE.IMAGE.qcow2.
     #[arg(long, value_name = "FILE", conflicts_with = "image")]
     disk: Option<PathBuf>,
-    /// The guest may only read the disk (the VMM opens it read-only).
-    /// Live images can only be made of a VM whose disk is read-only:
-    /// clones do not yet get a copy-on-write layer of their own.
+    /// The guest may only read the disk (the VMM opens it read-only); its
+    /// clones share the file as it is.
     #[arg(long, requires = "disk")]
     disk_ro: bool,
+    /// The disk file's format: raw (the guest's bytes as they are), or
+    /// qcow2 (QEMU's format, backing files included). Never guessed from
+    /// the file's contents.
+    #[arg(long, value_name = "FORMAT", default_value = "raw", requires = "disk")]
+    disk_format: DiskFormat,
     /// Describe the machine with ACPI tables (experimental): the virtio
     /// devices as LNRO0005 in the DSDT instead of on the command line
     /// (how a stock distro kernel finds them), the serial ports, and a
@@ -172,6 +180,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         return detach(args).with_context(|| what.clone());
     }
     let requested = args.requested_at_ns.unwrap_or_else(now_ns);
+    // The clone's own disk overlay, if it gets one, goes with the VM
+    // (after everything else here has dropped).
+    let _overlay = RemoveOnDrop(ephemeral_overlay(&args.name)?);
     let mut vmm = start(args).with_context(|| what.clone())?;
     if let Some(cmd) = &args.exec_after_ready {
         return exec_after_ready(vmm.running, &what, cmd, args);
@@ -223,6 +234,26 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     vmm.memory.release();
     report(&what, stop)
+}
+
+/// A file removed when this drops.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Where this VM process keeps a disk overlay that lives as long as it
+/// does: a clone's copy-on-write overlay of its live image's disk, or
+/// the new top of a clone's disk after a live image froze the old one.
+/// In the run directory, named after the VM and the process (a VM of the
+/// same name that died left its own). Removed when the VM stops.
+fn ephemeral_overlay(name: &str) -> Result<PathBuf> {
+    let dir = control::run_dir().join("disks");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.join(format!("{name}-{}.qcow2", std::process::id())))
 }
 
 /// What `--detach` prints for the parent once the VM is ready.
@@ -376,11 +407,12 @@ fn start(args: &RunArgs) -> Result<Vmm> {
     let flags = if memory.clone.is_some() { KVM_MEM_PAGE_PROVIDER } else { 0 };
     let uarts = restore.as_ref().map(|(_, s)| s.uarts.as_slice());
     let disk = match &args.disk {
-        Some(path) => Some(DiskConfig::new(path, args.disk_ro)?),
+        Some(path) => Some(DiskConfig::new(path, args.disk_format, args.disk_ro)?),
         None => None,
     };
+    let overlay = ephemeral_overlay(&args.name)?;
     let virtio = match &restore {
-        Some((_, s)) => Virtio::Restore { states: &s.virtio, disk: s.disk.as_ref() },
+        Some((_, s)) => Virtio::Restore { states: &s.virtio, disk: s.disk.as_ref(), overlay: &overlay },
         None => Virtio::Fresh { rng: !args.no_rng, disk },
     };
     let acpi = restore.as_ref().map_or(args.acpi, |(_, s)| s.acpi);
@@ -553,24 +585,31 @@ fn snapshot(running: &RunningVm, memory: &Memory, info: &Info, image: &str) -> R
     let (Some(vms), Some(clone)) = (&memory.vms, &memory.clone) else {
         bail!("this VM runs on plain memory (--no-vms): no live images");
     };
-    if let Some(disk) = running.disk().filter(|d| !d.read_only) {
-        bail!(
-            "this VM's disk {} is writable, and its clones would all write the one file; \
-             a live image needs the disk read-only (vmsctl run --disk-ro) until clones get \
-             their own copy-on-write layer of it",
-            disk.path.display()
-        );
-    }
     let state_path = live_image::state_path(image);
     if state_path.exists() {
         bail!("live image {image} exists ({})", state_path.display());
     }
-    let (state, (), paused) = running.snapshot(&info.cmdline, |_| {
+    std::fs::create_dir_all(state_path.parent().expect("has a parent"))?;
+    // A writable disk is frozen in the pause: the image's clones each get
+    // an overlay of it. The VM goes on in a new overlay: next to a disk
+    // file the user gave it (which it would have kept writing), or, for
+    // a clone's own overlay (which goes when the clone stops), in the run
+    // directory again, the frozen one moved next to the image's state.
+    let ephemeral = ephemeral_overlay(&info.name)?;
+    let plan = match running.disk().filter(|d| !d.read_only) {
+        None => None,
+        Some(d) if d.path == ephemeral => Some((ephemeral.clone(), Some(live_image::disk_layer_path(image)))),
+        Some(d) => {
+            let name = d.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            Some((d.path.with_file_name(format!("{name}.{image}.qcow2")), None))
+        }
+    };
+    let freeze = plan.as_ref().map(|(top, to)| (top.as_path(), to.as_deref()));
+    let (state, (), paused) = running.snapshot(&info.cmdline, freeze, |_| {
         vms.image_snapshot(&name.to_abi(), clone)
             .with_context(|| format!("making live image {image} (VMS_IMAGE_SNAPSHOT)"))?;
         Ok(())
     })?;
-    std::fs::create_dir_all(state_path.parent().expect("has a parent"))?;
     imagefile::write_atomic(&state_path, &state.to_json()?)?;
     let pages = vms.image_info(&name.to_abi()).map(|s| s.cached_pages).unwrap_or(0);
     Ok(serde_json::json!({
@@ -599,6 +638,13 @@ fn status_json(running: &RunningVm, memory: &Memory, info: &Info) -> serde_json:
         "start_us": info.start_us,
         "restore_us": info.restore_us,
         "stopping": running.status().is_stopping(),
+        "disk": running.disk().map(|d| serde_json::json!({
+            "path": d.path,
+            "format": d.format,
+            "read_only": d.read_only,
+            "size": d.size,
+            "allocated": crate::vmm::virtio::disk::DiskFile::allocated(&d.path),
+        })),
         "clone": clone.map(|c| serde_json::json!({
             "private_pages": c.private_pages,
             "faults": c.faults,

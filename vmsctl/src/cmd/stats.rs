@@ -23,6 +23,8 @@ running VM with the counters of its memory (a vms clone):
   ZERO      faults answered with the shared zero page
   STREAMED  image pages this VM caused to be read from the image's file
   COW       private copies made on first write
+  DISK      the disk file the VM writes, as allocated on the host (for a
+            clone, its own copy-on-write overlay: what it wrote)
 
 With --json, one object: {\"module\": {\"version\", \"abi\"}, \"images\":
 [...], \"vms\": [...]} (a VM's entry is what `vmsctl list --json` shows).
@@ -103,15 +105,18 @@ fn write_vms(out: &mut impl Write, vms: &[serde_json::Value]) -> io::Result<()> 
     writeln!(out)?;
     writeln!(
         out,
-        "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "VM", "IMAGE", "PRIVATE", "SHARED", "ZERO", "STREAMED", "COW"
+        "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "VM", "IMAGE", "PRIVATE", "SHARED", "ZERO", "STREAMED", "COW", "DISK"
     )?;
     for v in vms {
         let c = &v["clone"];
         let n = |k: &str| c[k].as_u64().map_or("-".to_owned(), |n| n.to_string());
+        // The disk file the VM writes, as allocated (a clone's overlay:
+        // only what it wrote), in KiB.
+        let disk = v["disk"]["allocated"].as_u64().map_or("-".to_owned(), |b| format!("{}K", b / 1024));
         writeln!(
             out,
-            "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             v["name"].as_str().unwrap_or(""),
             v["image"].as_str().unwrap_or("-"),
             n("private_pages"),
@@ -119,6 +124,7 @@ fn write_vms(out: &mut impl Write, vms: &[serde_json::Value]) -> io::Result<()> 
             n("zero_maps"),
             n("streamed"),
             n("cow_copies"),
+            disk,
         )?;
     }
     Ok(())

@@ -19,6 +19,7 @@
 
 use std::io::Write;
 use std::ops::Range;
+use std::path::Path;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -62,8 +63,6 @@ pub struct Devices {
     blk: Option<Arc<Mutex<MmioTransport<Blk>>>>,
     /// The disk's InterruptStatus register, served without its lock.
     blk_isr: Option<InterruptStatus>,
-    /// The disk the virtio-blk device serves (fixed for the VM's life).
-    disk: Option<DiskConfig>,
     /// Guest memory, where the virtio devices find their rings.
     mem: GuestMemoryMmap,
     status: Arc<Status>,
@@ -80,8 +79,9 @@ pub enum Virtio<'a> {
     /// A booting VM: with or without virtio-rng, with or without a disk.
     Fresh { rng: bool, disk: Option<DiskConfig> },
     /// A VM resuming from a snapshot: the devices it had, as they were,
-    /// and the disk its virtio-blk device serves, if it had one.
-    Restore { states: &'a [MmioState], disk: Option<&'a DiskConfig> },
+    /// the live image's disk, if it had one, and where the clone's own
+    /// copy-on-write overlay of it goes (a writable one).
+    Restore { states: &'a [MmioState], disk: Option<&'a DiskConfig>, overlay: &'a Path },
 }
 
 /// The devices' locks, held: nothing in them moves until it drops.
@@ -91,6 +91,21 @@ pub struct Quiet<'a> {
 }
 
 impl Quiet<'_> {
+    /// The disk for a live image: a read-only one as it is; a writable
+    /// one frozen (see [`Blk::freeze`]), the VM going on in a new overlay
+    /// at `freeze.0` (its old file moved to `freeze.1` first, if given).
+    pub fn disk_for_image(&mut self, freeze: Option<(&Path, Option<&Path>)>) -> Result<Option<DiskConfig>> {
+        let Some(blk) = self.blk.as_mut() else { return Ok(None) };
+        let dev = blk.device_mut();
+        if dev.config().read_only {
+            return Ok(Some(dev.config().clone()));
+        }
+        let Some((new_top, move_to)) = freeze else {
+            bail!("the VM's disk is writable: a live image freezes it, and needs a path for the VM's new overlay");
+        };
+        dev.freeze(new_top, move_to).map(Some)
+    }
+
     /// The virtio devices' states, in window order, for a snapshot.
     pub fn virtio_states(&self) -> Vec<MmioState> {
         let rng = self.rng.as_ref().map(|t| t.state());
@@ -214,7 +229,7 @@ impl Devices {
                     blk = Some(MmioTransport::new(Blk::open(&disk)?, irq_line(VIRTIO_BLK_IRQ)?)?);
                 }
             }
-            Virtio::Restore { states, disk } => {
+            Virtio::Restore { states, disk, overlay } => {
                 for s in states {
                     match s.device_type {
                         VIRTIO_ID_RNG if rng.is_none() => {
@@ -226,7 +241,7 @@ impl Devices {
                             let Some(disk) = disk else {
                                 bail!("the snapshot has a virtio-blk device but names no disk");
                             };
-                            let dev = Blk::open(disk).context("the live image's disk")?;
+                            let dev = Blk::open_clone(disk, overlay).context("the live image's disk")?;
                             let t = MmioTransport::from_state(dev, irq_line(VIRTIO_BLK_IRQ)?, s)
                                 .context("restoring the virtio-blk device")?;
                             blk = Some(t);
@@ -242,7 +257,6 @@ impl Devices {
             agent: Mutex::new(agent),
             rng: rng.map(Mutex::new),
             blk_isr: blk.as_ref().map(|b| b.interrupt_status()),
-            disk: blk.as_ref().map(|b| b.device().config().clone()),
             blk: blk.map(|b| Arc::new(Mutex::new(b))),
             mem,
             status,
@@ -396,9 +410,10 @@ impl Devices {
         }
     }
 
-    /// The disk, if the VM has one (no lock: it never changes).
-    pub fn disk(&self) -> Option<&DiskConfig> {
-        self.disk.as_ref()
+    /// The disk the VM uses now, if it has one (waits for a request the
+    /// I/O thread is serving).
+    pub fn disk(&self) -> Option<DiskConfig> {
+        self.blk.as_ref().map(|b| lock(b).device().config().clone())
     }
 
     /// Takes every virtio device's lock, for a snapshot: with the vCPUs
@@ -452,7 +467,7 @@ mod tests {
             Arc::new(AgentOutput::default()),
             Some(uarts),
             mem,
-            Virtio::Restore { states: &[], disk: None },
+            Virtio::Restore { states: &[], disk: None, overlay: Path::new("") },
             false,
         )
         .unwrap()

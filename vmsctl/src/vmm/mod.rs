@@ -378,9 +378,13 @@ impl RunningVm {
     /// in-kernel devices, serial ports), calls `with_paused` (which takes
     /// the memory, e.g. makes a live image of it), then resumes. Returns
     /// the state, `with_paused`'s result and how long the VM was paused.
+    ///
+    /// A writable disk is frozen in the pause: `freeze` says where the VM
+    /// goes on (see [`devices::Quiet::disk_for_image`]).
     pub fn snapshot<T>(
         &self,
         cmdline: &str,
+        freeze: Option<(&std::path::Path, Option<&std::path::Path>)>,
         with_paused: impl FnOnce(&state::MachineState) -> Result<T>,
     ) -> Result<(state::MachineState, T, Duration)> {
         // Which MSRs to save is a property of the host: learn it before
@@ -394,7 +398,7 @@ impl RunningVm {
         let result = vcpus.and_then(|vcpus| {
             // Held until the memory is taken: the disk's I/O thread is
             // kept out as the vCPUs are.
-            let quiet = self.vm.devices.quiesce();
+            let mut quiet = self.vm.devices.quiesce();
             let devices = state::save_devices(self.vm.vm_fd())?;
             let s = state::MachineState {
                 version: state::STATE_VERSION,
@@ -403,7 +407,7 @@ impl RunningVm {
                 devices,
                 uarts: self.vm.devices.uart_states(),
                 virtio: quiet.virtio_states(),
-                disk: self.vm.devices.disk().cloned(),
+                disk: quiet.disk_for_image(freeze)?,
                 cmdline: cmdline.to_owned(),
                 acpi: self.vm.acpi,
             };
@@ -418,7 +422,7 @@ impl RunningVm {
 
     /// The VM's disk, if it has one.
     pub fn disk(&self) -> Option<virtio::blk::DiskConfig> {
-        self.vm.devices.disk().cloned()
+        self.vm.devices.disk()
     }
 
     /// The MSRs a snapshot saves: KVM's list (KVM_GET_MSR_INDEX_LIST).

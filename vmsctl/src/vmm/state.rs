@@ -119,9 +119,9 @@ pub struct MachineState {
     /// window order; none in images made before they existed.
     #[serde(default)]
     pub virtio: Vec<super::virtio::MmioState>,
-    /// The disk the virtio-blk device serves (read-only: a live image of
-    /// a VM with a writable disk is refused until clones get their own
-    /// copy-on-write layer of it).
+    /// The disk the virtio-blk device serves: a read-only one as it is,
+    /// a writable one's frozen layer, of which each clone gets its own
+    /// copy-on-write overlay (`virtio/disk.rs`).
     #[serde(default)]
     pub disk: Option<super::virtio::blk::DiskConfig>,
     /// The kernel command line the VM booted with (for `list`/`info`).

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! virtio-blk (virtio 1.2, section 5.2) backed by a raw file: reads,
-//! writes, flush and the device ID, on one request queue.
+//! virtio-blk (virtio 1.2, section 5.2) backed by a raw file or a qcow2
+//! image ([`super::disk`]): reads, writes, flush and the device ID, on
+//! one request queue.
 //!
 //! A request is a chain: a 16-byte header the device reads (type, I/O
 //! priority, first 512-byte sector), the data (read by the device for a
@@ -17,13 +18,10 @@
 //! nothing written, as the specification leaves a device no better way.
 //! Unknown request types get `VIRTIO_BLK_S_UNSUPP`.
 
-use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -32,59 +30,18 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::disk::{DiskFile, SECTOR};
 use super::VirtioDevice;
 
 /// Descriptors in the queue, at most.
 pub const QUEUE_SIZE: u16 = 256;
-/// The unit of the protocol's sector numbers and of the disk's size.
-pub const SECTOR: u64 = 512;
 /// The header every request starts with.
 const HEADER: usize = 16;
 /// The most bytes moved per step of one request: a guest's chain may
 /// describe gigabytes; the device copies it in pieces of this size.
 const CHUNK: usize = 1 << 20;
 
-/// A disk as the VM was given it, and as a live image records it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskConfig {
-    /// The backing file (a raw disk image, or a block device).
-    pub path: PathBuf,
-    /// The guest may not write it (`VIRTIO_BLK_F_RO`); the VMM opens it
-    /// read-only.
-    pub read_only: bool,
-    /// Its size in bytes when the VM got it.
-    pub size: u64,
-    /// Its modification time then (ns since the epoch): a clone refuses
-    /// a read-only disk that changed since its live image was made.
-    pub modified: i128,
-}
-
-impl DiskConfig {
-    /// The disk at `path` (made absolute: clones start in other working
-    /// directories), with its size and modification time now.
-    pub fn new(path: &Path, read_only: bool) -> Result<Self> {
-        let path = std::fs::canonicalize(path).with_context(|| format!("disk {}", path.display()))?;
-        let mut f = File::open(&path).with_context(|| format!("opening disk {}", path.display()))?;
-        let (size, modified) = disk_identity(&mut f, &path)?;
-        Ok(Self { path, read_only, size, modified })
-    }
-}
-
-/// The size of the open disk `f` (a regular file's length or a block
-/// device's size, a nonzero multiple of 512 bytes) and its modification
-/// time in nanoseconds since the epoch.
-fn disk_identity(f: &mut File, path: &Path) -> Result<(u64, i128)> {
-    use std::os::unix::fs::MetadataExt;
-    let size = std::io::Seek::seek(f, std::io::SeekFrom::End(0))
-        .with_context(|| format!("the size of disk {}", path.display()))?;
-    ensure!(
-        size > 0 && size % SECTOR == 0,
-        "disk {}: {size} bytes; a disk is a nonzero multiple of {SECTOR} bytes",
-        path.display()
-    );
-    let m = f.metadata().with_context(|| format!("fstat of disk {}", path.display()))?;
-    Ok((size, i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())))
-}
+pub use super::disk::DiskConfig;
 
 /// Requests of each outcome, for statistics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,7 +55,9 @@ pub struct BlkCounters {
 
 /// The virtio-blk device.
 pub struct Blk {
-    file: File,
+    file: DiskFile,
+    /// The file it serves now (after a live image froze the disk, a new
+    /// overlay on the frozen layer).
     config: DiskConfig,
     /// The device ID string (`VIRTIO_BLK_T_GET_ID`): the file's name,
     /// cut to 20 bytes (Linux shows it as /sys/block/vda/serial).
@@ -119,34 +78,87 @@ enum Fault {
 
 impl Blk {
     /// Opens the disk `config` names; fails if its size changed since
-    /// `config` was made (a live image's disk must be the one it saw).
+    /// `config` was made, or, for a read-only disk or a live image's
+    /// frozen layer, if it was modified since (a live image's disk must
+    /// be the one it saw).
     pub fn open(config: &DiskConfig) -> Result<Self> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!config.read_only)
-            .open(&config.path)
-            .with_context(|| {
-                format!(
-                    "opening disk {}{}",
-                    config.path.display(),
-                    if config.read_only { " read-only" } else { " for reading and writing" }
-                )
-            })?;
-        let (size, modified) = disk_identity(&mut file, &config.path)?;
+        let file = DiskFile::open_disk(config)?;
+        let now = DiskConfig::new(&config.path, config.format, config.read_only)?;
         ensure!(
-            size == config.size,
-            "disk {}: {size} bytes now, {} when the VM got it",
+            now.size == config.size,
+            "disk {}: {} bytes now, {} when the VM got it",
             config.path.display(),
+            now.size,
             config.size
         );
         ensure!(
-            !config.read_only || modified == config.modified,
+            !config.read_only || now.modified == config.modified,
             "disk {} was modified since the VM got it (a read-only disk must stay as its live image saw it)",
             config.path.display()
         );
+        Ok(Self::with(file, config.clone()))
+    }
+
+    /// A clone's disk: the live image's disk `image` as it is if it is
+    /// read-only, else a new copy-on-write overlay of it at `overlay`
+    /// (which must not exist). Refuses a frozen layer that changed since
+    /// the live image was made.
+    pub fn open_clone(image: &DiskConfig, overlay: &Path) -> Result<Self> {
+        if image.read_only {
+            return Self::open(image);
+        }
+        let now = DiskConfig::new(&image.path, image.format, true)?;
+        ensure!(
+            now.size == image.size && now.modified == image.modified,
+            "the live image's disk layer {} was modified since the image was made",
+            image.path.display()
+        );
+        let (file, config) = DiskFile::create_overlay(image, overlay)?;
+        Ok(Self::with(file, config))
+    }
+
+    fn with(file: DiskFile, config: DiskConfig) -> Self {
         let name = config.path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"disk");
         let id = name[..name.len().min(VIRTIO_BLK_ID_BYTES as usize)].to_vec();
-        Ok(Self { file, config: config.clone(), id, counters: BlkCounters::default(), reported: 0 })
+        Self { file, config, id, counters: BlkCounters::default(), reported: 0 }
+    }
+
+    /// Freezes the writable disk for a live image (the VM is paused and
+    /// the queue quiet): flushes it, moves its file to `move_to` if given
+    /// (a clone's overlay, which would go when the clone stops), and goes
+    /// on in a new qcow2 overlay at `new_top` on it. Returns the frozen
+    /// layer, which nothing writes again: the live image's disk.
+    pub fn freeze(&mut self, new_top: &Path, move_to: Option<&Path>) -> Result<DiskConfig> {
+        ensure!(!self.config.read_only, "a read-only disk needs no freezing");
+        self.file.flush().with_context(|| format!("flushing disk {}", self.config.path.display()))?;
+        let mut frozen = self.config.clone();
+        if let Some(to) = move_to {
+            std::fs::rename(&self.config.path, to)
+                .with_context(|| format!("moving disk layer {} to {}", self.config.path.display(), to.display()))?;
+            frozen.path = to.to_path_buf();
+        }
+        // The layer is held shared from here, as its overlays hold it.
+        let made = DiskFile::relock(&self.file, true, &frozen.path)
+            .and_then(|()| DiskConfig::new(&frozen.path, frozen.format, true))
+            .and_then(|now| {
+                frozen.modified = now.modified;
+                DiskFile::create_overlay(&frozen, new_top)
+            });
+        let (file, config) = match made {
+            Ok(made) => made,
+            Err(e) => {
+                if let Some(to) = move_to {
+                    let _ = std::fs::rename(to, &self.config.path);
+                }
+                let _ = self.file.relock(false, &self.config.path);
+                return Err(e);
+            }
+        };
+        // The old handle (and its exclusive lock) goes; the new top holds
+        // the frozen layer shared.
+        self.file = file;
+        self.config = config;
+        Ok(frozen)
     }
 
     /// The disk it serves.
@@ -199,7 +211,7 @@ impl Blk {
                 while done < in_len {
                     let n = (in_len - done).min(CHUNK);
                     let off = sector * SECTOR + done as u64;
-                    if let Err(e) = self.file.read_exact_at(&mut buf[..n], off) {
+                    if let Err(e) = self.file.read_at(&mut buf[..n], off) {
                         return (self.fault(Fault::Io, &format!("reading at {off}: {e}")), done);
                     }
                     if data.write_all(&buf[..n]).is_err() {
@@ -225,7 +237,7 @@ impl Blk {
                         return (self.fault(Fault::Short, "a write from memory the guest does not have"), 0);
                     }
                     let off = sector * SECTOR + done as u64;
-                    if let Err(e) = self.file.write_all_at(&buf[..n], off) {
+                    if let Err(e) = self.file.write_at(&buf[..n], off) {
                         return (self.fault(Fault::Io, &format!("writing at {off}: {e}")), 0);
                     }
                     done += n;
@@ -235,7 +247,7 @@ impl Blk {
             }
             VIRTIO_BLK_T_FLUSH => {
                 if !self.config.read_only {
-                    if let Err(e) = self.file.sync_data() {
+                    if let Err(e) = self.file.flush() {
                         return (self.fault(Fault::Io, &format!("flushing: {e}")), 0);
                     }
                 }
@@ -325,6 +337,10 @@ impl VirtioDevice for Blk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::virtio::disk::DiskFormat;
+    use std::os::unix::fs::FileExt;
+    use std::fs::File;
+    use std::path::PathBuf;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -394,7 +410,7 @@ mod tests {
     }
 
     fn open(disk: &Scratch, read_only: bool) -> Blk {
-        Blk::open(&DiskConfig::new(&disk.0, read_only).unwrap()).unwrap()
+        Blk::open(&DiskConfig::new(&disk.0, DiskFormat::Raw, read_only).unwrap()).unwrap()
     }
 
     const OK: u8 = VIRTIO_BLK_S_OK as u8;
@@ -522,18 +538,18 @@ mod tests {
     fn disks_of_odd_or_changed_sizes_are_refused() {
         let path = std::env::temp_dir().join(format!("vms-blk-{}-odd", std::process::id()));
         std::fs::write(&path, [0u8; 1000]).unwrap();
-        let e = DiskConfig::new(&path, false).unwrap_err();
+        let e = DiskConfig::new(&path, DiskFormat::Raw, false).unwrap_err();
         assert!(format!("{e:#}").contains("multiple of 512"), "{e:#}");
         std::fs::write(&path, []).unwrap();
-        assert!(DiskConfig::new(&path, false).is_err());
+        assert!(DiskConfig::new(&path, DiskFormat::Raw, false).is_err());
         std::fs::write(&path, [0u8; 1024]).unwrap();
-        let config = DiskConfig::new(&path, false).unwrap();
+        let config = DiskConfig::new(&path, DiskFormat::Raw, false).unwrap();
         std::fs::write(&path, [0u8; 2048]).unwrap();
         let e = Blk::open(&config).err().unwrap();
         assert!(format!("{e:#}").contains("2048 bytes now, 1024"), "{e:#}");
         // A read-only disk rewritten at the same size is refused too; a
         // writable one is the VM's to change.
-        let config = DiskConfig::new(&path, true).unwrap();
+        let config = DiskConfig::new(&path, DiskFormat::Raw, true).unwrap();
         assert!(config.path.is_absolute());
         Blk::open(&config).unwrap();
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
@@ -542,6 +558,44 @@ mod tests {
         assert!(format!("{e:#}").contains("was modified"), "{e:#}");
         Blk::open(&DiskConfig { read_only: false, ..config }).unwrap();
         std::fs::remove_file(&path).unwrap();
-        assert!(DiskConfig::new(&path, false).is_err());
+        assert!(DiskConfig::new(&path, DiskFormat::Raw, false).is_err());
+    }
+
+    #[test]
+    fn a_frozen_disk_keeps_its_bytes_and_clones_get_overlays() {
+        let s = Scratch::new("freeze", 64);
+        let cfg = DiskConfig::new(&s.0, DiskFormat::Raw, false).unwrap();
+        let mut b = Blk::open(&cfg).unwrap();
+        b.file.write_at(&[0xaa; 512], 0).unwrap();
+        let top = s.0.with_extension("top.qcow2");
+        let frozen = b.freeze(&top, None).unwrap();
+        assert_eq!(frozen.path, cfg.path);
+        assert!(!frozen.read_only);
+        assert_eq!(b.config().path, top);
+        b.file.write_at(&[0xbb; 512], 0).unwrap();
+        let mut buf = [0u8; 512];
+        b.file.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf[0], 0xbb, "the VM reads its write after the freeze");
+        b.file.read_at(&mut buf, 512).unwrap();
+        assert_eq!(buf[0], 1, "and the layer's bytes under it");
+        assert_eq!(s.bytes()[0], 0xaa, "the frozen file keeps the image's bytes");
+        // Two clones of the image: the layer's bytes, each its own writes.
+        let c1 = Blk::open_clone(&frozen, &s.0.with_extension("c1.qcow2")).unwrap();
+        let c2 = Blk::open_clone(&frozen, &s.0.with_extension("c2.qcow2")).unwrap();
+        c1.file.write_at(&[0xcc; 512], 0).unwrap();
+        c2.file.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf[0], 0xaa);
+        c1.file.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf[0], 0xcc);
+        // Nobody may open the frozen layer for writing meanwhile.
+        assert!(Blk::open(&cfg).is_err());
+        drop((b, c1, c2));
+        // A layer changed behind the image's back is refused.
+        std::fs::OpenOptions::new().write(true).open(&s.0).unwrap().write_all_at(&[1], 0).unwrap();
+        let e = Blk::open_clone(&frozen, &s.0.with_extension("c3.qcow2")).err().expect("refused");
+        assert!(format!("{e:#}").contains("modified"), "{e:#}");
+        for x in ["top.qcow2", "c1.qcow2", "c2.qcow2", "c3.qcow2"] {
+            let _ = std::fs::remove_file(s.0.with_extension(x));
+        }
     }
 }

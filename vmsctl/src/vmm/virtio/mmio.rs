@@ -248,6 +248,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.device
     }
 
+    /// The device, to change its backing (the VM paused, the transport
+    /// locked): never its features or configuration layout.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
     /// Every feature bit offered: the device's and VERSION_1.
     fn offered(&self) -> u64 {
         self.device.features() | (1 << VIRTIO_F_VERSION_1)

@@ -24,6 +24,7 @@
 //! ioeventfd on the notify register, so a vCPU never waits for the disk.
 
 pub mod blk;
+pub mod disk;
 pub mod mmio;
 pub mod rng;
 
