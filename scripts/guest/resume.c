@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * vms-resume SEED_HEX EPOCH_NS: what a clone's guest runs first after it
- * resumed from a live image (scripts/guest/identity calls it).
+ * vms-resume SEED_HEX: what a clone's guest runs first after it resumed
+ * from a live image (scripts/guest/identity calls it, through the agent).
  *
  * A clone starts with its parent's memory, so with its parent's CRNG state:
  * every clone would hand out the same "random" bytes until the kernel's
@@ -12,17 +12,22 @@
  *      so the next read of /dev/urandom or getrandom(2) in any process
  *      draws from fresh state (Linux 5.18 and later reseed every CPU's
  *      CRNG on the next use after a base reseed);
- *   2. sets CLOCK_REALTIME to EPOCH_NS (the host's time when the VMM sent
- *      the command; the agent's round trip, milliseconds, is the error).
+ *   2. asks the VMM for the host's time (the line "@@vms-time?" on its
+ *      standard output, which the agent sends to the VMM; the answer, ns
+ *      since 1970, arrives as a line on /dev/ttyS1) and sets
+ *      CLOCK_REALTIME to it: late by the serial line's few bytes, not by
+ *      however long the command took to start in a fresh clone.
  * busybox can do neither (its `date -s` has one-second resolution and it
  * has no RND* ioctls), hence this program. Both need CAP_SYS_ADMIN and
  * CAP_SYS_TIME: the agent runs as root.
  *
- * Exit status: 0 done; 1 bad arguments; 2 the reseed failed; 3 the clock.
+ * Exit status: 0 done; 1 bad arguments; 2 the reseed failed; 3 the clock
+ * (no answer within 10 s, or clock_settime failed).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/random.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,12 +57,12 @@ int main(int argc, char **argv)
 	uint8_t *buf = (uint8_t *)seed->buf;
 	struct timespec ts;
 	unsigned long long ns;
-	char *end;
+	char line[32], *end;
+	size_t got = 0;
 	int fd, i;
 
-	if (argc != 3 || strlen(argv[1]) != 2 * SEED_BYTES) {
-		fprintf(stderr, "usage: vms-resume SEED_HEX(%d hex digits) EPOCH_NS\n",
-			2 * SEED_BYTES);
+	if (argc != 2 || strlen(argv[1]) != 2 * SEED_BYTES) {
+		fprintf(stderr, "usage: vms-resume SEED_HEX(%d hex digits)\n", 2 * SEED_BYTES);
 		return 1;
 	}
 	for (i = 0; i < SEED_BYTES; i++) {
@@ -69,13 +74,6 @@ int main(int argc, char **argv)
 		}
 		buf[i] = (uint8_t)(hi << 4 | lo);
 	}
-	errno = 0;
-	ns = strtoull(argv[2], &end, 10);
-	if (errno || *end || end == argv[2]) {
-		fprintf(stderr, "vms-resume: bad EPOCH_NS %s\n", argv[2]);
-		return 1;
-	}
-
 	seed->entropy_count = SEED_BYTES * 8;
 	seed->buf_size = SEED_BYTES;
 	fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
@@ -86,11 +84,49 @@ int main(int argc, char **argv)
 	close(fd);
 	memset(raw, 0, sizeof(raw));
 
+	/* Ask the VMM for its time; the answer comes on the agent's port. */
+	fd = open("/dev/ttyS1", O_RDONLY | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0) {
+		fprintf(stderr, "vms-resume: /dev/ttyS1: %s\n", strerror(errno));
+		return 3;
+	}
+	fputs("@@vms-time?\n", stdout);
+	fflush(stdout);
+	while (got < sizeof(line) - 1) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&p, 1, 10000) != 1) {
+			fprintf(stderr, "vms-resume: no time from the VMM within 10 s\n");
+			return 3;
+		}
+		n = read(fd, line + got, 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n != 1) {
+			fprintf(stderr, "vms-resume: reading the time: %s\n", n ? strerror(errno) : "EOF");
+			return 3;
+		}
+		if (line[got] == '\n')
+			break;
+		got++;
+	}
+	line[got] = 0;
+	close(fd);
+	errno = 0;
+	ns = strtoull(line, &end, 10);
+	if (errno || *end || end == line) {
+		fprintf(stderr, "vms-resume: bad time from the VMM: %s\n", line);
+		return 3;
+	}
 	ts.tv_sec = (time_t)(ns / 1000000000ULL);
 	ts.tv_nsec = (long)(ns % 1000000000ULL);
 	if (clock_settime(CLOCK_REALTIME, &ts)) {
 		fprintf(stderr, "vms-resume: setting the clock: %s\n", strerror(errno));
 		return 3;
 	}
+	/* What the VMM looks for: an older guest's vms-identity that ignores
+	 * the seed must not pass for one that reseeded. */
+	puts("vms-resume: reseeded, clock set");
 	return 0;
 }

@@ -106,6 +106,35 @@ pub fn disk_layer_path(name: &str) -> PathBuf {
     control::run_dir().join("images").join(format!("{name}.disk.qcow2"))
 }
 
+/// Removes a disk layer that live-image create kept in the run directory,
+/// unless a VM holds it (a clone's overlay on it keeps a shared lock) or
+/// another live image's state names it (one loaded from a saved file
+/// under another name).
+fn remove_unused_layer(layer: &std::path::Path) {
+    let Ok(f) = std::fs::File::open(layer) else { return };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!("vmsctl: keeping disk layer {}: a VM uses it", layer.display());
+        return;
+    }
+    let dir = control::run_dir().join("images");
+    let named = std::fs::read_dir(&dir).into_iter().flatten().flatten().any(|e| {
+        e.path().extension().is_some_and(|x| x == "json")
+            && std::fs::read(e.path())
+                .ok()
+                .and_then(|b| MachineState::from_json(&b).ok())
+                .and_then(|s| s.disk)
+                .is_some_and(|d| d.path == layer || d.backing.iter().any(|l| l.path == layer))
+    });
+    if named {
+        eprintln!("vmsctl: keeping disk layer {}: another live image uses it", layer.display());
+        return;
+    }
+    if std::fs::remove_file(layer).is_ok() {
+        println!("deleted its disk layer {}", layer.display());
+    }
+}
+
 /// The machine state of live image `name`.
 pub fn load_state(name: &str) -> Result<MachineState> {
     let path = state_path(name);
@@ -287,6 +316,7 @@ fn list(json: bool) -> Result<()> {
 fn delete(image: &ImageName) -> Result<()> {
     let name = image.to_string();
     let (vms, _) = Vms::open_checked()?;
+    let layer = load_state(&name).ok().and_then(|s| s.disk).map(|d| d.path);
     let parent = vms
         .image_info(&image.to_abi())
         .ok()
@@ -304,9 +334,11 @@ fn delete(image: &ImageName) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("live image {name}: deleting")),
     }
     let _ = std::fs::remove_file(state_path(&name));
-    // Its disk layer, if it kept one: nothing uses it now (the kernel
-    // refuses the delete while clones or live images depend on it).
-    let _ = std::fs::remove_file(disk_layer_path(&name));
+    // Its disk layer, if it kept one in the run directory and nothing
+    // uses it any more.
+    if let Some(layer) = layer.filter(|p| *p == disk_layer_path(&name)) {
+        remove_unused_layer(&layer);
+    }
     println!("deleted live image {name}");
     // The empty image a VM booted on (boot.NAME) goes with the last live
     // image made of it, once that VM is gone too.

@@ -524,18 +524,22 @@ impl Vmm {
         let mut seed = [0u8; 32];
         crate::vmm::virtio::rng::fill_random(&mut seed).context("host entropy for the clone")?;
         let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-        // The host's time as the command leaves: the guest sets its clock
-        // to it, late by the agent's round trip (milliseconds).
+        // The guest asks for the host's time itself, once its command runs
+        // (agent.rs): the first command in a fresh clone may take seconds
+        // to start.
         let reply = self
             .running
             .agent()
-            .exec(&format!("vms-identity {id} {} {seed} {}", args.name, now_ns()), timeout)
+            .exec(&format!("vms-identity {id} {} {seed}", args.name), timeout)
             .context("handing the clone its identity (vms-identity through the agent)")?;
+        let output = String::from_utf8_lossy(&reply.output);
         if reply.status != 0 {
+            bail!("vms-identity failed with status {}: {output}", reply.status);
+        }
+        if !output.contains("vms-resume: reseeded, clock set") {
             bail!(
-                "vms-identity failed with status {}: {}",
-                reply.status,
-                String::from_utf8_lossy(&reply.output)
+                "the guest's vms-identity did not reseed its CRNG nor set its clock (an older guest \
+                 initramfs? rebuild it with scripts/build-guest): {output}"
             );
         }
         Ok(Ready {
@@ -598,6 +602,16 @@ fn snapshot(running: &RunningVm, memory: &Memory, info: &Info, image: &str) -> R
     let ephemeral = ephemeral_overlay(&info.name)?;
     let plan = match running.disk().filter(|d| !d.read_only) {
         None => None,
+        Some(d) if std::fs::metadata(&d.path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type())) => bail!(
+            "this VM's disk {} is a writable block device: a live image freezes the disk and goes on in an overlay file \
+             next to it; give the VM a disk file, or the device with --disk-ro",
+            d.path.display()
+        ),
+        Some(d) if d.path == ephemeral && live_image::disk_layer_path(image).exists() => bail!(
+            "{} exists (a disk layer left by an earlier live image {image}, which a clone may still use); \
+             delete that live image first, or choose another name",
+            live_image::disk_layer_path(image).display()
+        ),
         Some(d) if d.path == ephemeral => Some((ephemeral.clone(), Some(live_image::disk_layer_path(image)))),
         Some(d) => {
             let name = d.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -15,6 +15,14 @@
 //! `<tag>` is a number that pairs a reply with its request. The output is
 //! every byte before the `\n` that starts the done line, so output that
 //! ends without a newline comes back as it is.
+//!
+//! One request goes the other way: a command that writes the line
+//! `@@vms-time?` gets the host's `CLOCK_REALTIME` in nanoseconds as a line
+//! on its input (the guest's `vms-resume` reads it from `/dev/ttyS1`), so
+//! a clone's clock is set to the host's time as it is when the guest asks,
+//! not when the command was sent (the first command in a fresh clone can
+//! take seconds to start in an emulated test machine). The request line
+//! is not part of the command's output.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +40,8 @@ const DONE: &str = "\n@@vms-done ";
 const MAX_OUTPUT: usize = 16 << 20;
 /// How often a waiting [`Agent::exec`] checks that the VM still runs.
 const POLL: Duration = Duration::from_millis(100);
+/// A command asks for the host's time (see the module documentation).
+const TIME_REQUEST: &[u8] = b"@@vms-time?\n";
 
 /// What the guest wrote on the agent channel and nobody has read yet.
 #[derive(Default)]
@@ -93,7 +103,11 @@ impl Agent {
             devices,
             output,
             status,
-            next_tag: AtomicU64::new(1),
+            // A random start: a clone resumes with its parent's agent,
+            // which may have been running a request of the parent's when
+            // the image was made; its reply must not pass for a reply to
+            // one of the clone's.
+            next_tag: AtomicU64::new(first_tag()),
             busy: Mutex::new(()),
         }
     }
@@ -130,6 +144,19 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         let mut buf = self.output.lock();
         loop {
+            if let Some(at) = find(&buf, TIME_REQUEST) {
+                buf.drain(at..at + TIME_REQUEST.len());
+                // Not under the output's lock: the UART takes it as the
+                // guest writes (lock order UART, then output).
+                drop(buf);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                self.devices.queue_agent_input(format!("{now}\n").as_bytes());
+                buf = self.output.lock();
+                continue;
+            }
             if let Some((reply, used)) = parse_reply(&buf, tag) {
                 buf.drain(..used);
                 return Ok(reply);
@@ -156,6 +183,13 @@ impl Agent {
 
 /// Finds the reply to `tag` in `buf`: returns it and how many bytes of
 /// `buf` it took, or `None` if its done line is not complete yet.
+/// A random first tag, below 2^48 so tags stay short.
+fn first_tag() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = super::virtio::rng::fill_random(&mut b);
+    (u64::from_le_bytes(b) >> 16).max(1)
+}
+
 fn parse_reply(buf: &[u8], tag: u64) -> Option<(Reply, usize)> {
     let marker = format!("{DONE}{tag} ");
     let at = find(buf, marker.as_bytes())?;
@@ -180,6 +214,13 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_request_is_not_output() {
+        let buf = b"seeded\n@@vms-time?\n";
+        let at = find(buf, TIME_REQUEST).unwrap();
+        assert_eq!(&buf[..at], b"seeded\n");
+    }
 
     #[test]
     fn replies_are_split_off_at_the_done_line() {

@@ -43,6 +43,18 @@ const CHUNK: usize = 1 << 20;
 
 pub use super::disk::DiskConfig;
 
+/// `rename(2)` that never replaces an existing `to` (EEXIST): a layer
+/// left by an earlier live image of the same name may back a running
+/// clone.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
 /// Requests of each outcome, for statistics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlkCounters {
@@ -82,7 +94,8 @@ impl Blk {
     /// frozen layer, if it was modified since (a live image's disk must
     /// be the one it saw).
     pub fn open(config: &DiskConfig) -> Result<Self> {
-        let file = DiskFile::open_disk(config)?;
+        let file = DiskFile::open(config)?;
+        config.check_frozen(false)?;
         let now = DiskConfig::new(&config.path, config.format, config.read_only)?;
         ensure!(
             now.size == config.size,
@@ -107,17 +120,19 @@ impl Blk {
         if image.read_only {
             return Self::open(image);
         }
-        let now = DiskConfig::new(&image.path, image.format, true)?;
-        ensure!(
-            now.size == image.size && now.modified == image.modified,
-            "the live image's disk layer {} was modified since the image was made",
-            image.path.display()
-        );
+        // Checked once the overlay holds every layer locked: nothing can
+        // change them between the check and the clone's first read.
         let (file, config) = DiskFile::create_overlay(image, overlay)?;
+        if let Err(e) = image.check_frozen(true) {
+            drop(file);
+            let _ = std::fs::remove_file(overlay);
+            return Err(e.context("the live image's disk"));
+        }
         Ok(Self::with(file, config))
     }
 
     fn with(file: DiskFile, config: DiskConfig) -> Self {
+        // (the guest sees the top file's name as the disk's serial)
         let name = config.path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"disk");
         let id = name[..name.len().min(VIRTIO_BLK_ID_BYTES as usize)].to_vec();
         Self { file, config, id, counters: BlkCounters::default(), reported: 0 }
@@ -133,7 +148,7 @@ impl Blk {
         self.file.flush().with_context(|| format!("flushing disk {}", self.config.path.display()))?;
         let mut frozen = self.config.clone();
         if let Some(to) = move_to {
-            std::fs::rename(&self.config.path, to)
+            rename_noreplace(&self.config.path, to)
                 .with_context(|| format!("moving disk layer {} to {}", self.config.path.display(), to.display()))?;
             frozen.path = to.to_path_buf();
         }
@@ -595,6 +610,44 @@ mod tests {
         let e = Blk::open_clone(&frozen, &s.0.with_extension("c3.qcow2")).err().expect("refused");
         assert!(format!("{e:#}").contains("modified"), "{e:#}");
         for x in ["top.qcow2", "c1.qcow2", "c2.qcow2", "c3.qcow2"] {
+            let _ = std::fs::remove_file(s.0.with_extension(x));
+        }
+    }
+
+    /// Two live images of one VM: the first image's layer is held and
+    /// checked through the second's overlays too, and a freeze never
+    /// replaces an existing file.
+    #[test]
+    fn every_layer_of_a_chain_is_held_and_checked() {
+        let s = Scratch::new("chain", 64);
+        let cfg = DiskConfig::new(&s.0, DiskFormat::Raw, false).unwrap();
+        let mut b = Blk::open(&cfg).unwrap();
+        let first = b.freeze(&s.0.with_extension("t1.qcow2"), None).unwrap();
+        let second = b.freeze(&s.0.with_extension("t2.qcow2"), None).unwrap();
+        assert_eq!(second.backing.len(), 1);
+        assert_eq!(second.backing[0].path, first.path);
+        assert_eq!(b.config().backing.len(), 2);
+        // The bottom file is held while the VM runs on the chain.
+        assert!(Blk::open(&cfg).is_err(), "the bottom layer is locked");
+        let c = Blk::open_clone(&second, &s.0.with_extension("c.qcow2")).unwrap();
+        drop((b, c));
+        // Changed while nobody held it: a clone of the second image refuses.
+        std::fs::OpenOptions::new().write(true).open(&s.0).unwrap().write_all_at(&[9], 0).unwrap();
+        let e = Blk::open_clone(&second, &s.0.with_extension("d.qcow2")).err().expect("refused");
+        assert!(format!("{e:#}").contains("modified"), "{e:#}");
+        assert!(!s.0.with_extension("d.qcow2").exists(), "the refused clone's overlay is removed");
+        // A freeze that would move its file onto an existing one fails and
+        // leaves both as they were.
+        let cfg = DiskConfig::new(&s.0, DiskFormat::Raw, false).unwrap();
+        let mut b = Blk::open(&cfg).unwrap();
+        let taken = s.0.with_extension("taken");
+        std::fs::write(&taken, b"keep").unwrap();
+        assert!(b.freeze(&s.0.with_extension("t3.qcow2"), Some(&taken)).is_err());
+        assert_eq!(std::fs::read(&taken).unwrap(), b"keep");
+        assert_eq!(b.config().path, cfg.path, "the VM goes on on its disk");
+        b.file.write_at(&[1], 0).unwrap();
+        drop(b);
+        for x in ["t1.qcow2", "t2.qcow2", "t3.qcow2", "c.qcow2", "taken"] {
             let _ = std::fs::remove_file(s.0.with_extension(x));
         }
     }

@@ -74,6 +74,20 @@ pub struct DiskConfig {
     /// it, or when a live image froze it: a clone refuses a layer that
     /// changed since.
     pub modified: i128,
+    /// The frozen layers under `path` that vms made (its backing file
+    /// first, then that one's): each is held shared while the disk is
+    /// open and must keep its recorded modification time. A qcow2 file
+    /// the user gave may have backing files of its own, which are the
+    /// user's to keep unchanged.
+    #[serde(default)]
+    pub backing: Vec<Layer>,
+}
+
+/// A frozen layer of a disk, as recorded when it was frozen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    pub path: PathBuf,
+    pub modified: i128,
 }
 
 impl DiskConfig {
@@ -82,7 +96,23 @@ impl DiskConfig {
     pub fn new(path: &Path, format: DiskFormat, read_only: bool) -> Result<Self> {
         let path = std::fs::canonicalize(path).with_context(|| format!("disk {}", path.display()))?;
         let (size, modified) = identity(&path, format)?;
-        Ok(Self { path, format, read_only, size, modified })
+        Ok(Self { path, format, read_only, size, modified, backing: Vec::new() })
+    }
+
+    /// Fails unless every frozen layer under the file (and, with `this`,
+    /// the file itself) still has the modification time recorded when it
+    /// was frozen: a layer changed behind a live image's back would change
+    /// its clones' disks.
+    pub fn check_frozen(&self, this: bool) -> Result<()> {
+        let me = Layer { path: self.path.clone(), modified: self.modified };
+        for l in this.then_some(&me).into_iter().chain(&self.backing) {
+            ensure!(
+                mtime(&l.path)? == l.modified,
+                "disk layer {} was modified since a live image froze it (it must never be written again)",
+                l.path.display()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -151,8 +181,8 @@ pub struct DiskFile {
 
 impl DiskFile {
     /// Opens `config`'s file, for writing unless it is read-only, and
-    /// locks it; `layers` are the frozen layers under it (locked shared).
-    fn open(config: &DiskConfig, layers: &[&Path]) -> Result<Self> {
+    /// locks it, and every frozen layer under it shared.
+    pub fn open(config: &DiskConfig) -> Result<Self> {
         let write = !config.read_only;
         let top = OpenOptions::new()
             .read(true)
@@ -171,9 +201,9 @@ impl DiskFile {
             lock(&top, libc::LOCK_SH, &config.path, "a VM writes it")?;
         }
         let mut layer_locks = Vec::new();
-        for l in layers {
-            let f = File::open(l).with_context(|| format!("opening disk layer {}", l.display()))?;
-            lock(&f, libc::LOCK_SH, l, "a VM writes it, and it is a live image's frozen layer")?;
+        for l in &config.backing {
+            let f = File::open(&l.path).with_context(|| format!("opening disk layer {}", l.path.display()))?;
+            lock(&f, libc::LOCK_SH, &l.path, "a VM writes it, and it is a live image's frozen layer")?;
             layer_locks.push(f);
         }
         let backend = match config.format {
@@ -181,11 +211,6 @@ impl DiskFile {
             DiskFormat::Qcow2 => Backend::Qcow2(open_qcow2(&config.path, write)?),
         };
         Ok(Self { backend, _top_lock: top, _layer_locks: layer_locks })
-    }
-
-    /// Opens the disk `config` names, as it is.
-    pub fn open_disk(config: &DiskConfig) -> Result<Self> {
-        Self::open(config, &[])
     }
 
     /// Creates a qcow2 overlay at `overlay` on the frozen layer `base`
@@ -206,14 +231,16 @@ impl DiskFile {
                 .backing(base.path.to_string_lossy().into_owned(), base.format.name().to_owned())
                 .create()
                 .with_context(|| format!("writing the qcow2 overlay {}", overlay.display()))?;
+            let below = Layer { path: base.path.clone(), modified: base.modified };
             let config = DiskConfig {
                 path: overlay.to_path_buf(),
                 format: DiskFormat::Qcow2,
                 read_only: false,
                 size: base.size,
                 modified: mtime(overlay)?,
+                backing: std::iter::once(below).chain(base.backing.iter().cloned()).collect(),
             };
-            Ok((Self::open(&config, &[&base.path])?, config))
+            Ok((Self::open(&config)?, config))
         })();
         if made.is_err() {
             let _ = std::fs::remove_file(overlay);
@@ -292,7 +319,7 @@ mod tests {
         assert!(buf.iter().all(|&x| x == 7), "b reads the base");
         assert!(std::fs::read(&base).unwrap().iter().all(|&x| x == 7), "the base is unchanged");
         // A writable open of the base while overlays use it: refused.
-        let e = DiskFile::open_disk(&cfg).err().expect("the base is locked");
+        let e = DiskFile::open(&cfg).err().expect("the base is locked");
         assert!(format!("{e:#}").contains("in use"), "{e:#}");
         drop((a, b));
         // An overlay of an overlay (a second live image level), reopened.
