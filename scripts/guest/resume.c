@@ -14,7 +14,7 @@
  *      CRNG on the next use after a base reseed);
  *   2. asks the VMM for the host's time (the line "@@vms-time?" on its
  *      standard output, which the agent sends to the VMM; the answer, ns
- *      since 1970, arrives as a line on /dev/ttyS1) and sets
+ *      since 1970, arrives as the line "@@vms-time NS" on /dev/ttyS1) and sets
  *      CLOCK_REALTIME to it: late by the serial line's few bytes, not by
  *      however long the command took to start in a fresh clone.
  * busybox can do neither (its `date -s` has one-second resolution and it
@@ -57,7 +57,7 @@ int main(int argc, char **argv)
 	uint8_t *buf = (uint8_t *)seed->buf;
 	struct timespec ts;
 	unsigned long long ns;
-	char line[32], *end;
+	char line[64], *end;
 	size_t got = 0;
 	int fd, i;
 
@@ -90,32 +90,45 @@ int main(int argc, char **argv)
 		fprintf(stderr, "vms-resume: /dev/ttyS1: %s\n", strerror(errno));
 		return 3;
 	}
-	fputs("@@vms-time?\n", stdout);
+	/* Spelled in pieces: the request must not be in this file's bytes,
+	 * where `strings` or `cat` of it through the agent would make one. */
+	printf("@@%s?\n", "vms-time");
 	fflush(stdout);
-	while (got < sizeof(line) - 1) {
+	/*
+	 * Lines until the answer, "@@vms-time NS": anything else waiting on
+	 * the port (a request the agent had not read when an earlier command
+	 * timed out) is read whole and dropped, never left half read.
+	 */
+	for (;;) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
+		char c;
 		ssize_t n;
 
 		if (poll(&p, 1, 10000) != 1) {
 			fprintf(stderr, "vms-resume: no time from the VMM within 10 s\n");
 			return 3;
 		}
-		n = read(fd, line + got, 1);
+		n = read(fd, &c, 1);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n != 1) {
 			fprintf(stderr, "vms-resume: reading the time: %s\n", n ? strerror(errno) : "EOF");
 			return 3;
 		}
-		if (line[got] == '\n')
+		if (c != '\n') {
+			if (got < sizeof(line) - 1)
+				line[got++] = c;
+			continue;
+		}
+		line[got] = 0;
+		got = 0;
+		if (strncmp(line, "@@vms-time ", 11) == 0)
 			break;
-		got++;
 	}
-	line[got] = 0;
 	close(fd);
 	errno = 0;
-	ns = strtoull(line, &end, 10);
-	if (errno || *end || end == line) {
+	ns = strtoull(line + 11, &end, 10);
+	if (errno || *end || end == line + 11) {
 		fprintf(stderr, "vms-resume: bad time from the VMM: %s\n", line);
 		return 3;
 	}

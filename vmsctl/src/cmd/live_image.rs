@@ -110,7 +110,7 @@ pub fn disk_layer_path(name: &str) -> PathBuf {
 /// unless a VM holds it (a clone's overlay on it keeps a shared lock) or
 /// another live image's state names it (one loaded from a saved file
 /// under another name).
-fn remove_unused_layer(layer: &std::path::Path) {
+pub fn remove_unused_layer(layer: &std::path::Path) {
     let Ok(f) = std::fs::File::open(layer) else { return };
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) } != 0 {

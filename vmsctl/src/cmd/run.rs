@@ -534,7 +534,11 @@ impl Vmm {
             .context("handing the clone its identity (vms-identity through the agent)")?;
         let output = String::from_utf8_lossy(&reply.output);
         if reply.status != 0 {
-            bail!("vms-identity failed with status {}: {output}", reply.status);
+            bail!(
+                "vms-identity failed with status {}: {output} (a guest initramfs older than this vmsctl? \
+                 rebuild it with scripts/build-guest)",
+                reply.status
+            );
         }
         if !output.contains("vms-resume: reseeded, clock set") {
             bail!(
@@ -607,9 +611,14 @@ fn snapshot(running: &RunningVm, memory: &Memory, info: &Info, image: &str) -> R
              next to it; give the VM a disk file, or the device with --disk-ro",
             d.path.display()
         ),
-        Some(d) if d.path == ephemeral && live_image::disk_layer_path(image).exists() => bail!(
-            "{} exists (a disk layer left by an earlier live image {image}, which a clone may still use); \
-             delete that live image first, or choose another name",
+        Some(d) if d.path == ephemeral && live_image::disk_layer_path(image).exists() && {
+            // Left by a live image of that name that failed after its
+            // freeze, or kept for a loaded copy: gone unless used.
+            live_image::remove_unused_layer(&live_image::disk_layer_path(image));
+            live_image::disk_layer_path(image).exists()
+        } => bail!(
+            "{} exists and is in use (a disk layer of an earlier live image {image}, which a VM or another \
+             live image uses); choose another name",
             live_image::disk_layer_path(image).display()
         ),
         Some(d) if d.path == ephemeral => Some((ephemeral.clone(), Some(live_image::disk_layer_path(image)))),

@@ -17,8 +17,10 @@
 //! ends without a newline comes back as it is.
 //!
 //! One request goes the other way: a command that writes the line
-//! `@@vms-time?` gets the host's `CLOCK_REALTIME` in nanoseconds as a line
-//! on its input (the guest's `vms-resume` reads it from `/dev/ttyS1`), so
+//! `@@vms-time?` (at the start of a line) gets the line `@@vms-time NS`,
+//! the host's `CLOCK_REALTIME` in nanoseconds, on the agent channel (the
+//! guest's `vms-resume` reads it from `/dev/ttyS1`; the agent skips lines
+//! that start with `@@`, should one arrive late), so
 //! a clone's clock is set to the host's time as it is when the guest asks,
 //! not when the command was sent (the first command in a fresh clone can
 //! take seconds to start in an emulated test machine). The request line
@@ -40,8 +42,21 @@ const DONE: &str = "\n@@vms-done ";
 const MAX_OUTPUT: usize = 16 << 20;
 /// How often a waiting [`Agent::exec`] checks that the VM still runs.
 const POLL: Duration = Duration::from_millis(100);
-/// A command asks for the host's time (see the module documentation).
+/// A command asks for the host's time (see the module documentation),
+/// on a line of its own.
 const TIME_REQUEST: &[u8] = b"@@vms-time?\n";
+
+/// Where a time request starts in `buf`: at its start (the output is
+/// cleared when a command is sent) or after a newline.
+fn find_time_request(buf: &[u8]) -> Option<usize> {
+    if buf.starts_with(TIME_REQUEST) {
+        return Some(0);
+    }
+    let mut line = Vec::with_capacity(TIME_REQUEST.len() + 1);
+    line.push(b'\n');
+    line.extend_from_slice(TIME_REQUEST);
+    find(buf, &line).map(|at| at + 1)
+}
 
 /// What the guest wrote on the agent channel and nobody has read yet.
 #[derive(Default)]
@@ -144,7 +159,7 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         let mut buf = self.output.lock();
         loop {
-            if let Some(at) = find(&buf, TIME_REQUEST) {
+            if let Some(at) = find_time_request(&buf) {
                 buf.drain(at..at + TIME_REQUEST.len());
                 // Not under the output's lock: the UART takes it as the
                 // guest writes (lock order UART, then output).
@@ -153,7 +168,7 @@ impl Agent {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_nanos())
                     .unwrap_or(0);
-                self.devices.queue_agent_input(format!("{now}\n").as_bytes());
+                self.devices.queue_agent_input(format!("@@vms-time {now}\n").as_bytes());
                 buf = self.output.lock();
                 continue;
             }
@@ -181,15 +196,19 @@ impl Agent {
     }
 }
 
-/// Finds the reply to `tag` in `buf`: returns it and how many bytes of
-/// `buf` it took, or `None` if its done line is not complete yet.
-/// A random first tag, below 2^48 so tags stay short.
+/// A random first tag, below 2^48 so tags stay short (from the clock
+/// if the host's CRNG failed, which it does not once booted).
 fn first_tag() -> u64 {
     let mut b = [0u8; 8];
-    let _ = super::virtio::rng::fill_random(&mut b);
+    if super::virtio::rng::fill_random(&mut b).is_err() {
+        b = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1) as u64)
+            .to_le_bytes();
+    }
     (u64::from_le_bytes(b) >> 16).max(1)
 }
 
+/// Finds the reply to `tag` in `buf`: returns it and how many bytes of
+/// `buf` it took, or `None` if its done line is not complete yet.
 fn parse_reply(buf: &[u8], tag: u64) -> Option<(Reply, usize)> {
     let marker = format!("{DONE}{tag} ");
     let at = find(buf, marker.as_bytes())?;
@@ -216,10 +235,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_time_request_is_not_output() {
-        let buf = b"seeded\n@@vms-time?\n";
-        let at = find(buf, TIME_REQUEST).unwrap();
-        assert_eq!(&buf[..at], b"seeded\n");
+    fn a_time_request_is_a_line_of_its_own() {
+        assert_eq!(find_time_request(b"@@vms-time?\nrest"), Some(0));
+        assert_eq!(find_time_request(b"seeded\n@@vms-time?\n"), Some(7));
+        assert_eq!(find_time_request(b"strings: x@@vms-time?\n"), None, "not at a line's start");
+        assert_eq!(find_time_request(b"@@vms-time?"), None, "not yet a whole line");
     }
 
     #[test]

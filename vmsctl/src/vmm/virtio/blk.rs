@@ -152,20 +152,16 @@ impl Blk {
                 .with_context(|| format!("moving disk layer {} to {}", self.config.path.display(), to.display()))?;
             frozen.path = to.to_path_buf();
         }
-        // The layer is held shared from here, as its overlays hold it.
-        let made = DiskFile::relock(&self.file, true, &frozen.path)
-            .and_then(|()| DiskConfig::new(&frozen.path, frozen.format, true))
-            .and_then(|now| {
-                frozen.modified = now.modified;
-                DiskFile::create_overlay(&frozen, new_top)
-            });
+        let made = DiskConfig::new(&frozen.path, frozen.format, true).and_then(|now| {
+            frozen.modified = now.modified;
+            self.file.freeze_into(&frozen, new_top)
+        });
         let (file, config) = match made {
             Ok(made) => made,
             Err(e) => {
                 if let Some(to) = move_to {
-                    let _ = std::fs::rename(to, &self.config.path);
+                    let _ = rename_noreplace(to, &self.config.path);
                 }
-                let _ = self.file.relock(false, &self.config.path);
                 return Err(e);
             }
         };

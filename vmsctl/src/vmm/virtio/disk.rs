@@ -183,6 +183,13 @@ impl DiskFile {
     /// Opens `config`'s file, for writing unless it is read-only, and
     /// locks it, and every frozen layer under it shared.
     pub fn open(config: &DiskConfig) -> Result<Self> {
+        Self::open_holding(config, None)
+    }
+
+    /// [`open`](Self::open), with the lock of the first layer under the
+    /// file already held by `held` (a descriptor of its open file
+    /// description: flock locks belong to that, so a `dup` holds them).
+    fn open_holding(config: &DiskConfig, mut held: Option<File>) -> Result<Self> {
         let write = !config.read_only;
         let top = OpenOptions::new()
             .read(true)
@@ -202,6 +209,10 @@ impl DiskFile {
         }
         let mut layer_locks = Vec::new();
         for l in &config.backing {
+            if let Some(f) = held.take() {
+                layer_locks.push(f);
+                continue;
+            }
             let f = File::open(&l.path).with_context(|| format!("opening disk layer {}", l.path.display()))?;
             lock(&f, libc::LOCK_SH, &l.path, "a VM writes it, and it is a live image's frozen layer")?;
             layer_locks.push(f);
@@ -217,6 +228,12 @@ impl DiskFile {
     /// and opens it for writing: a clone's own disk, or a VM's new top
     /// after a live image froze its old one. Refuses an existing file.
     pub fn create_overlay(base: &DiskConfig, overlay: &Path) -> Result<(Self, DiskConfig)> {
+        Self::create_overlay_holding(base, overlay, None)
+    }
+
+    /// [`create_overlay`](Self::create_overlay) on a base whose lock
+    /// `held` already holds (see [`open_holding`](Self::open_holding)).
+    fn create_overlay_holding(base: &DiskConfig, overlay: &Path, held: Option<File>) -> Result<(Self, DiskConfig)> {
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -240,7 +257,7 @@ impl DiskFile {
                 modified: mtime(overlay)?,
                 backing: std::iter::once(below).chain(base.backing.iter().cloned()).collect(),
             };
-            Ok((Self::open(&config)?, config))
+            Ok((Self::open_holding(&config, held)?, config))
         })();
         if made.is_err() {
             let _ = std::fs::remove_file(overlay);
@@ -248,11 +265,17 @@ impl DiskFile {
         made
     }
 
-    /// Holds its file shared from now on, as a frozen layer is held
-    /// (`shared`), or exclusively again (a freeze that failed).
-    pub fn relock(&self, shared: bool, path: &Path) -> Result<()> {
-        let op = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
-        lock(&self._top_lock, op, path, "a VM holds it")
+    /// Goes on in a new overlay at `overlay` on this disk's file, frozen
+    /// as `frozen` (the VM paused). The file's exclusive lock passes to
+    /// the new overlay's hold on its base and becomes shared only once
+    /// the overlay is made: nothing else can take the file in between,
+    /// and a failure leaves this disk as it was, still exclusive.
+    pub fn freeze_into(&self, frozen: &DiskConfig, overlay: &Path) -> Result<(Self, DiskConfig)> {
+        let held = self._top_lock.try_clone().context("dup of the disk's lock")?;
+        let (new, config) = Self::create_overlay_holding(frozen, overlay, Some(held))?;
+        // Exclusive to shared cannot conflict: nobody else holds it.
+        lock(&new._layer_locks[0], libc::LOCK_SH, &frozen.path, "a VM holds it")?;
+        Ok((new, config))
     }
 
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
