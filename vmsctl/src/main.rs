@@ -74,7 +74,8 @@ enum Command {
     Image(cmd::image::ImageArgs),
     Clone(cmd::clone::CloneArgs),
     Stats(cmd::stats::StatsArgs),
-    Run(cmd::run::RunArgs),
+    // Boxed: its many options make it far larger than the others.
+    Run(Box<cmd::run::RunArgs>),
     #[command(name = "live-image")]
     LiveImage(cmd::live_image::LiveImageArgs),
     List(cmd::vm::ListArgs),

@@ -69,9 +69,15 @@ enum LiveCommand {
         /// Clone names are PREFIX-1 .. PREFIX-N (default: the image name).
         #[arg(long)]
         name_prefix: Option<String>,
-        /// First clone number (identity); later ones count up.
+        /// First clone number (identity); later ones count up. With a
+        /// network, clone N gets MAC 06:76:6d plus N's low 24 bits and
+        /// host 16+N of the subnet: ids must be unique on a bridge.
         #[arg(long, default_value_t = 1)]
         first_id: u32,
+        /// Put the clones' taps on this bridge instead of the one the
+        /// live image's VM was on.
+        #[arg(long, value_name = "BRIDGE")]
+        bridge: Option<String>,
     },
     /// Save live image IMAGE (memory and state) to FILE.
     Save {
@@ -148,8 +154,8 @@ pub fn load_state(name: &str) -> Result<MachineState> {
 pub fn run(args: &LiveImageArgs) -> Result<()> {
     match &args.command {
         LiveCommand::Create { vm, image } => create(vm, image),
-        LiveCommand::Start { image, count, name_prefix, first_id } => {
-            start(image, *count, name_prefix.as_deref(), *first_id)
+        LiveCommand::Start { image, count, name_prefix, first_id, bridge } => {
+            start(image, *count, name_prefix.as_deref(), *first_id, bridge.as_deref())
         }
         LiveCommand::Save { image, file } => save(image, file),
         LiveCommand::Load { file, name } => load(file, name.as_ref()),
@@ -175,7 +181,7 @@ fn create(vm: &str, image: &ImageName) -> Result<()> {
     Ok(())
 }
 
-fn start(image: &ImageName, count: u32, prefix: Option<&str>, first_id: u32) -> Result<()> {
+fn start(image: &ImageName, count: u32, prefix: Option<&str>, first_id: u32, bridge: Option<&str>) -> Result<()> {
     load_state(&image.to_string())?;
     let prefix = prefix.map(str::to_owned).unwrap_or_else(|| image.to_string());
     let exe = std::env::current_exe().context("finding the vmsctl executable")?;
@@ -187,6 +193,7 @@ fn start(image: &ImageName, count: u32, prefix: Option<&str>, first_id: u32) -> 
         let child = Command::new(&exe)
             .args(["run", "--detach", "--image", &image.to_string(), "--name", &name])
             .args(["--id", &id.to_string()])
+            .args(bridge.map(|b| ["--bridge", b]).into_iter().flatten())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

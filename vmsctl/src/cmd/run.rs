@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Args;
 
 use std::ptr::NonNull;
@@ -21,7 +21,11 @@ use crate::cmd::live_image;
 use crate::dev::{CloneFd, Vms};
 use crate::vmm::{control, imagefile};
 use crate::vmm::devices::Virtio;
-use crate::vmm::layout::{VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ, VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ};
+use crate::vmm::layout::{
+    VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ, VIRTIO_NET_BASE, VIRTIO_NET_IRQ, VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ,
+};
+use crate::vmm::state::MachineState;
+use crate::vmm::virtio::net::{Net, NetConfig};
 use crate::vmm::virtio::blk::DiskConfig;
 use crate::vmm::virtio::disk::DiskFormat;
 use crate::vmm::virtio;
@@ -65,6 +69,10 @@ the guest kernel must support (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), or,
 with --acpi, described in the ACPI tables' DSDT (LNRO0005), as a stock
 distro kernel expects; --acpi also gives the guest a VM generation ID,
 which each clone changes (CONFIG_VMGENID reseeds the guest's CRNG).
+With --bridge BR (or --tap NAME), a virtio-net device whose host end is
+a tap of the VM's own on bridge BR (or the tap named): the guest gets an
+address on the bridge's subnet (vms.net= on its command line; see --ip),
+and each clone its own MAC and address.
 
 vmsctl exits with status 0 when the guest reboots or powers off (and
 says so on standard error), and with status 1 and the reason when it
@@ -142,6 +150,29 @@ pub struct RunArgs {
     /// line. A clone has ACPI if its live image's VM had.
     #[arg(long, conflicts_with = "image")]
     acpi: bool,
+    /// A network device (virtio-net at 0xd0002000, IRQ 10; eth0 in the
+    /// guest) whose host end is a tap made for this VM (named vms<pid>,
+    /// gone when the VM stops) on this bridge of the host. Making the tap
+    /// needs CAP_NET_ADMIN. A clone joins its live image's VM's bridge
+    /// unless given another.
+    #[arg(long, value_name = "BRIDGE", conflicts_with = "tap")]
+    bridge: Option<String>,
+    /// The network device's host end is this tap, made beforehand (for
+    /// this user: ip tuntap add NAME mode tap user $USER), instead of one
+    /// on --bridge.
+    #[arg(long, value_name = "NAME")]
+    tap: Option<String>,
+    /// The network device's MAC address. Default: random for a booted VM;
+    /// 06:76:6d plus the id's low 24 bits for a clone.
+    #[arg(long, value_name = "MAC")]
+    mac: Option<String>,
+    /// The guest's IPv4 address, prefix length and optional gateway
+    /// (ADDR/PREFIX[,GATEWAY]), or "none" to leave eth0 to the guest.
+    /// Default on a bridge with an IPv4 address: host 2 of its subnet
+    /// with the bridge as gateway; for clone N, host 16+N of its live
+    /// image's VM's subnet (ids must then be unique per subnet).
+    #[arg(long, value_name = "ADDR/PREFIX[,GW]")]
+    ip: Option<String>,
     /// Run in the background: return once the guest is ready (booted,
     /// or resumed with its identity), its console going to
     /// <run dir>/vm/NAME.log.
@@ -201,6 +232,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         vcpus: vmm.cpus,
         mem_size: vmm.mem_size,
         cmdline: vmm.cmdline.clone(),
+        net: vmm.net.clone(),
         started: Instant::now() - ready.since_start,
         start_us: ready.start_us,
         restore_us: ready.restore_us,
@@ -369,6 +401,8 @@ struct Vmm {
     mem_size: u64,
     cmdline: String,
     restored: Option<Duration>,
+    /// The VM's network, if it has one.
+    net: Option<NetConfig>,
 }
 
 /// What a VM reports about its start.
@@ -385,6 +419,7 @@ struct Info {
     vcpus: u8,
     mem_size: u64,
     cmdline: String,
+    net: Option<NetConfig>,
     started: Instant,
     start_us: Option<f64>,
     restore_us: Option<f64>,
@@ -397,6 +432,12 @@ fn start(args: &RunArgs) -> Result<Vmm> {
     let t0 = Instant::now();
     let restore = match &args.image {
         Some(image) => Some((image.clone(), live_image::load_state(&image.to_string())?)),
+        None => None,
+    };
+    // The network first: a bad one is refused before anything is made.
+    let net = net_config(args, restore.as_ref().map(|(_, s)| s)).context("the network")?;
+    let net_dev = match &net {
+        Some(c) => Some(Net::new(Box::new(c.open_link()?), c.mac_bytes()?)),
         None => None,
     };
     let (cpus, mem_size) = match &restore {
@@ -412,8 +453,8 @@ fn start(args: &RunArgs) -> Result<Vmm> {
     };
     let overlay = ephemeral_overlay(&args.name)?;
     let virtio = match &restore {
-        Some((_, s)) => Virtio::Restore { states: &s.virtio, disk: s.disk.as_ref(), overlay: &overlay },
-        None => Virtio::Fresh { rng: !args.no_rng, disk },
+        Some((_, s)) => Virtio::Restore { states: &s.virtio, disk: s.disk.as_ref(), overlay: &overlay, net: net_dev },
+        None => Virtio::Fresh { rng: !args.no_rng, disk, net: net_dev },
     };
     let acpi = restore.as_ref().map_or(args.acpi, |(_, s)| s.acpi);
     let mut vm = Vm::create(cpus, ram, flags, uarts, virtio, acpi).context("creating the VM")?;
@@ -434,6 +475,12 @@ fn start(args: &RunArgs) -> Result<Vmm> {
         if args.disk.is_some() {
             base += &format!(" {}", virtio::mmio::cmdline_arg(VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ));
         }
+        if net.is_some() {
+            base += &format!(" {}", virtio::mmio::cmdline_arg(VIRTIO_NET_BASE, VIRTIO_NET_IRQ));
+        }
+    }
+    if let Some(spec) = net.as_ref().and_then(NetConfig::guest_spec) {
+        base += &format!(" vms.net={spec}");
     }
     let cmdline = match (&restore, &args.cmdline) {
         (Some((_, s)), _) => s.cmdline.clone(),
@@ -455,7 +502,30 @@ fn start(args: &RunArgs) -> Result<Vmm> {
         }
     };
     let running = vm.start().context("starting the vCPUs")?;
-    Ok(Vmm { running, memory: Arc::new(memory), cpus, mem_size, cmdline, restored })
+    Ok(Vmm { running, memory: Arc::new(memory), cpus, mem_size, cmdline, restored, net })
+}
+
+/// The VM's network: a booting VM's from --bridge/--tap/--mac/--ip; a
+/// clone's from its live image's VM's, with its own MAC and address.
+fn net_config(args: &RunArgs, restore: Option<&MachineState>) -> Result<Option<NetConfig>> {
+    let (bridge, tap, mac, ip) = (args.bridge.as_deref(), args.tap.as_deref(), args.mac.as_deref(), args.ip.as_deref());
+    match restore {
+        None if bridge.is_none() && tap.is_none() => {
+            ensure!(mac.is_none() && ip.is_none(), "--mac and --ip need a network: --bridge or --tap");
+            Ok(None)
+        }
+        None => NetConfig::for_boot(bridge, tap, mac, ip).map(Some),
+        Some(s) => match &s.net {
+            Some(parent) => parent.for_clone(args.id.unwrap_or(0), bridge, tap, mac, ip).map(Some),
+            None => {
+                ensure!(
+                    bridge.is_none() && tap.is_none() && mac.is_none() && ip.is_none(),
+                    "the live image's VM had no network device; its clones cannot have one"
+                );
+                Ok(None)
+            }
+        },
+    }
 }
 
 /// The guest's RAM: a clone of the live image (restore), of a new empty
@@ -527,18 +597,24 @@ impl Vmm {
         // The guest asks for the host's time itself, once its command runs
         // (agent.rs): the first command in a fresh clone may take seconds
         // to start.
+        let net = match &self.net {
+            Some(n) => format!(" {} {}", n.guest_spec().unwrap_or_else(|| "none".into()), n.mac),
+            None => String::new(),
+        };
         let reply = self
             .running
             .agent()
-            .exec(&format!("vms-identity {id} {} {seed}", args.name), timeout)
+            .exec(&format!("vms-identity {id} {} {seed}{net}", args.name), timeout)
             .context("handing the clone its identity (vms-identity through the agent)")?;
         let output = String::from_utf8_lossy(&reply.output);
         if reply.status != 0 {
-            bail!(
-                "vms-identity failed with status {}: {output} (a guest initramfs older than this vmsctl? \
-                 rebuild it with scripts/build-guest)",
-                reply.status
-            );
+            // 127: the shell found no vms-identity (or a helper of it).
+            let hint = if reply.status == 127 || output.contains("not found") {
+                " (a guest initramfs older than this vmsctl? rebuild it with scripts/build-guest)"
+            } else {
+                ""
+            };
+            bail!("vms-identity failed with status {}: {}{hint}", reply.status, output.trim_end());
         }
         if !output.contains("vms-resume: reseeded, clock set") {
             bail!(
@@ -628,11 +704,12 @@ fn snapshot(running: &RunningVm, memory: &Memory, info: &Info, image: &str) -> R
         }
     };
     let freeze = plan.as_ref().map(|(top, to)| (top.as_path(), to.as_deref()));
-    let (state, (), paused) = running.snapshot(&info.cmdline, freeze, |_| {
+    let (mut state, (), paused) = running.snapshot(&info.cmdline, freeze, |_| {
         vms.image_snapshot(&name.to_abi(), clone)
             .with_context(|| format!("making live image {image} (VMS_IMAGE_SNAPSHOT)"))?;
         Ok(())
     })?;
+    state.net = info.net.clone();
     imagefile::write_atomic(&state_path, &state.to_json()?)?;
     let pages = vms.image_info(&name.to_abi()).map(|s| s.cached_pages).unwrap_or(0);
     Ok(serde_json::json!({
@@ -668,6 +745,20 @@ fn status_json(running: &RunningVm, memory: &Memory, info: &Info) -> serde_json:
             "size": d.size,
             "allocated": crate::vmm::virtio::disk::DiskFile::allocated(&d.path),
         })),
+        "net": info.net.as_ref().map(|n| {
+            let c = running.net_counters().unwrap_or_default();
+            serde_json::json!({
+                "bridge": n.bridge,
+                "tap": n.host_tap(),
+                "mac": n.mac,
+                "address": n.address,
+                "gateway": n.gateway,
+                "rx_frames": c.rx_frames,
+                "tx_frames": c.tx_frames,
+                "rx_dropped": c.rx_dropped,
+                "tx_dropped": c.tx_dropped,
+            })
+        }),
         "clone": clone.map(|c| serde_json::json!({
             "private_pages": c.private_pages,
             "faults": c.faults,

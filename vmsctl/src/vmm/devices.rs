@@ -2,9 +2,9 @@
 
 //! The devices the VMM emulates: on I/O ports COM1 (console), COM2
 //! (agent channel) and the part of the i8042 keyboard controller that
-//! resets the machine; in MMIO, a virtio-rng device and a virtio-blk
-//! device (virtio-mmio, [`super::virtio`]). The PIC, PIT, IOAPIC and
-//! LAPICs are KVM's.
+//! resets the machine; in MMIO, a virtio-rng device, a virtio-blk
+//! device and a virtio-net device (virtio-mmio, [`super::virtio`]). The
+//! PIC, PIT, IOAPIC and LAPICs are KVM's.
 //!
 //! The disk is served by an I/O thread of its own: KVM signals an
 //! ioeventfd when the driver writes the queue's index to the
@@ -13,6 +13,15 @@
 //! every transport's lock ([`Devices::quiesce`]) and holds it while the
 //! memory is taken, so no request is half done in the image, nor done
 //! between the device's state and the memory's.
+//!
+//! The network device has an I/O thread too, woken by its two queues'
+//! ioeventfds (the driver added receive buffers, or frames to send) and by
+//! frames arriving on its tap. A frame that finds no receive buffer waits
+//! in the device, and the tap is not read again until the driver adds
+//! buffers: the tap's own queue holds the rest, and drops what overflows
+//! it, as a NIC drops frames it has no buffers for. The pause for a live
+//! image drops the one frame waiting in the device, if any: a network
+//! loses frames, and TCP sends them again.
 //!
 //! Any other port reads as all ones and ignores writes, like an ISA port
 //! with nothing behind it; so does any other MMIO address.
@@ -26,7 +35,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{bail, Context, Result};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_RNG};
+use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VIRTIO_ID_RNG};
 use virtio_bindings::virtio_mmio::{
     VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_QUEUE_NOTIFY,
 };
@@ -36,12 +45,13 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::state::UartState;
 use super::virtio::blk::{Blk, DiskConfig};
 use super::virtio::mmio::{InterruptStatus, MmioState, MmioTransport, WINDOW};
+use super::virtio::net::{Net, NetCounters, RX, TX};
 use super::virtio::rng::Rng;
 
 use super::agent::{AgentOutput, AgentWriter};
 use super::layout::{
     COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT, GED_IRQ, I8042_COMMAND_PORT, I8042_DATA_PORT, UART_PORTS,
-    VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ, VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ,
+    VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ, VIRTIO_NET_BASE, VIRTIO_NET_IRQ, VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ,
 };
 use super::serial::{Console, IrqLine, Uart};
 use super::status::{Status, Stop};
@@ -63,31 +73,37 @@ pub struct Devices {
     blk: Option<Arc<Mutex<MmioTransport<Blk>>>>,
     /// The disk's InterruptStatus register, served without its lock.
     blk_isr: Option<InterruptStatus>,
+    net: Option<Arc<Mutex<MmioTransport<Net>>>>,
+    net_isr: Option<InterruptStatus>,
     /// Guest memory, where the virtio devices find their rings.
     mem: GuestMemoryMmap,
     status: Arc<Status>,
     /// The devices' interrupt eventfds and their IRQs, for `connect`.
     irqs: Vec<(EventFd, u32)>,
-    /// The disk's I/O thread, once `connect` started it.
-    io: Mutex<Option<IoThread>>,
+    /// The disk's and the network's I/O threads, once `connect` started
+    /// them.
+    io: Mutex<Vec<IoThread>>,
     /// With ACPI: the generic event device's interrupt (`acpi.rs`).
     ged: Option<IrqLine>,
 }
 
 /// Which virtio devices a VM gets.
 pub enum Virtio<'a> {
-    /// A booting VM: with or without virtio-rng, with or without a disk.
-    Fresh { rng: bool, disk: Option<DiskConfig> },
+    /// A booting VM: with or without virtio-rng, with or without a disk,
+    /// with or without a network device.
+    Fresh { rng: bool, disk: Option<DiskConfig>, net: Option<Net> },
     /// A VM resuming from a snapshot: the devices it had, as they were,
     /// the live image's disk, if it had one, and where the clone's own
-    /// copy-on-write overlay of it goes (a writable one).
-    Restore { states: &'a [MmioState], disk: Option<&'a DiskConfig>, overlay: &'a Path },
+    /// copy-on-write overlay of it goes (a writable one); the clone's own
+    /// network device (its tap and MAC), if the VM had one.
+    Restore { states: &'a [MmioState], disk: Option<&'a DiskConfig>, overlay: &'a Path, net: Option<Net> },
 }
 
 /// The devices' locks, held: nothing in them moves until it drops.
 pub struct Quiet<'a> {
     rng: Option<MutexGuard<'a, MmioTransport<Rng>>>,
     blk: Option<MutexGuard<'a, MmioTransport<Blk>>>,
+    net: Option<MutexGuard<'a, MmioTransport<Net>>>,
 }
 
 impl Quiet<'_> {
@@ -110,7 +126,8 @@ impl Quiet<'_> {
     pub fn virtio_states(&self) -> Vec<MmioState> {
         let rng = self.rng.as_ref().map(|t| t.state());
         let blk = self.blk.as_ref().map(|t| t.state());
-        rng.into_iter().chain(blk).collect()
+        let net = self.net.as_ref().map(|t| t.state());
+        rng.into_iter().chain(blk).chain(net).collect()
     }
 }
 
@@ -129,6 +146,22 @@ impl Drop for IoThread {
     }
 }
 
+/// Waits until one of `fds` is ready (a negative fd is ignored), again
+/// after a signal.
+fn poll(fds: &mut [libc::pollfd]) -> std::io::Result<()> {
+    loop {
+        // SAFETY: `fds` is a slice of initialized pollfds that outlives
+        // the call.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// The disk's I/O thread: waits for `kick` (the driver notified the
 /// queue) or `stop`, and serves the queue.
 fn serve_disk(
@@ -143,14 +176,7 @@ fn serve_disk(
             libc::pollfd { fd: kick.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
-        // SAFETY: `fds` is an array of two initialized pollfds that
-        // outlives the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
+        if let Err(e) = poll(&mut fds) {
             status.stop(Stop::Failed(anyhow::Error::new(e).context("virtio-blk: poll")));
             return;
         }
@@ -164,6 +190,62 @@ fn serve_disk(
                 status.stop(Stop::Failed(e.context("virtio-blk")));
                 return;
             }
+        }
+    }
+}
+
+/// The network's I/O thread: waits for a kick of either queue, a frame
+/// on the tap (while the device can take one), or `stop`, and serves the
+/// queues.
+fn serve_net(
+    net: Arc<Mutex<MmioTransport<Net>>>,
+    kicks: [EventFd; 2],
+    stop: EventFd,
+    mem: GuestMemoryMmap,
+    status: Arc<Status>,
+) {
+    let link = lock(&net).device().link_fd().as_raw_fd();
+    // The tap is not read while a frame waits for a receive buffer, or
+    // while the driver is not ready: its readiness would spin the loop.
+    let mut link_blocked = false;
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: kicks[RX].as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: kicks[TX].as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: if link_blocked { -1 } else { link }, events: libc::POLLIN, revents: 0 },
+        ];
+        if let Err(e) = poll(&mut fds) {
+            status.stop(Stop::Failed(anyhow::Error::new(e).context("virtio-net: poll")));
+            return;
+        }
+        if fds[2].revents != 0 {
+            return;
+        }
+        let mut t = lock(&net);
+        let mut serve = |index: usize| t.notify(index, &mem).context("virtio-net");
+        let mut result = Ok(());
+        if fds[TX].revents != 0 {
+            let _ = kicks[TX].read();
+            result = result.and_then(|()| serve(TX));
+        }
+        if fds[RX].revents != 0 {
+            // New receive buffers: the tap may be read again.
+            let _ = kicks[RX].read();
+            link_blocked = false;
+            result = result.and_then(|()| serve(RX));
+        } else if fds[3].revents != 0 {
+            result = result.and_then(|()| serve(RX));
+        }
+        if let Err(e) = result {
+            status.stop(Stop::Failed(e));
+            return;
+        }
+        if fds[3].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            // A tap whose interface went away: stop reading it.
+            link_blocked = true;
+        } else if fds[3].revents != 0 || fds[RX].revents != 0 {
+            link_blocked = t.device().has_pending() || !t.driver_ok();
         }
     }
 }
@@ -219,17 +301,20 @@ impl Devices {
             ),
             Some(other) => anyhow::bail!("the snapshot has {} UARTs, this VMM 2", other.len()),
         };
-        let (mut rng, mut blk) = (None, None);
+        let (mut rng, mut blk, mut net) = (None, None, None);
         match virtio {
-            Virtio::Fresh { rng: with_rng, disk } => {
+            Virtio::Fresh { rng: with_rng, disk, net: with_net } => {
                 if with_rng {
                     rng = Some(MmioTransport::new(Rng::new(), irq_line(VIRTIO_RNG_IRQ)?)?);
                 }
                 if let Some(disk) = disk {
                     blk = Some(MmioTransport::new(Blk::open(&disk)?, irq_line(VIRTIO_BLK_IRQ)?)?);
                 }
+                if let Some(dev) = with_net {
+                    net = Some(MmioTransport::new(dev, irq_line(VIRTIO_NET_IRQ)?)?);
+                }
             }
-            Virtio::Restore { states, disk, overlay } => {
+            Virtio::Restore { states, disk, overlay, net: mut new_net } => {
                 for s in states {
                     match s.device_type {
                         VIRTIO_ID_RNG if rng.is_none() => {
@@ -246,6 +331,14 @@ impl Devices {
                                 .context("restoring the virtio-blk device")?;
                             blk = Some(t);
                         }
+                        VIRTIO_ID_NET if net.is_none() => {
+                            let Some(dev) = new_net.take() else {
+                                bail!("the live image's VM had a network device: the clone needs one (--bridge or --tap)");
+                            };
+                            let t = MmioTransport::from_state(dev, irq_line(VIRTIO_NET_IRQ)?, s)
+                                .context("restoring the virtio-net device")?;
+                            net = Some(t);
+                        }
                         t => bail!("the snapshot has a virtio device of type {t} this VMM does not have (or two)"),
                     }
                 }
@@ -258,10 +351,12 @@ impl Devices {
             rng: rng.map(Mutex::new),
             blk_isr: blk.as_ref().map(|b| b.interrupt_status()),
             blk: blk.map(|b| Arc::new(Mutex::new(b))),
+            net_isr: net.as_ref().map(|n| n.interrupt_status()),
+            net: net.map(|n| Arc::new(Mutex::new(n))),
             mem,
             status,
             irqs,
-            io: Mutex::new(None),
+            io: Mutex::new(Vec::new()),
             ged,
         })
     }
@@ -270,7 +365,8 @@ impl Devices {
     pub fn virtio_windows(&self) -> Vec<(u64, u32)> {
         let rng = self.rng.as_ref().map(|_| (VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ));
         let blk = self.blk.as_ref().map(|_| (VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ));
-        rng.into_iter().chain(blk).collect()
+        let net = self.net.as_ref().map(|_| (VIRTIO_NET_BASE, VIRTIO_NET_IRQ));
+        rng.into_iter().chain(blk).chain(net).collect()
     }
 
     /// Raises the ACPI generic event device's interrupt: the guest runs
@@ -311,15 +407,36 @@ impl Devices {
             vm.register_ioevent(&kick, &notify, 0u32)
                 .context("KVM_IOEVENTFD for the disk's QueueNotify")?;
             kick.write(1).context("kicking the disk's queue")?;
-            let stop = EventFd::new(EFD_NONBLOCK).context("an eventfd")?;
             let (blk, mem, status) = (blk.clone(), self.mem.clone(), self.status.clone());
-            let thread_stop = stop.try_clone().context("an eventfd")?;
-            let handle = std::thread::Builder::new()
-                .name("virtio-blk".into())
-                .spawn(move || serve_disk(blk, kick, thread_stop, mem, status))
-                .context("starting the disk's I/O thread")?;
-            *lock(&self.io) = Some(IoThread { stop, handle: Some(handle) });
+            self.spawn_io("virtio-blk", move |stop| serve_disk(blk, kick, stop, mem, status))?;
         }
+        if let Some(net) = &self.net {
+            let mut kicks = Vec::new();
+            for (index, what) in [(RX, "receive"), (TX, "transmit")] {
+                let kick = EventFd::new(EFD_NONBLOCK).context("the network's ioeventfd")?;
+                let notify = IoEventAddress::Mmio(VIRTIO_NET_BASE + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
+                vm.register_ioevent(&kick, &notify, index as u32)
+                    .with_context(|| format!("KVM_IOEVENTFD for the network's {what} queue"))?;
+                kick.write(1).context("kicking the network's queues")?;
+                kicks.push(kick);
+            }
+            let kicks: [EventFd; 2] = kicks.try_into().map_err(|_| anyhow::anyhow!("two queues"))?;
+            let (net, mem, status) = (net.clone(), self.mem.clone(), self.status.clone());
+            self.spawn_io("virtio-net", move |stop| serve_net(net, kicks, stop, mem, status))?;
+        }
+        Ok(())
+    }
+
+    /// Starts I/O thread `name` running `serve`, which returns once the
+    /// eventfd it is given is signalled: when the devices drop.
+    fn spawn_io(&self, name: &str, serve: impl FnOnce(EventFd) + Send + 'static) -> Result<()> {
+        let stop = EventFd::new(EFD_NONBLOCK).context("an eventfd")?;
+        let thread_stop = stop.try_clone().context("an eventfd")?;
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || serve(thread_stop))
+            .with_context(|| format!("starting I/O thread {name}"))?;
+        lock(&self.io).push(IoThread { stop, handle: Some(handle) });
         Ok(())
     }
 
@@ -368,6 +485,17 @@ impl Devices {
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         let rng_window = VIRTIO_RNG_BASE..VIRTIO_RNG_BASE + WINDOW;
         let blk_window = VIRTIO_BLK_BASE..VIRTIO_BLK_BASE + WINDOW;
+        let net_window = VIRTIO_NET_BASE..VIRTIO_NET_BASE + WINDOW;
+        if let Some(net) = self.net.as_ref().filter(|_| net_window.contains(&addr)) {
+            let offset = addr - VIRTIO_NET_BASE;
+            match &self.net_isr {
+                Some(isr) if offset == u64::from(VIRTIO_MMIO_INTERRUPT_STATUS) && data.len() == 4 => {
+                    data.copy_from_slice(&isr.get().to_le_bytes())
+                }
+                _ => lock(net).read(offset, data),
+            }
+            return;
+        }
         match (&self.rng, &self.blk) {
             (Some(rng), _) if rng_window.contains(&addr) => lock(rng).read(addr - VIRTIO_RNG_BASE, data),
             (_, Some(blk)) if blk_window.contains(&addr) => {
@@ -388,6 +516,17 @@ impl Devices {
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<()> {
         let rng_window = VIRTIO_RNG_BASE..VIRTIO_RNG_BASE + WINDOW;
         let blk_window = VIRTIO_BLK_BASE..VIRTIO_BLK_BASE + WINDOW;
+        let net_window = VIRTIO_NET_BASE..VIRTIO_NET_BASE + WINDOW;
+        if let Some(net) = self.net.as_ref().filter(|_| net_window.contains(&addr)) {
+            let offset = addr - VIRTIO_NET_BASE;
+            return match (&self.net_isr, <[u8; 4]>::try_from(data)) {
+                (Some(isr), Ok(v)) if offset == u64::from(VIRTIO_MMIO_INTERRUPT_ACK) => {
+                    isr.ack(u32::from_le_bytes(v));
+                    Ok(())
+                }
+                _ => lock(net).write(offset, data, &self.mem).context("virtio-net"),
+            };
+        }
         match (&self.rng, &self.blk) {
             (Some(rng), _) if rng_window.contains(&addr) => lock(rng)
                 .write(addr - VIRTIO_RNG_BASE, data, &self.mem)
@@ -421,7 +560,16 @@ impl Devices {
     /// the returned guard drops, and none is in the middle of a request
     /// (each serves a request whole under its lock).
     pub fn quiesce(&self) -> Quiet<'_> {
-        Quiet { rng: self.rng.as_ref().map(lock), blk: self.blk.as_ref().map(|b| lock(b)) }
+        Quiet {
+            rng: self.rng.as_ref().map(lock),
+            blk: self.blk.as_ref().map(|b| lock(b)),
+            net: self.net.as_ref().map(|n| lock(n)),
+        }
+    }
+
+    /// The network device's frame counters, if the VM has one.
+    pub fn net_counters(&self) -> Option<NetCounters> {
+        self.net.as_ref().map(|n| lock(n).device().counters())
     }
 
     /// Queues input for the guest on COM2 (the agent channel).
@@ -467,7 +615,7 @@ mod tests {
             Arc::new(AgentOutput::default()),
             Some(uarts),
             mem,
-            Virtio::Restore { states: &[], disk: None, overlay: Path::new("") },
+            Virtio::Restore { states: &[], disk: None, overlay: Path::new(""), net: None },
             false,
         )
         .unwrap()

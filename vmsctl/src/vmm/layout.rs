@@ -59,6 +59,10 @@ pub const VIRTIO_RNG_IRQ: u32 = 5;
 pub const VIRTIO_BLK_BASE: u64 = VIRTIO_MMIO_START + 0x1000;
 /// See [`VIRTIO_BLK_BASE`].
 pub const VIRTIO_BLK_IRQ: u32 = 6;
+/// virtio-net: the third window, and ISA IRQ 10 (free on a PC).
+pub const VIRTIO_NET_BASE: u64 = VIRTIO_MMIO_START + 0x2000;
+/// See [`VIRTIO_NET_BASE`].
+pub const VIRTIO_NET_IRQ: u32 = 10;
 
 /// The ACPI generic event device's IRQ (with `--acpi`): raised when a
 /// clone's VM generation ID changed.

@@ -24,7 +24,7 @@
 //!     0xe_0000   with --acpi: RSDP, XSDT, FADT, MADT, DSDT; 0xe_f000 VM generation ID
 //! 0x0010_0000  RAM, e820 usable: the protected-mode kernel, entered at +0x200
 //!   top of RAM   the initramfs, page aligned, as high as the kernel allows
-//! 0xd000_0000  virtio-mmio windows, 4 KiB each (virtio-rng, virtio-blk)
+//! 0xd000_0000  virtio-mmio windows, 4 KiB each (virtio-rng, virtio-blk, virtio-net)
 //! 0xfec0_0000  IOAPIC (KVM)
 //! 0xfee0_0000  local APICs (KVM)
 //! 0xfffb_d000  KVM's TSS pages (Intel)
@@ -46,20 +46,23 @@
 //! The UARTs raise their IRQ through irqfds.
 //!
 //! MMIO (`virtio/`): a virtio-rng device on the virtio-mmio transport,
-//! unless `vmsctl run --no-rng`, and a virtio-blk device with
-//! `vmsctl run --disk`:
+//! unless `vmsctl run --no-rng`, a virtio-blk device with
+//! `vmsctl run --disk` and a virtio-net device with `--bridge`/`--tap`:
 //!
 //! ```text
 //! 0xd000_0000  virtio-rng registers (4 KiB), ISA IRQ 5 (irqfd)
 //! 0xd000_1000  virtio-blk registers (4 KiB), ISA IRQ 6 (irqfd); its
 //!              QueueNotify (+0x50) is an ioeventfd served by the disk's
 //!              I/O thread
+//! 0xd000_2000  virtio-net registers (4 KiB), ISA IRQ 10 (irqfd); its
+//!              QueueNotify is an ioeventfd per queue, served with the
+//!              tap by the network's I/O thread
 //! other        reads all ones, writes ignored
 //! ```
 //!
-//! The guest finds them through `virtio_mmio.device=4K@0xd0000000:5` and
-//! `virtio_mmio.device=4K@0xd0001000:6` on its command line
-//! (`CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
+//! The guest finds them through `virtio_mmio.device=4K@0xd0000000:5`,
+//! `virtio_mmio.device=4K@0xd0001000:6` and so on, on its command line
+//! (`CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`), or with `--acpi` in the DSDT.
 //!
 //! CPUs: vCPU `i` has local APIC id `i`; vCPU 0 boots, the others wait
 //! for INIT/SIPI. The MP table (`mptable.rs`) lists them, the ISA bus,
@@ -410,6 +413,7 @@ impl RunningVm {
                 disk: quiet.disk_for_image(freeze)?,
                 cmdline: cmdline.to_owned(),
                 acpi: self.vm.acpi,
+                net: None,
             };
             let t = with_paused(&s)?;
             Ok((s, t))
@@ -423,6 +427,11 @@ impl RunningVm {
     /// The VM's disk, if it has one.
     pub fn disk(&self) -> Option<virtio::blk::DiskConfig> {
         self.vm.devices.disk()
+    }
+
+    /// The network device's frame counters, if the VM has one.
+    pub fn net_counters(&self) -> Option<virtio::net::NetCounters> {
+        self.vm.devices.net_counters()
     }
 
     /// The MSRs a snapshot saves: KVM's list (KVM_GET_MSR_INDEX_LIST).

@@ -130,6 +130,10 @@ pub struct MachineState {
     /// gets a new VM generation ID.
     #[serde(default)]
     pub acpi: bool,
+    /// The VM's network (`vmsctl run --bridge`/`--tap`): each clone gets
+    /// a tap of its own on the same bridge, and its own MAC and address.
+    #[serde(default)]
+    pub net: Option<super::virtio::net::NetConfig>,
 }
 
 impl MachineState {

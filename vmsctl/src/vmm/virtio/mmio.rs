@@ -259,7 +259,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.device.features() | (1 << VIRTIO_F_VERSION_1)
     }
 
-    fn driver_ok(&self) -> bool {
+    pub fn driver_ok(&self) -> bool {
         self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
     }
 

@@ -12,8 +12,8 @@
 //!   (it depends on `virtio-bindings` by path, without a version), and
 //!   Firecracker's and Cloud Hypervisor's are parts of their VMMs. It is
 //!   the register file of section 4.2.2 and a few hundred lines;
-//! - the devices ([`rng`], [`blk`]) are written here too, on those
-//!   queues.
+//! - the devices ([`rng`], [`blk`], [`net`]) are written here too, on
+//!   those queues, and the host end of the network ([`tap`]).
 //!
 //! A device serves its queues when the driver notifies one
 //! ([`VirtioDevice::process_queue`]), in the thread that handled the
@@ -21,15 +21,16 @@
 //! irqfd) when the ring says the driver wants one. virtio-rng is served
 //! in the vCPU thread whose MMIO write notified it (a getrandom(2) call);
 //! virtio-blk in an I/O thread of its own, which KVM wakes through an
-//! ioeventfd on the notify register, so a vCPU never waits for the disk.
+//! ioeventfd on the notify register, so a vCPU never waits for the disk;
+//! virtio-net in one of its own, woken by its two queues' ioeventfds and
+//! by frames arriving on its tap.
 
 pub mod blk;
 pub mod disk;
 pub mod mmio;
-// Not yet offered by `vmsctl run`: see its module documentation.
-#[allow(dead_code)]
 pub mod net;
 pub mod rng;
+pub mod tap;
 
 use anyhow::Result;
 use virtio_queue::Queue;

@@ -8,7 +8,7 @@
 //! Frames move between the queues and a *link*: anything that carries
 //! Ethernet frames one per `read`/`write` on a non-blocking file
 //! descriptor. A tap device (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI`,
-//! [`Tap`]) is the link of a VM; a `SOCK_DGRAM` socket pair is one in
+//! [`super::tap::Tap`]) is the link of a VM; a `SOCK_DGRAM` socket pair is one in
 //! the tests.
 //!
 //! Every frame on a queue starts with the 12-byte `virtio_net_hdr_v1`
@@ -16,16 +16,15 @@
 //! writes it zeroed, with `num_buffers` 1, in front of each received
 //! frame, and drops it from each frame the driver transmits.
 //!
-//! Status: the device model and the tap are tested on the host (frames
-//! both ways over a socket pair and a real tap); `vmsctl run` does not
-//! offer it yet: the test VM's kernel has no tun driver and our guest
-//! kernel no network stack, so no guest has used it.
+//! `vmsctl run --bridge` gives a VM one, on a tap of its own
+//! ([`super::tap`]); an I/O thread moves the frames (`devices.rs`).
 
-use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::{Queue, QueueT};
@@ -82,6 +81,12 @@ impl Net {
 
     pub fn counters(&self) -> NetCounters {
         self.counters
+    }
+
+    /// A frame from the link waits for a receive buffer: the link need
+    /// not be read until the driver adds one.
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// The next frame from the link, if one is waiting.
@@ -212,80 +217,190 @@ impl VirtioDevice for Net {
     }
 }
 
-/// A tap device: a network interface of the host whose frames a process
-/// reads and writes.
-pub struct Tap {
-    file: File,
-    name: String,
+/// A VM's network as `vmsctl run` set it up, and as a live image keeps
+/// it for its clones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// The host bridge the VM's own tap (`vms<pid>`) joins.
+    pub bridge: Option<String>,
+    /// Or a tap made for the VM by an administrator.
+    pub tap: Option<String>,
+    /// The device's MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The guest's IPv4 address with its prefix length, `10.0.2.2/24`,
+    /// which the guest sets itself (`vms-net`); `None`: left to the guest.
+    pub address: Option<String>,
+    /// The guest's default route.
+    pub gateway: Option<String>,
 }
 
-/// `struct ifreq` as TUNSETIFF takes it: the name and the flags.
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
+/// The first host number of a subnet that clones take: clone `id` gets
+/// `network + CLONE_HOST_BASE + id`, below it the bridge and booted VMs.
+pub const CLONE_HOST_BASE: u32 = 16;
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
+impl NetConfig {
+    /// The network of a booting VM: on `bridge` or `tap`, MAC `mac`
+    /// (random by default), address `ip` (`ADDR/PREFIX[,GATEWAY]`, or
+    /// `none`); by default on a bridge with an IPv4 address, the
+    /// subnet's host 2 (3 if the bridge is 2), the bridge as gateway.
+    pub fn for_boot(bridge: Option<&str>, tap: Option<&str>, mac: Option<&str>, ip: Option<&str>) -> Result<Self> {
+        let mac = match mac {
+            Some(m) => parse_mac(m)?,
+            None => random_mac()?,
+        };
+        let (address, gateway) = match (ip, bridge) {
+            (Some("none"), _) => (None, None),
+            (Some(spec), _) => parse_ip_spec(spec)?,
+            (None, Some(br)) => match super::tap::bridge_ipv4(br)? {
+                Some((addr, prefix)) => {
+                    let net = network(addr, prefix);
+                    let mut host = u32::from(net) + 2;
+                    if host == u32::from(addr) {
+                        host += 1;
+                    }
+                    ensure!(prefix <= 30, "bridge {br}: a /{prefix} has no room for a VM; give --ip");
+                    (Some(format!("{}/{prefix}", Ipv4Addr::from(host))), Some(addr.to_string()))
+                }
+                None => (None, None),
+            },
+            (None, None) => (None, None),
+        };
+        Ok(Self {
+            bridge: bridge.map(str::to_owned),
+            tap: tap.map(str::to_owned),
+            mac: format_mac(mac),
+            address,
+            gateway,
+        })
+    }
 
-impl Tap {
-    /// Opens (or creates, with CAP_NET_ADMIN) the tap interface `name`,
-    /// non-blocking, without packet information.
-    pub fn open(name: &str) -> Result<Self> {
+    /// The network of clone `id` of a live image whose VM had this one:
+    /// the same bridge (or `bridge`, or `tap`, if given), MAC
+    /// [`mac_for`]`(id)` and host `CLONE_HOST_BASE + id` of the VM's
+    /// subnet, unless `mac` or `ip` say otherwise.
+    pub fn for_clone(
+        &self,
+        id: u32,
+        bridge: Option<&str>,
+        tap: Option<&str>,
+        mac: Option<&str>,
+        ip: Option<&str>,
+    ) -> Result<Self> {
+        let (bridge, tap) = match (bridge, tap) {
+            (None, None) => (self.bridge.clone(), None),
+            (b, t) => (b.map(str::to_owned), t.map(str::to_owned)),
+        };
         ensure!(
-            !name.is_empty() && name.len() < libc::IFNAMSIZ && !name.contains(['/', ' ', '\0']),
-            "tap name {name:?}: 1 to {} characters, no '/' or spaces",
-            libc::IFNAMSIZ - 1
+            bridge.is_some() || tap.is_some(),
+            "the live image's VM used tap {}: give each clone a tap of its own (--tap) or a bridge (--bridge)",
+            self.tap.as_deref().unwrap_or("?")
         );
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .context("opening /dev/net/tun (is the tun module loaded?)")?;
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which
-        // `req` is laid out as, and which outlives the call.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EPERM) {
-                bail!("tap {name}: permission denied (creating a tap needs CAP_NET_ADMIN, or a tap made for this user with `ip tuntap add {name} mode tap user USER`)");
+        let mac = match mac {
+            Some(m) => parse_mac(m)?,
+            None => mac_for(id),
+        };
+        let (address, gateway) = match (ip, &self.address) {
+            (Some("none"), _) => (None, None),
+            (Some(spec), _) => parse_ip_spec(spec)?,
+            (None, None) => (None, None),
+            (None, Some(parent)) => {
+                let (addr, prefix) = parse_cidr(parent)?;
+                let net = u32::from(network(addr, prefix));
+                let size = if prefix == 0 { u64::MAX } else { 1u64 << (32 - prefix) };
+                let host = u64::from(CLONE_HOST_BASE) + u64::from(id);
+                ensure!(
+                    host < size.saturating_sub(1),
+                    "clone id {id}: its address would be host {host} of {parent}'s /{prefix} subnet,                      past its end; give the clone --ip, or use smaller ids"
+                );
+                let a = Ipv4Addr::from(net + host as u32);
+                ensure!(
+                    a != addr && Some(a.to_string()) != self.gateway,
+                    "clone id {id}: its address {a} is the live image's VM's or its gateway; give it --ip"
+                );
+                (Some(format!("{a}/{prefix}")), self.gateway.clone())
             }
-            return Err(e).with_context(|| format!("tap {name}: TUNSETIFF"));
+        };
+        Ok(Self { bridge, tap, mac: format_mac(mac), address, gateway })
+    }
+
+    /// The host's name of the VM's tap: its own, `vms<pid>`, on the
+    /// bridge, or the one named.
+    pub fn host_tap(&self) -> String {
+        self.tap.clone().unwrap_or_else(|| format!("vms{}", std::process::id()))
+    }
+
+    /// Opens the VM's tap ([`host_tap`](Self::host_tap)), putting its own
+    /// on the bridge.
+    pub fn open_link(&self) -> Result<super::tap::Tap> {
+        match (&self.bridge, &self.tap) {
+            (_, Some(t)) => super::tap::Tap::open(t),
+            (Some(br), None) => super::tap::Tap::on_bridge(&self.host_tap(), br),
+            (None, None) => anyhow::bail!("a network needs a bridge or a tap"),
         }
-        Ok(Self { file, name: name.to_owned() })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
+    /// What the guest's `vms-net` takes (and `vms.net=` on the command
+    /// line): `ADDR/PREFIX[,GATEWAY]`, if the guest gets an address.
+    pub fn guest_spec(&self) -> Option<String> {
+        let addr = self.address.as_ref()?;
+        Some(match &self.gateway {
+            Some(gw) => format!("{addr},{gw}"),
+            None => addr.clone(),
+        })
+    }
+
+    /// The MAC as bytes (checked when the config was made).
+    pub fn mac_bytes(&self) -> Result<[u8; 6]> {
+        parse_mac(&self.mac)
     }
 }
 
-use std::os::unix::fs::OpenOptionsExt;
-
-impl Read for Tap {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.file.read(buf)
-    }
+/// `ADDR/PREFIX[,GATEWAY]`.
+fn parse_ip_spec(spec: &str) -> Result<(Option<String>, Option<String>)> {
+    let (cidr, gw) = match spec.split_once(',') {
+        Some((c, g)) => (c, Some(g)),
+        None => (spec, None),
+    };
+    let (addr, prefix) = parse_cidr(cidr)?;
+    let gw = match gw {
+        Some(g) => Some(
+            g.parse::<Ipv4Addr>()
+                .with_context(|| format!("--ip {spec:?}: gateway {g:?} is not an IPv4 address"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok((Some(format!("{addr}/{prefix}")), gw))
 }
 
-impl Write for Tap {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// `ADDR/PREFIX`, an IPv4 address and a prefix length of 1 to 32.
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
+    let (a, p) = s
+        .split_once('/')
+        .with_context(|| format!("IPv4 address {s:?}: ADDR/PREFIX, e.g. 10.0.2.2/24"))?;
+    let addr: Ipv4Addr = a.parse().with_context(|| format!("{a:?} is not an IPv4 address"))?;
+    let prefix: u8 = p.parse().with_context(|| format!("prefix length {p:?} is not a number"))?;
+    ensure!((1..=32).contains(&prefix), "prefix length {prefix}: 1 to 32");
+    Ok((addr, prefix))
 }
 
-impl AsFd for Tap {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
-    }
+/// The network address of `addr/prefix`.
+fn network(addr: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+    Ipv4Addr::from(u32::from(addr) & mask)
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// A random locally administered unicast MAC address.
+fn random_mac() -> Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    super::rng::fill_random(&mut mac).context("a random MAC address")?;
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    Ok(mac)
 }
 
 /// Parses a MAC address `aa:bb:cc:dd:ee:ff`; refuses multicast ones (a
@@ -409,24 +524,30 @@ mod tests {
         assert!(parse_mac("01:00:5e:00:00:01").is_err(), "multicast");
         assert!(parse_mac("06:76:6d:00:00").is_err());
         assert!(parse_mac("06:76:6d:00:00:zz").is_err());
-        assert!(Tap::open("no/slash").is_err());
+        assert_eq!(format_mac(mac_for(0x010203)), "06:76:6d:01:02:03");
+        let r = random_mac().unwrap();
+        assert_eq!(r[0] & 3, 2, "locally administered unicast");
     }
 
-    /// A real tap, where the host allows one (root with /dev/net/tun).
     #[test]
-    fn a_tap_carries_frames() {
-        let name = format!("vmst{}", std::process::id() % 100000);
-        let mut tap = match Tap::open(&name) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("SKIP: no tap here: {e:#}");
-                return;
-            }
-        };
-        assert_eq!(tap.name(), name);
-        // Down, the interface takes no frames from the host; reading
-        // finds none (non-blocking).
-        let mut buf = [0u8; 2048];
-        assert_eq!(tap.read(&mut buf).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+    fn addresses_of_a_vm_and_its_clones() {
+        let vm = NetConfig::for_boot(None, Some("tap0"), Some("06:00:00:00:00:01"), Some("10.0.2.2/24,10.0.2.1")).unwrap();
+        assert_eq!(vm.guest_spec().as_deref(), Some("10.0.2.2/24,10.0.2.1"));
+        let c = vm.for_clone(3, Some("br0"), None, None, None).unwrap();
+        assert_eq!(c.address.as_deref(), Some("10.0.2.19/24"));
+        assert_eq!(c.gateway.as_deref(), Some("10.0.2.1"));
+        assert_eq!(c.mac, "06:76:6d:00:00:03");
+        assert_eq!(c.bridge.as_deref(), Some("br0"));
+        // A clone of a tap VM needs a link of its own.
+        assert!(vm.for_clone(3, None, None, None, None).is_err());
+        // Past the subnet's end.
+        let small = NetConfig::for_boot(None, Some("t"), None, Some("10.0.2.2/28")).unwrap();
+        assert!(small.for_clone(1, None, Some("t1"), None, None).is_err());
+        // Overrides, and none.
+        let c = vm.for_clone(3, None, Some("t3"), Some("06:00:00:00:00:09"), Some("none")).unwrap();
+        assert_eq!((c.address.as_deref(), c.guest_spec(), c.mac.as_str()), (None, None, "06:00:00:00:00:09"));
+        for bad in ["10.0.2.2", "10.0.2.2/33", "10.0.2/24", "10.0.2.2/24,gw"] {
+            assert!(NetConfig::for_boot(None, Some("t"), None, Some(bad)).is_err(), "{bad}");
+        }
     }
 }
