@@ -17,7 +17,9 @@
 #   the parent still answers afterwards;
 # - 2 clones: each answers on its own address (hosts 17 and 18) with its
 #   own hostname and MAC, all tokens distinct, the parent unchanged;
-# - a clone's tap leaves the bridge when the clone stops.
+# - a second VM or clone with an address or MAC in use is refused;
+# - a clone's tap leaves the bridge when the clone stops, and its id is
+#   free again.
 #
 # TAP output (kselftest style); exit 0 pass, 1 fail, 4 skip.
 set -u
@@ -33,7 +35,7 @@ finish() {
 vx() { timeout 90 "$vmsctl" exec "$1" --timeout 60 -- "$2"; }
 http() { curl -sS --max-time 20 "http://$1/cgi-bin/id"; }
 cleanup() {
-	for v in n-1 n-2 parent; do "$vmsctl" stop "$v" >/dev/null 2>&1; done
+	for v in n-1 n-1b n-2 dup parent; do "$vmsctl" stop "$v" >/dev/null 2>&1; done
 	"$vmsctl" live-image delete nimg >/dev/null 2>&1
 	vm_cleanup
 	ip link del "$br" 2>/dev/null
@@ -53,14 +55,15 @@ mkdir -p "$VMS_RUN_DIR"
 run() { "$vmsctl" run --name parent --kernel "$kernel" --initrd "$initrd" --mem 128M --detach "$@"; }
 # refused NAME WANT ARGS...: vmsctl run fails, says WANT, and no VM runs.
 refused() {
-	local name=$1 want=$2 out
+	local name=$1 want=$2 out vms
 	shift 2
+	vms=$("$vmsctl" list --names 2>/dev/null)
 	out=$("$@" 2>&1) && { fail "$name: vmsctl accepted it"; return; }
-	msg "$name: $(tail -n 1 <<<"$out")"
-	if grep -qi -- "$want" <<<"$out" && [ -z "$("$vmsctl" list --names 2>/dev/null)" ]; then
+	msg "$name: $(grep -m 1 -i -- "$want" <<<"$out" || tail -n 1 <<<"$out")"
+	if grep -qi -- "$want" <<<"$out" && [ "$("$vmsctl" list --names 2>/dev/null)" = "$vms" ]; then
 		ok "$name: a clear error, no VM left"
 	else
-		fail "$name: wanted \"$want\" and no VM; got: $out"
+		fail "$name: wanted \"$want\" and no new VM; got: $out"
 	fi
 }
 refused "a bridge that does not exist" "no bridge named vmsnobr0" run --bridge vmsnobr0
@@ -132,10 +135,25 @@ tokens+=" ${p2#* }"
 msg "tokens: $tokens"
 distinct() { [ "$(tr ' ' '\n' <<<"$tokens" | grep -c .)" = 5 ] && [ "$(tr ' ' '\n' <<<"$tokens" | grep . | sort -u | wc -l)" = 5 ]; }
 check "every answer's token differs (5)" distinct
+# Addresses and MACs are one VM's at a time.
+refused "a second VM with the default address" "10.77.0.2 on bridge $br is in use" \
+	"$vmsctl" run --name dup --kernel "$kernel" --initrd "$initrd" --mem 128M --detach --bridge "$br"
+refused "a second clone of id 1" "06:76:6d:00:00:01 is in use" \
+	"$vmsctl" run --name dup --image nimg --id 1 --detach
 taps() { ip -o link show master "$br" | grep -c ' vms[0-9]*:'; }
 before=$(taps)
 "$vmsctl" stop n-1 >/dev/null 2>&1
 after=$(taps)
 msg "taps on the bridge: $before before n-1 stopped, $after after"
-check "n-1's tap left the bridge with it (3 -> 2)" [ "$before" = 3 ] && [ "$after" = 2 ]
+tap_left() { [ "$before" = 3 ] && [ "$after" = 2 ]; }
+check "n-1's tap left the bridge with it (3 -> 2)" tap_left
+if out=$("$vmsctl" run --name n-1b --image nimg --id 1 --detach 2>&1); then
+	msg "$out"
+	r=$(http 10.77.0.17)
+	check "id 1 is free again once n-1 stopped: n-1b answers at 10.77.0.17" grep -q "^n-1b [0-9a-f]\{32\}$" <<<"$r"
+	"$vmsctl" stop n-1b >/dev/null 2>&1
+else
+	sed 's/^/# /' <<<"$out"
+	fail "id 1 is free again once n-1 stopped"
+fi
 finish

@@ -25,7 +25,7 @@ use crate::vmm::layout::{
     VIRTIO_BLK_BASE, VIRTIO_BLK_IRQ, VIRTIO_NET_BASE, VIRTIO_NET_IRQ, VIRTIO_RNG_BASE, VIRTIO_RNG_IRQ,
 };
 use crate::vmm::state::MachineState;
-use crate::vmm::virtio::net::{Net, NetConfig};
+use crate::vmm::virtio::net::{Net, NetClaims, NetConfig};
 use crate::vmm::virtio::blk::DiskConfig;
 use crate::vmm::virtio::disk::DiskFormat;
 use crate::vmm::virtio;
@@ -245,7 +245,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     )?;
     if args.detached_child {
         // The parent waits for this line (and the socket) on our stdout.
-        println!("{READY_LINE}");
+        // On a line of its own: the guest's console shares the log, and
+        // may have left a line unfinished (a stock distro's boot does).
+        println!("\n{READY_LINE}");
     }
     let stop = running.status().wait(None).unwrap_or(Stop::Requested);
     drop(server);
@@ -403,6 +405,7 @@ struct Vmm {
     restored: Option<Duration>,
     /// The VM's network, if it has one.
     net: Option<NetConfig>,
+    _net_claims: Option<NetClaims>,
 }
 
 /// What a VM reports about its start.
@@ -436,8 +439,19 @@ fn start(args: &RunArgs) -> Result<Vmm> {
     };
     // The network first: a bad one is refused before anything is made.
     let net = net_config(args, restore.as_ref().map(|(_, s)| s)).context("the network")?;
+    // Its MAC and address held for the VM's life against other VMs here.
+    let net_claims = match &net {
+        Some(c) => Some(c.claim(&control::run_dir().join("net"))?),
+        None => None,
+    };
     let net_dev = match &net {
-        Some(c) => Some(Net::new(Box::new(c.open_link()?), c.mac_bytes()?)),
+        Some(c) => {
+            let mut dev = Net::new(Box::new(c.open_link()?), c.mac_bytes()?);
+            // A clone is off its link until its guest has its own MAC and
+            // address (become_ready): it would speak as its parent.
+            dev.set_muted(restore.is_some());
+            Some(dev)
+        }
         None => None,
     };
     let (cpus, mem_size) = match &restore {
@@ -502,7 +516,7 @@ fn start(args: &RunArgs) -> Result<Vmm> {
         }
     };
     let running = vm.start().context("starting the vCPUs")?;
-    Ok(Vmm { running, memory: Arc::new(memory), cpus, mem_size, cmdline, restored, net })
+    Ok(Vmm { running, memory: Arc::new(memory), cpus, mem_size, cmdline, restored, net, _net_claims: net_claims })
 }
 
 /// The VM's network: a booting VM's from --bridge/--tap/--mac/--ip; a
@@ -622,6 +636,8 @@ impl Vmm {
                  initramfs? rebuild it with scripts/build-guest): {output}"
             );
         }
+        // Its own MAC and address now: on the link.
+        self.running.set_net_muted(false);
         Ok(Ready {
             since_start: first.elapsed(),
             start_us: Some(start_us),

@@ -429,6 +429,11 @@ impl RunningVm {
         self.vm.devices.disk()
     }
 
+    /// Puts the network device on its link, or takes it off.
+    pub fn set_net_muted(&self, muted: bool) {
+        self.vm.devices.set_net_muted(muted);
+    }
+
     /// The network device's frame counters, if the VM has one.
     pub fn net_counters(&self) -> Option<virtio::net::NetCounters> {
         self.vm.devices.net_counters()

@@ -263,6 +263,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
     }
 
+    /// Whether a notification of queue `index` would be served now: the
+    /// driver is ready, the queue is, and the device needs no reset.
+    pub fn can_serve(&self, index: usize) -> bool {
+        self.driver_ok()
+            && self.status & VIRTIO_CONFIG_S_NEEDS_RESET == 0
+            && self.queues.get(index).is_some_and(|q| q.ready())
+    }
+
     fn selected(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(self.queue_sel as usize)
     }

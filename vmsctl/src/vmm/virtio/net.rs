@@ -20,8 +20,11 @@
 //! ([`super::tap`]); an I/O thread moves the frames (`devices.rs`).
 
 use std::io::{Read, Write};
+use std::fs::{File, OpenOptions};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -37,9 +40,9 @@ pub const QUEUE_SIZE: u16 = 256;
 /// `virtio_net_hdr_v1`: flags, gso_type, hdr_len, gso_size, csum_start,
 /// csum_offset, num_buffers.
 pub const HEADER: usize = 12;
-/// The longest frame without offloads: 1500 bytes of payload and the
-/// 14-byte Ethernet header (no FCS on a tap).
-pub const MAX_FRAME: usize = 1514;
+/// The longest frame without offloads: 1500 bytes of payload, the
+/// 14-byte Ethernet header and a VLAN tag (no FCS on a tap).
+pub const MAX_FRAME: usize = 1518;
 /// The receive queue's index, and the transmit queue's.
 pub const RX: usize = 0;
 pub const TX: usize = 1;
@@ -67,11 +70,39 @@ pub struct Net {
     /// A frame read from the link that waits for a receive buffer.
     pending: Option<Vec<u8>>,
     counters: NetCounters,
+    /// Off the link: frames the driver sends are dropped, none are
+    /// received. A clone starts so, until its guest has its own MAC and
+    /// address: until then it would speak as its parent.
+    muted: bool,
+    /// The link failed (its interface went away): the device carries on
+    /// as a NIC without a cable.
+    link_down: bool,
+    /// Where frames are read into.
+    buf: Vec<u8>,
 }
 
 impl Net {
     pub fn new(link: Box<dyn Link>, mac: [u8; 6]) -> Self {
-        Self { link, mac, pending: None, counters: NetCounters::default() }
+        Self {
+            link,
+            mac,
+            pending: None,
+            counters: NetCounters::default(),
+            muted: false,
+            link_down: false,
+            buf: vec![0u8; 65536],
+        }
+    }
+
+    /// Takes the device off its link, or puts it back.
+    pub fn set_muted(&mut self, muted: bool) {
+        self.muted = muted;
+    }
+
+    /// The link may be read: the device is on it, it works, and no frame
+    /// waits for a receive buffer.
+    pub fn link_ready(&self) -> bool {
+        !self.muted && !self.link_down && self.pending.is_none()
     }
 
     /// The link's descriptor, for an I/O thread to wait on.
@@ -83,26 +114,24 @@ impl Net {
         self.counters
     }
 
-    /// A frame from the link waits for a receive buffer: the link need
-    /// not be read until the driver adds one.
-    pub fn has_pending(&self) -> bool {
-        self.pending.is_some()
-    }
-
     /// The next frame from the link, if one is waiting.
     fn next_frame(&mut self) -> Result<Option<Vec<u8>>> {
         if let Some(f) = self.pending.take() {
             return Ok(Some(f));
         }
-        let mut buf = vec![0u8; 65536];
-        match self.link.read(&mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                Ok(Some(buf))
-            }
+        if self.muted || self.link_down {
+            return Ok(None);
+        }
+        match self.link.read(&mut self.buf) {
+            Ok(n) => Ok(Some(self.buf[..n].to_vec())),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(None),
-            Err(e) => Err(e).context("virtio-net: reading from the link"),
+            // Not the driver's fault: the device stays usable, offline.
+            Err(e) => {
+                eprintln!("vmsctl: virtio-net: the link failed ({e}); the device is offline now");
+                self.link_down = true;
+                Ok(None)
+            }
         }
     }
 
@@ -158,7 +187,7 @@ impl Net {
                 }
                 _ => false,
             };
-            if ok {
+            if ok && !self.muted && !self.link_down {
                 match self.link.write(&frame[HEADER..]) {
                     // A datagram link takes a frame whole or not at all.
                     Ok(n) if n == frame.len() - HEADER => self.counters.tx_frames += 1,
@@ -253,13 +282,11 @@ impl NetConfig {
             (Some(spec), _) => parse_ip_spec(spec)?,
             (None, Some(br)) => match super::tap::bridge_ipv4(br)? {
                 Some((addr, prefix)) => {
-                    let net = network(addr, prefix);
-                    let mut host = u32::from(net) + 2;
-                    if host == u32::from(addr) {
-                        host += 1;
-                    }
-                    ensure!(prefix <= 30, "bridge {br}: a /{prefix} has no room for a VM; give --ip");
-                    (Some(format!("{}/{prefix}", Ipv4Addr::from(host))), Some(addr.to_string()))
+                    let bridge_host = u32::from(addr) - u32::from(network(addr, prefix));
+                    let host: u64 = if bridge_host == 2 { 3 } else { 2 };
+                    let a = host_address(addr, prefix, host)
+                        .with_context(|| format!("bridge {br}: its /{prefix} has no room for a VM; give --ip"))?;
+                    (Some(format!("{a}/{prefix}")), Some(addr.to_string()))
                 }
                 None => (None, None),
             },
@@ -286,6 +313,7 @@ impl NetConfig {
         mac: Option<&str>,
         ip: Option<&str>,
     ) -> Result<Self> {
+        let other_bridge = bridge.filter(|b| Some(*b) != self.bridge.as_deref());
         let (bridge, tap) = match (bridge, tap) {
             (None, None) => (self.bridge.clone(), None),
             (b, t) => (b.map(str::to_owned), t.map(str::to_owned)),
@@ -304,20 +332,37 @@ impl NetConfig {
             (Some(spec), _) => parse_ip_spec(spec)?,
             (None, None) => (None, None),
             (None, Some(parent)) => {
-                let (addr, prefix) = parse_cidr(parent)?;
-                let net = u32::from(network(addr, prefix));
-                let size = if prefix == 0 { u64::MAX } else { 1u64 << (32 - prefix) };
+                // On another bridge with an address: that bridge's subnet,
+                // the bridge as gateway; else the live image's VM's.
+                let other = match other_bridge {
+                    Some(br) => super::tap::bridge_ipv4(br)?,
+                    None => None,
+                };
+                let (addr, prefix, gateway) = match other {
+                    Some((a, p)) => (a, p, Some(a)),
+                    None => {
+                        let (a, p) = parse_cidr(parent)?;
+                        let gw = match &self.gateway {
+                            Some(g) => Some(g.parse::<Ipv4Addr>().with_context(|| {
+                                format!("the live image's gateway {g:?} is not an IPv4 address")
+                            })?),
+                            None => None,
+                        };
+                        (a, p, gw)
+                    }
+                };
                 let host = u64::from(CLONE_HOST_BASE) + u64::from(id);
+                let a = host_address(addr, prefix, host).with_context(|| {
+                    format!(
+                        "clone id {id}: its address would be host {host} of {addr}/{prefix}, past the \
+                         subnet's end; give the clone --ip, or use smaller ids"
+                    )
+                })?;
                 ensure!(
-                    host < size.saturating_sub(1),
-                    "clone id {id}: its address would be host {host} of {parent}'s /{prefix} subnet,                      past its end; give the clone --ip, or use smaller ids"
+                    a != addr && Some(a) != gateway,
+                    "clone id {id}: its address {a} is the live image's VM's or the gateway's; give it --ip"
                 );
-                let a = Ipv4Addr::from(net + host as u32);
-                ensure!(
-                    a != addr && Some(a.to_string()) != self.gateway,
-                    "clone id {id}: its address {a} is the live image's VM's or its gateway; give it --ip"
-                );
-                (Some(format!("{a}/{prefix}")), self.gateway.clone())
+                (Some(format!("{a}/{prefix}")), gateway.map(|g| g.to_string()))
             }
         };
         Ok(Self { bridge, tap, mac: format_mac(mac), address, gateway })
@@ -333,7 +378,7 @@ impl NetConfig {
     /// on the bridge.
     pub fn open_link(&self) -> Result<super::tap::Tap> {
         match (&self.bridge, &self.tap) {
-            (_, Some(t)) => super::tap::Tap::open(t),
+            (_, Some(t)) => super::tap::Tap::open_existing(t),
             (Some(br), None) => super::tap::Tap::on_bridge(&self.host_tap(), br),
             (None, None) => anyhow::bail!("a network needs a bridge or a tap"),
         }
@@ -349,9 +394,77 @@ impl NetConfig {
         })
     }
 
+    /// Claims the MAC, and the address on the bridge, for this process
+    /// among the VMs whose run directory's `net` is `dir`: fails if a
+    /// running VM holds either (two clones of one id, two VMs booted on a
+    /// bridge with the default address). Held until the claims drop.
+    pub fn claim(&self, dir: &Path) -> Result<NetClaims> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut claims = NetClaims(Vec::new());
+        let mac_file = format!("mac-{}", self.mac.replace(':', "-"));
+        claims.take(dir, &mac_file).with_context(|| {
+            format!("MAC {} is in use by another VM of this host (give --mac, or another --id)", self.mac)
+        })?;
+        if let (Some(addr), Some(br)) = (&self.address, &self.bridge) {
+            let ip = addr.split('/').next().unwrap_or(addr);
+            claims.take(dir, &format!("ip-{br}-{ip}")).with_context(|| {
+                format!("address {ip} on bridge {br} is in use by another VM (give --ip, or another --id)")
+            })?;
+        }
+        Ok(claims)
+    }
+
     /// The MAC as bytes (checked when the config was made).
     pub fn mac_bytes(&self) -> Result<[u8; 6]> {
         parse_mac(&self.mac)
+    }
+}
+
+/// A VM's claims on its MAC and address: files in the run directory's
+/// `net`, each held with `flock` by the VM's process, removed when it
+/// drops. A file whose lock can be taken is a dead VM's, and is taken
+/// over.
+pub struct NetClaims(Vec<(PathBuf, File)>);
+
+impl NetClaims {
+    fn take(&mut self, dir: &Path, name: &str) -> Result<()> {
+        let path = dir.join(name);
+        loop {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    anyhow::bail!("{} is held by a running VM", path.display());
+                }
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+            // The holder may have removed the file between our open and
+            // our lock: then the lock is on a file nobody else will see.
+            let same = std::fs::metadata(&path)
+                .map(|m| m.ino() == file.metadata().map(|f| f.ino()).unwrap_or(0))
+                .unwrap_or(false);
+            if same {
+                let _ = writeln!(&file, "{}", std::process::id());
+                self.0.push((path, file));
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Drop for NetClaims {
+    fn drop(&mut self) {
+        // Removed while still locked, so no one takes over a file that is
+        // about to go.
+        for (path, _) in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -382,6 +495,15 @@ fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
     let prefix: u8 = p.parse().with_context(|| format!("prefix length {p:?} is not a number"))?;
     ensure!((1..=32).contains(&prefix), "prefix length {prefix}: 1 to 32");
     Ok((addr, prefix))
+}
+
+/// Host number `host` of `addr/prefix`'s subnet, if it is one: neither
+/// the network's address (0) nor its broadcast address.
+fn host_address(addr: Ipv4Addr, prefix: u8, host: u64) -> Result<Ipv4Addr> {
+    ensure!(prefix <= 30, "a /{prefix} has no room for hosts");
+    let size = 1u64 << (32 - prefix);
+    ensure!(host >= 1 && host < size - 1, "host {host} is not in a /{prefix}");
+    Ok(Ipv4Addr::from(u32::from(network(addr, prefix)) + host as u32))
 }
 
 /// The network address of `addr/prefix`.
@@ -530,14 +652,37 @@ mod tests {
     }
 
     #[test]
+    fn a_mac_or_address_is_held_by_one_vm_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("vms-claims-{}", std::process::id()));
+        let a = NetConfig::for_boot(Some("br9"), None, Some("06:00:00:00:00:01"), Some("10.9.0.2/24")).unwrap();
+        let held = a.claim(&dir).unwrap();
+        let e = a.claim(&dir).err().expect("a second claim of the same MAC fails");
+        assert!(format!("{e:#}").contains("MAC 06:00:00:00:00:01 is in use"), "{e:#}");
+        let mut b = a.clone();
+        b.mac = "06:00:00:00:00:02".into();
+        let e = b.claim(&dir).err().expect("the same address on the same bridge fails");
+        assert!(format!("{e:#}").contains("address 10.9.0.2 on bridge br9 is in use"), "{e:#}");
+        b.bridge = Some("br8".into());
+        let other = b.claim(&dir).expect("the same address on another bridge is fine");
+        drop((held, other));
+        let again = a.claim(&dir).expect("free again once dropped");
+        drop(again);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the files go with the claims");
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
     fn addresses_of_a_vm_and_its_clones() {
         let vm = NetConfig::for_boot(None, Some("tap0"), Some("06:00:00:00:00:01"), Some("10.0.2.2/24,10.0.2.1")).unwrap();
         assert_eq!(vm.guest_spec().as_deref(), Some("10.0.2.2/24,10.0.2.1"));
-        let c = vm.for_clone(3, Some("br0"), None, None, None).unwrap();
+        let c = vm.for_clone(3, None, Some("tap3"), None, None).unwrap();
         assert_eq!(c.address.as_deref(), Some("10.0.2.19/24"));
         assert_eq!(c.gateway.as_deref(), Some("10.0.2.1"));
         assert_eq!(c.mac, "06:76:6d:00:00:03");
-        assert_eq!(c.bridge.as_deref(), Some("br0"));
+        assert_eq!(c.tap.as_deref(), Some("tap3"));
+        // Another bridge must exist (its subnet gives the address).
+        let e = vm.for_clone(3, Some("vmsnobr9"), None, None, None).unwrap_err();
+        assert!(format!("{e:#}").contains("no bridge named vmsnobr9"), "{e:#}");
         // A clone of a tap VM needs a link of its own.
         assert!(vm.for_clone(3, None, None, None, None).is_err());
         // Past the subnet's end.
@@ -546,6 +691,15 @@ mod tests {
         // Overrides, and none.
         let c = vm.for_clone(3, None, Some("t3"), Some("06:00:00:00:00:09"), Some("none")).unwrap();
         assert_eq!((c.address.as_deref(), c.guest_spec(), c.mac.as_str()), (None, None, "06:00:00:00:00:09"));
+        // The broadcast address is no host's.
+        assert_eq!(host_address(Ipv4Addr::new(10, 0, 2, 1), 30, 2).unwrap(), Ipv4Addr::new(10, 0, 2, 2));
+        assert!(host_address(Ipv4Addr::new(10, 0, 2, 1), 30, 3).is_err());
+        assert!(host_address(Ipv4Addr::new(255, 255, 255, 254), 31, 1).is_err());
+        assert!(host_address(Ipv4Addr::new(10, 0, 0, 1), 8, 16 + (1 << 24)).is_err());
+        // A gateway a live image file brings in is checked.
+        let mut forged = vm.clone();
+        forged.gateway = Some("1.2.3.4; reboot".into());
+        assert!(forged.for_clone(1, None, Some("t1"), None, None).is_err());
         for bad in ["10.0.2.2", "10.0.2.2/33", "10.0.2/24", "10.0.2.2/24,gw"] {
             assert!(NetConfig::for_boot(None, Some("t"), None, Some(bad)).is_err(), "{bad}");
         }

@@ -119,8 +119,9 @@ impl Tap {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EPERM) {
                 bail!(
-                    "tap {name}: permission denied (making a tap needs CAP_NET_ADMIN; without it, use a \
-                     tap made for this user: ip tuntap add NAME mode tap user $USER, then --tap NAME)"
+                    "tap {name}: permission denied (making a tap, or using another user's, needs \
+                     CAP_NET_ADMIN; without it, use a tap made for this user: ip tuntap add NAME mode tap \
+                     user $USER, then --tap NAME)"
                 );
             }
             if e.raw_os_error() == Some(libc::EBUSY) {
@@ -129,6 +130,25 @@ impl Tap {
             return Err(e).with_context(|| format!("tap {name}: TUNSETIFF"));
         }
         Ok(Self { file })
+    }
+
+    /// Opens tap `name`, which must exist (made by an administrator, for
+    /// this user); warns if it is down (frames would be dropped).
+    pub fn open_existing(name: &str) -> Result<Self> {
+        check_name("tap", name)?;
+        let sys = format!("/sys/class/net/{name}");
+        ensure!(
+            std::path::Path::new(&sys).exists(),
+            "no tap named {name}; make one: ip tuntap add {name} mode tap user $USER && ip link set {name} up \
+             (and put it on a bridge: ip link set {name} master BRIDGE)"
+        );
+        let tap = Self::open(name)?;
+        let flags = std::fs::read_to_string(format!("{sys}/flags")).unwrap_or_default();
+        let up = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).is_ok_and(|f| f & libc::IFF_UP as u32 != 0);
+        if !up {
+            eprintln!("vmsctl: tap {name} is down: the VM's frames are dropped until it is up (ip link set {name} up)");
+        }
+        Ok(tap)
     }
 
     /// Makes a tap named `name` and puts it, up, on bridge `bridge`.
