@@ -1,0 +1,126 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Issue 16's serving figures, measured in the test VM (scripts/bench --http
+# runs it), side by side in each run:
+# - boot from scratch to the first HTTP answer (vmsctl run until the
+#   guest's web server answers the host), against
+# - clone start to the first HTTP answer (vmsctl run --image of a live
+#   image of that VM until the clone answers on its own address);
+# and, after the last run, the memory one clone owns after serving 100
+# requests, against the parent's (the pages of its live image).
+#
+#   bench/http.sh VMSCTL OUT_DIR RUNS tiny KERNEL INITRD
+#   bench/http.sh VMSCTL OUT_DIR RUNS debian DEBIAN_DIR
+set -eu
+V=$1 out=$2 runs=$3 kind=$4
+shift 4
+export VMS_RUN_DIR=/tmp/vms-bench-http
+br=vmsbr0
+mkdir -p "$out" "$VMS_RUN_DIR"
+cleanup() {
+	for v in $("$V" list --names 2>/dev/null); do "$V" stop "$v" >/dev/null 2>&1; done
+	ip link del "$br" 2>/dev/null || true
+}
+trap cleanup EXIT
+ip link add "$br" type bridge
+ip addr add 10.0.2.1/24 dev "$br"
+ip link set "$br" up
+
+case $kind in
+tiny)
+	kernel=$1 initrd=$2
+	guest="Linux 6.12 (scripts/build-guest: tinyconfig, busybox httpd), 256M, 1 vCPU"
+	hostname=vms-guest
+	boot_args() { echo --kernel "$kernel" --initrd "$initrd" --mem 256M; }
+	;;
+debian)
+	d=$1
+	guest="Debian 12 (scripts/build-debian-guest: Debian's 6.1 kernel and initrd, systemd, busybox httpd), 512M, 1 vCPU, --acpi, root on a qcow2 overlay"
+	hostname=vms-debian
+	boot_args() {
+		local disk=$VMS_RUN_DIR/root-$1.qcow2
+		qemu-img create -q -f qcow2 -b "$d/rootfs.img" -F raw "$disk"
+		echo --acpi --mem 512M --kernel "$d/vmlinuz" --initrd "$d/initrd.img" \
+			--disk "$disk" --disk-format qcow2 --ready-timeout 900
+	}
+	;;
+*) echo "unknown guest kind $kind" >&2; exit 2 ;;
+esac
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# first_answer ADDR T0 NAME: ms from T0 until ADDR answers as NAME.
+first_answer() {
+	local deadline=$(($(now_ms) + 900000)) r
+	while [ "$(now_ms)" -lt $deadline ]; do
+		r=$(curl -s --max-time 2 "http://$1/cgi-bin/id" || true)
+		case $r in "$3 "*) echo $(($(now_ms) - $2)); return 0 ;; esac
+		sleep 0.05
+	done
+	echo "no answer from $1 as $3 within 900 s" >&2
+	return 1
+}
+median_spread() { # numbers on stdin -> "median (min-max)"
+	sort -n | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2;
+		printf "%.0f (%.0f-%.0f)", m, a[1], a[NR] }'
+}
+
+boots=() clones=() ratios=()
+for r in $(seq 1 "$runs"); do
+	# shellcheck disable=SC2046
+	args=$(boot_args "$r")
+	cmdline=()
+	[ "$kind" = debian ] && cmdline=(--cmdline "$(cat "$d/cmdline")")
+	# The web server is asked from the start, while vmsctl waits for the
+	# guest to be ready.
+	t0=$(now_ms)
+	# shellcheck disable=SC2086
+	"$V" run --name "b$r" $args "${cmdline[@]}" --bridge "$br" --detach >/dev/null &
+	b=$(first_answer 10.0.2.2 "$t0" "$hostname")
+	wait $!
+	# A live image of a system that has finished starting: what a user
+	# would take (Debian's systemd goes on starting units after the web
+	# server answers).
+	if [ "$kind" = debian ]; then
+		"$V" exec "b$r" --timeout 600 -- 'systemctl is-system-running --wait' >/dev/null || true
+	fi
+	"$V" live-image create "b$r" "img$r" >/dev/null
+	t0=$(now_ms)
+	"$V" run --name "c$r" --image "img$r" --id "$r" --detach >/dev/null &
+	c=$(first_answer "10.0.2.$((16 + r))" "$t0" "c$r")
+	wait $!
+	echo "run $r: boot to first answer $b ms, clone start to first answer $c ms" >&2
+	boots+=("$b") clones+=("$c") ratios+=("$(awk -v b="$b" -v c="$c" 'BEGIN { printf "%.1f", b / c }')")
+	if [ "$r" != "$runs" ]; then
+		"$V" stop "c$r" >/dev/null
+		"$V" stop "b$r" >/dev/null
+		"$V" live-image delete "img$r" >/dev/null
+	fi
+done
+# The last run's clone serves 100 requests.
+before=$("$V" stats --json | python3 -c "import json,sys; print(next(v['clone']['private_pages'] for v in json.load(sys.stdin)['vms'] if v['name']=='c$runs'))")
+for i in $(seq 100); do curl -s --max-time 20 "http://10.0.2.$((16 + runs))/cgi-bin/id" >/dev/null; done
+json=$("$V" stats --json)
+after=$(python3 -c "import json,sys; print(next(v['clone']['private_pages'] for v in json.load(sys.stdin)['vms'] if v['name']=='c$runs'))" <<<"$json")
+image=$(python3 -c "import json,sys; print(next(i['cached_pages'] for i in json.load(sys.stdin)['images'] if i['name']=='img$runs'))" <<<"$json")
+
+{
+	echo "# Serving: boot against clone, to the first HTTP answer (issue 16)"
+	echo
+	echo "Guest: $guest; $runs runs. Each run boots a VM on a bridge, waits for"
+	echo "its web server to answer the host (busybox httpd, /cgi-bin/id), makes a live"
+	echo "image of it and starts one clone, and waits for the clone to answer on its"
+	echo "own address. Times in ms from the vmsctl command (the host asks every 50 ms"
+	echo "from then on), median (min-max); the ratio is per run."
+	echo
+	echo "| measure | runs | ms |"
+	echo "|---|---:|---:|"
+	echo "| boot from scratch to the first HTTP answer | $runs | $(printf '%s\n' "${boots[@]}" | median_spread) |"
+	echo "| clone start to the first HTTP answer | $runs | $(printf '%s\n' "${clones[@]}" | median_spread) |"
+	echo "| boot ÷ clone, per run | $runs | $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "%.1fx (%.1fx-%.1fx)", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2, a[1], a[NR] }') |"
+	echo
+	echo "Memory: the parent's live image holds $image pages ($((image * 4 / 1024)) MiB). The clone"
+	echo "owned $before private pages when it first answered and $after ($((after * 4)) KiB) after"
+	echo "serving 100 more requests:"
+	awk -v a="$after" -v i="$image" 'BEGIN { printf "%.3fx the parent'"'"'s memory.\n", a / i }'
+} >"$out/http-$kind.md"
+cat "$out/http-$kind.md"
