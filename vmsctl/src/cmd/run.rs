@@ -34,7 +34,7 @@ use crate::vmm::{BootImages, GuestRam, RunningVm, Stop, Vm, DEFAULT_CMDLINE, MAX
 const LONG_ABOUT: &str = "\
 Boot a Linux guest under KVM, or start a clone of a live image (--image).
 
-  vmsctl run --name web --kernel bzImage --initrd initrd.gz --cpus 2 --detach
+  vmsctl run --name web --kernel bzImage --initrd initrd.gz --bridge br0 --detach
   vmsctl live-image create web web-ready
   vmsctl run --name web-1 --image web-ready --id 1 --detach
 
@@ -64,8 +64,9 @@ scripts/build-guest makes.
 
 Devices: virtio-rng (unless --no-rng) and, with --disk FILE, a virtio-blk
 disk backed by FILE, raw or qcow2 (/dev/vda in the guest; --disk-ro makes
-it read-only; see --disk for what a live image does with it). Both are virtio-mmio devices named on the command line, which
-the guest kernel must support (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), or,
+it read-only; see --disk for what a live image does with it), and with
+--bridge or --tap a virtio-net device (below). All are virtio-mmio
+devices named on the command line, which the guest kernel must support (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), or,
 with --acpi, described in the ACPI tables' DSDT (LNRO0005), as a stock
 distro kernel expects; --acpi also gives the guest a VM generation ID,
 which each clone changes (CONFIG_VMGENID reseeds the guest's CRNG).
