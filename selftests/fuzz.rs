@@ -2964,11 +2964,36 @@ fn monitor(f: &Fuzz, done: &AtomicBool) {
                     f.seed
                 ));
                 print_history(f);
+                print_task_stacks();
                 println!("Bail out! a call hangs");
                 std::process::exit(ksft::KSFT_FAIL);
             }
         }
     }
+}
+
+/// Where each thread of this process is, as the kernel sees it (state,
+/// wait channel, kernel stack: root only), and the blocked tasks of the
+/// whole machine into the kernel log (SysRq w): whether a hung call waits
+/// in the kernel or on one of the model's own locks (a futex).
+fn print_task_stacks() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("?").to_owned();
+        ksft::ksft_print_msg(&format!(
+            "task {} {}: state {state}, wchan {}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan").trim()
+        ));
+        for line in read("stack").lines().take(24) {
+            ksft::ksft_print_msg(&format!("    {line}"));
+        }
+    }
+    let _ = std::fs::write("/proc/sysrq-trigger", "w");
 }
 
 fn print_history(f: &Fuzz) {
