@@ -964,6 +964,10 @@ impl<'a> Worker<'a> {
         assert_eq!(r, 0, "pipe2: {}", io::Error::last_os_error());
         // SAFETY: pipe2 succeeded: both fds are new and ours.
         let (pipe_r, pipe_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // The read end never blocks: every read follows a write that put
+        // the bytes there, except the drain after a faulting write.
+        // SAFETY: fcntl on our own descriptor.
+        unsafe { libc::fcntl(pipe_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         Worker {
             f,
             t,
@@ -1987,7 +1991,17 @@ impl<'a> Worker<'a> {
         // with EFAULT where it cannot; nothing of ours is written.
         let n = unsafe { libc::write(self.pipe_w.as_raw_fd(), addr as *const libc::c_void, buf.len()) };
         if n < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // A write that faults leaves an empty buffer in the pipe's ring
+            // (Linux allocates the slot before it copies); 16 of them in a
+            // row fill the ring, and the next write would wait forever
+            // (2026-12-04: a thread "still running" in pipe_write). A read
+            // releases them; the read end is non-blocking, so it returns
+            // EAGAIN once the pipe is empty.
+            let mut sink = [0u8; 16];
+            // SAFETY: reads into our own buffer.
+            while unsafe { libc::read(self.pipe_r.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0 {}
+            return Err(e);
         }
         // SAFETY: `buf` is ours and has room for `n` bytes.
         let m = unsafe { libc::read(self.pipe_r.as_raw_fd(), buf.as_mut_ptr().cast(), n as usize) };
