@@ -59,10 +59,7 @@ first_answer() {
 	echo "no answer from $1 as $3 within 900 s" >&2
 	return 1
 }
-median_spread() { # numbers on stdin -> "median (min-max)"
-	sort -n | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2;
-		printf "%.0f (%.0f-%.0f)", m, a[1], a[NR] }'
-}
+. "$(dirname "$0")/lib.sh"
 
 boots=() clones=() ratios=()
 for r in $(seq 1 "$runs"); do
@@ -116,9 +113,9 @@ image=$(python3 -c "import json,sys; print(next(i['cached_pages'] for i in json.
 	echo
 	echo "| measure | runs | ms |"
 	echo "|---|---:|---:|"
-	echo "| boot from scratch to the first HTTP answer | $runs | $(printf '%s\n' "${boots[@]}" | median_spread) |"
-	echo "| clone start to the first HTTP answer | $runs | $(printf '%s\n' "${clones[@]}" | median_spread) |"
-	echo "| boot ÷ clone, per run | $runs | $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "%.1fx (%.1fx-%.1fx)", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2, a[1], a[NR] }') |"
+	echo "| boot from scratch to the first HTTP answer | $runs | $(printf '%s\n' "${boots[@]}" | median_spread %.0f) |"
+	echo "| clone start to the first HTTP answer | $runs | $(printf '%s\n' "${clones[@]}" | median_spread %.0f) |"
+	echo "| boot ÷ clone, per run | $runs | $(printf '%s\n' "${ratios[@]}" | median_spread %.1fx) |"
 	echo
 	echo "Memory: the parent's live image holds $image pages ($((image * 4 / 1024)) MiB). The clone"
 	echo "owned $before private pages when it first answered and $after ($((after * 4)) KiB) after"

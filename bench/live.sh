@@ -15,10 +15,7 @@ mkdir -p "$out"
 cleanup() { for v in $("$V" list --names 2>/dev/null); do "$V" stop "$v" >/dev/null 2>&1; done; }
 trap cleanup EXIT
 stats() { "$V" stats --json; }
-median_spread() { # numbers on stdin -> "median (min-max)"
-	sort -n | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2;
-		printf "%.1f (%.1f-%.1f)", m, a[1], a[NR] }'
-}
+. "$(dirname "$0")/lib.sh"
 
 "$V" run --name parent --kernel "$kernel" --initrd "$initrd" --mem 256M --cpus 1 --detach >/dev/null
 sleep 2
