@@ -252,6 +252,7 @@ struct vms_clone_attach {
  * @io_errors:	faults that failed because the image could not be read.
  * @image:	NUL-terminated name of the clone's image (after
  *		VMS_IMAGE_SNAPSHOT, the live image it became a clone of).
+ * @resets:	times VMS_CLONE_RESET dropped the clone's private pages.
  * @reserved:	0.
  */
 struct vms_clone_stats {
@@ -265,7 +266,8 @@ struct vms_clone_stats {
 	__u64 private_pages;
 	__u64 io_errors;
 	__u8 image[VMS_NAME_LEN];
-	__u64 reserved[3];
+	__u64 resets;
+	__u64 reserved[2];
 };
 
 /*
@@ -323,8 +325,22 @@ struct vms_clone_stats {
  * EOPNOTSUPP (the VM does not use TDP).
  *
  * VMS_CLONE_STATS - read the clone's counters. Return: 0 or EFAULT.
+ *
+ * VMS_CLONE_RESET - drop every private page: the clone reads its image
+ * again (the image it was made from, or the live image of its last
+ * VMS_IMAGE_SNAPSHOT) and its next writes copy again. Its stage-2
+ * mappings and the VMM's mappings of the clone are removed first, so no
+ * mapping of a dropped page remains. A VMM resets a paused VM, and
+ * restores the vCPU and device state of the image with it; the module
+ * stays correct if it does not (an access racing the reset sees the page
+ * before or after it). I/O that pinned a private page before the reset
+ * (O_DIRECT, io_uring, vhost) finishes into the dropped page, which is
+ * freed when unpinned; so does a page KVM holds with kvm_vcpu_map()
+ * (nested virtualization's pages) until KVM unmaps it. The argument must
+ * be 0. Return: 0, or EINVAL (a nonzero argument).
  */
 #define VMS_CLONE_ATTACH	_IOW(VMS_IOCTL_TYPE, 0x10, struct vms_clone_attach)
 #define VMS_CLONE_STATS		_IOR(VMS_IOCTL_TYPE, 0x11, struct vms_clone_stats)
+#define VMS_CLONE_RESET		_IO(VMS_IOCTL_TYPE, 0x12)
 
 #endif /* _UAPI_LINUX_VMS_H */

@@ -523,8 +523,10 @@ pub struct VmsCloneStats {
     /// NUL-terminated name of the clone's image (after
     /// [`VMS_IMAGE_SNAPSHOT`], the live image it became a clone of).
     pub image: [u8; VMS_NAME_LEN],
+    /// Times [`VMS_CLONE_RESET`] dropped the clone's private pages.
+    pub resets: u64,
     /// 0.
-    pub reserved: [u64; 3],
+    pub reserved: [u64; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<VmsCloneStats>() == 128);
@@ -539,7 +541,8 @@ const _: () = assert!(core::mem::offset_of!(VmsCloneStats, cow_copies) == 48);
 const _: () = assert!(core::mem::offset_of!(VmsCloneStats, private_pages) == 56);
 const _: () = assert!(core::mem::offset_of!(VmsCloneStats, io_errors) == 64);
 const _: () = assert!(core::mem::offset_of!(VmsCloneStats, image) == 72);
-const _: () = assert!(core::mem::offset_of!(VmsCloneStats, reserved) == 104);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, resets) == 104);
+const _: () = assert!(core::mem::offset_of!(VmsCloneStats, reserved) == 112);
 
 impl VmsCloneStats {
     /// All counters zero.
@@ -555,7 +558,8 @@ impl VmsCloneStats {
             private_pages: 0,
             io_errors: 0,
             image: [0; VMS_NAME_LEN],
-            reserved: [0; 3],
+            resets: 0,
+            reserved: [0; 2],
         }
     }
 }
@@ -652,6 +656,20 @@ pub const VMS_CLONE_ATTACH: u32 =
 ///
 /// Return: 0 or `EFAULT`.
 pub const VMS_CLONE_STATS: u32 = _IOR(VMS_IOCTL_TYPE, 0x11, core::mem::size_of::<VmsCloneStats>());
+
+/// `VMS_CLONE_RESET`: drops every private page; the clone reads its image
+/// again (the one it was made from, or the live image of its last
+/// [`VMS_IMAGE_SNAPSHOT`]).
+///
+/// No argument (it must be 0). Issued on a clone file descriptor. Its
+/// stage-2 mappings and the VMM's mappings are removed first, so no mapping
+/// of a dropped page remains; a page pinned before the reset (O_DIRECT,
+/// io_uring, vhost, `kvm_vcpu_map()`) is written into by its pin holder
+/// until it is unpinned, then freed. A VMM resets a paused VM and restores
+/// the image's vCPU and device state with it.
+///
+/// Return: 0, or `EINVAL` (a nonzero argument).
+pub const VMS_CLONE_RESET: u32 = _IO(VMS_IOCTL_TYPE, 0x12);
 
 /// `KVM_MEM_PAGE_PROVIDER`: the `kvm_userspace_memory_region(2).flags` bit
 /// that makes KVM ask the VM's page provider (here: the clone attached with

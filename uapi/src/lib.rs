@@ -134,6 +134,7 @@ mod tests {
         assert_eq!(VMS_IMAGE_SNAPSHOT, 0x4048_b906);
         assert_eq!(VMS_CLONE_ATTACH, 0x4040_b910);
         assert_eq!(VMS_CLONE_STATS, 0x8080_b911);
+        assert_eq!(VMS_CLONE_RESET, 0x0000_b912);
     }
 
     #[test]
@@ -165,7 +166,7 @@ mod tests {
         assert_layout!(VmsCloneStats, 128, {
             size: 0, faults: 8, mmap_faults: 16, shared_maps: 24, zero_maps: 32,
             streamed: 40, cow_copies: 48, private_pages: 56, io_errors: 64, image: 72,
-            reserved: 104,
+            resets: 104, reserved: 112,
         });
     }
 

@@ -1,0 +1,408 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! clone_reset: `VMS_CLONE_RESET` gives a clone its image back.
+//!
+//! - `reset_drops_private_pages`: a guest writes the first 256 pages of a
+//!   1024-page pattern clone and the VMM the next 256; a reset drops all
+//!   512 private pages. Then the guest reads the pattern everywhere (its
+//!   stage 2 no longer maps a dropped page) and so does the VMM's mapping,
+//!   the counters say 0 private pages and 1 reset, and writes copy again.
+//!   A nonzero argument is refused with EINVAL.
+//! - `reset_returns_to_the_live_image`: after a snapshot the clone's
+//!   image is the live image; a reset goes back to it, not to the image
+//!   the clone was first made from.
+//! - `reset_during_vmm_fault`: a VMM read fault on a private page holds
+//!   the page locked after resolving it (`vmm_map_delay_ms`), and the
+//!   clone is reset meanwhile. The reset must wait for the fault to map
+//!   the page, then unmap it: otherwise the VMM keeps the dropped page, a
+//!   view of memory the guest no longer has.
+//! - `reset_races`: a vCPU reads every page and copies it on write, and a
+//!   VMM thread writes a new token to each page through one mapping and
+//!   reads it back through a second, while the main thread resets the
+//!   clone again and again. The guest must read the image's word 0
+//!   throughout; the VMM must read back its latest token or the image's
+//!   word (an older token is a page a mapping kept across a reset); freed
+//!   pages sit in the debug quarantine, whose sentinel a write through a
+//!   stale stage-2 or VMM mapping would change (a splat); KASAN sees a
+//!   freed page used.
+//! - `reset_of_an_untouched_clone`: a clone never mapped nor attached.
+//!
+//! Skips if `/dev/vms` or `/dev/kvm` is missing (and the third test if the
+//! debug knob is missing).
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vms_selftests::guest::{self, Outcome, Walk};
+use vms_selftests::knob::{wait_for_delay, Knob, KNOB_DIR, VMM_DELAYS, VMM_MAP_DELAY_MS};
+use vms_selftests::ksft::{self, check, Test, Watchdog};
+use vms_selftests::kvm::{self, vcpu_set_entry};
+use vms_selftests::vms::{
+    image_create, image_snapshot, pattern_page, pattern_word, require_vms_and_kvm, unique_name,
+    vm_with_clone, vms_open, ImageFile, VmsClone, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
+};
+use vms_selftests::{test_assert, test_assert_eq};
+use vms_uapi::VMS_CLONE_RESET;
+
+/// 4 MiB image.
+const PAGES: u64 = 1024;
+/// The guest writes pages 0..256, the VMM 256..512.
+const WRITTEN: u64 = 256;
+/// Values unlike any pattern word (0x56xx_xxxx).
+const GUEST_FIRST: u32 = 0x0a00_0000;
+const VMM_VALUE: u32 = 0x0b00_0000;
+
+/// `VMS_CLONE_RESET` with `arg`, the raw result.
+fn __reset(clone: &VmsClone, arg: u64) -> std::io::Result<()> {
+    // SAFETY: VMS_CLONE_RESET takes no argument; the kernel reads none.
+    let r = unsafe { libc::ioctl(clone.fd().as_raw_fd(), VMS_CLONE_RESET as _, arg) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[track_caller]
+fn reset(clone: &VmsClone) {
+    check(__reset(clone, 0), "VMS_CLONE_RESET");
+}
+
+/// Every page of `map`'s first `pages` reads as `want(i)`.
+#[track_caller]
+fn vmm_reads(map: &vms_selftests::vms::CloneMap, pages: u64, want: impl Fn(u64) -> Vec<u8>) {
+    for i in 0..pages {
+        let got = map.read_page(i);
+        let w = want(i);
+        let diff = got.iter().zip(&w).position(|(a, b)| a != b);
+        test_assert!(
+            diff.is_none(),
+            "page {i} through the VMM's mapping differs at byte {diff:?}: {:#010x} at byte 0",
+            u32::from_le_bytes(got[..4].try_into().unwrap())
+        );
+    }
+}
+
+fn reset_drops_private_pages() {
+    let dev = vms_open();
+    let name = unique_name("clone_reset");
+    let file = ImageFile::with_pattern(&name, PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+
+    // The guest reads everything first (stage 2 maps the image's pages),
+    // then writes its share (each a copy that replaces a mapped page).
+    guest::run(&mut vm, 0, &guest::read_check(&Walk::pattern(CLONE_GPA, 0, PAGES)));
+    guest::run(&mut vm, 0, &guest::write(&Walk::values(CLONE_GPA, WRITTEN, GUEST_FIRST)));
+    for p in WRITTEN..2 * WRITTEN {
+        map.write_u32(p * PAGE_SIZE, VMM_VALUE + p as u32);
+    }
+    let before = clone.stats();
+    test_assert_eq!(before.private_pages, 2 * WRITTEN);
+    test_assert_eq!(before.resets, 0);
+
+    let e = __reset(&clone, 1).expect_err("VMS_CLONE_RESET with argument 1 worked");
+    test_assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "a nonzero argument: {e}");
+    test_assert_eq!(clone.stats().private_pages, 2 * WRITTEN, "a refused reset dropped pages");
+
+    reset(&clone);
+    let after = clone.stats();
+    ksft::ksft_print_msg(&format!("before: {before:?}\nafter: {after:?}"));
+    test_assert_eq!(after.private_pages, 0);
+    test_assert_eq!(after.resets, 1);
+    test_assert_eq!(after.cow_copies, before.cow_copies, "counters carry on");
+
+    // Both views read the image again.
+    guest::run(&mut vm, 0, &guest::read_check(&Walk::pattern(CLONE_GPA, 0, PAGES)));
+    vmm_reads(&map, PAGES, pattern_page);
+
+    // Writes copy again.
+    guest::run(&mut vm, 0, &guest::write(&Walk::values(CLONE_GPA, 16, GUEST_FIRST)));
+    guest::run(&mut vm, 0, &guest::read_check(&Walk::values(CLONE_GPA, 16, GUEST_FIRST)));
+    let again = clone.stats();
+    test_assert_eq!(again.private_pages, 16);
+    test_assert_eq!(again.cow_copies, before.cow_copies + 16);
+    // A reset with nothing private is fine too.
+    reset(&clone);
+    reset(&clone);
+    test_assert_eq!(clone.stats().resets, 3);
+    vmm_reads(&map, PAGES, pattern_page);
+
+    drop((vm, map, clone));
+    image.delete();
+    test_assert!(file.first_difference(PAGES, 0).is_none(), "the image file changed");
+}
+
+fn reset_returns_to_the_live_image() {
+    let dev = vms_open();
+    let name = unique_name("clone_reset_live");
+    let file = ImageFile::with_pattern(&name, PAGES, 0);
+    let base = image_create(&dev, &name, file.file(), PAGES * PAGE_SIZE, 0);
+    let live;
+    let kvm = kvm::open_kvm();
+    let clone = base.clone_create();
+    let map = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+
+    // Pages 0..64 hold A in the live image; then the clone writes B over
+    // 0..128.
+    let a = Walk::values(CLONE_GPA, 64, GUEST_FIRST);
+    guest::run(&mut vm, 0, &guest::write(&a));
+    live = image_snapshot(&dev, &unique_name("clone_reset_live_img"), &clone);
+    guest::run(&mut vm, 0, &guest::write(&Walk::values(CLONE_GPA, 128, VMM_VALUE)));
+    test_assert_eq!(clone.stats().private_pages, 128);
+
+    reset(&clone);
+    test_assert_eq!(clone.stats().private_pages, 0);
+    guest::run(&mut vm, 0, &guest::read_check(&a));
+    guest::run(
+        &mut vm,
+        0,
+        &guest::read_check(&Walk::pattern(CLONE_GPA + 64 * PAGE_SIZE, 64, PAGES - 64)),
+    );
+    let want = |i: u64| {
+        let mut p = pattern_page(i);
+        if i < 64 {
+            let v = GUEST_FIRST + i as u32;
+            let hi = HI_OFFSET as usize;
+            p[..4].copy_from_slice(&v.to_le_bytes());
+            p[hi..hi + 4].copy_from_slice(&(!v).to_le_bytes());
+        }
+        p
+    };
+    vmm_reads(&map, PAGES, want);
+
+    drop((vm, map, clone));
+    live.delete();
+    base.delete();
+}
+
+fn reset_during_vmm_fault() {
+    const PAGE: u64 = 5;
+    const DELAY_MS: u32 = 1000;
+    let map_delay = Knob::require(VMM_MAP_DELAY_MS);
+    let delays = Knob::require(VMM_DELAYS);
+    let dev = vms_open();
+    let name = unique_name("clone_reset_fault");
+    let file = ImageFile::with_pattern(&name, 16, 0);
+    let image = image_create(&dev, &name, file.file(), 16 * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+    // The guest's write makes the page private; the VMM has not mapped it.
+    guest::run(
+        &mut vm,
+        0,
+        &guest::write(&Walk::values(CLONE_GPA + PAGE * PAGE_SIZE, 1, GUEST_FIRST)),
+    );
+    test_assert_eq!(clone.stats().private_pages, 1);
+
+    let before = delays.get();
+    map_delay.set(DELAY_MS);
+    let read = thread::scope(|s| {
+        let m = &map;
+        let reader = s.spawn(move || m.read_u32(PAGE * PAGE_SIZE));
+        test_assert!(
+            wait_for_delay(&delays, before, Duration::from_secs(10)),
+            "the VMM's read never reached the delayed fault (returned: {})",
+            reader.is_finished()
+        );
+        map_delay.set(0);
+        test_assert!(!reader.is_finished(), "the VMM's read returned inside its delay");
+        // The fault holds the private page, locked, not yet mapped.
+        let t0 = Instant::now();
+        reset(&clone);
+        let took = t0.elapsed();
+        ksft::ksft_print_msg(&format!(
+            "the reset took {} ms, the fault {}",
+            took.as_millis(),
+            if reader.is_finished() { "had returned" } else { "had not returned yet" }
+        ));
+        // It waited for the fault's page lock, most of the delay.
+        test_assert!(
+            took >= Duration::from_millis(100),
+            "the reset took {} ms: it did not wait for the fault holding the page",
+            took.as_millis()
+        );
+        reader.join().expect("the VMM reader panicked")
+    });
+    ksft::ksft_print_msg(&format!("the racing VMM read saw {read:#010x}"));
+    test_assert!(
+        read == GUEST_FIRST || read == pattern_word(PAGE),
+        "the racing read saw {read:#010x}: neither the guest's value nor the image's"
+    );
+    test_assert_eq!(clone.stats().private_pages, 0);
+    // Now, after the reset: the image's bytes in both views.
+    vmm_reads(&map, 16, pattern_page);
+    guest::run(&mut vm, 0, &guest::read_check(&Walk::pattern(CLONE_GPA, 0, 16)));
+
+    drop((vm, map, clone));
+    image.delete();
+}
+
+/// `reset_races` runs until the guest made this many passes over the
+/// clone and the VMM thread as many rounds, or for [`RACE_TIME`] on a slow
+/// machine (at least one of each is required).
+const RACE_ROUNDS: u64 = 30;
+const RACE_TIME: Duration = Duration::from_secs(40);
+/// The debug quarantine's ring for the race (`quarantine_pages`).
+const QUARANTINE: u32 = 64;
+
+fn reset_races() {
+    let dev = vms_open();
+    let name = unique_name("clone_reset_race");
+    const RACE_PAGES: u64 = 256;
+    let file = ImageFile::with_pattern(&name, RACE_PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), RACE_PAGES * PAGE_SIZE, 0);
+    // Freed private pages sit in the quarantine, filled with a sentinel: a
+    // write through a stage-2 or VMM mapping that outlived a reset changes
+    // it, and the check reports "BUG: vms: quarantined page" (a splat).
+    let knobs = std::path::Path::new(KNOB_DIR).join("quarantine_pages").exists();
+    let (quarantine, bad) = if knobs {
+        let q = Knob::require("quarantine_pages");
+        q.set(QUARANTINE);
+        (Some(q), Some(Knob::require("quarantine_bad")))
+    } else {
+        ksft::ksft_print_msg("no debug knobs: the race runs without the quarantine");
+        (None, None)
+    };
+    let bad_before = bad.as_ref().map(|b| b.get());
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    // A second VMM mapping: written through `map`, read through `other`.
+    let other = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+    // The guest checks word 0 of every page and writes word 4.
+    guest::load(
+        &mut vm,
+        0,
+        &guest::read_write_forever(&Walk::pattern(CLONE_GPA, 0, RACE_PAGES)),
+    );
+    // The image's word at byte 8 of each page.
+    let image_word8: Vec<u32> = (0..RACE_PAGES)
+        .map(|p| u32::from_le_bytes(pattern_page(p)[8..12].try_into().unwrap()))
+        .collect();
+    let stop = AtomicBool::new(false);
+    let (passes, vmm_rounds, resets) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let _dog = Watchdog::start("clone_reset races", Duration::from_secs(240));
+    let (vcpus, _fd) = vm.vcpus_and_fd();
+    let (outcome, vmm_bad) = thread::scope(|s| {
+        let vcpu = &mut vcpus[0];
+        let (stop, passes, vmm_rounds) = (&stop, &passes, &vmm_rounds);
+        let guest = s.spawn(move || {
+            check(vcpu_set_entry(vcpu, guest::code_gpa(0)), "KVM_SET_REGS");
+            while !stop.load(Ordering::SeqCst) {
+                match check(guest::__run(vcpu), "KVM_RUN") {
+                    Outcome::Progress => passes.fetch_add(1, Ordering::SeqCst),
+                    other => return other,
+                };
+            }
+            Outcome::Done
+        });
+        let (m, o, w8) = (&map, &other, &image_word8);
+        let vmm = s.spawn(move || {
+            // Each write through `map` carries a new token; a read through
+            // `other` right after must see it, or the image's word if a
+            // reset came in between. An older token is a page that one of
+            // the mappings kept across a reset.
+            let mut token = 0xc000_0000u32;
+            while !stop.load(Ordering::SeqCst) {
+                for p in 0..RACE_PAGES {
+                    let v = o.read_u32(p * PAGE_SIZE);
+                    if v != pattern_word(p) {
+                        return Some(format!("page {p}: word 0 is {v:#010x}"));
+                    }
+                    token += 1;
+                    m.write_u32(p * PAGE_SIZE + 8, token);
+                    let back = o.read_u32(p * PAGE_SIZE + 8);
+                    if back != token && back != w8[p as usize] {
+                        return Some(format!(
+                            "page {p}: wrote token {token:#010x} through one mapping, read \
+                             {back:#010x} through the other (the image has {:#010x})",
+                            w8[p as usize]
+                        ));
+                    }
+                }
+                vmm_rounds.fetch_add(1, Ordering::SeqCst);
+            }
+            None
+        });
+        let t0 = Instant::now();
+        while t0.elapsed() < RACE_TIME
+            && (passes.load(Ordering::SeqCst) < RACE_ROUNDS || vmm_rounds.load(Ordering::SeqCst) < RACE_ROUNDS)
+            && !guest.is_finished()
+            && !vmm.is_finished()
+        {
+            reset(&clone);
+            resets.fetch_add(1, Ordering::SeqCst);
+            // Resets between the accesses, not back to back.
+            thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::SeqCst);
+        (guest.join().expect("the vCPU thread"), vmm.join().expect("the VMM thread"))
+    });
+    ksft::ksft_print_msg(&format!(
+        "{} resets, {} guest passes, {} VMM rounds; {:?}",
+        resets.load(Ordering::SeqCst),
+        passes.load(Ordering::SeqCst),
+        vmm_rounds.load(Ordering::SeqCst),
+        clone.stats()
+    ));
+    // The guest stops on its own exit only when it found a bad page.
+    test_assert!(
+        matches!(outcome, Outcome::Done),
+        "the guest saw a wrong page: {}",
+        guest::describe(&outcome)
+    );
+    test_assert!(vmm_bad.is_none(), "the VMM: {}", vmm_bad.unwrap_or_default());
+    test_assert!(resets.load(Ordering::SeqCst) > 0);
+    test_assert!(passes.load(Ordering::SeqCst) > 0, "the guest never finished a pass");
+    test_assert!(vmm_rounds.load(Ordering::SeqCst) > 0, "the VMM thread never finished a round");
+    reset(&clone);
+    test_assert_eq!(clone.stats().private_pages, 0);
+    vmm_reads(&map, RACE_PAGES, pattern_page);
+    vmm_reads(&other, RACE_PAGES, pattern_page);
+
+    drop((vm, map, other, clone));
+    if let (Some(b), Some(before)) = (&bad, bad_before) {
+        let after = b.get();
+        ksft::ksft_print_msg(&format!("quarantine: {} pages changed while free", after - before));
+        test_assert_eq!(after, before, "pages changed in the quarantine (see the kernel log)");
+    }
+    drop(quarantine);
+    image.delete();
+}
+
+/// A clone never mapped nor attached: a reset has nothing to do.
+fn reset_of_an_untouched_clone() {
+    let dev = vms_open();
+    let name = unique_name("clone_reset_bare");
+    let file = ImageFile::with_pattern(&name, 16, 0);
+    let image = image_create(&dev, &name, file.file(), 16 * PAGE_SIZE, 0);
+    let clone = image.clone_create();
+    reset(&clone);
+    let s = clone.stats();
+    test_assert_eq!(s.private_pages, 0);
+    test_assert_eq!(s.resets, 1);
+    drop(clone);
+    image.delete();
+}
+
+fn main() {
+    ksft::init();
+    require_vms_and_kvm();
+    ksft::run(&[
+        Test::new("reset_drops_private_pages", reset_drops_private_pages),
+        Test::new("reset_returns_to_the_live_image", reset_returns_to_the_live_image),
+        Test::new("reset_during_vmm_fault", reset_during_vmm_fault),
+        Test::new("reset_races", reset_races),
+        Test::new("reset_of_an_untouched_clone", reset_of_an_untouched_clone),
+    ]);
+}
