@@ -38,8 +38,13 @@
 //! ; `state` -> (KVM's `mmu_lock`) ; `state` -> page lock ; page lock ->
 //! (`i_mmap_rwsem`, page table locks). `state` is never held across a
 //! call that waits for KVM's SRCU readers (register, unregister): vCPUs
-//! take `state` inside KVM's SRCU read section. A page lock is taken under
-//! `state` only by the VMM's fault, which mm releases without vms locks.
+//! take `state` inside KVM's SRCU read section. A private page's lock is
+//! taken under `state` by the VMM's fault and `mmap_mkwrite` (mm releases
+//! it without vms locks), and waited for under `state` by `reset`: every
+//! holder of a private page's lock is an mm fault path between our
+//! handler and the PTE's installation, which takes no vms lock (private
+//! pages have no `mapping` and are not on the LRU, so rmap, reclaim and
+//! migration never lock them).
 
 use crate::ffi::{self, LockedPage, Mapping, PageRef, SlotInfo, PAGE_SIZE};
 use crate::image::{Cached, Image, Source};
@@ -195,6 +200,7 @@ struct Stats {
     streamed: AtomicU64,
     cow_copies: AtomicU64,
     io_errors: AtomicU64,
+    resets: AtomicU64,
 }
 
 #[pin_data(PinnedDrop)]
@@ -449,6 +455,54 @@ impl VmClone {
         Ok(image)
     }
 
+    /// Drop every private page (`VMS_CLONE_RESET`): the clone reads its
+    /// image again, as it was when the clone was made or last
+    /// snapshotted. Returns how many pages went.
+    ///
+    /// With `state` held, as in [`snapshot`](Self::snapshot): zap stage 2
+    /// and unmap the VMM's mappings, then empty the table. No new mapping
+    /// of a private page can be made meanwhile (VMM and stage-2 faults
+    /// take `state`), and a stage-2 fault that resolved a page before we
+    /// took `state` retries on KVM's invalidation sequence. A VMM fault
+    /// that resolved a private page before may still map it: a read fault
+    /// (and `mmap_mkwrite`) locks the page with `state` held and mm maps
+    /// it before unlocking, so we wait for the page's lock, then unmap the
+    /// page again. Such a fault holds a reference, so only pages with a
+    /// reference besides the table's, or locked, need it (a pin counts
+    /// too: a harmless wait). A write fault that made a new private copy
+    /// locks it only after `state` is released (`mmap_fault`), but mm
+    /// never maps that copy as it is: for a write to a shared mapping it
+    /// unlocks the page and calls `mmap_mkwrite` first (`do_shared_fault`),
+    /// which finds under `state` that the copy is no longer the clone's
+    /// private page, and the access retries.
+    ///
+    /// Pages pinned for I/O (O_DIRECT, io_uring) or held by KVM
+    /// (`kvm_vcpu_map()`) leave the clone with their pin: the writer
+    /// finishes into a page nobody maps any more, freed when unpinned.
+    pub(crate) fn reset(&self) -> u64 {
+        let mut st = self.state.lock();
+        self.invalidate_stage2_all(&st);
+        self.mapping.unmap_all();
+        // Order the reference counts after the cleared PTEs, against
+        // GUP-fast's reference-then-recheck (as in `snapshot`).
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        let mut n = 0u64;
+        let mapping = &self.mapping;
+        st.private.drain(|idx, page| {
+            n += 1;
+            if page.ref_count() > 1 || page.is_locked() {
+                page.locked(|| mapping.unmap_page(idx));
+            }
+            ffi::release_private(page);
+            // A clone may hold millions of pages; `state` is a mutex.
+            if n % 4096 == 0 {
+                ffi::cond_resched();
+            }
+        });
+        self.stats.resets.fetch_add(1, Relaxed);
+        n
+    }
+
     /// Unmap `old`, the page clone page `idx` had before it became private,
     /// from the VMM's mappings, then drop our reference to it.
     ///
@@ -543,9 +597,11 @@ impl VmClone {
                 Resolved::Page { page, retire: Some(old), .. } => {
                     drop(st);
                     self.retire(idx, old);
-                    // A new private page. mm maps it read-only (writes go
-                    // through `mmap_mkwrite`), which stays right even if a
-                    // snapshot turns it into an image page meanwhile.
+                    // A new private page. For a write, mm calls
+                    // `mmap_mkwrite` before it maps the page
+                    // (`do_shared_fault`), which checks under `state` that
+                    // it is still the clone's private page: a snapshot or
+                    // reset meanwhile makes the access retry.
                     break page.into_locked();
                 }
                 Resolved::Page { page, .. } => {
@@ -630,6 +686,13 @@ impl VmClone {
                     .write(&s)?;
                 Ok(0)
             }
+            abi::VMS_CLONE_RESET => {
+                if arg != 0 {
+                    return inval("VMS_CLONE_RESET: the argument must be 0");
+                }
+                self.reset();
+                Ok(0)
+            }
             _ => Err(ENOTTY),
         }
     }
@@ -709,6 +772,7 @@ impl VmClone {
             cow_copies: s.cow_copies.load(Relaxed),
             private_pages: private,
             io_errors: s.io_errors.load(Relaxed),
+            resets: s.resets.load(Relaxed),
             image,
             ..abi::VmsCloneStats::zeroed()
         }

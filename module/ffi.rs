@@ -1204,6 +1204,17 @@ fn sentinel(i: usize) -> u64 {
     0x5e17_1e1f_0000_0000 | i as u64
 }
 
+/// Give the CPU to another task that needs it (`cond_resched()`), in a long
+/// loop that holds no spinlock. A no-op on a preemptible kernel (without
+/// `PREEMPT_DYNAMIC`), which has no `__cond_resched`.
+pub(crate) fn cond_resched() {
+    #[cfg(any(not(CONFIG_PREEMPTION), CONFIG_PREEMPT_DYNAMIC))]
+    // SAFETY: callers hold no spinlock and are not in atomic context.
+    unsafe {
+        bindings::__cond_resched();
+    }
+}
+
 /// Release a clone's private page once nothing of the clone can reach it
 /// (KVM has unregistered the clone, its mappings are gone).
 ///

@@ -7,7 +7,8 @@
 //! - `/dev/vms`: `VMS_GET_VERSION`, `VMS_IMAGE_CREATE` (of a file and
 //!   empty), `VMS_IMAGE_INFO`, `VMS_IMAGE_DELETE`, `VMS_IMAGE_LIST`,
 //!   `VMS_CLONE_CREATE`, `VMS_IMAGE_SNAPSHOT`, unknown ioctls;
-//! - clone fds: `VMS_CLONE_ATTACH`, `VMS_CLONE_STATS`, unknown ioctls,
+//! - clone fds: `VMS_CLONE_ATTACH`, `VMS_CLONE_STATS`, `VMS_CLONE_RESET`
+//!   (with a good and a bad argument), unknown ioctls,
 //!   close;
 //! - every ioctl also with bad pointers (NULL, unmapped, kernel, a struct
 //!   that runs into an unmapped page, read-only memory);
@@ -111,7 +112,7 @@ use vms_selftests::test_assert;
 use vms_uapi::{
     set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo,
     VmsImageList, VmsImageSnapshot, VmsVersion, _IOC, _IOW, KVM_MEM_PAGE_PROVIDER,
-    VMS_ABI_VERSION, VMS_CLONE_ATTACH, VMS_CLONE_CREATE, VMS_CLONE_STATS, VMS_GET_VERSION,
+    VMS_ABI_VERSION, VMS_CLONE_ATTACH, VMS_CLONE_CREATE, VMS_CLONE_RESET, VMS_CLONE_STATS, VMS_GET_VERSION,
     VMS_IMAGE_CREATE, VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST,
     VMS_IMAGE_SNAPSHOT, VMS_IOCTL_TYPE, VMS_NAME_LEN,
 };
@@ -776,6 +777,7 @@ enum Op {
     CloneBad,
     CloneClose,
     Stats,
+    Reset,
     Snapshot,
     SnapshotBad,
     Attach,
@@ -817,6 +819,7 @@ const OPS: &[(Op, u64)] = &[
     (Op::CloneBad, 2),
     (Op::CloneClose, 2),
     (Op::Stats, 2),
+    (Op::Reset, 2),
     (Op::Snapshot, 3),
     (Op::SnapshotBad, 2),
     (Op::Attach, 4),
@@ -1057,6 +1060,7 @@ impl<'a> Worker<'a> {
             Op::CloneBad => self.clone_bad(rng),
             Op::CloneClose => self.clone_close(rng),
             Op::Stats => self.stats(rng),
+            Op::Reset => self.reset(rng),
             Op::Snapshot if lock(&f.images).len() >= MAX_IMAGES => self.delete(rng),
             Op::Snapshot => self.snapshot(rng),
             Op::SnapshotBad => self.snapshot_bad(rng),
@@ -1161,7 +1165,7 @@ impl<'a> Worker<'a> {
         let cmd = match rng.below(3) {
             0 => {
                 // A number of vms's type that no ioctl has.
-                let nr = if rng.chance(50) { rng.range(0x07, 0x0f) } else { rng.range(0x12, 0xff) };
+                let nr = if rng.chance(50) { rng.range(0x07, 0x0f) } else { rng.range(0x13, 0xff) };
                 _IOC(rng.below(4) as u32, VMS_IOCTL_TYPE, nr as u32, rng.below(1 << 14) as usize)
             }
             1 if on_clone => rng
@@ -1571,6 +1575,29 @@ impl<'a> Worker<'a> {
                 }
             }
         }
+        Ok(true)
+    }
+
+    /// `VMS_CLONE_RESET`: the clone's pages go back to its image's. The
+    /// model keeps the clone's set of written pages as it is: it can only
+    /// say too much (a page back to its image's bytes is one the set may
+    /// hold), and a writer racing the reset marked its page first.
+    fn reset(&mut self, rng: &mut Rng) -> Result<bool, Bug> {
+        let Some(c) = rng.pick_from(&self.f.clones) else { return Ok(false) };
+        let g = read(&c.fd);
+        let Some(fd) = g.as_ref().map(|f| f.as_raw_fd()) else { return Ok(false) };
+        if rng.chance(20) {
+            let arg = rng.pick(&[1u64, 0x1000, u64::MAX]).unwrap();
+            self.note(format!("VMS_CLONE_RESET of clone {} with argument {arg:#x}", c.id));
+            // SAFETY: VMS_CLONE_RESET reads no argument.
+            let r = unsafe { ioctl(fd, VMS_CLONE_RESET, arg) };
+            expect(&r, false, &[libc::EINVAL], "VMS_CLONE_RESET with an argument")?;
+            return Ok(true);
+        }
+        self.note(format!("VMS_CLONE_RESET of clone {}", c.id));
+        // SAFETY: as above.
+        let r = unsafe { ioctl(fd, VMS_CLONE_RESET, 0) };
+        expect(&r, true, &[], "VMS_CLONE_RESET")?;
         Ok(true)
     }
 
