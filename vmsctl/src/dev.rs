@@ -18,7 +18,7 @@ use std::ptr::NonNull;
 use thiserror::Error;
 use vms_uapi::{
     name_bytes, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo,
-    VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, VMS_ABI_VERSION, VMS_CLONE_ATTACH,
+    VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, VMS_ABI_VERSION, VMS_CLONE_ATTACH, VMS_CLONE_RESET,
     VMS_CLONE_CREATE, VMS_CLONE_STATS, VMS_GET_VERSION, VMS_IMAGE_CREATE, VMS_IMAGE_DELETE,
     VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_IMAGE_SNAPSHOT, VMS_NAME_LEN,
 };
@@ -427,6 +427,17 @@ impl CloneFd {
             &mut arg,
         )?;
         Ok(arg)
+    }
+
+    /// `VMS_CLONE_RESET`: drop every private page; the clone reads its
+    /// image again.
+    pub fn reset(&self) -> Result<()> {
+        // SAFETY: VMS_CLONE_RESET takes no argument and reads no memory.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::Ioctl::from(VMS_CLONE_RESET), 0u64) };
+        if r < 0 {
+            return Err(DevError::Ioctl { name: "VMS_CLONE_RESET", errno: Errno::last() });
+        }
+        Ok(())
     }
 
     /// Maps the first `len` bytes of the clone, shared, readable and

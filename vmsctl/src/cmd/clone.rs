@@ -60,6 +60,11 @@ named as in struct vms_clone_stats of vms.h:
   cow_copies     private copies made on first write
   private_pages  private pages the clone holds now
   io_errors      faults that failed because the image could not be read
+  resets         times VMS_CLONE_RESET dropped the clone's private pages
+
+With --reset, the clone is reset after the reads and writes
+(VMS_CLONE_RESET): its private pages go, every page reads the image's
+bytes again, and private_pages is 0 in the counters.
 
 The clone lives only while vmsctl holds its file descriptor: without
 --hold it is gone when vmsctl exits. With --hold, vmsctl keeps it until
@@ -87,6 +92,10 @@ pub struct CreateArgs {
     /// Write to the first N pages of the clone (after reading).
     #[arg(long, value_name = "N", default_value_t = 0)]
     write: u64,
+    /// After the reads and writes, drop the clone's private pages
+    /// (VMS_CLONE_RESET): it reads its image again.
+    #[arg(long)]
+    reset: bool,
     /// Keep the clone until stdin closes or SIGINT/SIGTERM.
     #[arg(long)]
     hold: bool,
@@ -137,6 +146,15 @@ pub enum CloneError {
     /// The clone could not be mapped.
     #[error("clone of image \"{image}\": mapping it")]
     Map {
+        /// The image.
+        image: ImageName,
+        /// Why.
+        #[source]
+        cause: Cause,
+    },
+    /// The clone could not be reset.
+    #[error("clone of image \"{image}\": resetting it")]
+    Reset {
         /// The image.
         image: ImageName,
         /// Why.
@@ -194,6 +212,7 @@ struct Report {
     cow_copies: u64,
     private_pages: u64,
     io_errors: u64,
+    resets: u64,
 }
 
 impl Report {
@@ -211,6 +230,7 @@ impl Report {
             cow_copies: s.cow_copies,
             private_pages: s.private_pages,
             io_errors: s.io_errors,
+            resets: s.resets,
         }
     }
 
@@ -236,6 +256,7 @@ impl Report {
             ("cow_copies", self.cow_copies.to_string()),
             ("private_pages", self.private_pages.to_string()),
             ("io_errors", self.io_errors.to_string()),
+            ("resets", self.resets.to_string()),
         ];
         for (key, value) in rows {
             writeln!(out, "{key:<14} {value}")?;
@@ -308,6 +329,15 @@ fn create(args: &CreateArgs) -> Result<(), CloneError> {
         map.write_byte(offset(page), byte);
     }
     sys::touched();
+    if args.reset {
+        clone.reset().map_err(|e| CloneError::Reset {
+            image: image.clone(),
+            cause: Cause::new(e, |errno| {
+                (errno.0 == libc::ENOTTY)
+                    .then(|| "the loaded vms module predates VMS_CLONE_RESET: load this tree's".to_owned())
+            }),
+        })?;
+    }
 
     let stats = clone.stats().map_err(|e| CloneError::Stats {
         image: image.clone(),

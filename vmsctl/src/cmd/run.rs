@@ -785,6 +785,7 @@ fn status_json(running: &RunningVm, memory: &Memory, info: &Info) -> serde_json:
             "streamed": c.streamed,
             "cow_copies": c.cow_copies,
             "io_errors": c.io_errors,
+            "resets": c.resets,
         })),
     })
 }
