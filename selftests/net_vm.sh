@@ -15,8 +15,10 @@
 #   the request), and reaches the host;
 # - a live image made while the host sends it requests (I/O in flight);
 #   the parent still answers afterwards;
-# - 2 clones: each answers on its own address (hosts 17 and 18) with its
-#   own hostname and MAC, all tokens distinct, the parent unchanged;
+# - 8 clones (NET_VM_CLONES): each answers on its own address (hosts 17
+#   and up) with its own hostname and MAC, and the tokens of all 8 and of
+#   the parent are distinct: each clone's CRNG was reseeded at the resume;
+#   the parent is unchanged;
 # - a second VM or clone with an address or MAC in use is refused;
 # - a clone's tap leaves the bridge when the clone stops, and its id is
 #   free again.
@@ -25,6 +27,8 @@
 set -u
 
 vmsctl=$1 kernel=$2 initrd=$3
+N=${NET_VM_CLONES:-8}
+[ "$N" -ge 1 ] && [ "$N" -le 9 ] 2>/dev/null || { echo "NET_VM_CLONES=$N: 1 to 9" >&2; exit 2; }
 export VMS_RUN_DIR=/tmp/vms-net-$$
 . "$(dirname "$0")/tap.sh"
 br=vmsbr$$
@@ -35,7 +39,7 @@ finish() {
 vx() { timeout 90 "$vmsctl" exec "$1" --timeout 60 -- "$2"; }
 http() { curl -sS --max-time 20 "http://$1/cgi-bin/id"; }
 cleanup() {
-	for v in n-1 n-1b n-2 dup parent; do "$vmsctl" stop "$v" >/dev/null 2>&1; done
+	for v in $("$vmsctl" list --names 2>/dev/null); do "$vmsctl" stop "$v" >/dev/null 2>&1; done
 	"$vmsctl" live-image delete nimg >/dev/null 2>&1
 	vm_cleanup
 	ip link del "$br" 2>/dev/null
@@ -111,16 +115,16 @@ wait $load
 p1=$(http 10.77.0.2)
 check "the parent answers after the live image" grep -q "^vms-guest [0-9a-f]\{32\}$" <<<"$p1"
 
-if out=$("$vmsctl" live-image start nimg --count 2 --name-prefix n 2>&1); then
+if out=$("$vmsctl" live-image start nimg --count "$N" --name-prefix n 2>&1); then
 	sed 's/^/# /' <<<"$out"
-	ok "live-image start --count 2"
+	ok "live-image start --count $N"
 else
 	sed 's/^/# /' <<<"$out"
-	fail "live-image start --count 2"
+	fail "live-image start --count $N"
 	finish
 fi
 tokens="${p0#* } ${p1#* }"
-for i in 1 2; do
+for i in $(seq "$N"); do
 	a=10.77.0.$((16 + i))
 	r=$(http $a)
 	msg "n-$i at $a answers: $r"
@@ -133,8 +137,9 @@ p2=$(http 10.77.0.2)
 check "the parent still answers as itself" grep -q "^vms-guest [0-9a-f]\{32\}$" <<<"$p2"
 tokens+=" ${p2#* }"
 msg "tokens: $tokens"
-distinct() { [ "$(tr ' ' '\n' <<<"$tokens" | grep -c .)" = 5 ] && [ "$(tr ' ' '\n' <<<"$tokens" | grep . | sort -u | wc -l)" = 5 ]; }
-check "every answer's token differs (5)" distinct
+want=$((N + 3))
+distinct() { [ "$(tr ' ' '\n' <<<"$tokens" | grep -c .)" = $want ] && [ "$(tr ' ' '\n' <<<"$tokens" | grep . | sort -u | wc -l)" = $want ]; }
+check "every answer's token differs ($want: the parent's 3 and one from each clone, read after its resume)" distinct
 # Addresses and MACs are one VM's at a time.
 refused "a second VM with the default address" "10.77.0.2 on bridge $br is in use" \
 	"$vmsctl" run --name dup --kernel "$kernel" --initrd "$initrd" --mem 128M --detach --bridge "$br"
@@ -145,8 +150,8 @@ before=$(taps)
 "$vmsctl" stop n-1 >/dev/null 2>&1
 after=$(taps)
 msg "taps on the bridge: $before before n-1 stopped, $after after"
-tap_left() { [ "$before" = 3 ] && [ "$after" = 2 ]; }
-check "n-1's tap left the bridge with it (3 -> 2)" tap_left
+tap_left() { [ "$before" = $((N + 1)) ] && [ "$after" = "$N" ]; }
+check "n-1's tap left the bridge with it ($((N + 1)) -> $N)" tap_left
 if out=$("$vmsctl" run --name n-1b --image nimg --id 1 --detach 2>&1); then
 	msg "$out"
 	r=$(http 10.77.0.17)
