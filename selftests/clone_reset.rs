@@ -30,7 +30,6 @@
 //! Skips if `/dev/vms` or `/dev/kvm` is missing (and the third test if the
 //! debug knob is missing).
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -41,10 +40,9 @@ use vms_selftests::ksft::{self, check, Test, Watchdog};
 use vms_selftests::kvm::{self, vcpu_set_entry};
 use vms_selftests::vms::{
     image_create, image_snapshot, pattern_page, pattern_word, require_vms_and_kvm, unique_name,
-    vm_with_clone, vms_open, ImageFile, VmsClone, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
+    vm_with_clone, vms_open, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
-use vms_uapi::VMS_CLONE_RESET;
 
 /// 4 MiB image.
 const PAGES: u64 = 1024;
@@ -53,22 +51,6 @@ const WRITTEN: u64 = 256;
 /// Values unlike any pattern word (0x56xx_xxxx).
 const GUEST_FIRST: u32 = 0x0a00_0000;
 const VMM_VALUE: u32 = 0x0b00_0000;
-
-/// `VMS_CLONE_RESET` with `arg`, the raw result.
-fn __reset(clone: &VmsClone, arg: u64) -> std::io::Result<()> {
-    // SAFETY: VMS_CLONE_RESET takes no argument; the kernel reads none.
-    let r = unsafe { libc::ioctl(clone.fd().as_raw_fd(), VMS_CLONE_RESET as _, arg) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[track_caller]
-fn reset(clone: &VmsClone) {
-    check(__reset(clone, 0), "VMS_CLONE_RESET");
-}
 
 /// Every page of `map`'s first `pages` reads as `want(i)`.
 #[track_caller]
@@ -106,11 +88,11 @@ fn reset_drops_private_pages() {
     test_assert_eq!(before.private_pages, 2 * WRITTEN);
     test_assert_eq!(before.resets, 0);
 
-    let e = __reset(&clone, 1).expect_err("VMS_CLONE_RESET with argument 1 worked");
+    let e = clone.__reset(1).expect_err("VMS_CLONE_RESET with argument 1 worked");
     test_assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "a nonzero argument: {e}");
     test_assert_eq!(clone.stats().private_pages, 2 * WRITTEN, "a refused reset dropped pages");
 
-    reset(&clone);
+    clone.reset();
     let after = clone.stats();
     ksft::ksft_print_msg(&format!("before: {before:?}\nafter: {after:?}"));
     test_assert_eq!(after.private_pages, 0);
@@ -128,8 +110,8 @@ fn reset_drops_private_pages() {
     test_assert_eq!(again.private_pages, 16);
     test_assert_eq!(again.cow_copies, before.cow_copies + 16);
     // A reset with nothing private is fine too.
-    reset(&clone);
-    reset(&clone);
+    clone.reset();
+    clone.reset();
     test_assert_eq!(clone.stats().resets, 3);
     vmm_reads(&map, PAGES, pattern_page);
 
@@ -157,7 +139,7 @@ fn reset_returns_to_the_live_image() {
     guest::run(&mut vm, 0, &guest::write(&Walk::values(CLONE_GPA, 128, VMM_VALUE)));
     test_assert_eq!(clone.stats().private_pages, 128);
 
-    reset(&clone);
+    clone.reset();
     test_assert_eq!(clone.stats().private_pages, 0);
     guest::run(&mut vm, 0, &guest::read_check(&a));
     guest::run(
@@ -217,7 +199,7 @@ fn reset_during_vmm_fault() {
         test_assert!(!reader.is_finished(), "the VMM's read returned inside its delay");
         // The fault holds the private page, locked, not yet mapped.
         let t0 = Instant::now();
-        reset(&clone);
+        clone.reset();
         let took = t0.elapsed();
         ksft::ksft_print_msg(&format!(
             "the reset took {} ms, the fault {}",
@@ -340,7 +322,7 @@ fn reset_races() {
             && !guest.is_finished()
             && !vmm.is_finished()
         {
-            reset(&clone);
+            clone.reset();
             resets.fetch_add(1, Ordering::SeqCst);
             // Resets between the accesses, not back to back.
             thread::sleep(Duration::from_millis(10));
@@ -365,7 +347,7 @@ fn reset_races() {
     test_assert!(resets.load(Ordering::SeqCst) > 0);
     test_assert!(passes.load(Ordering::SeqCst) > 0, "the guest never finished a pass");
     test_assert!(vmm_rounds.load(Ordering::SeqCst) > 0, "the VMM thread never finished a round");
-    reset(&clone);
+    clone.reset();
     test_assert_eq!(clone.stats().private_pages, 0);
     vmm_reads(&map, RACE_PAGES, pattern_page);
     vmm_reads(&other, RACE_PAGES, pattern_page);
@@ -387,7 +369,7 @@ fn reset_of_an_untouched_clone() {
     let file = ImageFile::with_pattern(&name, 16, 0);
     let image = image_create(&dev, &name, file.file(), 16 * PAGE_SIZE, 0);
     let clone = image.clone_create();
-    reset(&clone);
+    clone.reset();
     let s = clone.stats();
     test_assert_eq!(s.private_pages, 0);
     test_assert_eq!(s.resets, 1);

@@ -252,7 +252,7 @@ struct vms_clone_attach {
  * @io_errors:	faults that failed because the image could not be read.
  * @image:	NUL-terminated name of the clone's image (after
  *		VMS_IMAGE_SNAPSHOT, the live image it became a clone of).
- * @resets:	times VMS_CLONE_RESET dropped the clone's private pages.
+ * @resets:	VMS_CLONE_RESET calls that succeeded on this clone.
  * @reserved:	0.
  */
 struct vms_clone_stats {

@@ -30,9 +30,9 @@ use vmm_sys_util::errno;
 use vms_uapi::{
     set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo,
     VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, KVM_MEM_PAGE_PROVIDER,
-    VMS_CLONE_ATTACH, VMS_CLONE_CREATE, VMS_CLONE_STATS, VMS_GET_VERSION, VMS_IMAGE_CREATE,
-    VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_IMAGE_SNAPSHOT,
-    VMS_NAME_LEN,
+    VMS_CLONE_ATTACH, VMS_CLONE_CREATE, VMS_CLONE_RESET, VMS_CLONE_STATS, VMS_GET_VERSION,
+    VMS_IMAGE_CREATE, VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST,
+    VMS_IMAGE_SNAPSHOT, VMS_NAME_LEN,
 };
 
 use crate::guest;
@@ -588,6 +588,21 @@ impl VmsClone {
         let mut s = VmsCloneStats::zeroed();
         check(self.__stats(&mut s), "VMS_CLONE_STATS");
         s
+    }
+
+    /// `VMS_CLONE_RESET` with `arg` (0 is the only good one), returning
+    /// the raw result.
+    pub fn __reset(&self, arg: u64) -> io::Result<()> {
+        // SAFETY: VMS_CLONE_RESET takes no argument: the kernel reads no
+        // memory at `arg`, whatever it is.
+        unsafe { __vms_ioctl(&self.fd, VMS_CLONE_RESET, arg) }.map(|_| ())
+    }
+
+    /// Drops its private pages (`VMS_CLONE_RESET`), asserting that it
+    /// worked.
+    #[track_caller]
+    pub fn reset(&self) {
+        check(self.__reset(0), "VMS_CLONE_RESET");
     }
 
     /// Maps the whole clone (see [`CloneMap::__new`]), asserting that it

@@ -523,7 +523,7 @@ pub struct VmsCloneStats {
     /// NUL-terminated name of the clone's image (after
     /// [`VMS_IMAGE_SNAPSHOT`], the live image it became a clone of).
     pub image: [u8; VMS_NAME_LEN],
-    /// Times [`VMS_CLONE_RESET`] dropped the clone's private pages.
+    /// [`VMS_CLONE_RESET`] calls that succeeded on this clone.
     pub resets: u64,
     /// 0.
     pub reserved: [u64; 2],

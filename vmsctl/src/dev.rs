@@ -18,9 +18,10 @@ use std::ptr::NonNull;
 use thiserror::Error;
 use vms_uapi::{
     name_bytes, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo,
-    VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, VMS_ABI_VERSION, VMS_CLONE_ATTACH, VMS_CLONE_RESET,
-    VMS_CLONE_CREATE, VMS_CLONE_STATS, VMS_GET_VERSION, VMS_IMAGE_CREATE, VMS_IMAGE_DELETE,
-    VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_IMAGE_SNAPSHOT, VMS_NAME_LEN,
+    VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, VMS_ABI_VERSION, VMS_CLONE_ATTACH,
+    VMS_CLONE_CREATE, VMS_CLONE_RESET, VMS_CLONE_STATS, VMS_GET_VERSION, VMS_IMAGE_CREATE,
+    VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_IMAGE_SNAPSHOT,
+    VMS_NAME_LEN,
 };
 
 /// Where the vms module's device node lives.

@@ -60,7 +60,7 @@ named as in struct vms_clone_stats of vms.h:
   cow_copies     private copies made on first write
   private_pages  private pages the clone holds now
   io_errors      faults that failed because the image could not be read
-  resets         times VMS_CLONE_RESET dropped the clone's private pages
+  resets         VMS_CLONE_RESET calls that succeeded on this clone
 
 With --reset, the clone is reset after the reads and writes
 (VMS_CLONE_RESET): its private pages go, every page reads the image's
