@@ -417,24 +417,35 @@ impl VmClone {
         });
         let alloc = || -> Result<KVVec<PageRef>> {
             let mut copies = KVVec::with_capacity(held, GFP_KERNEL)?;
-            for _ in 0..held {
+            for n in 0..held {
                 copies.push(PageRef::alloc_private(false)?, GFP_KERNEL)?;
+                if n % 512 == 511 {
+                    ffi::cond_resched();
+                }
             }
             Ok(copies)
         };
         let mut copies = match alloc() {
             Ok(copies) => copies.into_iter(),
             Err(e) => {
-                for (idx, page, _) in pages {
+                for (n, (idx, page, _)) in pages.into_iter().enumerate() {
                     // Cannot fail: `keep` has a leaf wherever `private`
                     // had one.
                     let _ = keep.set(idx, page);
+                    if n % 512 == 511 {
+                        ffi::cond_resched();
+                    }
                 }
                 st.private = keep;
                 return Err(e);
             }
         };
-        for (idx, page, copy) in pages {
+        for (n, (idx, page, copy)) in pages.into_iter().enumerate() {
+            // Millions of pages, under a mutex: give the CPU up now and
+            // then, as `drain` does.
+            if n % 512 == 511 {
+                ffi::cond_resched();
+            }
             // There is a copy for every held page.
             let page = match copy.then(|| copies.next()).flatten() {
                 Some(c) => {
@@ -493,11 +504,9 @@ impl VmClone {
             if page.ref_count() > 1 || page.is_locked() {
                 page.locked(|| mapping.unmap_page(idx));
             }
+            // `drain` gives the CPU up between leaves: a clone may hold
+            // millions of pages (`state` is a mutex).
             ffi::release_private(page);
-            // A clone may hold millions of pages; `state` is a mutex.
-            if n % 4096 == 0 {
-                ffi::cond_resched();
-            }
         });
         self.stats.resets.fetch_add(1, Relaxed);
         n

@@ -1206,8 +1206,25 @@ fn sentinel(i: usize) -> u64 {
 
 /// Give the CPU to another task that needs it (`cond_resched()`), in a long
 /// loop that holds no spinlock. A no-op on a preemptible kernel (without
-/// `PREEMPT_DYNAMIC`), which has no `__cond_resched`.
+/// `PREEMPT_DYNAMIC`), which has no `__cond_resched`. With
+/// `CONFIG_DEBUG_ATOMIC_SLEEP` it checks, as C's `cond_resched()` does,
+/// that the caller may sleep, on every kernel: a caller in atomic context
+/// is reported even where this would not reschedule.
+#[track_caller]
 pub(crate) fn cond_resched() {
+    #[cfg(CONFIG_DEBUG_ATOMIC_SLEEP)]
+    {
+        let loc = core::panic::Location::caller();
+        // SAFETY: a check only; `file` is a NUL-terminated string that
+        // outlives the call (the kernel prints it, does not keep it).
+        unsafe {
+            bindings::__might_resched(
+                c"vms".as_ptr().cast(),
+                loc.line() as core::ffi::c_int,
+                0,
+            );
+        }
+    }
     #[cfg(any(not(CONFIG_PREEMPTION), CONFIG_PREEMPT_DYNAMIC))]
     // SAFETY: callers hold no spinlock and are not in atomic context.
     unsafe {

@@ -11,6 +11,8 @@
 
 use kernel::prelude::*;
 
+use crate::ffi;
+
 /// Entries per leaf: one leaf covers 2 MiB of guest memory.
 const LEAF: usize = 512;
 /// Leaves per middle node: one covers 1 GiB.
@@ -83,6 +85,9 @@ impl<T> PageTable<T> {
     /// A table of `self`'s length with a leaf wherever `self` has one, so
     /// that [`set`](Self::set) of an index `self` has an entry for cannot
     /// fail.
+    ///
+    /// May sleep, as [`drain`](Self::drain): it gives the CPU up after each
+    /// leaf it makes.
     pub(crate) fn with_leaves_of<U>(other: &PageTable<U>) -> Result<Self> {
         let mut t = Self::new(other.len)?;
         for (i, mid) in other.top.iter().enumerate() {
@@ -90,6 +95,7 @@ impl<T> PageTable<T> {
             for (j, leaf) in mid.iter().enumerate() {
                 if leaf.is_some() {
                     t.leaf((i * MID + j) * LEAF)?;
+                    ffi::cond_resched();
                 }
             }
         }
@@ -97,6 +103,10 @@ impl<T> PageTable<T> {
     }
 
     /// Take every entry out, in index order, and free the leaves.
+    ///
+    /// May sleep: a table can hold millions of entries, and the kernels
+    /// vms runs on are often not preemptible, so it gives the CPU up
+    /// (`cond_resched()`) after each leaf. Callers hold no spinlock.
     pub(crate) fn drain(&mut self, mut f: impl FnMut(usize, T)) {
         for (i, mid) in self.top.iter_mut().enumerate() {
             let Some(mid) = mid.take() else { continue };
@@ -107,6 +117,7 @@ impl<T> PageTable<T> {
                         f((i * MID + j) * LEAF + k, v);
                     }
                 }
+                ffi::cond_resched();
             }
         }
         self.used = 0;
@@ -123,5 +134,14 @@ impl<T> PageTable<T> {
             *leaf = Some(nones(LEAF)?);
         }
         leaf.as_mut().ok_or(EINVAL)
+    }
+}
+
+/// Dropping a table drops its entries as [`PageTable::drain`] does,
+/// giving the CPU up between leaves: an image's cache can hold millions of
+/// pages. So a table is dropped only where sleeping is allowed.
+impl<T> Drop for PageTable<T> {
+    fn drop(&mut self) {
+        self.drain(|_, v| drop(v));
     }
 }
