@@ -221,15 +221,18 @@ fn image_info(reg: &Registry, arg: UserPtr, delete: bool) -> Result<isize> {
             );
             return Err(EBUSY);
         }
-        if let Some(parent) = images[i].parent() {
-            parent.children.fetch_sub(1, Relaxed);
-        }
-        // 6.12's KVec has no remove(): build the list without it.
+        // 6.12's KVec has no remove(): build the list without it. Only
+        // then, when nothing can fail any more, does the parent lose a
+        // child: an ENOMEM here leaves the image and every count as they
+        // were.
         let mut kept = KVec::with_capacity(images.len() - 1, GFP_KERNEL)?;
         for (j, image) in images.iter().enumerate() {
             if j != i {
                 kept.push(image.clone(), GFP_KERNEL)?;
             }
+        }
+        if let Some(parent) = images[i].parent() {
+            parent.children.fetch_sub(1, Relaxed);
         }
         let old = core::mem::replace(&mut *images, kept);
         drop(images);
