@@ -19,12 +19,13 @@ stats() { "$V" stats --json; }
 
 "$V" run --name parent --kernel "$kernel" --initrd "$initrd" --mem 256M --cpus 1 --detach >/dev/null
 sleep 2
-pauses=() singles=() batch=()
+pauses=() singles=() batch=() phases=()
 for r in $(seq 1 "$runs"); do
 	out_c=$("$V" live-image create parent "img$r")
 	pauses+=("$(sed -n 's/.*VM paused \([0-9.]*\) ms.*/\1/p' <<<"$out_c")")
 	s=$("$V" live-image start "img$r" --count 1 --name-prefix "one$r")
 	singles+=("$(sed -n 's/.*first instruction \([0-9.]*\) ms.*/\1/p' <<<"$s")")
+	phases+=("$(sed -n 's/.*start phases (ms): //p' <<<"$s")")
 	"$V" stop "one$r-1" >/dev/null
 done
 # 8 at once from the last image: each clone's own start time, and the
@@ -34,6 +35,46 @@ while read -r t; do batch+=("$t"); done <<<"$(sed -n 's/.*first instruction \([0
 wall=$(sed -n 's/.*clones of .* in \([0-9]*\) ms/\1/p' <<<"$s")
 image_pages=$(stats | python3 -c "import json,sys; print(sum(i['cached_pages'] for i in json.load(sys.stdin)['images'] if i['name'].startswith('img')))")
 private=$(stats | python3 -c "import json,sys; print(sum(v['clone']['private_pages'] for v in json.load(sys.stdin)['vms'] if v['name'].startswith('many')))")
+
+# The same with the devices attached: a parent with a virtio-blk disk (a
+# raw file; each clone gets a qcow2 overlay of it) and a virtio-net
+# device on a bridge (each clone its own tap, MAC and address), plus the
+# virtio-rng every VM has.
+ip link add vmsbench0 type bridge && ip addr add 10.79.0.1/24 dev vmsbench0 && ip link set vmsbench0 up
+truncate -s 64M /tmp/vms-bench-live-disk.raw
+"$V" run --name dparent --kernel "$kernel" --initrd "$initrd" --mem 256M --cpus 1 \
+	--disk /tmp/vms-bench-live-disk.raw --bridge vmsbench0 --detach >/dev/null
+sleep 2
+dsingles=() dphases=()
+for r in $(seq 1 "$runs"); do
+	"$V" live-image create dparent "dimg$r" >/dev/null
+	s=$("$V" live-image start "dimg$r" --count 1 --name-prefix "dev$r")
+	dsingles+=("$(sed -n 's/.*first instruction \([0-9.]*\) ms.*/\1/p' <<<"$s")")
+	dphases+=("$(sed -n 's/.*start phases (ms): //p' <<<"$s")")
+	"$V" stop "dev$r-1" >/dev/null
+done
+"$V" stop dparent >/dev/null
+
+# The bare-VM floor, in the same boot: vms-bench's empty VM (anonymous
+# memory, one page of code, no image) from the request for its memory to
+# its first instruction, in-process.
+floor_md=$("$(dirname "$V")/vms-bench" start --sizes 256M --runs "$runs" --copy-max 1M)
+floor=$(awk -F'|' '/^\| .*anon, empty/ { gsub(/ /, "", $4); print $4; exit }' <<<"$floor_md")
+# Each phase's median over the single starts (vmsctl's "start phases").
+phase_med() { python3 -c '
+import sys, statistics
+rows = {}
+for line in sys.stdin:
+    for part in line.strip().split(", "):
+        if not part:
+            continue
+        k, v = part.rsplit(" ", 1)
+        rows.setdefault(k, []).append(float(v))
+for k, v in rows.items():
+    print(f"| {k} | {statistics.median(v):.1f} | {min(v):.1f}-{max(v):.1f} |")
+'; }
+phase_table=$(printf '%s\n' "${phases[@]}" | phase_med)
+dphase_table=$(printf '%s\n' "${dphases[@]}" | phase_med)
 
 {
 	echo "# Live images: pause and clone start (issue 4)"
@@ -49,6 +90,27 @@ private=$(stats | python3 -c "import json,sys; print(sum(v['clone']['private_pag
 	echo "| clone start, one clone | $runs | $(printf '%s\n' "${singles[@]}" | median_spread) |"
 	echo "| clone start, 8 started at once (each) | 8 | $(printf '%s\n' "${batch[@]}" | median_spread) |"
 	echo "| 8 clones at once, until all started (wall) | 1 | $wall |"
+	echo "| clone start, one clone, with a disk and a network | $runs | $(printf '%s\n' "${dsingles[@]}" | median_spread) |"
+	echo "| bare-VM floor: vms-bench's empty VM, in-process | $runs | $floor |"
+	echo
+	single_med=$(printf '%s\n' "${singles[@]}" | median_spread %.3f | cut -d' ' -f1)
+	dsingle_med=$(printf '%s\n' "${dsingles[@]}" | median_spread %.3f | cut -d' ' -f1)
+	awk -v c="$single_med" -v d="$dsingle_med" -v f="$floor" 'BEGIN { if (f > 0) printf "One clone'"'"'s start is %.1fx the floor, %.1fx with a disk and a network (medians, same boot).\n", c / f, d / f }'
+	echo
+	echo "Where one clone's start goes (vmsctl's start phases; ms, median and range over the $runs single starts):"
+	echo
+	echo "| phase | median | range | with a disk and a network: median | range |"
+	echo "|---|---:|---:|---:|---:|"
+	# (No process substitution: the test VM has no /dev/fd.)
+	echo "$phase_table" | sed 's/|$//' >"$out/.phases"
+	echo "$dphase_table" | cut -d'|' -f3- >"$out/.dphases"
+	paste -d'|' "$out/.phases" "$out/.dphases"
+	rm -f "$out/.phases" "$out/.dphases"
+	echo
+	echo "process: the request to the VM process's own code (the fork of \`vmsctl run --detach\`);"
+	echo "state: the machine state read and parsed; net: the network; memory: the clone made and mapped;"
+	echo "vm: KVM's VM, vCPUs and the devices; attach: VMS_CLONE_ATTACH; restore: the saved state into KVM;"
+	echo "vcpus: the vCPU threads' start to the first KVM_RUN."
 	echo
 	echo "Memory: the live images hold $image_pages pages the parent wrote ($((image_pages * 4 / 1024)) MiB);"
 	echo "the 8 clones own $private private pages ($((private * 4 / 1024)) MiB) between them, i.e."
@@ -57,3 +119,6 @@ private=$(stats | python3 -c "import json,sys; print(sum(v['clone']['private_pag
 cat "$out/live.md"
 cleanup
 for r in $(seq "$runs" -1 1); do "$V" live-image delete "img$r" >/dev/null; done
+for r in $(seq "$runs" -1 1); do "$V" live-image delete "dimg$r" >/dev/null; done
+ip link del vmsbench0 2>/dev/null
+rm -f /tmp/vms-bench-live-disk.raw

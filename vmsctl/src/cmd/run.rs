@@ -88,7 +88,7 @@ The kernel command line is
 parameters (not under --acpi), then --cmdline.";
 
 /// Arguments of `vmsctl run`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(about = "Boot a Linux guest, or start a clone of a live image", long_about = LONG_ABOUT)]
 pub struct RunArgs {
     /// The VM's name (letters, digits, '-', '_', '.'): how `vmsctl list`,
@@ -191,8 +191,8 @@ pub struct RunArgs {
     /// Seconds to wait for the guest to be ready.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     ready_timeout: u64,
-    /// Internal (--detach): the detached child.
-    #[arg(long, hide = true)]
+    /// Internal (--detach): set in the forked VM process.
+    #[arg(skip)]
     detached_child: bool,
     /// Internal: when the start was requested (Unix time in ns), for the
     /// start time a clone reports.
@@ -212,10 +212,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
         return detach(args).with_context(|| what.clone());
     }
     let requested = args.requested_at_ns.unwrap_or_else(now_ns);
+    // The VM's own process began here: what came before is process start
+    // (the fork of `--detach`).
+    let entered_ns = now_ns();
     // The clone's own disk overlay, if it gets one, goes with the VM
     // (after everything else here has dropped).
     let _overlay = RemoveOnDrop(ephemeral_overlay(&args.name)?);
     let mut vmm = start(args).with_context(|| what.clone())?;
+    vmm.phases.process_us = entered_ns.saturating_sub(requested) as f64 / 1000.0;
     if let Some(cmd) = &args.exec_after_ready {
         return exec_after_ready(vmm.running, &what, cmd, args);
     }
@@ -237,6 +241,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         started: Instant::now() - ready.since_start,
         start_us: ready.start_us,
         restore_us: ready.restore_us,
+        phases: vmm.restored.map(|_| vmm.phases.clone()),
         ready_ms: ready.since_start.as_secs_f64() * 1000.0,
     });
     let running = Arc::new(vmm.running);
@@ -294,36 +299,38 @@ fn ephemeral_overlay(name: &str) -> Result<PathBuf> {
 /// What `--detach` prints for the parent once the VM is ready.
 const READY_LINE: &str = "vms-vm-ready";
 
-/// `--detach`: start ourselves again as the VM's process, in a new
-/// session, its output going to the VM's log; wait until it says the
-/// guest is ready (or fails).
+/// `--detach`: fork the VM's process, in a new session, its output going
+/// to the VM's log; wait until it says the guest is ready (or fails).
+///
+/// A fork, not a new exec of vmsctl: a clone's start counts from the
+/// request, and an exec (the dynamic loader, a few MiB of binary faulted
+/// in and relocated, the arguments parsed again) took 22-63 ms of a
+/// 36-103 ms clone start in the release test VM, where the whole bare VM
+/// takes 4-6 ms (docs/BENCHMARKS.md, "Clone start, phase by phase").
+/// This process has one thread here (vmsctl starts none before), so the
+/// child may go on running Rust code: no lock can be held by a thread
+/// the fork left behind.
 fn detach(args: &RunArgs) -> Result<()> {
+    let requested = args.requested_at_ns.unwrap_or_else(now_ns);
     let dir = control::vm_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let log_path = dir.join(format!("{}.log", args.name));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    let exe = std::env::current_exe().context("finding the vmsctl executable")?;
-    let mut argv: Vec<String> = std::env::args().skip(1).collect();
-    argv.push("--detached-child".into());
-    if args.requested_at_ns.is_none() {
-        argv.push(format!("--requested-at-ns={}", now_ns()));
+    let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
+    // Nothing buffered may be written twice, by both processes.
+    std::io::stdout().flush()?;
+    std::io::stderr().flush()?;
+    // SAFETY: fork() in a process of one thread (see above); the child
+    // only runs the VM, as this process would have, and exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork of the VM process");
     }
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(&argv)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // SAFETY: setsid() is async-signal-safe and touches no memory of ours:
-    // the child leaves our session, so it outlives this process and a
-    // terminal hangup.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::setsid();
-            Ok(())
-        });
+    if pid == 0 {
+        std::process::exit(detached_child(args, requested, &log, &null));
     }
-    let mut child = cmd.spawn().context("starting the VM process")?;
+    drop(log);
     let deadline = Instant::now() + Duration::from_secs(args.ready_timeout + 10);
     loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -332,8 +339,15 @@ fn detach(args: &RunArgs) -> Result<()> {
             print_started(&status);
             return Ok(());
         }
-        if let Some(code) = child.try_wait()? {
+        let mut wstatus = 0;
+        // SAFETY: waits for our own child without blocking.
+        if unsafe { libc::waitpid(pid, &mut wstatus, libc::WNOHANG) } == pid {
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let code = if libc::WIFEXITED(wstatus) {
+                format!("exit status: {}", libc::WEXITSTATUS(wstatus))
+            } else {
+                format!("signal {}", libc::WTERMSIG(wstatus))
+            };
             bail!(
                 "the VM process exited ({code}) before the guest was ready; last lines of {}:\n{}",
                 log_path.display(),
@@ -341,10 +355,38 @@ fn detach(args: &RunArgs) -> Result<()> {
             );
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            // SAFETY: our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
             bail!("the guest was not ready within {} s (log: {})", args.ready_timeout, log_path.display());
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The forked VM process of `--detach`: leaves the session, puts its
+/// output in `log` and its input on `null`, runs the VM; returns the exit
+/// status.
+fn detached_child(args: &RunArgs, requested: u128, log: &std::fs::File, null: &std::fs::File) -> i32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscalls on descriptors we own; the child leaves our
+    // session, so it outlives this process and a terminal hangup.
+    let redirected = unsafe {
+        libc::setsid();
+        libc::dup2(null.as_raw_fd(), 0) >= 0
+            && libc::dup2(log.as_raw_fd(), 1) >= 0
+            && libc::dup2(log.as_raw_fd(), 2) >= 0
+    };
+    if !redirected {
+        return 1;
+    }
+    let child = RunArgs { detached_child: true, requested_at_ns: Some(requested), ..args.clone() };
+    match run(&child) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vmsctl: {e:#}");
+            let _ = std::io::stderr().flush();
+            1
+        }
     }
 }
 
@@ -352,13 +394,30 @@ fn detach(args: &RunArgs) -> Result<()> {
 fn print_started(s: &serde_json::Value) {
     let name = s["name"].as_str().unwrap_or("?");
     match s["image_source"].as_str() {
-        Some(image) => println!(
-            "{name}: resumed from live image {image} (id {}): first instruction {:.1} ms after the request (restore {:.1} ms), pid {}",
-            s["id"],
-            s["start_us"].as_f64().unwrap_or(0.0) / 1000.0,
-            s["restore_us"].as_f64().unwrap_or(0.0) / 1000.0,
-            s["pid"]
-        ),
+        Some(image) => {
+            println!(
+                "{name}: resumed from live image {image} (id {}): first instruction {:.1} ms after the request (restore {:.1} ms), pid {}",
+                s["id"],
+                s["start_us"].as_f64().unwrap_or(0.0) / 1000.0,
+                s["restore_us"].as_f64().unwrap_or(0.0) / 1000.0,
+                s["pid"]
+            );
+            if let Some(p) = s["start_phases"].as_object() {
+                let ms = |k: &str| p.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0) / 1000.0;
+                println!(
+                    "{name}: start phases (ms): process {:.1}, state {:.1}, net {:.1}, memory {:.1}, vm {:.1}, \
+                     attach {:.1}, restore {:.1}, vcpus {:.1}",
+                    ms("process_us"),
+                    ms("state_us"),
+                    ms("net_us"),
+                    ms("memory_us"),
+                    ms("vm_us"),
+                    ms("attach_us"),
+                    ms("restore_us"),
+                    ms("vcpus_us")
+                );
+            }
+        }
         None => println!(
             "{name}: booted, guest ready {:.2} s after the request, pid {}",
             s["ready_ms"].as_f64().unwrap_or(0.0) / 1000.0,
@@ -404,9 +463,35 @@ struct Vmm {
     mem_size: u64,
     cmdline: String,
     restored: Option<Duration>,
+    /// Where a clone's start went.
+    phases: StartPhases,
     /// The VM's network, if it has one.
     net: Option<NetConfig>,
     _net_claims: Option<NetClaims>,
+}
+
+/// Where the time from a clone's start request to its first instruction
+/// goes, in microseconds, phase after phase (`vmsctl list --json`'s
+/// `start_phases`; docs/BENCHMARKS.md, "Clone start, phase by phase").
+#[derive(Clone, Default, serde::Serialize)]
+struct StartPhases {
+    /// From the request to this process's `run`: the fork of `--detach`.
+    process_us: f64,
+    /// Reading and parsing the live image's machine state.
+    state_us: f64,
+    /// The network: its tap, and its claims on a MAC and an address.
+    net_us: f64,
+    /// Guest RAM: /dev/vms opened, the clone made and mapped.
+    memory_us: f64,
+    /// KVM's VM, memslot, irqchip, PIT, vCPUs, and the devices, with the
+    /// disk's overlay.
+    vm_us: f64,
+    /// VMS_CLONE_ATTACH.
+    attach_us: f64,
+    /// The saved state into KVM: devices, then each vCPU.
+    restore_us: f64,
+    /// From the vCPU threads' start to the first KVM_RUN.
+    vcpus_us: f64,
 }
 
 /// What a VM reports about its start.
@@ -427,6 +512,7 @@ struct Info {
     started: Instant,
     start_us: Option<f64>,
     restore_us: Option<f64>,
+    phases: Option<StartPhases>,
     ready_ms: f64,
 }
 
@@ -434,10 +520,18 @@ struct Info {
 /// the vCPUs.
 fn start(args: &RunArgs) -> Result<Vmm> {
     let t0 = Instant::now();
+    let mut phases = StartPhases::default();
+    let mut mark = t0;
+    let mut lap = |phase: &mut f64| {
+        let now = Instant::now();
+        *phase = (now - mark).as_secs_f64() * 1e6;
+        mark = now;
+    };
     let restore = match &args.image {
         Some(image) => Some((image.clone(), live_image::load_state(&image.to_string())?)),
         None => None,
     };
+    lap(&mut phases.state_us);
     // The network first: a bad one is refused before anything is made.
     let net = net_config(args, restore.as_ref().map(|(_, s)| s)).context("the network")?;
     // Its MAC and address held for the VM's life against other VMs here.
@@ -455,11 +549,13 @@ fn start(args: &RunArgs) -> Result<Vmm> {
         }
         None => None,
     };
+    lap(&mut phases.net_us);
     let (cpus, mem_size) = match &restore {
         Some((_, s)) => (s.vcpus.len() as u8, s.mem_size),
         None => (args.cpus, args.mem),
     };
     let (ram, memory) = guest_ram(args, mem_size)?;
+    lap(&mut phases.memory_us);
     let flags = if memory.clone.is_some() { KVM_MEM_PAGE_PROVIDER } else { 0 };
     let uarts = restore.as_ref().map(|(_, s)| s.uarts.as_slice());
     let disk = match &args.disk {
@@ -473,11 +569,13 @@ fn start(args: &RunArgs) -> Result<Vmm> {
     };
     let acpi = restore.as_ref().map_or(args.acpi, |(_, s)| s.acpi);
     let mut vm = Vm::create(cpus, ram, flags, uarts, virtio, acpi).context("creating the VM")?;
+    lap(&mut phases.vm_us);
     if let Some(clone) = &memory.clone {
         clone
             .attach(std::os::fd::AsRawFd::as_raw_fd(vm.vm_fd()), 0, 0, mem_size)
             .context("attaching the vms clone to the VM (VMS_CLONE_ATTACH)")?;
     }
+    lap(&mut phases.attach_us);
     // Without ACPI the guest finds the virtio devices on its command
     // line; with it, in the DSDT (and ACPI must not be turned off).
     let mut base = DEFAULT_CMDLINE.to_owned();
@@ -505,6 +603,7 @@ fn start(args: &RunArgs) -> Result<Vmm> {
     let restored = match &restore {
         Some((image, s)) => {
             vm.restore(s).with_context(|| format!("restoring live image {image}"))?;
+            lap(&mut phases.restore_us);
             Some(t0.elapsed())
         }
         None => {
@@ -516,8 +615,29 @@ fn start(args: &RunArgs) -> Result<Vmm> {
             None
         }
     };
+    let started = Instant::now();
     let running = vm.start().context("starting the vCPUs")?;
-    Ok(Vmm { running, memory: Arc::new(memory), cpus, mem_size, cmdline, restored, net, _net_claims: net_claims })
+    if restored.is_some() {
+        // Until a vCPU is in KVM_RUN, as the start time counts it.
+        let first = loop {
+            if let Some(t) = running.first_run() {
+                break t;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        phases.vcpus_us = first.saturating_duration_since(started).as_secs_f64() * 1e6;
+    }
+    Ok(Vmm {
+        running,
+        memory: Arc::new(memory),
+        cpus,
+        mem_size,
+        cmdline,
+        restored,
+        phases,
+        net,
+        _net_claims: net_claims,
+    })
 }
 
 /// The VM's network: a booting VM's from --bridge/--tap/--mac/--ip; a
@@ -754,6 +874,7 @@ fn status_json(running: &RunningVm, memory: &Memory, info: &Info) -> serde_json:
         "ready_ms": info.ready_ms,
         "start_us": info.start_us,
         "restore_us": info.restore_us,
+        "start_phases": info.phases,
         "stopping": running.status().is_stopping(),
         "disk": running.disk().map(|d| serde_json::json!({
             "path": d.path,
