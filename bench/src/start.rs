@@ -15,7 +15,11 @@
 //! - **copy**: anonymous memory and `pread` of the whole file into it,
 //!   then the same (only up to `--copy-max`);
 //! - **anon, empty**: the floor: anonymous memory with the code page
-//!   written, no image at all.
+//!   written, no image at all;
+//! - **vms reset**: a clone that ran and wrote [`RESET_WRITTEN`] bytes
+//!   (untimed) is reset to its image (`VMS_CLONE_RESET`), its vCPU set
+//!   back to the entry, and `KVM_RUN` until the `out` exits: a warm
+//!   clone reused instead of a new start (issue 18).
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -25,8 +29,10 @@ use kvm_ioctls::Kvm;
 use vms_selftests::guest::{self, Outcome};
 use vms_selftests::host::fadvise_dontneed;
 use vms_selftests::ksft::{self, check};
-use vms_selftests::kvm::{vm_create, Vm};
-use vms_selftests::vms::{image_create, unique_name, vm_attach_clone, Image, ImageFile, CLONE_GPA};
+use vms_selftests::kvm::{vcpu_set_entry, vm_create, Vm};
+use vms_selftests::vms::{
+    image_create, unique_name, vm_attach_clone, Image, ImageFile, CLONE_GPA, PAGE_SIZE,
+};
 use vms_selftests::{test_assert, test_assert_eq};
 
 use crate::mem::Mapping;
@@ -40,17 +46,23 @@ const GPA: u64 = CLONE_GPA;
 enum How {
     Empty,
     Vms,
+    Reset,
     FilePrivate,
     Copy,
 }
 
-const HOWS: [How; 4] = [How::Empty, How::Vms, How::FilePrivate, How::Copy];
+const HOWS: [How; 5] = [How::Empty, How::Vms, How::Reset, How::FilePrivate, How::Copy];
+
+/// What a reset clone wrote before its reset: 16 MiB (or the whole image,
+/// if smaller).
+const RESET_WRITTEN: u64 = 16 << 20;
 
 impl How {
     fn name(self) -> &'static str {
         match self {
             How::Empty => "anon, empty (no image; floor)",
             How::Vms => "vms clone",
+            How::Reset => "vms reset of a used clone",
             How::FilePrivate => "MAP_PRIVATE of the file",
             How::Copy => "copy the file into anon memory",
         }
@@ -125,8 +137,33 @@ pub fn run(env: &Env, p: &Params) -> Figure {
 /// One start: from the request for the memory to the exit of the
 /// guest's first instruction; returns seconds.
 fn measure(kvm: &Kvm, how: How, size: u64, f: &ImageFile, image: &Image, code: &[u8]) -> f64 {
-    let t0 = Instant::now();
+    let mut t0 = Instant::now();
     let (t1, outcome) = match how {
+        How::Reset => {
+            // Untimed: a clone that ran its first instruction, then had
+            // RESET_WRITTEN bytes written through the VMM's mapping.
+            let clone = image.clone_create();
+            let map = clone.map();
+            let mut vm = vm_create(kvm);
+            vm_attach_clone(&mut vm, &clone, &map, SLOT, GPA, 0, size);
+            let (_, outcome) = first_instruction(&mut vm);
+            test_assert_eq!(outcome, Outcome::Done);
+            let written = RESET_WRITTEN.min(size);
+            // SAFETY: the range lies in our own mapping of the clone;
+            // populating it only write-faults its pages in.
+            let r = unsafe {
+                libc::madvise(map.ptr_at(0).cast(), written as usize, libc::MADV_POPULATE_WRITE)
+            };
+            test_assert_eq!(r, 0, "MADV_POPULATE_WRITE: {}", std::io::Error::last_os_error());
+            test_assert_eq!(clone.stats().private_pages, written / PAGE_SIZE);
+            t0 = Instant::now();
+            clone.reset();
+            check(vcpu_set_entry(vm.vcpu(0), GPA), "KVM_SET_REGS");
+            let (outcome, t1) = check(guest::__run_timed(vm.vcpu(0)), "KVM_RUN");
+            let cs = clone.stats();
+            test_assert!(cs.private_pages == 0 && cs.resets == 1, "{cs:?}");
+            (t1, outcome)
+        }
         How::Vms => {
             let clone = image.clone_create();
             let map = clone.map();
@@ -229,6 +266,10 @@ fn figure(p: &Params, times: &[Vec<Samples>]) -> Figure {
         "\n- **vms clone**: `VMS_CLONE_CREATE`, `mmap` of the clone, the memslot with \
          `KVM_MEM_PAGE_PROVIDER`, `VMS_CLONE_ATTACH`; the first instruction's fetch \
          faults page 0 in through the provider (cached in the image after the first run).\n\
+         - **vms reset of a used clone**: a clone that ran and wrote 16 MiB (the whole \
+         image if smaller) through the VMM's mapping, untimed, is reset (`VMS_CLONE_RESET`: \
+         every private page freed, stage 2 zapped), its vCPU set back to the entry, and run \
+         to the first instruction's exit: a clone reused instead of a new start.\n\
          - **MAP_PRIVATE of the file**: `mmap(MAP_PRIVATE)` of the image file.\n\
          - **copy the file into anon memory**: `pread` of the whole file into anonymous \
          memory first (what a VMM without lazy restore does); only up to the size above.\n\
