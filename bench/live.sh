@@ -109,7 +109,9 @@ dphase_table=$(printf '%s\n' "${dphases[@]}" | phase_med)
 	echo
 	echo "process: the request to the VM process's own code (the fork of \`vmsctl run --detach\`);"
 	echo "state: the machine state read and parsed; net: the network; memory: the clone made and mapped;"
-	echo "vm: KVM's VM, vCPUs and the devices; attach: VMS_CLONE_ATTACH; restore: the saved state into KVM;"
+	echo "vm: KVM's VM, vCPUs and the devices, the sum of vm-kvm (/dev/kvm, the VM, memslot, irqchip, PIT),"
+	echo "vm-devices (serial ports, virtio devices, their threads, ioeventfds, irqfds, the disk's overlay) and"
+	echo "vm-vcpus (KVM_CREATE_VCPU); attach: VMS_CLONE_ATTACH; restore: the saved state into KVM;"
 	echo "vcpus: the vCPU threads' start to the first KVM_RUN."
 	echo
 	echo "Memory: the live images hold $image_pages pages the parent wrote ($((image_pages * 4 / 1024)) MiB);"

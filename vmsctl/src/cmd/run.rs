@@ -406,12 +406,15 @@ fn print_started(s: &serde_json::Value) {
                 let ms = |k: &str| p.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0) / 1000.0;
                 println!(
                     "{name}: start phases (ms): process {:.1}, state {:.1}, net {:.1}, memory {:.1}, vm {:.1}, \
-                     attach {:.1}, restore {:.1}, vcpus {:.1}",
+                     vm-kvm {:.1}, vm-devices {:.1}, vm-vcpus {:.1}, attach {:.1}, restore {:.1}, vcpus {:.1}",
                     ms("process_us"),
                     ms("state_us"),
                     ms("net_us"),
                     ms("memory_us"),
                     ms("vm_us"),
+                    ms("vm_kvm_us"),
+                    ms("vm_devices_us"),
+                    ms("vm_vcpus_us"),
                     ms("attach_us"),
                     ms("restore_us"),
                     ms("vcpus_us")
@@ -484,8 +487,15 @@ struct StartPhases {
     /// Guest RAM: /dev/vms opened, the clone made and mapped.
     memory_us: f64,
     /// KVM's VM, memslot, irqchip, PIT, vCPUs, and the devices, with the
-    /// disk's overlay.
+    /// disk's overlay: the sum of the next three.
     vm_us: f64,
+    /// Of `vm_us`: /dev/kvm opened, KVM's VM, memslot, irqchip and PIT.
+    vm_kvm_us: f64,
+    /// Of `vm_us`: the devices (serial ports, virtio devices with their
+    /// I/O threads, ioeventfds and irqfds, the disk's overlay).
+    vm_devices_us: f64,
+    /// Of `vm_us`: KVM_CREATE_VCPU.
+    vm_vcpus_us: f64,
     /// VMS_CLONE_ATTACH.
     attach_us: f64,
     /// The saved state into KVM: devices, then each vCPU.
@@ -570,6 +580,10 @@ fn start(args: &RunArgs) -> Result<Vmm> {
     let acpi = restore.as_ref().map_or(args.acpi, |(_, s)| s.acpi);
     let mut vm = Vm::create(cpus, ram, flags, uarts, virtio, acpi).context("creating the VM")?;
     lap(&mut phases.vm_us);
+    let setup = vm.setup_times();
+    phases.vm_kvm_us = setup.kvm.as_secs_f64() * 1e6;
+    phases.vm_devices_us = setup.devices.as_secs_f64() * 1e6;
+    phases.vm_vcpus_us = setup.vcpus.as_secs_f64() * 1e6;
     if let Some(clone) = &memory.clone {
         clone
             .attach(std::os::fd::AsRawFd::as_raw_fd(vm.vm_fd()), 0, 0, mem_size)
