@@ -82,17 +82,6 @@ fn pages() -> u64 {
     (avail_kib / 4 / 2).min(MAX_PAGES)
 }
 
-/// Fills every page of `map` with a private page (one write fault each,
-/// in the kernel: `MADV_POPULATE_WRITE`).
-fn populate(map: &CloneMap) {
-    // SAFETY: the range is our own mapping of the clone; populating it
-    // only faults its pages in.
-    let r = unsafe {
-        libc::madvise(map.ptr_at(0).cast(), map.len() as usize, libc::MADV_POPULATE_WRITE)
-    };
-    check(if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }, "MADV_POPULATE_WRITE");
-}
-
 /// Runs `op` on CPU [`CPU`] while a thread pinned there too spins on the
 /// clock; returns how long `op` took and the longest gap the spinner saw
 /// between two of its readings (the time it could not run).
@@ -156,7 +145,7 @@ fn full_clone(dev: &std::fs::File, pages: u64) -> (vms_selftests::vms::Image, Vm
     let clone = image.clone_create();
     let map = clone.map();
     let t0 = Instant::now();
-    populate(&map);
+    map.populate_write(map.len());
     test_assert_eq!(clone.stats().private_pages, pages);
     ksft_print_msg(&format!("{pages} private pages made in {} ms", t0.elapsed().as_millis()));
     (image, clone, map)

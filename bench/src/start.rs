@@ -31,7 +31,8 @@ use vms_selftests::host::fadvise_dontneed;
 use vms_selftests::ksft::{self, check};
 use vms_selftests::kvm::{vcpu_set_entry, vm_create, Vm};
 use vms_selftests::vms::{
-    image_create, unique_name, vm_attach_clone, Image, ImageFile, CLONE_GPA, PAGE_SIZE,
+    image_create, unique_name, vm_attach_clone, CloneMap, Image, ImageFile, VmsClone, CLONE_GPA,
+    PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 
@@ -142,19 +143,11 @@ fn measure(kvm: &Kvm, how: How, size: u64, f: &ImageFile, image: &Image, code: &
         How::Reset => {
             // Untimed: a clone that ran its first instruction, then had
             // RESET_WRITTEN bytes written through the VMM's mapping.
-            let clone = image.clone_create();
-            let map = clone.map();
-            let mut vm = vm_create(kvm);
-            vm_attach_clone(&mut vm, &clone, &map, SLOT, GPA, 0, size);
+            let (clone, map, mut vm) = clone_vm(kvm, image, size);
             let (_, outcome) = first_instruction(&mut vm);
             test_assert_eq!(outcome, Outcome::Done);
             let written = RESET_WRITTEN.min(size);
-            // SAFETY: the range lies in our own mapping of the clone;
-            // populating it only write-faults its pages in.
-            let r = unsafe {
-                libc::madvise(map.ptr_at(0).cast(), written as usize, libc::MADV_POPULATE_WRITE)
-            };
-            test_assert_eq!(r, 0, "MADV_POPULATE_WRITE: {}", std::io::Error::last_os_error());
+            map.populate_write(written);
             test_assert_eq!(clone.stats().private_pages, written / PAGE_SIZE);
             t0 = Instant::now();
             clone.reset();
@@ -165,10 +158,7 @@ fn measure(kvm: &Kvm, how: How, size: u64, f: &ImageFile, image: &Image, code: &
             (t1, outcome)
         }
         How::Vms => {
-            let clone = image.clone_create();
-            let map = clone.map();
-            let mut vm = vm_create(kvm);
-            vm_attach_clone(&mut vm, &clone, &map, SLOT, GPA, 0, size);
+            let (clone, _map, mut vm) = clone_vm(kvm, image, size);
             let (t1, outcome) = first_instruction(&mut vm);
             let cs = clone.stats();
             test_assert!(cs.faults >= 1 && cs.io_errors == 0, "{cs:?}");
@@ -205,6 +195,16 @@ fn measure(kvm: &Kvm, how: How, size: u64, f: &ImageFile, image: &Image, code: &
         );
     }
     (t1 - t0).as_secs_f64()
+}
+
+/// A clone of `image`, mapped, and a VM whose memslot is the clone
+/// (`KVM_MEM_PAGE_PROVIDER`, attached).
+fn clone_vm(kvm: &Kvm, image: &Image, size: u64) -> (VmsClone, Arc<CloneMap>, Vm) {
+    let clone = image.clone_create();
+    let map = clone.map();
+    let mut vm = vm_create(kvm);
+    vm_attach_clone(&mut vm, &clone, &map, SLOT, GPA, 0, size);
+    (clone, map, vm)
 }
 
 fn attach(vm: &mut Vm, m: Mapping, size: u64) {
