@@ -466,8 +466,11 @@ struct Vmm {
     mem_size: u64,
     cmdline: String,
     restored: Option<Duration>,
-    /// Where a clone's start went.
+    /// Where a clone's start went (`vcpus_us` filled in by
+    /// `become_ready`, which waits for the first KVM_RUN).
     phases: StartPhases,
+    /// When the vCPU threads were started.
+    vcpus_started: Instant,
     /// The VM's network, if it has one.
     net: Option<NetConfig>,
     _net_claims: Option<NetClaims>,
@@ -629,18 +632,8 @@ fn start(args: &RunArgs) -> Result<Vmm> {
             None
         }
     };
-    let started = Instant::now();
+    let vcpus_started = Instant::now();
     let running = vm.start().context("starting the vCPUs")?;
-    if restored.is_some() {
-        // Until a vCPU is in KVM_RUN, as the start time counts it.
-        let first = loop {
-            if let Some(t) = running.first_run() {
-                break t;
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        };
-        phases.vcpus_us = first.saturating_duration_since(started).as_secs_f64() * 1e6;
-    }
     Ok(Vmm {
         running,
         memory: Arc::new(memory),
@@ -649,6 +642,7 @@ fn start(args: &RunArgs) -> Result<Vmm> {
         cmdline,
         restored,
         phases,
+        vcpus_started,
         net,
         _net_claims: net_claims,
     })
@@ -737,6 +731,7 @@ impl Vmm {
             }
             std::thread::sleep(Duration::from_micros(200));
         };
+        self.phases.vcpus_us = first.saturating_duration_since(self.vcpus_started).as_secs_f64() * 1e6;
         let first_ns = now_ns().saturating_sub(first.elapsed().as_nanos());
         let start_us = first_ns.saturating_sub(requested_ns) as f64 / 1000.0;
         let id = args.id.unwrap_or(0);
