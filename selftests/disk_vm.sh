@@ -123,12 +123,18 @@ else
 fi
 check "each clone reads the disk as it was when the image was made" \
 	test "$(get w-1)" = image-time -a "$(get w-2)" = image-time
+# A clone's overlay is made by its first write (vmsctl's disk thread).
+overlays=$(ls "$VMS_RUN_DIR"/disks/w-*.qcow2 2>/dev/null | wc -l)
+check "clones that only read have no overlay yet ($overlays)" test "$overlays" = 0
 put w-1 only-w-1
 check "a write in w-1 is its own: w-1 reads it; w-2, the parent and the image's file do not" \
 	test "$(get w-1)" = only-w-1 -a "$(get w-2)" = image-time -a "$(get rw)" = after-image -a "$(host_get)" = image-time
+check "w-1's first write made its overlay" test "$(ls "$VMS_RUN_DIR"/disks/w-1-*.qcow2 2>/dev/null | wc -l)" = 1
+put w-2 only-w-2
+check "w-2's write is its own too" test "$(get w-2)" = only-w-2 -a "$(get w-1)" = only-w-1 -a "$(host_get)" = image-time
 overlays=$(ls "$VMS_RUN_DIR"/disks/w-*.qcow2 2>/dev/null | wc -l)
 msg "clones' overlays: $(du -k "$VMS_RUN_DIR"/disks/w-*.qcow2 2>/dev/null | awk '{ printf "%s %s KiB; ", $2, $1 }')"
-check "each clone has its own overlay in the run directory ($overlays)" test "$overlays" = 2
+check "each clone that wrote has its own overlay in the run directory ($overlays)" test "$overlays" = 2
 if out=$("$vmsctl" run --name thief --kernel "$kernel" --initrd "$initrd" --mem 128M --disk "$disk" --detach 2>&1); then
 	fail "a VM that would write the frozen layer is refused"
 	"$vmsctl" stop thief >/dev/null 2>&1

@@ -128,7 +128,8 @@ pub struct RunArgs {
     /// size is a multiple of 512 bytes, or a qcow2 image (--disk-format),
     /// as virtio-blk (at 0xd0001000, IRQ 6; Linux calls it /dev/vda). A
     /// clone gets the disk its live image had: a copy-on-write qcow2
-    /// overlay of its own in <run dir>/disks, gone when it stops. A live
+    /// overlay of its own in <run dir>/disks, made by its first write and
+    /// gone when it stops. A live
     /// image freezes a writable disk's file (nothing writes it again; a
     /// VM that would is refused), and the VM goes on in FILE.IMAGE.qcow2.
     #[arg(long, value_name = "FILE", conflicts_with = "image")]

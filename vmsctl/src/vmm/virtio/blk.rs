@@ -71,6 +71,11 @@ pub struct Blk {
     /// The file it serves now (after a live image froze the disk, a new
     /// overlay on the frozen layer).
     config: DiskConfig,
+    /// A clone's overlay not made yet: `file` reads this frozen layer
+    /// (held shared), and the first write makes the overlay, at
+    /// `config.path`, on it. A clone's start then makes no file, and a
+    /// clone that never writes its disk never has one.
+    unmade: Option<DiskConfig>,
     /// The device ID string (`VIRTIO_BLK_T_GET_ID`): the file's name,
     /// cut to 20 bytes (Linux shows it as /sys/block/vda/serial).
     id: Vec<u8>,
@@ -86,6 +91,8 @@ enum Fault {
     ReadOnly = 2,
     Io = 4,
     Short = 8,
+    /// A clone's overlay could not be made at its first write.
+    Overlay = 16,
 }
 
 impl Blk {
@@ -113,29 +120,58 @@ impl Blk {
     }
 
     /// A clone's disk: the live image's disk `image` as it is if it is
-    /// read-only, else a new copy-on-write overlay of it at `overlay`
-    /// (which must not exist). Refuses a frozen layer that changed since
-    /// the live image was made.
+    /// read-only, else a copy-on-write overlay of it at `overlay` (which
+    /// must not exist), made by the clone's first write: until then the
+    /// clone reads `image`'s layers, held shared. Refuses a frozen layer
+    /// that changed since the live image was made.
     pub fn open_clone(image: &DiskConfig, overlay: &Path) -> Result<Self> {
         if image.read_only {
             return Self::open(image);
         }
-        // Checked once the overlay holds every layer locked: nothing can
-        // change them between the check and the clone's first read.
-        let (file, config) = DiskFile::create_overlay(image, overlay)?;
-        if let Err(e) = image.check_frozen(true) {
-            drop(file);
-            let _ = std::fs::remove_file(overlay);
-            return Err(e.context("the live image's disk"));
+        ensure!(
+            std::fs::symlink_metadata(overlay).is_err(),
+            "disk overlay {} exists (a clone's overlay is new)",
+            overlay.display()
+        );
+        // The overlay is made later, at the first write: a directory it
+        // cannot go in is refused now, not as a guest I/O error then.
+        let dir = overlay.parent().unwrap_or(Path::new("."));
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).context("a path with a NUL")?;
+        // SAFETY: a NUL-terminated path that outlives the call.
+        if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("the directory of disk overlay {}", overlay.display()));
         }
-        Ok(Self::with(file, config))
+        // Checked once every layer is locked: nothing can change them
+        // between the check and the clone's first read.
+        let file = DiskFile::open_deferred(&DiskConfig { read_only: true, ..image.clone() })?;
+        image.check_frozen(true).context("the live image's disk")?;
+        let mut blk = Self::with(file, DiskConfig::overlay_of(image, overlay));
+        blk.unmade = Some(image.clone());
+        Ok(blk)
     }
 
     fn with(file: DiskFile, config: DiskConfig) -> Self {
         // (the guest sees the top file's name as the disk's serial)
         let name = config.path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"disk");
         let id = name[..name.len().min(VIRTIO_BLK_ID_BYTES as usize)].to_vec();
-        Self { file, config, id, counters: BlkCounters::default(), reported: 0 }
+        Self { file, config, unmade: None, id, counters: BlkCounters::default(), reported: 0 }
+    }
+
+    /// The file to write: a clone's overlay, made now if it was not yet
+    /// (in the disk's I/O thread, at the guest's first write).
+    fn writable(&mut self) -> Result<&DiskFile> {
+        if let Some(base) = &self.unmade {
+            // The new overlay takes over the lock `file` holds on `base`.
+            let (file, config) = self
+                .file
+                .freeze_into(base, &self.config.path)
+                .with_context(|| format!("making the clone's disk overlay {}", self.config.path.display()))?;
+            self.file = file;
+            self.config = config;
+            self.unmade = None;
+        }
+        Ok(&self.file)
     }
 
     /// Freezes the writable disk for a live image (the VM is paused and
@@ -145,6 +181,13 @@ impl Blk {
     /// layer, which nothing writes again: the live image's disk.
     pub fn freeze(&mut self, new_top: &Path, move_to: Option<&Path>) -> Result<DiskConfig> {
         ensure!(!self.config.read_only, "a read-only disk needs no freezing");
+        if let Some(base) = &self.unmade {
+            // Never written: the disk is its frozen layer as it is. No
+            // file is moved or made; the VM's overlay goes to `new_top`.
+            let base = base.clone();
+            self.config = DiskConfig::overlay_of(&base, new_top);
+            return Ok(base);
+        }
         self.file.flush().with_context(|| format!("flushing disk {}", self.config.path.display()))?;
         let mut frozen = self.config.clone();
         if let Some(to) = move_to {
@@ -240,6 +283,9 @@ impl Blk {
                 if !self.in_range(sector, out_len) {
                     return (self.fault(Fault::OutOfRange, "a write past the disk's end"), 0);
                 }
+                if let Err(e) = self.writable() {
+                    return (self.fault(Fault::Overlay, &format!("{e:#}")), 0);
+                }
                 let mut buf = vec![0u8; out_len.min(CHUNK)];
                 let mut done = 0;
                 while done < out_len {
@@ -257,7 +303,8 @@ impl Blk {
                 (VIRTIO_BLK_S_OK as u8, 0)
             }
             VIRTIO_BLK_T_FLUSH => {
-                if !self.config.read_only {
+                // (an overlay not made yet holds nothing to flush)
+                if !self.config.read_only && self.unmade.is_none() {
                     if let Err(e) = self.file.flush() {
                         return (self.fault(Fault::Io, &format!("flushing: {e}")), 0);
                     }
@@ -591,9 +638,9 @@ mod tests {
         assert_eq!(buf[0], 1, "and the layer's bytes under it");
         assert_eq!(s.bytes()[0], 0xaa, "the frozen file keeps the image's bytes");
         // Two clones of the image: the layer's bytes, each its own writes.
-        let c1 = Blk::open_clone(&frozen, &s.0.with_extension("c1.qcow2")).unwrap();
+        let mut c1 = Blk::open_clone(&frozen, &s.0.with_extension("c1.qcow2")).unwrap();
         let c2 = Blk::open_clone(&frozen, &s.0.with_extension("c2.qcow2")).unwrap();
-        c1.file.write_at(&[0xcc; 512], 0).unwrap();
+        c1.writable().unwrap().write_at(&[0xcc; 512], 0).unwrap();
         c2.file.read_at(&mut buf, 0).unwrap();
         assert_eq!(buf[0], 0xaa);
         c1.file.read_at(&mut buf, 0).unwrap();
@@ -606,6 +653,108 @@ mod tests {
         let e = Blk::open_clone(&frozen, &s.0.with_extension("c3.qcow2")).err().expect("refused");
         assert!(format!("{e:#}").contains("modified"), "{e:#}");
         for x in ["top.qcow2", "c1.qcow2", "c2.qcow2", "c3.qcow2"] {
+            let _ = std::fs::remove_file(s.0.with_extension(x));
+        }
+    }
+
+    /// A clone's overlay is made by its first write, not before; a live
+    /// image of a clone that never wrote its disk keeps its image's
+    /// layer as it is; a write request that cannot make the overlay fails
+    /// with an I/O error and changes nothing.
+    #[test]
+    fn a_clone_makes_its_overlay_at_its_first_write() {
+        let s = Scratch::new("lazy", 64);
+        let cfg = DiskConfig::new(&s.0, DiskFormat::Raw, false).unwrap();
+        let mut b = Blk::open(&cfg).unwrap();
+        let frozen = b.freeze(&s.0.with_extension("top.qcow2"), None).unwrap();
+        drop(b);
+        let mem = memory();
+        let over = s.0.with_extension("o1.qcow2");
+        let mut c = Blk::open_clone(&frozen, &over).unwrap();
+        assert!(!over.exists(), "no overlay before a write");
+        assert_eq!(c.config().path, over);
+        assert!(!c.config().read_only);
+        // Reads and flushes need no overlay.
+        header(&mem, VIRTIO_BLK_T_IN, 3);
+        assert_eq!(request(&mut c, &mem, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]), (513, OK));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 3);
+        header(&mem, VIRTIO_BLK_T_FLUSH, 0);
+        assert_eq!(request(&mut c, &mem, &[(HDR, 16, 0), (STATUS, 1, W)]).1, OK);
+        assert!(!over.exists());
+        // The frozen layer stays held: nobody writes it meanwhile.
+        assert!(Blk::open(&cfg).is_err(), "the layer is locked");
+        // A live image of the untouched clone: the same layer, no file.
+        let again = c.freeze(&s.0.with_extension("o2.qcow2"), Some(&s.0.with_extension("moved"))).unwrap();
+        assert_eq!(again, frozen);
+        assert!(!s.0.with_extension("moved").exists());
+        assert_eq!(c.config().path, s.0.with_extension("o2.qcow2"));
+        // The first write makes the overlay; the layer keeps its bytes.
+        mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+        header(&mem, VIRTIO_BLK_T_OUT, 3);
+        assert_eq!(request(&mut c, &mem, &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]).1, OK);
+        assert!(s.0.with_extension("o2.qcow2").exists());
+        assert_eq!(c.config().format, DiskFormat::Qcow2);
+        assert_ne!(c.config().modified, 0);
+        assert_eq!(s.bytes()[3 * 512], 3, "the frozen layer is unchanged");
+        header(&mem, VIRTIO_BLK_T_IN, 3);
+        mem.write_slice(&[0u8; 512], GuestAddress(DATA)).unwrap();
+        assert_eq!(request(&mut c, &mem, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]).1, OK);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 0x5a, "it reads its write");
+        drop(c);
+        // An overlay that cannot be made: the write fails, nothing moves.
+        let blocked = s.0.with_extension("o3.qcow2");
+        let mut d = Blk::open_clone(&frozen, &blocked).unwrap();
+        std::fs::write(&blocked, b"someone else's").unwrap();
+        header(&mem, VIRTIO_BLK_T_OUT, 3);
+        assert_eq!(request(&mut d, &mem, &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]).1, IOERR);
+        assert_eq!(std::fs::read(&blocked).unwrap(), b"someone else's");
+        assert_eq!(s.bytes()[3 * 512], 3);
+        // An existing overlay path, or one in no directory, is refused at
+        // the start.
+        assert!(Blk::open_clone(&frozen, &blocked).is_err());
+        let nowhere = s.0.with_extension("no-such-dir").join("o.qcow2");
+        let e = Blk::open_clone(&frozen, &nowhere).err().expect("refused");
+        assert!(format!("{e:#}").contains("directory"), "{e:#}");
+        drop(d);
+        for x in ["top.qcow2", "o1.qcow2", "o2.qcow2", "o3.qcow2"] {
+            let _ = std::fs::remove_file(s.0.with_extension(x));
+        }
+    }
+
+    /// A clone of a qcow2 layer reads it through its chain; the qcow2
+    /// file is opened at the first read, and one that cannot be opened
+    /// then fails that read with an I/O error, not the start.
+    #[test]
+    fn a_clone_opens_a_qcow2_layer_at_its_first_read() {
+        let s = Scratch::new("deferred", 64);
+        let cfg = DiskConfig::new(&s.0, DiskFormat::Raw, false).unwrap();
+        let mut b = Blk::open(&cfg).unwrap();
+        b.freeze(&s.0.with_extension("t1.qcow2"), None).unwrap();
+        b.file.write_at(&[0x77; 512], 5 * 512).unwrap();
+        let second = b.freeze(&s.0.with_extension("t2.qcow2"), None).unwrap();
+        drop(b);
+        assert_eq!(second.format, DiskFormat::Qcow2);
+        let mem = memory();
+        let mut c = Blk::open_clone(&second, &s.0.with_extension("c.qcow2")).unwrap();
+        for (sector, want) in [(5, 0x77), (6, 6)] {
+            header(&mem, VIRTIO_BLK_T_IN, sector);
+            assert_eq!(request(&mut c, &mem, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]).1, OK);
+            assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), want, "sector {sector}");
+        }
+        drop(c);
+        // The layer's header broken behind the image's back, its
+        // modification time put back: the start cannot tell, the read can.
+        let top = s.0.with_extension("t1.qcow2");
+        let when = std::fs::metadata(&top).unwrap().modified().unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&top).unwrap();
+        f.write_all_at(&[0u8; 8], 0).unwrap();
+        f.set_modified(when).unwrap();
+        drop(f);
+        let mut d = Blk::open_clone(&second, &s.0.with_extension("d.qcow2")).unwrap();
+        header(&mem, VIRTIO_BLK_T_IN, 5);
+        assert_eq!(request(&mut d, &mem, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]).1, IOERR);
+        drop(d);
+        for x in ["t1.qcow2", "t2.qcow2", "c.qcow2", "d.qcow2"] {
             let _ = std::fs::remove_file(s.0.with_extension(x));
         }
     }

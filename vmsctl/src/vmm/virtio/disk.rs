@@ -99,6 +99,21 @@ impl DiskConfig {
         Ok(Self { path, format, read_only, size, modified, backing: Vec::new() })
     }
 
+    /// The config of a qcow2 overlay at `overlay` on the frozen layer
+    /// `base`: writable, `base`'s size, `base` and its layers under it.
+    /// Its `modified` is 0 until the file is made.
+    pub fn overlay_of(base: &DiskConfig, overlay: &Path) -> Self {
+        let below = Layer { path: base.path.clone(), modified: base.modified };
+        DiskConfig {
+            path: overlay.to_path_buf(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+            size: base.size,
+            modified: 0,
+            backing: std::iter::once(below).chain(base.backing.iter().cloned()).collect(),
+        }
+    }
+
     /// Fails unless every frozen layer under the file (and, with `this`,
     /// the file itself) still has the modification time recorded when it
     /// was frozen: a layer changed behind a live image's back would change
@@ -172,7 +187,10 @@ enum Backend {
 /// A disk's storage, open: the file the VM reads (and writes), the
 /// layers under it held with shared locks.
 pub struct DiskFile {
-    backend: Backend,
+    backend: std::cell::OnceCell<Backend>,
+    /// A read-only qcow2 file whose backend is opened at its first use
+    /// ([`open_deferred`](Self::open_deferred)).
+    deferred: Option<PathBuf>,
     /// The file the VM uses, locked: exclusively when it writes it.
     _top_lock: File,
     /// Shared locks on the frozen layers it reads through.
@@ -183,13 +201,23 @@ impl DiskFile {
     /// Opens `config`'s file, for writing unless it is read-only, and
     /// locks it, and every frozen layer under it shared.
     pub fn open(config: &DiskConfig) -> Result<Self> {
-        Self::open_holding(config, None)
+        Self::open_holding(config, None, false)
+    }
+
+    /// [`open`](Self::open) of a read-only disk (a clone's frozen layers,
+    /// read until its first write), whose qcow2 structures are read at
+    /// the first read instead of now: the files are opened and locked
+    /// now, and a clone's start does not wait for the chain's headers and
+    /// tables. A qcow2 file that cannot be opened then fails that read.
+    pub fn open_deferred(config: &DiskConfig) -> Result<Self> {
+        ensure!(config.read_only, "only a read-only disk opens deferred");
+        Self::open_holding(config, None, true)
     }
 
     /// [`open`](Self::open), with the lock of the first layer under the
     /// file already held by `held` (a descriptor of its open file
     /// description: flock locks belong to that, so a `dup` holds them).
-    fn open_holding(config: &DiskConfig, mut held: Option<File>) -> Result<Self> {
+    fn open_holding(config: &DiskConfig, mut held: Option<File>, defer: bool) -> Result<Self> {
         let write = !config.read_only;
         let top = OpenOptions::new()
             .read(true)
@@ -217,16 +245,39 @@ impl DiskFile {
             lock(&f, libc::LOCK_SH, &l.path, "a VM writes it, and it is a live image's frozen layer")?;
             layer_locks.push(f);
         }
-        let backend = match config.format {
-            DiskFormat::Raw => Backend::Raw(top.try_clone().context("dup of the disk's fd")?),
-            DiskFormat::Qcow2 => Backend::Qcow2(open_qcow2(&config.path, write)?),
+        let backend = std::cell::OnceCell::new();
+        let mut deferred = None;
+        match config.format {
+            DiskFormat::Raw => {
+                let _ = backend.set(Backend::Raw(top.try_clone().context("dup of the disk's fd")?));
+            }
+            DiskFormat::Qcow2 if defer => deferred = Some(config.path.clone()),
+            DiskFormat::Qcow2 => {
+                let _ = backend.set(Backend::Qcow2(open_qcow2(&config.path, write)?));
+            }
+        }
+        Ok(Self { backend, deferred, _top_lock: top, _layer_locks: layer_locks })
+    }
+
+    /// The open storage, opened now if it was deferred.
+    fn backend(&self) -> std::io::Result<&Backend> {
+        if let Some(b) = self.backend.get() {
+            return Ok(b);
+        }
+        let Some(path) = &self.deferred else {
+            return Err(std::io::Error::other("the disk has no open storage"));
         };
-        Ok(Self { backend, _top_lock: top, _layer_locks: layer_locks })
+        let q = open_qcow2(path, false).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        let _ = self.backend.set(Backend::Qcow2(q));
+        self.backend.get().ok_or_else(|| std::io::Error::other("the disk has no open storage"))
     }
 
     /// Creates a qcow2 overlay at `overlay` on the frozen layer `base`
     /// and opens it for writing: a clone's own disk, or a VM's new top
     /// after a live image froze its old one. Refuses an existing file.
+    /// (Clones make theirs at their first write, through
+    /// [`freeze_into`](Self::freeze_into).)
+    #[cfg(test)]
     pub fn create_overlay(base: &DiskConfig, overlay: &Path) -> Result<(Self, DiskConfig)> {
         Self::create_overlay_holding(base, overlay, None)
     }
@@ -248,16 +299,8 @@ impl DiskFile {
                 .backing(base.path.to_string_lossy().into_owned(), base.format.name().to_owned())
                 .create()
                 .with_context(|| format!("writing the qcow2 overlay {}", overlay.display()))?;
-            let below = Layer { path: base.path.clone(), modified: base.modified };
-            let config = DiskConfig {
-                path: overlay.to_path_buf(),
-                format: DiskFormat::Qcow2,
-                read_only: false,
-                size: base.size,
-                modified: mtime(overlay)?,
-                backing: std::iter::once(below).chain(base.backing.iter().cloned()).collect(),
-            };
-            Ok((Self::open_holding(&config, held)?, config))
+            let config = DiskConfig { modified: mtime(overlay)?, ..DiskConfig::overlay_of(base, overlay) };
+            Ok((Self::open_holding(&config, held, false)?, config))
         })();
         if made.is_err() {
             let _ = std::fs::remove_file(overlay);
@@ -279,14 +322,14 @@ impl DiskFile {
     }
 
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-        match &self.backend {
+        match self.backend()? {
             Backend::Raw(f) => f.read_exact_at(buf, off),
             Backend::Qcow2(q) => q.read(buf, off),
         }
     }
 
     pub fn write_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
-        match &self.backend {
+        match self.backend()? {
             Backend::Raw(f) => f.write_all_at(buf, off),
             Backend::Qcow2(q) => q.write(buf, off),
         }
@@ -295,7 +338,7 @@ impl DiskFile {
     /// Makes what was written durable: the file's data, and for qcow2
     /// its metadata first.
     pub fn flush(&self) -> std::io::Result<()> {
-        match &self.backend {
+        match self.backend()? {
             Backend::Raw(f) => f.sync_data(),
             Backend::Qcow2(q) => {
                 q.flush()?;
