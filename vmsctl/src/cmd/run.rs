@@ -407,7 +407,8 @@ fn print_started(s: &serde_json::Value) {
                 let ms = |k: &str| p.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0) / 1000.0;
                 println!(
                     "{name}: start phases (ms): process {:.1}, state {:.1}, net {:.1}, memory {:.1}, vm {:.1}, \
-                     vm-kvm {:.1}, vm-devices {:.1}, vm-vcpus {:.1}, attach {:.1}, restore {:.1}, vcpus {:.1}",
+                     vm-kvm {:.1}, vm-devices {:.1}, vm-vcpus {:.1}, attach {:.1}, restore {:.1}, connect {:.1}, \
+                     vcpus {:.1}",
                     ms("process_us"),
                     ms("state_us"),
                     ms("net_us"),
@@ -418,6 +419,7 @@ fn print_started(s: &serde_json::Value) {
                     ms("vm_vcpus_us"),
                     ms("attach_us"),
                     ms("restore_us"),
+                    ms("connect_us"),
                     ms("vcpus_us")
                 );
             }
@@ -504,6 +506,8 @@ struct StartPhases {
     attach_us: f64,
     /// The saved state into KVM: devices, then each vCPU.
     restore_us: f64,
+    /// The devices connected: irqfds, ioeventfds, I/O threads started.
+    connect_us: f64,
     /// From the vCPU threads' start to the first KVM_RUN.
     vcpus_us: f64,
 }
@@ -732,7 +736,9 @@ impl Vmm {
             }
             std::thread::sleep(Duration::from_micros(200));
         };
-        self.phases.vcpus_us = first.saturating_duration_since(self.vcpus_started).as_secs_f64() * 1e6;
+        let connect = self.running.connect_time();
+        self.phases.connect_us = connect.as_secs_f64() * 1e6;
+        self.phases.vcpus_us = first.saturating_duration_since(self.vcpus_started + connect).as_secs_f64() * 1e6;
         let first_ns = now_ns().saturating_sub(first.elapsed().as_nanos());
         let start_us = first_ns.saturating_sub(requested_ns) as f64 / 1000.0;
         let id = args.id.unwrap_or(0);

@@ -82,12 +82,18 @@ pub struct Devices {
     status: Arc<Status>,
     /// The devices' interrupt eventfds and their IRQs, for `connect`.
     irqs: Vec<(EventFd, u32)>,
-    /// The disk's and the network's I/O threads, once `connect` started
-    /// them.
+    /// The disk's and the network's I/O threads, once
+    /// [`start_io`](Self::start_io) started them.
     io: Mutex<Vec<IoThread>>,
+    /// The I/O threads `connect` prepared, for `start_io` to start.
+    pending_io: Mutex<Vec<(&'static str, IoServe)>>,
     /// With ACPI: the generic event device's interrupt (`acpi.rs`).
     ged: Option<IrqLine>,
 }
+
+/// What an I/O thread runs: it returns once the eventfd it is given is
+/// signalled (when the devices drop).
+type IoServe = Box<dyn FnOnce(EventFd) + Send + 'static>;
 
 /// Which virtio devices a VM gets.
 pub enum Virtio<'a> {
@@ -362,6 +368,7 @@ impl Devices {
             status,
             irqs,
             io: Mutex::new(Vec::new()),
+            pending_io: Mutex::new(Vec::new()),
             ged,
         })
     }
@@ -393,10 +400,12 @@ impl Devices {
     /// worker into interrupt controllers that `KVM_SET_IRQCHIP` and
     /// `KVM_SET_LAPIC` then overwrite, or are overwriting.
     ///
-    /// Then starts the disk's I/O thread, woken by an ioeventfd on its
-    /// QueueNotify register, and serves every virtio queue once: a
-    /// restored driver may have made requests available that the device
-    /// had not yet taken when the live image was made.
+    /// Then registers an ioeventfd on each queue's QueueNotify register
+    /// and signals it once: a restored driver may have made requests
+    /// available that the device had not yet taken when the live image
+    /// was made. The I/O threads that serve the queues start in
+    /// [`start_io`](Self::start_io), which may come after the vCPUs: a
+    /// notification waits in its eventfd until then.
     pub fn connect(&self, vm: &VmFd) -> Result<()> {
         for (fd, irq) in &self.irqs {
             vm.register_irqfd(fd, *irq)
@@ -413,7 +422,7 @@ impl Devices {
                 .context("KVM_IOEVENTFD for the disk's QueueNotify")?;
             kick.write(1).context("kicking the disk's queue")?;
             let (blk, mem, status) = (blk.clone(), self.mem.clone(), self.status.clone());
-            self.spawn_io("virtio-blk", move |stop| serve_disk(blk, kick, stop, mem, status))?;
+            lock(&self.pending_io).push(("virtio-blk", Box::new(move |stop| serve_disk(blk, kick, stop, mem, status))));
         }
         if let Some(net) = &self.net {
             let mut kicks = Vec::new();
@@ -428,14 +437,26 @@ impl Devices {
             let kicks: [EventFd; 2] = kicks.try_into().map_err(|_| anyhow::anyhow!("two queues"))?;
             let (net, mem, status) = (net.clone(), self.mem.clone(), self.status.clone());
             let wake = self.net_wake.try_clone().context("an eventfd")?;
-            self.spawn_io("virtio-net", move |stop| serve_net(net, kicks, wake, stop, mem, status))?;
+            lock(&self.pending_io).push(("virtio-net", Box::new(move |stop| serve_net(net, kicks, wake, stop, mem, status))));
+        }
+        Ok(())
+    }
+
+    /// Starts the I/O threads [`connect`](Self::connect) prepared. A VM
+    /// starts them right after its vCPU threads, so that its guest's first
+    /// instruction does not wait for them (on a host of one CPU, they
+    /// would run first).
+    pub fn start_io(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *lock(&self.pending_io));
+        for (name, serve) in pending {
+            self.spawn_io(name, serve)?;
         }
         Ok(())
     }
 
     /// Starts I/O thread `name` running `serve`, which returns once the
     /// eventfd it is given is signalled: when the devices drop.
-    fn spawn_io(&self, name: &str, serve: impl FnOnce(EventFd) + Send + 'static) -> Result<()> {
+    fn spawn_io(&self, name: &str, serve: IoServe) -> Result<()> {
         let stop = EventFd::new(EFD_NONBLOCK).context("an eventfd")?;
         let thread_stop = stop.try_clone().context("an eventfd")?;
         let handle = std::thread::Builder::new()

@@ -181,6 +181,8 @@ pub struct SetupTimes {
     pub kvm: std::time::Duration,
     pub devices: std::time::Duration,
     pub vcpus: std::time::Duration,
+    /// [`Vm::start`]'s connection of the devices.
+    pub connect: std::time::Duration,
 }
 
 impl Vm {
@@ -246,7 +248,7 @@ impl Vm {
                     .with_context(|| format!("KVM_CREATE_VCPU {id}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        let setup = SetupTimes { kvm: t1 - t0, devices: t2 - t1, vcpus: t2.elapsed() };
+        let setup = SetupTimes { kvm: t1 - t0, devices: t2 - t1, vcpus: t2.elapsed(), connect: Default::default() };
         Ok(Self {
             vcpus,
             devices,
@@ -316,12 +318,16 @@ impl Vm {
     /// Starts the vCPUs.
     pub fn start(mut self) -> Result<RunningVm> {
         // Only now: a restored VM's interrupt controllers are restored.
+        let t = std::time::Instant::now();
         self.devices.connect(&self.vm_fd)?;
+        self.setup.connect = t.elapsed();
         if self.new_generation {
             self.devices.raise_ged()?;
         }
         let vcpus = std::mem::take(&mut self.vcpus);
         let threads = run::start(vcpus, &self.devices, &self.status)?;
+        // (on an error, dropping `threads` stops the vCPUs)
+        self.devices.start_io()?;
         let agent = Agent::new(
             self.devices.clone(),
             self.agent_output.clone(),
@@ -396,6 +402,12 @@ impl RunningVm {
     /// When a vCPU first entered KVM_RUN.
     pub fn first_run(&self) -> Option<std::time::Instant> {
         self.threads.first_run()
+    }
+
+    /// How long connecting the devices took at the start (irqfds,
+    /// ioeventfds, I/O threads).
+    pub fn connect_time(&self) -> std::time::Duration {
+        self.vm.setup.connect
     }
 
     /// Pauses the VM and saves its whole state except memory (vCPUs,
