@@ -22,9 +22,12 @@ kernel_key() {
 	{
 		stat -c '%n %s %Y' "$KSRC_TARBALL" 2>/dev/null || echo none
 		dpkg-query -W -f='${Version}\n' linux-source-6.12 2>/dev/null || true
-		cat "$VMS_ROOT"/patches/*.patch 2>/dev/null || true
+		case $flavour in
+		*-unpatched) echo unpatched ;;
+		*) cat "$VMS_ROOT"/patches/*.patch 2>/dev/null || true ;;
+		esac
 		cat "$VMS_ROOT/scripts/kernel.config"
-		[ "$flavour" = debug ] && cat "$VMS_ROOT/scripts/kernel-debug.config"
+		case $flavour in debug*) cat "$VMS_ROOT/scripts/kernel-debug.config" ;; esac
 		rustc --version
 		bindgen --version 2>/dev/null || true
 		clang --version | head -n1
