@@ -6,7 +6,9 @@
 //!
 //! Lock order: `Registry::images` -> a clone's `state` (snapshot only). An
 //! image's `clones` and `children` counts change under `images`, so delete
-//! cannot race with clone creation or a snapshot.
+//! cannot race with clone creation or a snapshot. `Registry::named` ->
+//! the misc core's `misc_mtx` (registering and removing a clone's device);
+//! the device's `open` runs under `misc_mtx` and takes no lock of ours.
 
 use crate::abi;
 use crate::clone::VmClone;
@@ -19,7 +21,7 @@ use kernel::sync::{Arc, Mutex};
 use kernel::uaccess::{UserPtr, UserSlice};
 
 /// The module's version, reported by `VMS_GET_VERSION`.
-pub(crate) const MODULE_VERSION: &str = "0.3.0";
+pub(crate) const MODULE_VERSION: &str = "0.4.0";
 
 /// The readahead window image files get at least, in pages: 2 MiB, one
 /// guest huge page, instead of the device's default (128 KiB on most block
@@ -33,6 +35,9 @@ const IMAGE_READAHEAD_PAGES: u32 = ((2 << 20) / PAGE_SIZE) as u32;
 pub(crate) struct Registry {
     #[pin]
     images: Mutex<KVec<Arc<Image>>>,
+    /// The named clones (`VMS_CLONE_NAME`); a removed one leaves `None`.
+    #[pin]
+    named: Mutex<KVec<Option<Pin<KBox<ffi::NamedClone>>>>>,
     /// The one zero page every image serves its all-zero pages with.
     zero: PageRef,
 }
@@ -42,6 +47,7 @@ impl Registry {
         let zero = PageRef::alloc_zeroed()?;
         Ok(try_pin_init!(Registry {
             images <- new_mutex!(KVec::new(), "vms_images"),
+            named <- new_mutex!(KVec::new(), "vms_named_clones"),
             zero,
         }? Error))
     }
@@ -57,6 +63,8 @@ pub(crate) fn ioctl(reg: &Registry, cmd: u32, arg: UserPtr) -> Result<isize> {
         abi::VMS_IMAGE_LIST => image_list(reg, arg),
         abi::VMS_CLONE_CREATE => clone_create(reg, arg),
         abi::VMS_IMAGE_SNAPSHOT => image_snapshot(reg, arg),
+        abi::VMS_CLONE_NAME => clone_name(reg, arg),
+        abi::VMS_CLONE_UNNAME => clone_unname(reg, arg),
         _ => Err(ENOTTY),
     }
 }
@@ -283,4 +291,79 @@ fn clone_create(reg: &Registry, arg: UserPtr) -> Result<isize> {
     };
     // From here the clone's drop gives the count back.
     Ok(ffi::new_clone_fd(clone)? as isize)
+}
+
+fn read_clone_name(arg: UserPtr, what: &str) -> Result<abi::VmsCloneName> {
+    if !ffi::capable_sys_admin() {
+        return Err(EPERM);
+    }
+    let c: abi::VmsCloneName =
+        UserSlice::new(arg, core::mem::size_of::<abi::VmsCloneName>()).reader().read()?;
+    if c.flags != 0 || c.reserved.iter().any(|&r| r != 0) {
+        pr_info!("{}: flags or reserved not zero\n", what);
+        return Err(EINVAL);
+    }
+    Ok(c)
+}
+
+/// `VMS_CLONE_NAME`: the clone behind `clone_fd` gets a device,
+/// `/dev/vms-clone/NAME`, which holds it until `VMS_CLONE_UNNAME`.
+fn clone_name(reg: &Registry, arg: UserPtr) -> Result<isize> {
+    let c = read_clone_name(arg, "VMS_CLONE_NAME")?;
+    let name = check_name(&c.name)?;
+    if name[0] == b'.' {
+        // ("." and ".." would be no device node's name)
+        return inval("VMS_CLONE_NAME: a clone's name may not start with '.'");
+    }
+    let clone = ffi::clone_from_fd(c.clone_fd).inspect_err(|_| {
+        pr_info!("VMS_CLONE_NAME: clone_fd {} is not a clone\n", c.clone_fd);
+    })?;
+    let mut named = reg.named.lock();
+    let live = || named.iter().flatten();
+    if live().any(|n| n.name() == &name) {
+        pr_info!("VMS_CLONE_NAME: a clone has that name already\n");
+        return Err(EEXIST);
+    }
+    if live().any(|n| n.names(&clone)) {
+        pr_info!("VMS_CLONE_NAME: the clone has a name already\n");
+        return Err(EBUSY);
+    }
+    // Room first: once the device exists, keeping it cannot fail.
+    let free = named.iter().position(|n| n.is_none());
+    if free.is_none() {
+        named.reserve(1, GFP_KERNEL)?;
+    }
+    let dev = ffi::NamedClone::register(&name, clone)?;
+    match free {
+        Some(i) => named[i] = Some(dev),
+        None => named.push(Some(dev), GFP_KERNEL)?,
+    }
+    Ok(0)
+}
+
+/// `VMS_CLONE_UNNAME`: the clone's device goes; files and mappings of it
+/// keep the clone.
+fn clone_unname(reg: &Registry, arg: UserPtr) -> Result<isize> {
+    let c = read_clone_name(arg, "VMS_CLONE_UNNAME")?;
+    let name = check_name(&c.name)?;
+    if c.clone_fd != -1 {
+        return inval("VMS_CLONE_UNNAME: clone_fd must be -1");
+    }
+    let clone = {
+        let mut named = reg.named.lock();
+        let Some(i) = named.iter().position(|n| n.as_ref().is_some_and(|n| n.name() == &name)) else {
+            return Err(ENOENT);
+        };
+        // The device goes under the lock (misc_deregister waits for an
+        // `open` in flight, which takes no lock of ours): a VMS_CLONE_NAME
+        // of the same name after the lock finds it gone from sysfs too.
+        let gone = named[i].take();
+        let clone = gone.as_ref().map(|n| n.clone_ref());
+        drop(gone);
+        clone
+    };
+    // Outside the lock: this may be the clone's last reference, whose drop
+    // unregisters it from its VM.
+    drop(clone);
+    Ok(0)
 }

@@ -43,6 +43,7 @@ pod!(
     abi::VmsImageList,
     abi::VmsCloneCreate,
     abi::VmsImageSnapshot,
+    abi::VmsCloneName,
     abi::VmsCloneAttach,
     abi::VmsCloneStats
 );
@@ -1009,6 +1010,11 @@ impl Mapping {
         self.0.store(mapping, Ordering::Release);
     }
 
+    /// The mapping, null before [`set`](Self::set).
+    fn get(&self) -> *mut bindings::address_space {
+        self.0.load(Ordering::Acquire)
+    }
+
     /// Unmap page `idx` from every VMM mapping of the clone.
     pub(crate) fn unmap_page(&self, idx: usize) {
         self.unmap((idx * PAGE_SIZE) as bindings::loff_t, PAGE_SIZE as _);
@@ -1050,7 +1056,7 @@ pub(crate) fn clone_from_fd(fd: i32) -> Result<Arc<VmClone>> {
     // SAFETY: we hold a reference to `file`, so it is live; a file whose
     // `f_op` is `CLONE_FOPS` is a clone file, live until the `fput` below.
     let clone = unsafe {
-        if (*file).f_op == &CLONE_FOPS.0 as *const _ {
+        if (*file).f_op == &CLONE_FOPS.0 as *const _ || (*file).f_op == &NAMED_FOPS.0 as *const _ {
             Some(Arc::<VmClone>::from(clone_of(file)))
         } else {
             None
@@ -1103,6 +1109,207 @@ pub(crate) fn new_clone_fd(clone: Arc<VmClone>) -> Result<i32> {
     // SAFETY: `fd` is reserved and `file` is ours to give away.
     unsafe { bindings::fd_install(fd as c_uint, file) };
     Ok(fd)
+}
+
+// ---------------------------------------------------------------------------
+// Named clones: /dev/vms-clone/NAME
+
+/// `open` of `/dev/vms-clone/NAME`: the file becomes a file of the clone,
+/// as one of `new_clone_fd` is: `private_data` holds a reference to the
+/// clone, and `f_mapping` is the clone file's mapping, so that the VMAs
+/// of this file are found and unmapped with the clone's others.
+extern "C" fn named_open(_inode: *mut bindings::inode, file: *mut bindings::file) -> c_int {
+    // SAFETY: misc_open() set `private_data` to our `miscdevice`, the
+    // `inner` of a registered `NamedClone`, and calls us with `misc_mtx`
+    // held; `misc_deregister()` takes that mutex, and a `NamedClone` is
+    // freed only after it returns, so the `NamedClone` is live here.
+    let named = unsafe {
+        let misc = (*file).private_data as *const bindings::miscdevice;
+        &*kernel::container_of!(misc, NamedClone, inner)
+    };
+    // A clone file is read-write; a read-only one could still reset or
+    // attach the clone (its ioctls), which a reader must not.
+    // SAFETY: `file` is being opened; `f_mode` is set.
+    if unsafe { (*file).f_mode } & FMODE_WRITE == 0 {
+        return EACCES.to_errno();
+    }
+    let mapping = named.clone.mapping.get();
+    if mapping.is_null() {
+        // (a clone gets its mapping when its first file is made, before
+        // anyone can name it)
+        return ENXIO.to_errno();
+    }
+    let raw = named.clone.clone().into_foreign() as *mut c_void;
+    // SAFETY: `file` is being opened and is ours until `open` returns.
+    // `raw` is released in `clone_release`. The mapping's inode is held
+    // by the clone (`Mapping`), which this file now holds too.
+    unsafe {
+        (*file).private_data = raw;
+        (*file).f_mapping = mapping;
+    }
+    0
+}
+
+/// `FMODE_WRITE` of `include/linux/fs.h` (a `__force` cast bindgen skips).
+const FMODE_WRITE: u32 = 1 << 1;
+
+/// The minors named clones take, the top half of the misc minors, handed
+/// out in turn from the top ([`NEXT_MINOR`]) instead of the lowest free
+/// one: a device node or a file that outlived its name (a bind mount,
+/// `mknod`, a reopen through /proc) must not open the next clone named,
+/// which the lowest free minor would give it at once. One comes back
+/// only after 2^19 names.
+const NAMED_MINORS: core::ops::RangeInclusive<u32> = (1 << 19)..=bindings::MINORMASK;
+static NEXT_MINOR: AtomicU32 = AtomicU32::new(bindings::MINORMASK);
+
+/// The next minor to try for a named clone.
+fn next_minor() -> u32 {
+    let m = NEXT_MINOR.fetch_sub(1, Ordering::Relaxed);
+    if NAMED_MINORS.contains(&m) {
+        m
+    } else {
+        // Wrapped: start again from the top (racing callers may both do
+        // this; a minor taken twice fails the second registration with
+        // EBUSY, which retries).
+        NEXT_MINOR.store(bindings::MINORMASK - 1, Ordering::Relaxed);
+        bindings::MINORMASK
+    }
+}
+
+/// The file operations of `/dev/vms-clone/NAME`: a clone file's, opened
+/// by path. `owner` is the module: `misc_open()` takes a reference with
+/// `fops_get()`, dropped at the last `fput`.
+static NAMED_FOPS: FileOps = FileOps(bindings::file_operations {
+    owner: addr_of_mut!(bindings::__this_module),
+    open: Some(named_open),
+    unlocked_ioctl: Some(clone_ioctl),
+    #[cfg(CONFIG_COMPAT)]
+    compat_ioctl: Some(bindings::compat_ptr_ioctl),
+    mmap: Some(clone_mmap),
+    release: Some(clone_release),
+    // SAFETY: all-zero is a valid `file_operations`.
+    ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+});
+
+/// A clone's name: the misc device `vms-clone!NAME`, which devtmpfs shows
+/// as `/dev/vms-clone/NAME` (mode 0600), and whose files are files of the
+/// clone. It holds a reference to the clone, and one to the module: a
+/// named clone may serve a running VM with no file of it open, so rmmod
+/// waits (EBUSY) until every name is removed.
+///
+/// # Invariants
+///
+/// `inner` is registered with `misc_register()` from construction until
+/// drop, and pinned; its `name` points into `devname`, which is never
+/// changed and lives as long.
+#[pin_data(PinnedDrop)]
+pub(crate) struct NamedClone {
+    #[pin]
+    inner: Opaque<bindings::miscdevice>,
+    /// `vms-clone!NAME`, NUL-terminated.
+    devname: KVec<u8>,
+    name: [u8; abi::VMS_NAME_LEN],
+    clone: Arc<VmClone>,
+}
+
+// SAFETY: after registration the misc core only reads `inner` under its own
+// lock; the other fields are `Send` and `Sync` or never changed.
+unsafe impl Send for NamedClone {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for NamedClone {}
+
+impl NamedClone {
+    /// Names `clone` `name` (checked: NUL-terminated, NUL-padded) and
+    /// makes its device.
+    pub(crate) fn register(name: &[u8; abi::VMS_NAME_LEN], clone: Arc<VmClone>) -> Result<Pin<KBox<Self>>> {
+        let n = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        let mut devname = KVec::with_capacity(10 + n + 1, GFP_KERNEL)?;
+        devname.extend_from_slice(b"vms-clone!", GFP_KERNEL)?;
+        devname.extend_from_slice(&name[..n], GFP_KERNEL)?;
+        devname.push(0, GFP_KERNEL)?;
+        let name = *name;
+        let init = move |slot: *mut Self| {
+            // SAFETY: `slot` is valid for writes (pin-init contract); the
+            // fields are written once, before the device is registered.
+            let devname_ptr = unsafe {
+                addr_of_mut!((*slot).devname).write(devname);
+                addr_of_mut!((*slot).name).write(name);
+                addr_of_mut!((*slot).clone).write(clone);
+                (*slot).devname.as_ptr()
+            };
+            // SAFETY: `Opaque::raw_get` only computes the field's address.
+            let misc = unsafe { Opaque::raw_get(addr_of_mut!((*slot).inner)) };
+            // A minor another device took meanwhile is EBUSY: the next.
+            let mut r = Err(EBUSY);
+            for _ in 0..64 {
+                // SAFETY: `misc` is valid for writes and not registered
+                // (a failed misc_register links nothing). All-zero is a
+                // valid `miscdevice` for the fields not set here.
+                unsafe {
+                    misc.write(bindings::miscdevice {
+                        minor: next_minor() as _,
+                        name: devname_ptr as *const kernel::ffi::c_char,
+                        fops: &NAMED_FOPS.0,
+                        mode: 0o600,
+                        ..core::mem::MaybeUninit::zeroed().assume_init()
+                    })
+                };
+                // INVARIANT: registered on success.
+                // SAFETY: `misc` is initialised and pinned in its final
+                // place.
+                r = to_result(unsafe { bindings::misc_register(misc) });
+                if r != Err(EBUSY) {
+                    break;
+                }
+            }
+            if r.is_ok() {
+                // SAFETY: our own module, live while its code runs; the
+                // reference goes in `drop`.
+                unsafe { bindings::__module_get(addr_of_mut!(bindings::__this_module)) };
+            } else {
+                // SAFETY: written above, not used again.
+                unsafe {
+                    core::ptr::drop_in_place(addr_of_mut!((*slot).devname));
+                    core::ptr::drop_in_place(addr_of_mut!((*slot).clone));
+                }
+            }
+            r
+        };
+        // SAFETY: `init` initialises every field of `Self` or fails
+        // leaving nothing initialised.
+        KBox::try_pin_init(unsafe { pin_init_from_closure(init) }, GFP_KERNEL)
+    }
+
+    /// The name (NUL-padded).
+    pub(crate) fn name(&self) -> &[u8; abi::VMS_NAME_LEN] {
+        &self.name
+    }
+
+    /// Whether this is the name of `clone`.
+    pub(crate) fn names(&self, clone: &VmClone) -> bool {
+        core::ptr::eq(&*self.clone, clone)
+    }
+
+    /// Another reference to the clone: to drop the clone's last one after
+    /// the name, out of a lock the name's removal holds.
+    pub(crate) fn clone_ref(&self) -> Arc<VmClone> {
+        self.clone.clone()
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for NamedClone {
+    fn drop(self: Pin<&mut Self>) {
+        // After this no `open` can find the device, and any that did has
+        // returned (`misc_mtx`); the fields (the clone's reference) go
+        // after it.
+        // SAFETY: `inner` is registered (type invariant).
+        unsafe { bindings::misc_deregister(self.inner.get()) };
+        // SAFETY: the reference `register` took; this is not the module's
+        // own exit (which waits for it), so the module stays while this
+        // code runs: its caller holds a file of /dev/vms.
+        unsafe { bindings::module_put(addr_of_mut!(bindings::__this_module)) };
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -34,7 +34,8 @@ module! {
 /// The module: owns the `/dev/vms` registration and the debug knobs
 /// (`/sys/kernel/debug/vms`) for its lifetime.
 struct Vms {
-    _dev: Pin<KBox<ffi::MiscDevice>>,
+    /// `None` only in `drop`, which ends it before the quarantine drains.
+    dev: Option<Pin<KBox<ffi::MiscDevice>>>,
     _debug: ffi::DebugFs,
 }
 
@@ -47,12 +48,15 @@ impl kernel::Module for Vms {
         // Knobs for tests; the module works without them.
         let debug = ffi::DebugFs::create();
         pr_info!("vms {} loaded (abi {})\n", dev::MODULE_VERSION, abi::VMS_ABI_VERSION);
-        Ok(Vms { _dev: dev, _debug: debug })
+        Ok(Vms { dev: Some(dev), _debug: debug })
     }
 }
 
 impl Drop for Vms {
     fn drop(&mut self) {
+        // The registry first: the last clones it holds free their pages
+        // into the quarantine, which then drains.
+        drop(self.dev.take());
         ffi::drain_quarantine();
         pr_info!("vms unloaded\n");
     }

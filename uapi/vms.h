@@ -212,6 +212,21 @@ struct vms_image_snapshot {
 };
 
 /**
+ * struct vms_clone_name - argument of VMS_CLONE_NAME and VMS_CLONE_UNNAME
+ * @name:	(in) the clone's name (rules of vms_image_create's name).
+ * @clone_fd:	(in) VMS_CLONE_NAME: the clone file descriptor to name;
+ *		VMS_CLONE_UNNAME: must be -1.
+ * @flags:	(in) must be 0.
+ * @reserved:	(in) must be 0.
+ */
+struct vms_clone_name {
+	__u8 name[VMS_NAME_LEN];
+	__s32 clone_fd;
+	__u32 flags;
+	__u64 reserved[4];
+};
+
+/**
  * struct vms_clone_attach - argument of VMS_CLONE_ATTACH
  * @vm_fd:	(in) a KVM VM file descriptor (KVM_CREATE_VM); the VM must
  *		use TDP (EPT or NPT).
@@ -306,6 +321,22 @@ struct vms_clone_stats {
  * or after the snapshot). Return: 0, or EBADF / EINVAL (@clone_fd is not a
  * clone), EEXIST (name taken), EINVAL (bad name, flags or reserved),
  * ENOMEM.
+ *
+ * VMS_CLONE_NAME - give a clone a name: a character device
+ * /dev/vms-clone/NAME (misc device "vms-clone!NAME", mode 0600) whose
+ * open(2) returns a file of the clone, as a clone file descriptor is (its
+ * mmap, its ioctls), for VMMs that take guest memory by path, such as
+ * QEMU's memory-backend-file mem-path. The name holds a reference to the
+ * clone: the clone lives on after its file descriptors close, until
+ * VMS_CLONE_UNNAME and the last file and mapping of it are gone. A clone
+ * has at most one name. Needs CAP_SYS_ADMIN. Return: 0, or EPERM, EBADF /
+ * EINVAL (@clone_fd is not a clone), EBUSY (the clone has a name),
+ * EEXIST (name taken), EINVAL (bad name, flags or reserved), ENOMEM.
+ *
+ * VMS_CLONE_UNNAME - remove a clone's name and its device; files and
+ * mappings of it that are open keep the clone. Needs CAP_SYS_ADMIN.
+ * Return: 0, or EPERM, ENOENT (no clone of that name), EINVAL (bad name,
+ * @clone_fd not -1, flags or reserved).
  */
 #define VMS_IMAGE_CREATE	_IOW(VMS_IOCTL_TYPE, 0x01, struct vms_image_create)
 #define VMS_IMAGE_INFO		_IOWR(VMS_IOCTL_TYPE, 0x02, struct vms_image_info)
@@ -313,6 +344,8 @@ struct vms_clone_stats {
 #define VMS_IMAGE_LIST		_IOWR(VMS_IOCTL_TYPE, 0x04, struct vms_image_list)
 #define VMS_CLONE_CREATE	_IOW(VMS_IOCTL_TYPE, 0x05, struct vms_clone_create)
 #define VMS_IMAGE_SNAPSHOT	_IOW(VMS_IOCTL_TYPE, 0x06, struct vms_image_snapshot)
+#define VMS_CLONE_NAME		_IOW(VMS_IOCTL_TYPE, 0x07, struct vms_clone_name)
+#define VMS_CLONE_UNNAME	_IOW(VMS_IOCTL_TYPE, 0x08, struct vms_clone_name)
 
 /*
  * On a clone file descriptor.

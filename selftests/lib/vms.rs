@@ -28,9 +28,10 @@ use std::sync::Arc;
 use kvm_ioctls::Kvm;
 use vmm_sys_util::errno;
 use vms_uapi::{
-    set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo,
-    VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, KVM_MEM_PAGE_PROVIDER,
-    VMS_CLONE_ATTACH, VMS_CLONE_CREATE, VMS_CLONE_RESET, VMS_CLONE_STATS, VMS_GET_VERSION,
+    set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneName, VmsCloneStats, VmsImageCreate,
+    VmsImageInfo, VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, KVM_MEM_PAGE_PROVIDER,
+    VMS_CLONE_ATTACH, VMS_CLONE_CREATE, VMS_CLONE_NAME, VMS_CLONE_RESET, VMS_CLONE_STATS,
+    VMS_CLONE_UNNAME, VMS_GET_VERSION,
     VMS_IMAGE_CREATE, VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST,
     VMS_IMAGE_SNAPSHOT, VMS_NAME_LEN,
 };
@@ -409,6 +410,30 @@ pub fn __clone_create(dev: &File, arg: &VmsCloneCreate) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Where named clones appear (`VMS_CLONE_NAME`).
+pub const NAMED_CLONE_DIR: &str = "/dev/vms-clone";
+
+/// A [`VmsCloneName`] naming clone `clone_fd` `name`, all else zero.
+pub fn clone_name_arg(name: &str, clone_fd: RawFd) -> VmsCloneName {
+    let mut arg = VmsCloneName { clone_fd, ..VmsCloneName::zeroed() };
+    assert!(set_name(&mut arg.name, name.as_bytes()), "bad name {name}");
+    arg
+}
+
+/// `VMS_CLONE_NAME` with `arg` as given, returning the raw result.
+pub fn __clone_name(dev: &File, arg: &VmsCloneName) -> io::Result<()> {
+    // SAFETY: `arg` points at a VmsCloneName, the argument type of
+    // VMS_CLONE_NAME, which the kernel only reads.
+    unsafe { __vms_ioctl(dev, VMS_CLONE_NAME, arg as *const _ as u64) }.map(|_| ())
+}
+
+/// `VMS_CLONE_UNNAME` with `arg` as given, returning the raw result.
+pub fn __clone_unname(dev: &File, arg: &VmsCloneName) -> io::Result<()> {
+    // SAFETY: `arg` points at a VmsCloneName, the argument type of
+    // VMS_CLONE_UNNAME, which the kernel only reads.
+    unsafe { __vms_ioctl(dev, VMS_CLONE_UNNAME, arg as *const _ as u64) }.map(|_| ())
+}
+
 /// `VMS_IMAGE_SNAPSHOT` with `arg` as given, returning the raw result.
 pub fn __image_snapshot(dev: &File, arg: &VmsImageSnapshot) -> io::Result<()> {
     // SAFETY: `arg` points at a VmsImageSnapshot, the argument type of
@@ -555,6 +580,13 @@ impl VmsClone {
     /// Its size in bytes (the image's).
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Opens the clone named `name` (`/dev/vms-clone/NAME`), read-write,
+    /// as a clone of `size` bytes, returning the raw result.
+    pub fn __open_named(name: &str, size: u64) -> io::Result<Self> {
+        let f = OpenOptions::new().read(true).write(true).open(Path::new(NAMED_CLONE_DIR).join(name))?;
+        Ok(Self { fd: f.into(), size })
     }
 
     /// `VMS_CLONE_ATTACH` with `arg` as given, returning the raw result.

@@ -445,6 +445,41 @@ impl VmsImageSnapshot {
     }
 }
 
+/// `struct vms_clone_name`: the argument of [`VMS_CLONE_NAME`] and
+/// [`VMS_CLONE_UNNAME`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsCloneName {
+    /// (in) The clone's name (rules of [`VmsImageCreate::name`]).
+    pub name: [u8; VMS_NAME_LEN],
+    /// (in) [`VMS_CLONE_NAME`]: the clone file descriptor to name;
+    /// [`VMS_CLONE_UNNAME`]: must be -1.
+    pub clone_fd: i32,
+    /// (in) Must be 0.
+    pub flags: u32,
+    /// (in) Must be 0.
+    pub reserved: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<VmsCloneName>() == 72);
+const _: () = assert!(core::mem::align_of::<VmsCloneName>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneName, name) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsCloneName, clone_fd) == 32);
+const _: () = assert!(core::mem::offset_of!(VmsCloneName, flags) == 36);
+const _: () = assert!(core::mem::offset_of!(VmsCloneName, reserved) == 40);
+
+impl VmsCloneName {
+    /// An all-zero argument.
+    pub const fn zeroed() -> Self {
+        Self {
+            name: [0; VMS_NAME_LEN],
+            clone_fd: 0,
+            flags: 0,
+            reserved: [0; 4],
+        }
+    }
+}
+
 /// `struct vms_clone_attach`: the argument of [`VMS_CLONE_ATTACH`].
 ///
 /// The VMM creates the memslot with [`KVM_MEM_PAGE_PROVIDER`], the same
@@ -631,6 +666,30 @@ pub const VMS_CLONE_CREATE: u32 =
 /// `ENOMEM`.
 pub const VMS_IMAGE_SNAPSHOT: u32 =
     _IOW(VMS_IOCTL_TYPE, 0x06, core::mem::size_of::<VmsImageSnapshot>());
+
+/// `VMS_CLONE_NAME`: gives a clone a name, a character device
+/// `/dev/vms-clone/NAME` (misc device `vms-clone!NAME`, mode 0600) whose
+/// `open(2)` returns a file of the clone, as a clone file descriptor is,
+/// for VMMs that take guest memory by path (QEMU's `memory-backend-file`).
+/// The name holds a reference to the clone until [`VMS_CLONE_UNNAME`]. A
+/// clone has at most one name.
+///
+/// Argument: [`VmsCloneName`], read. Needs `CAP_SYS_ADMIN`.
+///
+/// Return: 0, or `EPERM`, `EBADF` / `EINVAL` (`clone_fd` is not a clone),
+/// `EBUSY` (the clone has a name), `EEXIST` (name taken), `EINVAL` (bad
+/// name, flags or reserved), `ENOMEM`.
+pub const VMS_CLONE_NAME: u32 = _IOW(VMS_IOCTL_TYPE, 0x07, core::mem::size_of::<VmsCloneName>());
+
+/// `VMS_CLONE_UNNAME`: removes a clone's name and its device; open files
+/// and mappings of it keep the clone.
+///
+/// Argument: [`VmsCloneName`] with `clone_fd` -1, read. Needs
+/// `CAP_SYS_ADMIN`.
+///
+/// Return: 0, or `EPERM`, `ENOENT` (no clone of that name), `EINVAL` (bad
+/// name, `clone_fd` not -1, flags or reserved).
+pub const VMS_CLONE_UNNAME: u32 = _IOW(VMS_IOCTL_TYPE, 0x08, core::mem::size_of::<VmsCloneName>());
 
 // On a clone file descriptor.
 

@@ -132,6 +132,8 @@ mod tests {
         assert_eq!(VMS_IMAGE_LIST, 0xc038_b904);
         assert_eq!(VMS_CLONE_CREATE, 0x4048_b905);
         assert_eq!(VMS_IMAGE_SNAPSHOT, 0x4048_b906);
+        assert_eq!(VMS_CLONE_NAME, 0x4048_b907);
+        assert_eq!(VMS_CLONE_UNNAME, 0x4048_b908);
         assert_eq!(VMS_CLONE_ATTACH, 0x4040_b910);
         assert_eq!(VMS_CLONE_STATS, 0x8080_b911);
         assert_eq!(VMS_CLONE_RESET, 0x0000_b912);
@@ -160,6 +162,7 @@ mod tests {
         assert_layout!(VmsImageList, 56, { index: 0, flags: 4, name: 8, reserved: 40 });
         assert_layout!(VmsCloneCreate, 72, { name: 0, flags: 32, pad: 36, reserved: 40 });
         assert_layout!(VmsImageSnapshot, 72, { name: 0, clone_fd: 32, flags: 36, reserved: 40 });
+        assert_layout!(VmsCloneName, 72, { name: 0, clone_fd: 32, flags: 36, reserved: 40 });
         assert_layout!(VmsCloneAttach, 64, {
             vm_fd: 0, slot: 4, offset: 8, size: 16, flags: 24, pad: 28, reserved: 32,
         });
