@@ -17,9 +17,9 @@ use std::ptr::NonNull;
 
 use thiserror::Error;
 use vms_uapi::{
-    name_bytes, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo,
+    name_bytes, VmsCloneAttach, VmsCloneCreate, VmsCloneName, VmsCloneStats, VmsImageCreate, VmsImageInfo,
     VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, VMS_ABI_VERSION, VMS_CLONE_ATTACH,
-    VMS_CLONE_CREATE, VMS_CLONE_RESET, VMS_CLONE_STATS, VMS_GET_VERSION, VMS_IMAGE_CREATE,
+    VMS_CLONE_CREATE, VMS_CLONE_NAME, VMS_CLONE_RESET, VMS_CLONE_UNNAME, VMS_CLONE_STATS, VMS_GET_VERSION, VMS_IMAGE_CREATE,
     VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_IMAGE_SNAPSHOT,
     VMS_NAME_LEN,
 };
@@ -187,6 +187,8 @@ unsafe impl IoctlArg for VmsCloneStats {}
 unsafe impl IoctlArg for VmsCloneAttach {}
 // SAFETY: as above.
 unsafe impl IoctlArg for VmsImageSnapshot {}
+// SAFETY: as above.
+unsafe impl IoctlArg for VmsCloneName {}
 
 /// Issues ioctl `request` on `fd` with `arg` as its argument, read and/or
 /// written by the kernel; returns the ioctl's non-negative result.
@@ -395,6 +397,39 @@ impl Vms {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(CloneFd { fd })
     }
+
+    /// `VMS_CLONE_NAME`: names `clone` `name`, a device
+    /// [`NAMED_CLONE_DIR`]`/NAME` that keeps the clone until
+    /// [`clone_unname`](Self::clone_unname).
+    pub fn clone_name(&self, name: &Name, clone: &CloneFd) -> Result<()> {
+        let mut arg = VmsCloneName { name: *name, clone_fd: clone.fd.as_raw_fd(), ..VmsCloneName::zeroed() };
+        ioctl(self.file.as_fd(), "VMS_CLONE_NAME", VMS_CLONE_NAME, &mut arg)?;
+        Ok(())
+    }
+
+    /// `VMS_CLONE_UNNAME`: removes the name `name` and its device.
+    pub fn clone_unname(&self, name: &Name) -> Result<()> {
+        let mut arg = VmsCloneName { name: *name, clone_fd: -1, ..VmsCloneName::zeroed() };
+        ioctl(self.file.as_fd(), "VMS_CLONE_UNNAME", VMS_CLONE_UNNAME, &mut arg)?;
+        Ok(())
+    }
+}
+
+/// Where named clones appear (`VMS_CLONE_NAME`): devtmpfs makes the misc
+/// device `vms-clone!NAME` there.
+pub const NAMED_CLONE_DIR: &str = "/dev/vms-clone";
+
+/// The named clones, from sysfs (`/sys/class/misc/vms-clone!NAME`), in
+/// name order.
+pub fn named_clones() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/misc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("vms-clone!").map(str::to_owned))
+        .collect();
+    names.sort();
+    names
 }
 
 /// A clone's file descriptor. The clone lives as long as this descriptor
@@ -404,6 +439,17 @@ pub struct CloneFd {
 }
 
 impl CloneFd {
+    /// Opens the clone named `name` ([`NAMED_CLONE_DIR`]`/NAME`).
+    pub fn open_named(name: &str) -> Result<Self> {
+        let path = Path::new(NAMED_CLONE_DIR).join(name);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map(|f| CloneFd { fd: f.into() })
+            .map_err(|e| DevError::Open { path, errno: Errno::of(&e) })
+    }
+
     /// `VMS_CLONE_ATTACH`: serve memslot `slot` of the VM `vm_fd` from
     /// clone bytes `offset..offset + size`.
     pub fn attach(&self, vm_fd: std::os::fd::RawFd, slot: u32, offset: u64, size: u64) -> Result<()> {

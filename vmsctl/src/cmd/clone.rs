@@ -24,10 +24,17 @@ guest or through the VMM's mapping, gives the clone a private copy of that
 page. The VMM mmap()s the clone's file descriptor and attaches it to
 memslots of its KVM VM (VMS_CLONE_ATTACH).
 
-A clone lives only while its file descriptor (or a mapping of it) is open:
-there is no command to delete one, and when the process that holds it
-exits, the clone and its private pages are gone. `vmsctl clone create`
-therefore holds a clone only for as long as it runs.";
+A clone lives while its file descriptor (or a mapping of it) is open, or
+while it has a name: `vmsctl clone create IMAGE --name NAME` gives it the
+device /dev/vms-clone/NAME, whose open(2) returns a file of the clone.
+That is how a VMM that takes guest memory by path uses a clone, e.g.
+QEMU's `-object memory-backend-file,id=ram,mem-path=/dev/vms-clone/NAME,
+share=on,size=SIZE -machine memory-backend=ram` (its KVM then reaches the
+pages through the mapping: shared reads, copy on the first write).
+`vmsctl clone list` shows the named clones, `vmsctl clone delete NAME`
+removes a name; the clone goes once no file or mapping of it is open.
+Without a name, the clone goes when the process that holds it exits:
+`vmsctl clone create` holds it only for as long as it runs.";
 
 /// Arguments of `vmsctl clone`.
 #[derive(Debug, Args)]
@@ -41,6 +48,35 @@ pub struct CloneArgs {
 #[derive(Debug, Subcommand)]
 enum CloneCommand {
     Create(CreateArgs),
+    List(ListArgs),
+    Delete(DeleteArgs),
+}
+
+/// Arguments of `vmsctl clone list`.
+#[derive(Debug, Args)]
+#[command(
+    about = "List the named clones (/dev/vms-clone/NAME)",
+    long_about = "List the named clones: each name, its device, its image (after a live \
+image of it, that live image), its size and its private pages (VMS_CLONE_STATS, \
+read through the device)."
+)]
+pub struct ListArgs {
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `vmsctl clone delete`.
+#[derive(Debug, Args)]
+#[command(
+    about = "Remove a clone's name (VMS_CLONE_UNNAME)",
+    long_about = "Remove the name NAME and its device /dev/vms-clone/NAME \
+(VMS_CLONE_UNNAME). A VMM that has the clone open or mapped keeps it; it goes, with \
+its private pages, when the last file and mapping of it are gone."
+)]
+pub struct DeleteArgs {
+    /// The clone's name.
+    name: ImageName,
 }
 
 const CREATE_LONG_ABOUT: &str = "\
@@ -97,8 +133,13 @@ pub struct CreateArgs {
     #[arg(long)]
     reset: bool,
     /// Keep the clone until stdin closes or SIGINT/SIGTERM.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "name")]
     hold: bool,
+    /// Name the clone (VMS_CLONE_NAME): the device /dev/vms-clone/NAME
+    /// keeps it after vmsctl exits, until `vmsctl clone delete NAME`.
+    /// Names follow the image names' rules and may not start with '.'.
+    #[arg(long, value_name = "NAME")]
+    name: Option<ImageName>,
     /// Print one JSON object instead of lines.
     #[arg(long)]
     json: bool,
@@ -182,6 +223,35 @@ pub enum CloneError {
         #[source]
         source: io::Error,
     },
+    /// The clone could not be named.
+    #[error("clone of image \"{image}\": naming it \"{name}\"")]
+    Name {
+        /// The image.
+        image: ImageName,
+        /// The name.
+        name: ImageName,
+        /// Why.
+        #[source]
+        cause: Cause,
+    },
+    /// A name could not be removed.
+    #[error("clone \"{name}\": deleting its name")]
+    Unname {
+        /// The name.
+        name: ImageName,
+        /// Why.
+        #[source]
+        cause: Cause,
+    },
+    /// A named clone could not be read.
+    #[error("clone \"{name}\"")]
+    Named {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        cause: Cause,
+    },
     /// Writing the report failed.
     #[error("writing the output")]
     Output(#[from] io::Error),
@@ -194,7 +264,94 @@ pub enum CloneError {
 pub fn run(args: &CloneArgs) -> Result<(), CloneError> {
     match &args.command {
         CloneCommand::Create(a) => create(a),
+        CloneCommand::List(a) => list(a),
+        CloneCommand::Delete(a) => delete(a),
     }
+}
+
+/// Explains the errnos of `VMS_CLONE_NAME`.
+fn explain_name(errno: Errno) -> Option<String> {
+    match errno.0 {
+        libc::EEXIST => Some("another clone has that name".to_owned()),
+        libc::EBUSY => Some("the clone has a name already".to_owned()),
+        libc::EINVAL => Some("the module refused the name (names may not start with '.')".to_owned()),
+        _ => None,
+    }
+}
+
+/// One named clone, as `vmsctl clone list` shows it.
+#[derive(Debug, Serialize)]
+struct NamedRow {
+    name: String,
+    device: String,
+    image: String,
+    size: u64,
+    private_pages: u64,
+    /// Stage-2 faults the clone served as the VM's page provider.
+    faults: u64,
+    /// Faults of mappings of the clone (a VMM's, or KVM's through them).
+    mmap_faults: u64,
+    cow_copies: u64,
+}
+
+/// Runs `vmsctl clone list`.
+fn list(args: &ListArgs) -> Result<(), CloneError> {
+    let mut rows = Vec::new();
+    for name in crate::dev::named_clones() {
+        let named = |e| CloneError::Named { name: name.clone(), cause: Cause::new(e, |_| None) };
+        // Named a moment ago, unnamed since: not listed.
+        let clone = match crate::dev::CloneFd::open_named(&name) {
+            Ok(c) => c,
+            Err(e) if e.errno().map(|e| e.0) == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(named(e)),
+        };
+        let s = clone.stats().map_err(named)?;
+        rows.push(NamedRow {
+            device: format!("{}/{name}", crate::dev::NAMED_CLONE_DIR),
+            image: vms_uapi::name_bytes(&s.image).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default(),
+            size: s.size,
+            private_pages: s.private_pages,
+            faults: s.faults,
+            mmap_faults: s.mmap_faults,
+            cow_copies: s.cow_copies,
+            name,
+        });
+    }
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &rows)?;
+        writeln!(out)?;
+    } else if rows.is_empty() {
+        writeln!(out, "no named clones (vmsctl clone create IMAGE --name NAME makes one)")?;
+    } else {
+        writeln!(out, "{:<24} {:<24} {:>10} {:>10}  DEVICE", "NAME", "IMAGE", "SIZE", "PRIVATE")?;
+        for r in &rows {
+            writeln!(
+                out,
+                "{:<24} {:<24} {:>10} {:>10}  {}",
+                r.name,
+                r.image,
+                format_size(r.size),
+                format_size(r.private_pages * PAGE_SIZE),
+                r.device
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `vmsctl clone delete`.
+fn delete(args: &DeleteArgs) -> Result<(), CloneError> {
+    let (vms, _) = Vms::open_checked()?;
+    vms.clone_unname(&args.name.to_abi()).map_err(|e| CloneError::Unname {
+        name: args.name.clone(),
+        cause: Cause::new(e, |errno| (errno.0 == libc::ENOENT).then(|| "no clone has that name".to_owned())),
+    })?;
+    println!(
+        "deleted the name {} (the clone goes once no file or mapping of it is open)",
+        args.name
+    );
+    Ok(())
 }
 
 /// The report of `vmsctl clone create`, as `--json` prints it.
@@ -311,6 +468,13 @@ fn create(args: &CreateArgs) -> Result<(), CloneError> {
         image: image.clone(),
         cause: Cause::new(e, explain_create),
     })?;
+    if let Some(n) = &args.name {
+        vms.clone_name(&n.to_abi(), &clone).map_err(|e| CloneError::Name {
+            image: image.clone(),
+            name: n.clone(),
+            cause: Cause::new(e, explain_name),
+        })?;
+    }
     let map = clone.map(size).map_err(|e| CloneError::Map {
         image: image.clone(),
         cause: Cause::new(e, explain_map),
@@ -350,6 +514,15 @@ fn create(args: &CreateArgs) -> Result<(), CloneError> {
         writeln!(out)?;
     } else {
         report.write_info(&mut out)?;
+    }
+    if let Some(n) = &args.name {
+        if !args.json {
+            writeln!(
+                out,
+                "named {n}: {}/{n}, which keeps the clone until `vmsctl clone delete {n}`",
+                crate::dev::NAMED_CLONE_DIR
+            )?;
+        }
     }
     out.flush()?;
     drop(out);
