@@ -333,7 +333,10 @@ fn clone_name(reg: &Registry, arg: UserPtr) -> Result<isize> {
     if free.is_none() {
         named.reserve(1, GFP_KERNEL)?;
     }
-    let dev = ffi::NamedClone::register(&name, clone)?;
+    // (`clone`, declared before the lock, outlives it: if the caller's fd
+    // closed meanwhile, a failed registration does not drop the clone's
+    // last reference, which waits for its VM, under the lock)
+    let dev = ffi::NamedClone::register(&name, clone.clone())?;
     match free {
         Some(i) => named[i] = Some(dev),
         None => named.push(Some(dev), GFP_KERNEL)?,

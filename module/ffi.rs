@@ -1154,13 +1154,23 @@ extern "C" fn named_open(_inode: *mut bindings::inode, file: *mut bindings::file
 const FMODE_WRITE: u32 = 1 << 1;
 
 /// The minors named clones take, the top half of the misc minors, handed
-/// out in turn from the top ([`NEXT_MINOR`]) instead of the lowest free
-/// one: a device node or a file that outlived its name (a bind mount,
-/// `mknod`, a reopen through /proc) must not open the next clone named,
-/// which the lowest free minor would give it at once. One comes back
-/// only after 2^19 names.
+/// out in turn ([`NEXT_MINOR`], from a random point at each load) instead
+/// of the lowest free one: a device node or a file that outlived its name
+/// (a bind mount, `mknod`, a reopen through /proc, across a reload too)
+/// must not open the next clone named, which the lowest free minor would
+/// give it at once. One comes back only after 2^19 names. (A kernel whose
+/// misc core refuses fixed minors above 255, as a 2025 patch proposes,
+/// gets dynamic ones: EINVAL falls back, see `NamedClone::register`.)
 const NAMED_MINORS: core::ops::RangeInclusive<u32> = (1 << 19)..=bindings::MINORMASK;
-static NEXT_MINOR: AtomicU32 = AtomicU32::new(bindings::MINORMASK);
+static NEXT_MINOR: AtomicU32 = AtomicU32::new(0);
+
+/// Starts [`NEXT_MINOR`] at a random point of [`NAMED_MINORS`]; called
+/// once, at load.
+pub(crate) fn seed_named_minors() {
+    // SAFETY: get_random_u32 has no preconditions.
+    let r = unsafe { bindings::get_random_u32() };
+    NEXT_MINOR.store(bindings::MINORMASK - r % (1 << 19), Ordering::Relaxed);
+}
 
 /// The next minor to try for a named clone.
 fn next_minor() -> u32 {
@@ -1240,14 +1250,18 @@ impl NamedClone {
             // SAFETY: `Opaque::raw_get` only computes the field's address.
             let misc = unsafe { Opaque::raw_get(addr_of_mut!((*slot).inner)) };
             // A minor another device took meanwhile is EBUSY: the next.
-            let mut r = Err(EBUSY);
+            // After 64 taken in a row, ENOSPC (not EBUSY, which says the
+            // clone has a name). A misc core that refuses fixed minors
+            // above 255 (EINVAL) gets a dynamic one.
+            let mut r = Err(ENOSPC);
+            let mut fixed = true;
             for _ in 0..64 {
                 // SAFETY: `misc` is valid for writes and not registered
                 // (a failed misc_register links nothing). All-zero is a
                 // valid `miscdevice` for the fields not set here.
                 unsafe {
                     misc.write(bindings::miscdevice {
-                        minor: next_minor() as _,
+                        minor: if fixed { next_minor() as _ } else { bindings::MISC_DYNAMIC_MINOR as _ },
                         name: devname_ptr as *const kernel::ffi::c_char,
                         fops: &NAMED_FOPS.0,
                         mode: 0o600,
@@ -1258,8 +1272,13 @@ impl NamedClone {
                 // SAFETY: `misc` is initialised and pinned in its final
                 // place.
                 r = to_result(unsafe { bindings::misc_register(misc) });
-                if r != Err(EBUSY) {
-                    break;
+                match r {
+                    Err(e) if e == EBUSY => r = Err(ENOSPC),
+                    Err(e) if e == EINVAL && fixed => {
+                        pr_info!("named clones: fixed misc minors refused; dynamic ones are reused at once\n");
+                        fixed = false;
+                    }
+                    _ => break,
                 }
             }
             if r.is_ok() {

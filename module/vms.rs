@@ -41,6 +41,7 @@ struct Vms {
 
 impl kernel::Module for Vms {
     fn init(_module: &'static ThisModule) -> Result<Self> {
+        ffi::seed_named_minors();
         let dev = KBox::try_pin_init(
             ffi::MiscDevice::register(c_str!("vms"), dev::Registry::new()?),
             GFP_KERNEL,

@@ -331,7 +331,8 @@ struct vms_clone_stats {
  * VMS_CLONE_UNNAME and the last file and mapping of it are gone. A clone
  * has at most one name. Needs CAP_SYS_ADMIN. Return: 0, or EPERM, EBADF /
  * EINVAL (@clone_fd is not a clone), EBUSY (the clone has a name),
- * EEXIST (name taken), EINVAL (bad name, flags or reserved), ENOMEM.
+ * EEXIST (name taken), EINVAL (bad name, flags or reserved), ENOSPC (no
+ * device minor free), ENOMEM.
  *
  * VMS_CLONE_UNNAME - remove a clone's name and its device; files and
  * mappings of it that are open keep the clone. Needs CAP_SYS_ADMIN.

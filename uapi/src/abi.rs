@@ -678,7 +678,7 @@ pub const VMS_IMAGE_SNAPSHOT: u32 =
 ///
 /// Return: 0, or `EPERM`, `EBADF` / `EINVAL` (`clone_fd` is not a clone),
 /// `EBUSY` (the clone has a name), `EEXIST` (name taken), `EINVAL` (bad
-/// name, flags or reserved), `ENOMEM`.
+/// name, flags or reserved), `ENOSPC` (no device minor free), `ENOMEM`.
 pub const VMS_CLONE_NAME: u32 = _IOW(VMS_IOCTL_TYPE, 0x07, core::mem::size_of::<VmsCloneName>());
 
 /// `VMS_CLONE_UNNAME`: removes a clone's name and its device; open files
