@@ -253,8 +253,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if args.detached_child {
         // The parent waits for this line (and the socket) on our stdout.
         // On a line of its own: the guest's console shares the log, and
-        // may have left a line unfinished (a stock distro's boot does).
-        println!("\n{READY_LINE}");
+        // may be in the middle of a line, or have left one unfinished (a
+        // stock distro's boot does).
+        crate::vmm::serial::print_line(READY_LINE, Duration::from_millis(200));
     }
     let stop = running.status().wait(None).unwrap_or(Stop::Requested);
     drop(server);

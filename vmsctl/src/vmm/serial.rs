@@ -8,7 +8,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use vm_superio::serial::{NoEvents, SerialState};
@@ -176,11 +177,67 @@ impl Console {
     }
 }
 
+/// The VM process's standard output, which the guest's console shares
+/// with the lines vmsctl prints itself ([`print_line`]): whether the
+/// console's last byte ended a line, and a line of vmsctl's waiting for
+/// the console's line to end.
+struct Out {
+    at_line_start: bool,
+    waiting: Option<String>,
+}
+
+static OUT: Mutex<Out> = Mutex::new(Out { at_line_start: true, waiting: None });
+
+/// Prints `line` on a line of its own between the guest console's lines:
+/// at once if the console is at the start of a line, else right after
+/// the console ends its line, or after `wait` on a new line of its own
+/// (a guest may leave a line unfinished). Otherwise a guest printing
+/// byte by byte would have its line cut in two (`vms-guest: resu`,
+/// `vms-vm-ready`, `med as c-1`), and whoever reads the log for it, a
+/// test or a person, would not find it.
+pub fn print_line(line: &str, wait: Duration) {
+    {
+        let mut out = OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if out.at_line_start {
+            let _ = writeln!(io::stdout().lock(), "{line}");
+            return;
+        }
+        out.waiting = Some(line.to_owned());
+    }
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+        if OUT.lock().unwrap_or_else(|e| e.into_inner()).waiting.is_none() {
+            return;
+        }
+    }
+    let mut out = OUT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(line) = out.waiting.take() {
+        let _ = writeln!(io::stdout().lock(), "\n{line}");
+        out.at_line_start = true;
+    }
+}
+
 impl Write for Console {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Output first, so that what the VMM prints when it sees a line
         // comes after the line.
-        let written = io::stdout().lock().write_all(buf);
+        let written = {
+            let mut out = OUT.lock().unwrap_or_else(|e| e.into_inner());
+            let mut stdout = io::stdout().lock();
+            let mut written = Ok(());
+            // Up to each end of line, then a line of vmsctl's that waits.
+            for piece in buf.split_inclusive(|&b| b == b'\n') {
+                written = written.and_then(|()| stdout.write_all(piece));
+                out.at_line_start = piece.ends_with(b"\n");
+                if out.at_line_start {
+                    if let Some(line) = out.waiting.take() {
+                        written = written.and_then(|()| writeln!(stdout, "{line}"));
+                    }
+                }
+            }
+            written
+        };
         for &b in buf {
             self.scan(b);
         }
