@@ -11,7 +11,9 @@
 # - its kernel bound the VM generation ID device (vmgenid);
 # - 2 clones of a live image of it: each kernel reseeded its CRNG
 #   because the generation ID changed ("crng reseeded due to virtual
-#   machine fork", after the GED interrupt), which the parent's did not.
+#   machine fork", after the GED interrupt), which the parent's did not;
+# - a clone reset to the image (vmsctl reset) reseeds again, on the
+#   reset's new generation ID.
 #
 # TAP output (kselftest style); exit 0 pass, 1 fail, 4 skip.
 set -u
@@ -89,5 +91,15 @@ for c in a-1 a-2; do
 	check "$c: its kernel reseeded the CRNG on the new VM generation ID" [ "$(sed -n 1p <<<"$d")" -ge 1 ] 2>/dev/null
 	check "$c: the GED interrupt arrived" [ "$(sed -n 3p <<<"$d")" -ge 1 ] 2>/dev/null
 done
+# A reset takes a-1 back to the image, whose kernel logged no fork; the
+# reset's new generation ID makes it reseed (and log it) again.
+if out=$("$vmsctl" reset a-1 2>&1); then
+	msg "$out"
+	d=$(vx a-1 'dmesg | grep -c "crng reseeded due to virtual machine fork"; cat /run/vms-id 2>/dev/null')
+	msg "a-1 after its reset: fork messages, id: $(echo $d)"
+	check "a-1, reset: its kernel reseeded on the reset's new generation ID" [ "$(sed -n 1p <<<"$d")" -ge 1 ] 2>/dev/null
+else
+	fail "vmsctl reset a-1: $out"
+fi
 check "the parent's kernel still logged no VM fork" no_fork parent
 finish

@@ -19,6 +19,8 @@
 #   and up) with its own hostname and MAC, and the tokens of all 8 and of
 #   the parent are distinct: each clone's CRNG was reseeded at the resume;
 #   the parent is unchanged;
+# - a clone reset to the live image (vmsctl reset) answers as itself
+#   again, with a token of a CRNG reseeded at the reset;
 # - a second VM or clone with an address or MAC in use is refused;
 # - a clone's tap leaves the bridge when the clone stops, and its id is
 #   free again.
@@ -133,13 +135,24 @@ for i in $(seq "$N"); do
 	mac=$(vx n-$i 'cat /sys/class/net/eth0/address')
 	check "n-$i has its own MAC (06:76:6d:00:00:0$i)" [ "$mac" = "06:76:6d:00:00:0$i" ]
 done
+# A reset clone is back on its link as itself, with a new token.
+if [ "$N" -ge 2 ] && out=$("$vmsctl" reset n-2 2>&1); then
+	msg "$out"
+	r=$(http 10.77.0.18)
+	msg "n-2 after its reset answers: $r"
+	check "n-2, reset, answers on its own address as itself" grep -q "^n-2 [0-9a-f]\{32\}$" <<<"$r"
+	tokens+=" ${r#* }"
+	want_extra=1
+elif [ "$N" -ge 2 ]; then
+	fail "vmsctl reset n-2: $out"
+fi
 p2=$(http 10.77.0.2)
 check "the parent still answers as itself" grep -q "^vms-guest [0-9a-f]\{32\}$" <<<"$p2"
 tokens+=" ${p2#* }"
 msg "tokens: $tokens"
-want=$((N + 3))
+want=$((N + 3 + ${want_extra:-0}))
 distinct() { [ "$(tr ' ' '\n' <<<"$tokens" | grep -c .)" = $want ] && [ "$(tr ' ' '\n' <<<"$tokens" | grep . | sort -u | wc -l)" = $want ]; }
-check "every answer's token differs ($want: the parent's 3 and one from each clone, read after its resume)" distinct
+check "every answer's token differs ($want: the parent's 3, one from each clone, read after its resume, and one after n-2's reset)" distinct
 # Addresses and MACs are one VM's at a time.
 refused "a second VM with the default address" "10.77.0.2 on bridge $br is in use" \
 	"$vmsctl" run --name dup --kernel "$kernel" --initrd "$initrd" --mem 128M --detach --bridge "$br"

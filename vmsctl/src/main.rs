@@ -81,6 +81,7 @@ enum Command {
     List(cmd::vm::ListArgs),
     Stop(cmd::vm::StopArgs),
     Exec(cmd::vm::ExecArgs),
+    Reset(cmd::vm::ResetArgs),
 }
 
 /// Runs the subcommand. Its typed error already names the object and the
@@ -96,6 +97,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::LiveImage(args) => cmd::live_image::run(args)?,
         Command::List(args) => cmd::vm::list(args)?,
         Command::Stop(args) => cmd::vm::stop(args)?,
+        Command::Reset(args) => cmd::vm::reset(args)?,
         Command::Exec(args) => {
             let status = cmd::vm::exec(args)?;
             if status != 0 {
@@ -151,6 +153,8 @@ mod tests {
                 "clone", "create", "base", "--read", "3", "--write", "1", "--hold",
             ],
             &["stats", "--json"],
+            &["reset", "web-3"],
+            &["reset", "web-3", "--json", "--timeout", "60"],
             &[
                 "run", "--name", "t", "--kernel", "bz", "--initrd", "rd", "--mem", "1G", "--cpus",
                 "2",

@@ -450,6 +450,9 @@ pub struct Memory {
     boot_image: Option<ImageName>,
     /// The live image a clone was started from.
     source: Option<ImageName>,
+    /// The live image a reset goes back to: the last one made of this VM,
+    /// else the one it was started from.
+    reset_image: std::sync::Mutex<Option<ImageName>>,
 }
 
 impl Memory {
@@ -681,7 +684,7 @@ fn net_config(args: &RunArgs, restore: Option<&MachineState>) -> Result<Option<N
 /// image (boot), or anonymous memory (--no-vms).
 fn guest_ram(args: &RunArgs, size: u64) -> Result<(GuestRam, Memory)> {
     if args.no_vms {
-        let none = Memory { vms: None, clone: None, boot_image: None, source: None };
+        let none = Memory { vms: None, clone: None, boot_image: None, source: None, reset_image: Default::default() };
         return Ok((GuestRam::anonymous(size).context("guest RAM")?, none));
     }
     let (vms, _) = Vms::open_checked().context("guest RAM is a vms clone (--no-vms for plain memory)")?;
@@ -710,7 +713,8 @@ fn guest_ram(args: &RunArgs, size: u64) -> Result<(GuestRam, Memory)> {
     // drops after the VM.
     let ram = unsafe { GuestRam::from_raw(addr, size, Box::new((map, clone.clone()))) }?;
     let source = args.image.clone();
-    Ok((ram, Memory { vms: Some(vms), clone: Some(clone), boot_image, source }))
+    let reset_image = std::sync::Mutex::new(source.clone());
+    Ok((ram, Memory { vms: Some(vms), clone: Some(clone), boot_image, source, reset_image }))
 }
 
 impl Vmm {
@@ -742,46 +746,64 @@ impl Vmm {
         self.phases.vcpus_us = first.saturating_duration_since(self.vcpus_started + connect).as_secs_f64() * 1e6;
         let first_ns = now_ns().saturating_sub(first.elapsed().as_nanos());
         let start_us = first_ns.saturating_sub(requested_ns) as f64 / 1000.0;
-        let id = args.id.unwrap_or(0);
-        let mut seed = [0u8; 32];
-        crate::vmm::virtio::rng::fill_random(&mut seed).context("host entropy for the clone")?;
-        let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-        // The guest asks for the host's time itself, once its command runs
-        // (agent.rs): the first command in a fresh clone may take seconds
-        // to start.
-        let net = match &self.net {
-            Some(n) => format!(" {} {}", n.guest_spec().unwrap_or_else(|| "none".into()), n.mac),
-            None => String::new(),
-        };
-        let reply = self
-            .running
-            .agent()
-            .exec(&format!("vms-identity {id} {} {seed}{net}", args.name), timeout)
-            .context("handing the clone its identity (vms-identity through the agent)")?;
-        let output = String::from_utf8_lossy(&reply.output);
-        if reply.status != 0 {
-            // 127: the shell found no vms-identity (or a helper of it).
-            let hint = if reply.status == 127 || output.contains("not found") {
-                " (a guest initramfs older than this vmsctl? rebuild it with scripts/build-guest)"
-            } else {
-                ""
-            };
-            bail!("vms-identity failed with status {}: {}{hint}", reply.status, output.trim_end());
-        }
-        if !output.contains("vms-resume: reseeded, clock set") {
-            bail!(
-                "the guest's vms-identity did not reseed its CRNG nor set its clock (an older guest \
-                 initramfs? rebuild it with scripts/build-guest): {output}"
-            );
-        }
-        // Its own MAC and address now: on the link.
-        self.running.set_net_muted(false);
+        give_identity(&self.running, Some(args.id.unwrap_or(0)), &args.name, self.net.as_ref(), timeout)?;
         Ok(Ready {
             since_start: first.elapsed(),
             start_us: Some(start_us),
             restore_us: Some(restored.as_secs_f64() * 1e6),
         })
     }
+}
+
+/// Hands a clone (`id` given) its identity through the agent, right after
+/// it resumed from a live image or was reset to one, before any other
+/// command: `vms-identity` reseeds the guest's CRNG from host entropy,
+/// sets its clock to the host's, and gives it its name, network address
+/// and MAC (scripts/guest/identity). A VM that was booted, not started
+/// from a live image (`id` None), reset to a live image of itself keeps
+/// the name and network it has there; its CRNG and clock are set afresh
+/// all the same (`vms-resume`). Then puts the network device back on its
+/// link.
+fn give_identity(running: &RunningVm, id: Option<u32>, name: &str, net: Option<&NetConfig>, timeout: Duration) -> Result<()> {
+    let mut seed = [0u8; 32];
+    crate::vmm::virtio::rng::fill_random(&mut seed).context("host entropy for the clone")?;
+    let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    // The guest asks for the host's time itself, once its command runs
+    // (agent.rs): the first command in a fresh clone may take seconds
+    // to start.
+    let command = match id {
+        Some(id) => {
+            let net = match net {
+                Some(n) => format!(" {} {}", n.guest_spec().unwrap_or_else(|| "none".into()), n.mac),
+                None => String::new(),
+            };
+            format!("vms-identity {id} {name} {seed}{net}")
+        }
+        None => format!("/sbin/vms-resume {seed}"),
+    };
+    let reply = running
+        .agent()
+        .exec(&command, timeout)
+        .context("handing the clone its identity (vms-identity through the agent)")?;
+    let output = String::from_utf8_lossy(&reply.output);
+    if reply.status != 0 {
+        // 127: the shell found no vms-identity (or a helper of it).
+        let hint = if reply.status == 127 || output.contains("not found") {
+            " (a guest initramfs older than this vmsctl? rebuild it with scripts/build-guest)"
+        } else {
+            ""
+        };
+        bail!("vms-identity failed with status {}: {}{hint}", reply.status, output.trim_end());
+    }
+    if !output.contains("vms-resume: reseeded, clock set") {
+        bail!(
+            "the guest's vms-identity did not reseed its CRNG nor set its clock (an older guest \
+             initramfs? rebuild it with scripts/build-guest): {output}"
+        );
+    }
+    // Its own MAC and address now: on the link.
+    running.set_net_muted(false);
+    Ok(())
 }
 
 /// The control socket's handler.
@@ -813,7 +835,41 @@ fn serve(
             }))
         }
         control::Request::Snapshot { image } => snapshot(running, memory, info, &image),
+        control::Request::Reset { timeout_ms } => reset(running, memory, info, Duration::from_millis(timeout_ms)),
     }
+}
+
+/// `vmsctl reset`: the VM back at its live image (the last one made of
+/// it, else the one it was started from), in place: its memory, vCPUs,
+/// devices and disk as they were in the image, then its identity again.
+fn reset(running: &RunningVm, memory: &Memory, info: &Info, timeout: Duration) -> Result<serde_json::Value> {
+    let Some(clone) = &memory.clone else {
+        bail!("this VM runs on plain memory (--no-vms): it has no live image to go back to");
+    };
+    let image = memory.reset_image.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(image) = image else {
+        bail!(
+            "this VM was booted and no live image was made of it: nothing to reset to \
+             (make one with `vmsctl live-image create {} IMAGE`)",
+            info.name
+        );
+    };
+    let state = live_image::load_state(&image.to_string())?;
+    let before = clone.stats().map(|s| s.private_pages).unwrap_or(0);
+    let t0 = Instant::now();
+    let paused = running
+        .reset(state, || clone.reset().context("dropping the clone's private pages (VMS_CLONE_RESET)"))
+        .with_context(|| format!("resetting to live image {image}"))?;
+    let t1 = Instant::now();
+    give_identity(running, info.id.or(memory.source.as_ref().map(|_| 0)), &info.name, info.net.as_ref(), timeout)
+        .context("after the reset")?;
+    Ok(serde_json::json!({
+        "image": image.to_string(),
+        "paused_us": paused.as_micros() as u64,
+        "identity_us": t1.elapsed().as_micros() as u64,
+        "total_us": t0.elapsed().as_micros() as u64,
+        "private_pages_dropped": before,
+    }))
 }
 
 /// `live-image create`: pause, save the state, make the live image of
@@ -865,6 +921,8 @@ fn snapshot(running: &RunningVm, memory: &Memory, info: &Info, image: &str) -> R
     })?;
     state.net = info.net.clone();
     imagefile::write_atomic(&state_path, &state.to_json()?)?;
+    // The clone's image is the live image now: a reset goes back to it.
+    *memory.reset_image.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.clone());
     let pages = vms.image_info(&name.to_abi()).map(|s| s.cached_pages).unwrap_or(0);
     Ok(serde_json::json!({
         "image": image,

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `vmsctl list`, `stop` and `exec`: the running VMs, through their
-//! control sockets.
+//! `vmsctl list`, `stop`, `exec` and `reset`: the running VMs, through
+//! their control sockets.
 
 use std::time::Duration;
 
@@ -28,6 +28,40 @@ pub struct ListArgs {
 pub struct StopArgs {
     /// The VM.
     vm: String,
+}
+
+/// Arguments of `vmsctl reset`.
+#[derive(Debug, Args)]
+#[command(
+    about = "Put a running VM back at its live image, in place",
+    long_about = "Put a running VM back at its live image, in place: the memory it wrote since \
+(its clone's private pages, dropped in the kernel), its vCPUs, its devices and its disk go back \
+to what the live image holds, and the VM goes on from there with a fresh identity. The live \
+image is the last one made of the VM (`live-image create`), else the one it was started from \
+(`live-image start`, `run --image`). A warm VM is then ready for the next request far sooner \
+than a new clone would be.
+
+What the guest sees: the instant the image was made, as a new clone does. Its writes since are \
+gone, its disk's too; its CRNG is reseeded from the host and its clock set to the host's \
+(vms-resume, through the agent); a clone keeps its name, MAC and address (vms-identity). A \
+command running through `vmsctl exec` fails with \"the VM was reset\".
+
+  vmsctl live-image start web-ready --count 4
+  vmsctl exec web-ready-1 -- 'serve-one-request'
+  vmsctl reset web-ready-1        # as it was in web-ready, in milliseconds
+
+A VM booted with --no-vms, or booted and never made a live image of, has nothing to go back to \
+and is left as it is."
+)]
+pub struct ResetArgs {
+    /// The VM.
+    vm: String,
+    /// Seconds to wait for the guest agent to take the new identity.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Print the timings as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `vmsctl exec`.
@@ -114,6 +148,30 @@ pub fn stop(args: &StopArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     bail!("VM {:?} (pid {pid}) acknowledged the stop but has not exited within 30 s", args.vm)
+}
+
+/// Runs `vmsctl reset`.
+pub fn reset(args: &ResetArgs) -> Result<()> {
+    let data = control::call(
+        &args.vm,
+        &Request::Reset { timeout_ms: args.timeout * 1000 },
+        Duration::from_secs(args.timeout + 35),
+    )?;
+    if args.json {
+        println!("{data}");
+        return Ok(());
+    }
+    let ms = |k: &str| data[k].as_f64().unwrap_or(0.0) / 1000.0;
+    println!(
+        "reset {} to live image {}: paused {:.1} ms ({} private pages dropped), identity {:.1} ms, {:.1} ms in all",
+        args.vm,
+        data["image"].as_str().unwrap_or("?"),
+        ms("paused_us"),
+        data["private_pages_dropped"].as_u64().unwrap_or(0),
+        ms("identity_us"),
+        ms("total_us"),
+    );
+    Ok(())
 }
 
 /// Runs `vmsctl exec`; returns the guest command's exit status.

@@ -107,6 +107,8 @@ pub struct Agent {
     output: Arc<AgentOutput>,
     status: Arc<Status>,
     next_tag: AtomicU64,
+    /// Bumped by [`reset`](Self::reset): a request sent before fails.
+    resets: AtomicU64,
     /// One request at a time.
     busy: Mutex<()>,
 }
@@ -123,6 +125,7 @@ impl Agent {
             // the image was made; its reply must not pass for a reply to
             // one of the clone's.
             next_tag: AtomicU64::new(first_tag()),
+            resets: AtomicU64::new(0),
             busy: Mutex::new(()),
         }
     }
@@ -131,8 +134,18 @@ impl Agent {
     /// `timeout` for it to finish.
     pub fn exec(&self, command: &str, timeout: Duration) -> Result<Reply> {
         let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let resets = self.resets.load(Ordering::SeqCst);
         let tag = self.send(command)?;
-        self.wait_reply(tag, timeout)
+        self.wait_reply(tag, resets, timeout)
+    }
+
+    /// The VM was reset to a live image (its vCPUs paused): a request in
+    /// flight gets no reply (the guest that was running it is gone) and
+    /// fails now; output not yet read goes.
+    pub fn reset(&self) {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        self.output.lock().clear();
+        self.output.grew.notify_all();
     }
 
     /// Sends `command` without waiting for its reply (e.g. a command that
@@ -155,7 +168,7 @@ impl Agent {
     }
 
     /// Waits for the reply to request `tag`.
-    fn wait_reply(&self, tag: u64, timeout: Duration) -> Result<Reply> {
+    fn wait_reply(&self, tag: u64, resets: u64, timeout: Duration) -> Result<Reply> {
         let deadline = Instant::now() + timeout;
         let mut buf = self.output.lock();
         loop {
@@ -178,6 +191,9 @@ impl Agent {
             }
             if self.status.is_stopping() {
                 bail!("agent request {tag}: the VM stopped before the command finished");
+            }
+            if self.resets.load(Ordering::SeqCst) != resets {
+                bail!("agent request {tag}: the VM was reset to its live image before the command finished");
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

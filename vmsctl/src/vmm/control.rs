@@ -47,6 +47,9 @@ pub enum Request {
     Snapshot { image: String },
     /// Run `cmd` in the guest through its agent.
     Exec { cmd: String, timeout_ms: u64 },
+    /// Put the VM back at its live image, then give the guest its
+    /// identity again (waiting at most `timeout_ms` for the agent).
+    Reset { timeout_ms: u64 },
 }
 
 /// The answer: `ok` with data, or an error message naming the cause.

@@ -33,7 +33,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VIRTIO_ID_RNG};
 use virtio_bindings::virtio_mmio::{
@@ -89,6 +89,11 @@ pub struct Devices {
     pending_io: Mutex<Vec<(&'static str, IoServe)>>,
     /// With ACPI: the generic event device's interrupt (`acpi.rs`).
     ged: Option<IrqLine>,
+    /// Where COM2's output goes (for a reset's new UART).
+    agent_output: Arc<AgentOutput>,
+    /// The queues' ioeventfds `connect` registered, to kick them again
+    /// after a reset.
+    kicks: Mutex<Vec<EventFd>>,
 }
 
 /// What an I/O thread runs: it returns once the eventfd it is given is
@@ -128,6 +133,53 @@ impl Quiet<'_> {
             bail!("the VM's disk is writable: a live image freezes it, and needs a path for the VM's new overlay");
         };
         dev.freeze(new_top, move_to).map(Some)
+    }
+
+    /// Fails unless `states` (a live image's) are of exactly the virtio
+    /// devices this VM has: what a reset checks before it changes
+    /// anything.
+    pub fn check_states(&self, states: &[MmioState]) -> Result<()> {
+        let have = [(VIRTIO_ID_RNG, self.rng.is_some()), (VIRTIO_ID_BLOCK, self.blk.is_some()), (VIRTIO_ID_NET, self.net.is_some())];
+        for (id, present) in have {
+            let saved = states.iter().filter(|s| s.device_type == id).count();
+            ensure!(
+                saved == usize::from(present),
+                "the live image has {saved} virtio devices of type {id}, this VM {}",
+                usize::from(present)
+            );
+        }
+        ensure!(states.len() <= have.len(), "the live image has virtio devices this VMM does not know");
+        Ok(())
+    }
+
+    /// The disk back at the live image's disk `image` (a reset; see
+    /// [`Blk::reset_to`]). On an error nothing changed.
+    pub fn reset_disk(&mut self, image: Option<&DiskConfig>) -> Result<()> {
+        match (self.blk.as_mut(), image) {
+            (None, None) => Ok(()),
+            (Some(blk), Some(image)) => blk.device_mut().reset_to(image),
+            (Some(_), None) => bail!("the VM has a disk, its live image none"),
+            (None, Some(_)) => bail!("the live image has a disk, the VM none"),
+        }
+    }
+
+    /// Every virtio transport back in the live image's state (a reset,
+    /// after [`check_states`](Self::check_states)); the network device
+    /// off its link until the guest has its identity again.
+    pub fn restore_virtio(&mut self, states: &[MmioState]) -> Result<()> {
+        for s in states {
+            match s.device_type {
+                VIRTIO_ID_RNG => self.rng.as_mut().context("no virtio-rng")?.restore(s).context("virtio-rng")?,
+                VIRTIO_ID_BLOCK => self.blk.as_mut().context("no virtio-blk")?.restore(s).context("virtio-blk")?,
+                VIRTIO_ID_NET => {
+                    let net = self.net.as_mut().context("no virtio-net")?;
+                    net.device_mut().reset();
+                    net.restore(s).context("virtio-net")?;
+                }
+                t => bail!("a virtio device of type {t}"),
+            }
+        }
+        Ok(())
     }
 
     /// The virtio devices' states, in window order, for a snapshot.
@@ -299,7 +351,7 @@ impl Devices {
             Ok(line)
         };
         let console_out = Console::new(status.clone());
-        let agent_out = AgentWriter(agent_output);
+        let agent_out = AgentWriter(agent_output.clone());
         let (console, agent) = match uarts {
             None => (
                 Uart::new(irq_line(COM1_IRQ)?, console_out),
@@ -370,6 +422,8 @@ impl Devices {
             io: Mutex::new(Vec::new()),
             pending_io: Mutex::new(Vec::new()),
             ged,
+            agent_output,
+            kicks: Mutex::new(Vec::new()),
         })
     }
 
@@ -421,6 +475,7 @@ impl Devices {
             vm.register_ioevent(&kick, &notify, 0u32)
                 .context("KVM_IOEVENTFD for the disk's QueueNotify")?;
             kick.write(1).context("kicking the disk's queue")?;
+            lock(&self.kicks).push(kick.try_clone().context("an eventfd")?);
             let (blk, mem, status) = (blk.clone(), self.mem.clone(), self.status.clone());
             lock(&self.pending_io).push(("virtio-blk", Box::new(move |stop| serve_disk(blk, kick, stop, mem, status))));
         }
@@ -432,6 +487,7 @@ impl Devices {
                 vm.register_ioevent(&kick, &notify, index as u32)
                     .with_context(|| format!("KVM_IOEVENTFD for the network's {what} queue"))?;
                 kick.write(1).context("kicking the network's queues")?;
+                lock(&self.kicks).push(kick.try_clone().context("an eventfd")?);
                 kicks.push(kick);
             }
             let kicks: [EventFd; 2] = kicks.try_into().map_err(|_| anyhow::anyhow!("two queues"))?;
@@ -619,6 +675,38 @@ impl Devices {
     /// Queues input for the guest on COM2 (the agent channel).
     pub fn queue_agent_input(&self, bytes: &[u8]) {
         lock(&self.agent).queue_input(bytes);
+    }
+
+    /// Puts the UARTs back in a live image's states (a reset, the vCPUs
+    /// paused and the interrupt controllers restored already): new
+    /// models on the same irqfds, which raise an interrupt that was
+    /// pending in the image.
+    pub fn restore_uarts(&self, uarts: &[UartState]) -> Result<()> {
+        let [com1, com2] = uarts else {
+            bail!("the live image has {} UARTs, this VMM 2", uarts.len());
+        };
+        let line = |irq: u32| -> Result<IrqLine> {
+            let (fd, _) = self.irqs.iter().find(|(_, i)| *i == irq).context("a UART without its IRQ")?;
+            Ok(IrqLine::from_eventfd(fd.try_clone().context("an IRQ's eventfd")?))
+        };
+        let console = Uart::from_state(line(COM1_IRQ)?, Console::new(self.status.clone()), &com1.into(), &com1.pending)?;
+        let agent = Uart::from_state(
+            line(COM2_IRQ)?,
+            AgentWriter(self.agent_output.clone()),
+            &com2.into(),
+            &com2.pending,
+        )?;
+        *lock(&self.console) = console;
+        *lock(&self.agent) = agent;
+        Ok(())
+    }
+
+    /// Kicks every queue's I/O thread, as `connect` does: after a reset,
+    /// the restored driver may have requests waiting.
+    pub fn kick_queues(&self) {
+        for kick in lock(&self.kicks).iter() {
+            let _ = kick.write(1);
+        }
     }
 
     /// The UARTs' states (COM1, COM2) with the input queued behind their

@@ -457,6 +457,80 @@ impl RunningVm {
         Ok((s, t, paused))
     }
 
+    /// Puts the running VM back in live image state `s` (a reset):
+    /// pauses it; puts its disk back at the image's disk (its writes
+    /// since dropped); calls `reset_memory`, which drops the clone's
+    /// private pages (`VMS_CLONE_RESET`); puts the in-kernel devices,
+    /// the vCPUs, the serial ports and the virtio devices in `s`'s
+    /// states; gives it a new VM generation ID (with ACPI); and resumes
+    /// it. The network device stays off its link and the agent's
+    /// requests in flight fail: the caller gives the guest its identity
+    /// again, as to a new clone. Returns how long the VM was paused.
+    ///
+    /// Before the disk is touched, `s` is checked against the VM (vCPUs,
+    /// memory size, ACPI, virtio devices); an error there, or while the
+    /// disk is put back, leaves the VM running as it was. An error after
+    /// that stops the VM: it would be left half in one state, half in
+    /// another.
+    pub fn reset(&self, mut s: state::MachineState, reset_memory: impl FnOnce() -> Result<()>) -> Result<Duration> {
+        ensure!(
+            s.vcpus.len() == self.threads.len(),
+            "the live image's VM had {} vCPUs, this one {}",
+            s.vcpus.len(),
+            self.threads.len()
+        );
+        ensure!(
+            s.mem_size == self.vm.ram.size(),
+            "the live image's VM had {} bytes of memory, this one {}",
+            s.mem_size,
+            self.vm.ram.size()
+        );
+        ensure!(s.acpi == self.vm.acpi, "the live image's VM had ACPI: {}, this one: {}", s.acpi, self.vm.acpi);
+        self.vm.devices.quiesce().check_states(&s.virtio)?;
+        let xsave_size = self.vm.kvm.check_extension_int(Cap::Xsave2);
+        let t0 = std::time::Instant::now();
+        // No MSRs: what the pause saves is not kept.
+        if let Err(e) = self.threads.pause(&[]) {
+            self.threads.resume();
+            return Err(e.context("pausing the VM"));
+        }
+        self.agent.reset();
+        let mut committed = false;
+        let result = (|| -> Result<()> {
+            let mut quiet = self.vm.devices.quiesce();
+            quiet.reset_disk(s.disk.as_ref()).context("putting the disk back at the live image's")?;
+            committed = true;
+            reset_memory()?;
+            state::restore_devices(self.vm.vm_fd(), &s.devices)?;
+            self.threads.load(std::mem::take(&mut s.vcpus), xsave_size)?;
+            // Only now, with the interrupt controllers and LAPICs
+            // restored: the devices raise the interrupts pending in the
+            // image as they are restored.
+            self.vm.devices.restore_uarts(&s.uarts)?;
+            quiet.restore_virtio(&s.virtio)?;
+            if self.vm.acpi {
+                acpi::write_generation_id(self.vm.ram.memory())?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            if committed {
+                let e = e.context("resetting the VM (it is stopped: it was half reset)");
+                self.vm.status.stop(Stop::Failed(anyhow::anyhow!("{e:#}")));
+                self.threads.resume();
+                return Err(e);
+            }
+            self.threads.resume();
+            return Err(e);
+        }
+        self.threads.resume();
+        self.vm.devices.kick_queues();
+        if self.vm.acpi {
+            self.vm.devices.raise_ged()?;
+        }
+        Ok(t0.elapsed())
+    }
+
     /// The VM's disk, if it has one.
     pub fn disk(&self) -> Option<virtio::blk::DiskConfig> {
         self.vm.devices.disk()

@@ -18,7 +18,7 @@ use std::ptr;
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use kvm_bindings::{
     kvm_run, KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_SIMUL_EX, KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON,
@@ -29,7 +29,7 @@ use vmm_sys_util::errno;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::devices::Devices;
-use super::state::{save_vcpu, VcpuState};
+use super::state::{restore_vcpu_state, save_vcpu, VcpuState};
 use super::status::{Status, Stop};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -54,6 +54,12 @@ struct PauseInner {
     saved: Vec<Option<std::result::Result<VcpuState, String>>>,
     /// Bumped when a pause ends.
     generation: u64,
+    /// States for the paused vCPUs to load (a reset), by index, and the
+    /// size of the host's XSAVE area they need.
+    load: Vec<Option<VcpuState>>,
+    xsave_size: i32,
+    /// Each vCPU's result of loading its state.
+    loaded: Vec<Option<std::result::Result<(), String>>>,
 }
 
 impl Pause {
@@ -80,6 +86,15 @@ impl Pause {
         inner.saved[index] = Some(saved);
         self.changed.notify_all();
         while inner.generation == generation && !status.is_stopping() {
+            if let Some(state) = inner.load.get_mut(index).and_then(Option::take) {
+                let xsave_size = inner.xsave_size;
+                drop(inner);
+                let loaded = restore_vcpu_state(xsave_size, vcpu, &state).map_err(|e| format!("vCPU {index}: {e:#}"));
+                inner = self.lock();
+                inner.loaded[index] = Some(loaded);
+                self.changed.notify_all();
+                continue;
+            }
             inner = self
                 .changed
                 .wait_timeout(inner, Duration::from_millis(100))
@@ -125,6 +140,11 @@ pub fn start(
 }
 
 impl VcpuThreads {
+    /// How many vCPUs run.
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
     /// When a vCPU first entered `KVM_RUN` (the guest's first instruction
     /// after it, for a restored clone), if one did yet.
     pub fn first_run(&self) -> Option<std::time::Instant> {
@@ -166,6 +186,44 @@ impl VcpuThreads {
             .iter_mut()
             .map(|s| s.take().expect("checked above").map_err(|e| anyhow!(e)))
             .collect()
+    }
+
+    /// Loads `states` into the paused vCPUs (a reset), each in its own
+    /// thread; `xsave_size` is the host's XSAVE area
+    /// (`KVM_CAP_XSAVE2`). Only between [`pause`](Self::pause) and
+    /// [`resume`](Self::resume).
+    pub fn load(&self, states: Vec<VcpuState>, xsave_size: i32) -> Result<()> {
+        let n = self.threads.len();
+        ensure!(states.len() == n, "{} vCPU states for {n} vCPUs", states.len());
+        {
+            let mut inner = self.pause.lock();
+            ensure!(self.pause.requested(), "the vCPUs are not paused");
+            inner.xsave_size = xsave_size;
+            inner.load = states.into_iter().map(Some).collect();
+            inner.loaded = (0..n).map(|_| None).collect();
+            self.pause.changed.notify_all();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut inner = self.pause.lock();
+        while inner.loaded.iter().any(Option::is_none) {
+            if self.status.is_stopping() {
+                bail!("the VM stopped while its vCPUs were loading their states");
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the vCPUs did not load their states within 30 s");
+            }
+            inner = self
+                .pause
+                .changed
+                .wait_timeout(inner, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let loaded: Vec<_> = inner.loaded.drain(..).collect();
+        for r in loaded {
+            r.expect("checked above").map_err(|e| anyhow!(e))?;
+        }
+        Ok(())
     }
 
     /// Ends a pause: the vCPUs run on.

@@ -35,9 +35,9 @@ impl IrqLine {
         &self.0
     }
 
-    /// A line on an eventfd made elsewhere (a test's clone of another
-    /// line's, to watch it).
-    #[cfg(test)]
+    /// A line on an eventfd made elsewhere: a reset device's, on the
+    /// eventfd KVM already knows as an irqfd (or a test's clone of
+    /// another line's, to watch it).
     pub fn from_eventfd(fd: EventFd) -> Self {
         Self(fd)
     }

@@ -201,6 +201,13 @@ pub fn save_vcpu(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState> {
 
 /// Restore a vCPU created but never run.
 pub fn restore_vcpu(kvm: &Kvm, vcpu: &VcpuFd, s: &VcpuState) -> Result<()> {
+    restore_vcpu_state(kvm.check_extension_int(Cap::Xsave2), vcpu, s)
+}
+
+/// Restore a vCPU, new or paused (a reset: KVM takes the same CPUID
+/// again after `KVM_RUN`, and refuses a different one), on a host whose
+/// XSAVE area is `xsave_size` bytes (`KVM_CAP_XSAVE2`).
+pub fn restore_vcpu_state(xsave_size: i32, vcpu: &VcpuFd, s: &VcpuState) -> Result<()> {
     let cpuid = CpuId::from_entries(&s.cpuid).context("building the CPUID")?;
     vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
     if let Some(khz) = s.tsc_khz {
@@ -210,7 +217,7 @@ pub fn restore_vcpu(kvm: &Kvm, vcpu: &VcpuFd, s: &VcpuState) -> Result<()> {
     }
     vcpu.set_regs(&s.regs).context("KVM_SET_REGS")?;
     vcpu.set_sregs(&s.sregs).context("KVM_SET_SREGS")?;
-    let xsave2 = kvm.check_extension_int(Cap::Xsave2);
+    let xsave2 = xsave_size;
     if xsave2 > std::mem::size_of::<kvm_xsave>() as i32 {
         bail!("this host's XSAVE area needs {xsave2} bytes; vmsctl saves 4096");
     }

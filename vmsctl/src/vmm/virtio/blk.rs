@@ -215,6 +215,44 @@ impl Blk {
         Ok(frozen)
     }
 
+    /// Goes back to the live image's disk `image` (a reset, with the VM
+    /// paused and the queue quiet): the VM's writes since the image was
+    /// made, its overlay at the top's path, are dropped, and its next
+    /// write makes a new overlay on `image` there. A read-only disk, or
+    /// an overlay never made, is the image's disk already. On an error
+    /// the disk is as it was.
+    pub fn reset_to(&mut self, image: &DiskConfig) -> Result<()> {
+        if image.read_only || self.unmade.is_some() {
+            return Ok(());
+        }
+        let top = self.config.path.clone();
+        ensure!(
+            self.config.backing.first().map(|l| &l.path) == Some(&image.path),
+            "the VM's disk {} is not an overlay of the live image's disk {}",
+            top.display(),
+            image.path.display()
+        );
+        // Moved aside, not removed, until the new disk is open.
+        let mut aside = top.clone().into_os_string();
+        aside.push(format!(".reset-{}", std::process::id()));
+        let aside = std::path::PathBuf::from(aside);
+        rename_noreplace(&top, &aside)
+            .with_context(|| format!("moving the VM's disk overlay {} aside", top.display()))?;
+        match Self::open_clone(image, &top) {
+            Ok(fresh) => {
+                let counters = self.counters;
+                *self = fresh;
+                self.counters = counters;
+                let _ = std::fs::remove_file(&aside);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = rename_noreplace(&aside, &top);
+                Err(e)
+            }
+        }
+    }
+
     /// The disk it serves.
     pub fn config(&self) -> &DiskConfig {
         &self.config
@@ -717,6 +755,56 @@ mod tests {
         assert!(format!("{e:#}").contains("directory"), "{e:#}");
         drop(d);
         for x in ["top.qcow2", "o1.qcow2", "o2.qcow2", "o3.qcow2"] {
+            let _ = std::fs::remove_file(s.0.with_extension(x));
+        }
+    }
+
+    /// A reset drops the VM's overlay and goes back to the image's
+    /// bytes; its next write makes a new overlay at the same path; a
+    /// clone that never wrote, or a read-only disk, is left as it is; a
+    /// disk that is not an overlay of the image is refused, unchanged.
+    #[test]
+    fn a_reset_goes_back_to_the_image_disk() {
+        let s = Scratch::new("reset", 64);
+        let cfg = DiskConfig::new(&s.0, DiskFormat::Raw, false).unwrap();
+        let mut b = Blk::open(&cfg).unwrap();
+        let frozen = b.freeze(&s.0.with_extension("top.qcow2"), None).unwrap();
+        drop(b);
+        let over = s.0.with_extension("r1.qcow2");
+        let mut c = Blk::open_clone(&frozen, &over).unwrap();
+        c.reset_to(&frozen).unwrap();
+        assert!(!over.exists(), "a clone that never wrote has nothing to drop");
+        c.writable().unwrap().write_at(&[0x77; 512], 0).unwrap();
+        assert!(over.exists());
+        c.reset_to(&frozen).unwrap();
+        assert!(!over.exists(), "the overlay went");
+        let mut buf = [0u8; 512];
+        c.file.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf[0], 0, "the image's byte again");
+        assert_eq!(c.config().path, over);
+        c.writable().unwrap().write_at(&[0x78; 512], 512).unwrap();
+        assert!(over.exists(), "the next write makes a new overlay there");
+        c.file.read_at(&mut buf, 512).unwrap();
+        assert_eq!(buf[0], 0x78);
+        assert_eq!(s.bytes()[512], 1, "the image's layer is unchanged");
+        let leftovers = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("r1.qcow2.reset-"))
+            .count();
+        assert_eq!(leftovers, 0, "nothing left aside");
+        // Another image's disk: refused, the overlay kept.
+        let other = Scratch::new("reset-other", 64);
+        let ocfg = DiskConfig::new(&other.0, DiskFormat::Raw, true).unwrap();
+        let not_ro = DiskConfig { read_only: false, ..ocfg.clone() };
+        let e = c.reset_to(&not_ro).expect_err("refused");
+        assert!(format!("{e:#}").contains("not an overlay"), "{e:#}");
+        c.file.read_at(&mut buf, 512).unwrap();
+        assert_eq!(buf[0], 0x78, "unchanged");
+        // A read-only disk is the image's disk already.
+        let mut r = Blk::open(&ocfg).unwrap();
+        r.reset_to(&ocfg).unwrap();
+        drop(c);
+        for x in ["top.qcow2", "r1.qcow2"] {
             let _ = std::fs::remove_file(s.0.with_extension(x));
         }
     }

@@ -184,13 +184,26 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// `device` as a live image left it. Raises the interrupt again if
     /// the driver had not acknowledged it.
     pub fn from_state(device: D, irq: IrqLine, state: &MmioState) -> Result<Self> {
+        let mut t = Self::new(device, irq)?;
+        t.restore(state)?;
+        Ok(t)
+    }
+
+    /// Puts the transport back in `state` (a live image's), keeping its
+    /// device, interrupt line and InterruptStatus register (which the
+    /// VMM serves without the lock): a restored clone's, or a reset
+    /// VM's with its device locked and its vCPUs paused. Raises the
+    /// interrupt again if the driver had not acknowledged it. Checks
+    /// everything before changing anything: on an error the transport is
+    /// as it was.
+    pub fn restore(&mut self, state: &MmioState) -> Result<()> {
         ensure!(
-            state.device_type == device.device_type(),
+            state.device_type == self.device.device_type(),
             "the saved virtio device is of type {}, this one of type {}",
             state.device_type,
-            device.device_type()
+            self.device.device_type()
         );
-        let max = device.queue_max_sizes();
+        let max = self.device.queue_max_sizes();
         ensure!(
             state.queues.len() == max.len(),
             "the saved virtio device (type {}) has {} queues, this one {}",
@@ -205,23 +218,18 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 .map_err(|e| anyhow::anyhow!("queue {i} of the saved virtio device: {e:?}"))?;
             queues.push(queue);
         }
-        let t = Self {
-            device,
-            irq,
-            queues,
-            status: state.status & STATUS_BITS,
-            device_features_sel: state.device_features_sel,
-            driver_features_sel: state.driver_features_sel,
-            driver_features: state.driver_features,
-            queue_sel: state.queue_sel,
-            interrupt_status: InterruptStatus::default(),
-            failed: false,
-        };
-        t.interrupt_status.set(state.interrupt_status);
+        self.queues = queues;
+        self.status = state.status & STATUS_BITS;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.failed = false;
+        self.interrupt_status.set(state.interrupt_status);
         if state.interrupt_status != 0 {
-            t.irq.trigger().context("raising a restored virtio interrupt")?;
+            self.irq.trigger().context("raising a restored virtio interrupt")?;
         }
-        Ok(t)
+        Ok(())
     }
 
     /// What a live image keeps of it.

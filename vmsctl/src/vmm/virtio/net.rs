@@ -99,6 +99,14 @@ impl Net {
         self.muted = muted;
     }
 
+    /// A reset VM's device: off its link until its guest has its
+    /// identity again, as a clone's is at its start, and without a frame
+    /// that waited for the old guest's receive buffer.
+    pub fn reset(&mut self) {
+        self.muted = true;
+        self.pending = None;
+    }
+
     /// The link may be read: the device is on it, it works, and no frame
     /// waits for a receive buffer.
     pub fn link_ready(&self) -> bool {
