@@ -171,8 +171,12 @@ impl Agent {
     fn wait_reply(&self, tag: u64, resets: u64, timeout: Duration) -> Result<Reply> {
         let deadline = Instant::now() + timeout;
         let mut buf = self.output.lock();
+        // What the guest did with the request, for an error.
+        let (mut wrote, mut asked_time) = (0usize, false);
         loop {
             if let Some(at) = find_time_request(&buf) {
+                asked_time = true;
+                wrote += TIME_REQUEST.len();
                 buf.drain(at..at + TIME_REQUEST.len());
                 // Not under the output's lock: the UART takes it as the
                 // guest writes (lock order UART, then output).
@@ -197,10 +201,23 @@ impl Agent {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!(
-                    "agent request {tag}: no reply within {} s (is the guest agent running on ttyS1?)",
-                    timeout.as_secs()
-                );
+                // Not under the output's lock (lock order UART, then output).
+                wrote += buf.len();
+                drop(buf);
+                let unread = self.devices.agent_input_unread();
+                let seen = if unread > 0 {
+                    format!(
+                        "the guest has not read the last {unread} bytes of the request: its agent does not \
+                         read ttyS1, or the guest does not run"
+                    )
+                } else {
+                    format!(
+                        "the guest read the request, and wrote {wrote} bytes since{}: the command is still \
+                         running, or the guest is too slow",
+                        if asked_time { " (it asked for the time, and got it)" } else { "" }
+                    )
+                };
+                bail!("agent request {tag}: no reply within {} s ({seen})", timeout.as_secs());
             }
             buf = self
                 .output

@@ -672,6 +672,11 @@ impl Devices {
         self.net.as_ref().map(|n| lock(n).device().counters())
     }
 
+    /// How many bytes of input on COM2 the guest has not read yet.
+    pub fn agent_input_unread(&self) -> usize {
+        lock(&self.agent).input_unread()
+    }
+
     /// Queues input for the guest on COM2 (the agent channel).
     pub fn queue_agent_input(&self, bytes: &[u8]) {
         lock(&self.agent).queue_input(bytes);

@@ -133,6 +133,11 @@ impl<W: Write> Uart<W> {
         self.serial.state()
     }
 
+    /// Input the guest has not read yet: in the FIFO and queued behind it.
+    pub fn input_unread(&self) -> usize {
+        self.fifo_size - self.serial.fifo_capacity() + self.pending.len()
+    }
+
     /// Input queued behind the FIFO, for a snapshot.
     pub fn pending_input(&self) -> Vec<u8> {
         self.pending.iter().copied().collect()
