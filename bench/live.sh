@@ -48,12 +48,19 @@ truncate -s 64M /tmp/vms-bench-live-disk.raw
 "$V" run --name dparent --kernel "$kernel" --initrd "$initrd" --mem 256M --cpus 1 \
 	--disk /tmp/vms-bench-live-disk.raw --bridge vmsbench0 --detach >/dev/null
 sleep 2
-dsingles=() dphases=()
+dsingles=() dphases=() dwall=() rpaused=() rtotal=() rpages=()
 for r in $(seq 1 "$runs"); do
 	"$V" live-image create dparent "dimg$r" >/dev/null
 	s=$("$V" live-image start "dimg$r" --count 1 --name-prefix "dev$r")
 	dsingles+=("$(sed -n 's/.*first instruction \([0-9.]*\) ms.*/\1/p' <<<"$s")")
 	dphases+=("$(sed -n 's/.*start phases (ms): //p' <<<"$s")")
+	dwall+=("$(sed -n 's/.*clones of .* in \([0-9]*\) ms/\1/p' <<<"$s")")
+	# The clone does some work (8 MiB written), then goes back to its
+	# image in place (vmsctl reset), instead of a new clone.
+	"$V" exec "dev$r-1" -- 'dd if=/dev/urandom of=/run/work bs=1M count=8 2>/dev/null' >/dev/null
+	j=$("$V" reset "dev$r-1" --json)
+	read -r p t n <<<"$(python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["paused_us"] / 1000, d["total_us"] / 1000, d["private_pages_dropped"])' <<<"$j")"
+	rpaused+=("$p") rtotal+=("$t") rpages+=("$n")
 	"$V" stop "dev$r-1" >/dev/null
 done
 "$V" stop dparent >/dev/null
@@ -95,10 +102,16 @@ dphase_table=$(printf '%s\n' "${dphases[@]}" | phase_med)
 	echo "| 8 clones at once, until all started (wall) | 1 | $wall |"
 	echo "| clone start, one clone, with a disk and a network | $runs | $(printf '%s\n' "${dsingles[@]}" | median_spread) |"
 	echo "| bare-VM floor: vms-bench's empty VM, in-process | $runs | $floor |"
+	echo "| with a disk and a network: clone start until its identity is given (live-image start's wall) | $runs | $(printf '%s\n' "${dwall[@]}" | median_spread) |"
+	echo "| with a disk and a network: vmsctl reset of that clone after 8 MiB of work, VM paused | $runs | $(printf '%s\n' "${rpaused[@]}" | median_spread) |"
+	echo "| with a disk and a network: vmsctl reset, until its identity is given again | $runs | $(printf '%s\n' "${rtotal[@]}" | median_spread) |"
 	echo
 	single_med=$(printf '%s\n' "${singles[@]}" | median_spread %.3f | cut -d' ' -f1)
 	dsingle_med=$(printf '%s\n' "${dsingles[@]}" | median_spread %.3f | cut -d' ' -f1)
 	awk -v c="$single_med" -v d="$dsingle_med" -v f="$floor" 'BEGIN { if (f > 0) printf "One clone'"'"'s start is %.1fx the floor, %.1fx with a disk and a network (medians, same boot).\n", c / f, d / f }'
+	echo
+	echo "A reset drops $(printf '%s\n' "${rpages[@]}" | median_spread %.0f | cut -d' ' -f1) private pages (median) and puts the VM's state and disk back; its"
+	echo "identity (vms-identity through the agent) takes most of both the reset and the start's wall time."
 	echo
 	echo "Where one clone's start goes (vmsctl's start phases; ms, median and range over the $runs single starts):"
 	echo
