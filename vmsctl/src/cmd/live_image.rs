@@ -34,7 +34,7 @@ current pages into the image (layered on the image the VM came from) and
 the VM continues, paying a copy only for each page it writes afterwards.
 Clones share every page of the image they do not write. The machine state
 (registers, LAPIC, MSRs, PIC/IOAPIC/PIT, kvmclock, serial ports) is kept in
-$VMS_RUN_DIR/images/<image>.json (default run dir /run/vmsctl).
+$VMS_RUN_DIR/images/<image>.state (default run dir /run/vmsctl).
 
 `save` writes a live image to one file; `load` registers such a file as an
 image whose pages are streamed from the file on demand, e.g. on another
@@ -103,7 +103,7 @@ enum LiveCommand {
 
 /// Where the machine state of live image `name` is kept.
 pub fn state_path(name: &str) -> PathBuf {
-    control::run_dir().join("images").join(format!("{name}.json"))
+    control::run_dir().join("images").join(format!("{name}.state"))
 }
 
 /// Where live image `name` keeps its disk layer when the VM it was made
@@ -125,10 +125,10 @@ pub fn remove_unused_layer(layer: &std::path::Path) {
     }
     let dir = control::run_dir().join("images");
     let named = std::fs::read_dir(&dir).into_iter().flatten().flatten().any(|e| {
-        e.path().extension().is_some_and(|x| x == "json")
+        e.path().extension().is_some_and(|x| x == "state" || x == "json")
             && std::fs::read(e.path())
                 .ok()
-                .and_then(|b| MachineState::from_json(&b).ok())
+                .and_then(|b| MachineState::from_bytes(&b).ok())
                 .and_then(|s| s.disk)
                 .is_some_and(|d| d.path == layer || d.backing.iter().any(|l| l.path == layer))
     });
@@ -143,11 +143,15 @@ pub fn remove_unused_layer(layer: &std::path::Path) {
 
 /// The machine state of live image `name`.
 pub fn load_state(name: &str) -> Result<MachineState> {
-    let path = state_path(name);
+    let mut path = state_path(name);
+    if !path.exists() && path.with_extension("json").exists() {
+        // Made by a vmsctl from before 2026-12-04.
+        path = path.with_extension("json");
+    }
     let bytes = std::fs::read(&path).with_context(|| {
         format!("live image {name:?}: no machine state at {} (not a live image?)", path.display())
     })?;
-    MachineState::from_json(&bytes).with_context(|| format!("live image {name:?}"))
+    MachineState::from_bytes(&bytes).with_context(|| format!("live image {name:?}"))
 }
 
 /// Runs `vmsctl live-image`.
@@ -234,7 +238,7 @@ fn save(image: &ImageName, path: &Path) -> Result<()> {
     let header = imagefile::save(
         path,
         &name,
-        &state.to_json()?,
+        &state.to_bytes()?,
         info.size,
         |n, buf| map.read_into((n * PAGE_SIZE) as usize, buf),
         |done, total| eprint!("\r  {:3}% ({done}/{total} pages)", done * 100 / total),
@@ -254,7 +258,7 @@ fn save(image: &ImageName, path: &Path) -> Result<()> {
 fn load(path: &Path, name: Option<&ImageName>) -> Result<()> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let (header, state) = imagefile::read(&file, path)?;
-    MachineState::from_json(&state).with_context(|| format!("{}", path.display()))?;
+    MachineState::from_bytes(&state).with_context(|| format!("{}", path.display()))?;
     let name = match name {
         Some(n) => n.clone(),
         None => header.name.parse().with_context(|| format!("{}: saved name", path.display()))?,
@@ -341,6 +345,7 @@ fn delete(image: &ImageName) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("live image {name}: deleting")),
     }
     let _ = std::fs::remove_file(state_path(&name));
+    let _ = std::fs::remove_file(state_path(&name).with_extension("json"));
     // Its disk layer, if it kept one in the run directory and nothing
     // uses it any more.
     if let Some(layer) = layer.filter(|p| *p == disk_layer_path(&name)) {

@@ -920,7 +920,7 @@ fn snapshot(running: &RunningVm, memory: &Memory, info: &Info, image: &str) -> R
         Ok(())
     })?;
     state.net = info.net.clone();
-    imagefile::write_atomic(&state_path, &state.to_json()?)?;
+    imagefile::write_atomic(&state_path, &state.to_bytes()?)?;
     // The clone's image is the live image now: a reset goes back to it.
     *memory.reset_image.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.clone());
     let pages = vms.image_info(&name.to_abi()).map(|s| s.cached_pages).unwrap_or(0);
