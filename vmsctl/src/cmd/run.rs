@@ -451,7 +451,9 @@ pub struct Memory {
     /// The live image a clone was started from.
     source: Option<ImageName>,
     /// The live image a reset goes back to: the last one made of this VM,
-    /// else the one it was started from.
+    /// else the one it was started from. Held by a snapshot and a reset
+    /// for their whole length, so that a reset restores the machine state
+    /// of the image whose memory the clone has.
     reset_image: std::sync::Mutex<Option<ImageName>>,
 }
 
@@ -746,7 +748,8 @@ impl Vmm {
         self.phases.vcpus_us = first.saturating_duration_since(self.vcpus_started + connect).as_secs_f64() * 1e6;
         let first_ns = now_ns().saturating_sub(first.elapsed().as_nanos());
         let start_us = first_ns.saturating_sub(requested_ns) as f64 / 1000.0;
-        give_identity(&self.running, Some(args.id.unwrap_or(0)), &args.name, self.net.as_ref(), timeout)?;
+        let agent = self.running.agent();
+        give_identity(&self.running, |c| agent.exec(c, timeout), Some(args.id.unwrap_or(0)), &args.name, self.net.as_ref())?;
         Ok(Ready {
             since_start: first.elapsed(),
             start_us: Some(start_us),
@@ -763,8 +766,15 @@ impl Vmm {
 /// from a live image (`id` None), reset to a live image of itself keeps
 /// the name and network it has there; its CRNG and clock are set afresh
 /// all the same (`vms-resume`). Then puts the network device back on its
-/// link.
-fn give_identity(running: &RunningVm, id: Option<u32>, name: &str, net: Option<&NetConfig>, timeout: Duration) -> Result<()> {
+/// link. The command goes through `exec` (the agent's, or a reset's hold
+/// of it).
+fn give_identity(
+    running: &RunningVm,
+    exec: impl FnOnce(&str) -> Result<crate::vmm::Reply>,
+    id: Option<u32>,
+    name: &str,
+    net: Option<&NetConfig>,
+) -> Result<()> {
     let mut seed = [0u8; 32];
     crate::vmm::virtio::rng::fill_random(&mut seed).context("host entropy for the clone")?;
     let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
@@ -781,10 +791,7 @@ fn give_identity(running: &RunningVm, id: Option<u32>, name: &str, net: Option<&
         }
         None => format!("/sbin/vms-resume {seed}"),
     };
-    let reply = running
-        .agent()
-        .exec(&command, timeout)
-        .context("handing the clone its identity (vms-identity through the agent)")?;
+    let reply = exec(&command).context("handing the clone its identity (vms-identity through the agent)")?;
     let output = String::from_utf8_lossy(&reply.output);
     if reply.status != 0 {
         // 127: the shell found no vms-identity (or a helper of it).
@@ -846,8 +853,10 @@ fn reset(running: &RunningVm, memory: &Memory, info: &Info, timeout: Duration) -
     let Some(clone) = &memory.clone else {
         bail!("this VM runs on plain memory (--no-vms): it has no live image to go back to");
     };
-    let image = memory.reset_image.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let Some(image) = image else {
+    // Held to the end: a snapshot meanwhile would give the clone the
+    // memory of another image than the state restored here.
+    let reset_image = memory.reset_image.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(image) = reset_image.clone() else {
         bail!(
             "this VM was booted and no live image was made of it: nothing to reset to \
              (make one with `vmsctl live-image create {} IMAGE`)",
@@ -855,20 +864,35 @@ fn reset(running: &RunningVm, memory: &Memory, info: &Info, timeout: Duration) -
         );
     };
     let state = live_image::load_state(&image.to_string())?;
-    let before = clone.stats().map(|s| s.private_pages).unwrap_or(0);
+    let stats = clone.stats().context("the clone's counters (VMS_CLONE_STATS)")?;
+    let clone_image = vms_uapi::name_bytes(&stats.image).map(|b| String::from_utf8_lossy(b).into_owned());
+    ensure!(
+        clone_image.as_deref() == Some(image.to_string().as_str()),
+        "the clone's memory is of image {}, not of live image {image} (a live image of this VM that failed \
+         half way?): not resetting",
+        clone_image.as_deref().unwrap_or("?")
+    );
     let t0 = Instant::now();
+    // A command in flight fails now; the guest's first command after
+    // the reset is its identity.
+    let agent = running.agent().hold_for_reset();
     let paused = running
         .reset(state, || clone.reset().context("dropping the clone's private pages (VMS_CLONE_RESET)"))
         .with_context(|| format!("resetting to live image {image}"))?;
     let t1 = Instant::now();
-    give_identity(running, info.id.or(memory.source.as_ref().map(|_| 0)), &info.name, info.net.as_ref(), timeout)
-        .context("after the reset")?;
+    let id = info.id.or(memory.source.as_ref().map(|_| 0));
+    if let Err(e) = give_identity(running, |c| agent.exec(c, timeout), id, &info.name, info.net.as_ref()) {
+        // As at a start: a guest without its identity does not run on.
+        let e = e.context("after the reset (the VM is stopped)");
+        running.status().stop(Stop::Failed(anyhow!("{e:#}")));
+        return Err(e);
+    }
     Ok(serde_json::json!({
         "image": image.to_string(),
         "paused_us": paused.as_micros() as u64,
         "identity_us": t1.elapsed().as_micros() as u64,
         "total_us": t0.elapsed().as_micros() as u64,
-        "private_pages_dropped": before,
+        "private_pages_dropped": stats.private_pages,
     }))
 }
 
@@ -879,6 +903,9 @@ fn snapshot(running: &RunningVm, memory: &Memory, info: &Info, image: &str) -> R
     let (Some(vms), Some(clone)) = (&memory.vms, &memory.clone) else {
         bail!("this VM runs on plain memory (--no-vms): no live images");
     };
+    // Held to the end: a reset meanwhile would restore another image's
+    // machine state (see `reset`).
+    let mut reset_image = memory.reset_image.lock().unwrap_or_else(|e| e.into_inner());
     let state_path = live_image::state_path(image);
     if state_path.exists() {
         bail!("live image {image} exists ({})", state_path.display());
@@ -922,7 +949,7 @@ fn snapshot(running: &RunningVm, memory: &Memory, info: &Info, image: &str) -> R
     state.net = info.net.clone();
     imagefile::write_atomic(&state_path, &state.to_bytes()?)?;
     // The clone's image is the live image now: a reset goes back to it.
-    *memory.reset_image.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.clone());
+    *reset_image = Some(name.clone());
     let pages = vms.image_info(&name.to_abi()).map(|s| s.cached_pages).unwrap_or(0);
     Ok(serde_json::json!({
         "image": image,

@@ -134,18 +134,29 @@ impl Agent {
     /// `timeout` for it to finish.
     pub fn exec(&self, command: &str, timeout: Duration) -> Result<Reply> {
         let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        self.exec_one(command, timeout)
+    }
+
+    fn exec_one(&self, command: &str, timeout: Duration) -> Result<Reply> {
         let resets = self.resets.load(Ordering::SeqCst);
         let tag = self.send(command)?;
         self.wait_reply(tag, resets, timeout)
     }
 
-    /// The VM was reset to a live image (its vCPUs paused): a request in
-    /// flight gets no reply (the guest that was running it is gone) and
-    /// fails now; output not yet read goes.
-    pub fn reset(&self) {
+    /// For a reset to a live image: a request in flight fails at once
+    /// (the guest that runs it is about to go) and output not yet read
+    /// goes; then the channel is the caller's until the returned hold
+    /// drops, so that the guest's first command after the reset is the
+    /// one that gives it its identity ([`AgentHold::exec`]), not another
+    /// caller's.
+    pub fn hold_for_reset(&self) -> AgentHold<'_> {
         self.resets.fetch_add(1, Ordering::SeqCst);
         self.output.lock().clear();
         self.output.grew.notify_all();
+        let one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        // Output of a request that ended meanwhile.
+        self.output.lock().clear();
+        AgentHold { agent: self, _one: one }
     }
 
     /// Sends `command` without waiting for its reply (e.g. a command that
@@ -229,6 +240,19 @@ impl Agent {
     }
 }
 
+/// The agent channel, held by a reset ([`Agent::hold_for_reset`]).
+pub struct AgentHold<'a> {
+    agent: &'a Agent,
+    _one: MutexGuard<'a, ()>,
+}
+
+impl AgentHold<'_> {
+    /// [`Agent::exec`], on the held channel.
+    pub fn exec(&self, command: &str, timeout: Duration) -> Result<Reply> {
+        self.agent.exec_one(command, timeout)
+    }
+}
+
 /// A random first tag, below 2^48 so tags stay short (from the clock
 /// if the host's CRNG failed, which it does not once booted).
 fn first_tag() -> u64 {
@@ -266,6 +290,68 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An agent on devices of their own, and the output its guest writes.
+    fn agent() -> (Agent, Arc<AgentOutput>) {
+        use vm_memory::{GuestAddress, GuestMemoryMmap};
+        let output = Arc::new(AgentOutput::default());
+        let status = Arc::new(Status::new());
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+        let fresh = super::super::devices::Virtio::Fresh { rng: false, disk: None, net: None };
+        let devices = Arc::new(Devices::new(status.clone(), output.clone(), None, mem, fresh, false).unwrap());
+        (Agent::new(devices, output.clone(), status), output)
+    }
+
+    /// What a guest's agent writes for the request with tag `tag`.
+    fn answer(output: &AgentOutput, tag: u64, text: &str) {
+        let mut buf = output.lock();
+        buf.extend_from_slice(format!("{text}\n@@vms-done {tag} 0\n").as_bytes());
+        output.grew.notify_all();
+    }
+
+    /// A reset fails the request in flight at once, then holds the
+    /// channel: another caller's request waits until the reset's own
+    /// (the identity) is done and the hold drops.
+    #[test]
+    fn a_reset_fails_the_request_in_flight_and_holds_the_channel() {
+        let (agent, output) = agent();
+        let agent = Arc::new(agent);
+        let first = agent.next_tag.load(Ordering::Relaxed);
+        let a = agent.clone();
+        let inflight = std::thread::spawn(move || a.exec("sleep 40", Duration::from_secs(60)));
+        while agent.next_tag.load(Ordering::Relaxed) == first {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let t = Instant::now();
+        let hold = agent.hold_for_reset();
+        let e = inflight.join().unwrap().expect_err("failed by the reset");
+        assert!(format!("{e:#}").contains("reset"), "{e:#}");
+        assert!(t.elapsed() < Duration::from_secs(5), "it failed at once");
+        // Another caller's request waits for the hold.
+        let a = agent.clone();
+        let other = std::thread::spawn(move || a.exec("hostname", Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(agent.next_tag.load(Ordering::Relaxed), first + 1, "nothing sent past the hold");
+        // The reset's own request goes first.
+        let (o, a) = (output.clone(), agent.clone());
+        let answerer = std::thread::spawn(move || {
+            // Once it is sent (sending clears the output).
+            while a.next_tag.load(Ordering::Relaxed) == first + 1 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            answer(&o, first + 1, "reseeded")
+        });
+        let reply = hold.exec("vms-identity 1 c-1 00", Duration::from_secs(10)).unwrap();
+        answerer.join().unwrap();
+        assert_eq!(reply.output, b"reseeded");
+        drop(hold);
+        while agent.next_tag.load(Ordering::Relaxed) == first + 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        answer(&output, first + 2, "c-1");
+        assert_eq!(other.join().unwrap().unwrap().output, b"c-1");
+    }
 
     #[test]
     fn a_time_request_is_a_line_of_its_own() {

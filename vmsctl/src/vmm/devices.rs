@@ -149,6 +149,16 @@ impl Quiet<'_> {
             );
         }
         ensure!(states.len() <= have.len(), "the live image has virtio devices this VMM does not know");
+        for s in states {
+            match s.device_type {
+                VIRTIO_ID_RNG => self.rng.as_ref().map(|t| t.check_state(s).map(drop)),
+                VIRTIO_ID_BLOCK => self.blk.as_ref().map(|t| t.check_state(s).map(drop)),
+                VIRTIO_ID_NET => self.net.as_ref().map(|t| t.check_state(s).map(drop)),
+                _ => None,
+            }
+            .transpose()
+            .with_context(|| format!("the live image's virtio device of type {}", s.device_type))?;
+        }
         Ok(())
     }
 
@@ -687,9 +697,8 @@ impl Devices {
     /// models on the same irqfds, which raise an interrupt that was
     /// pending in the image.
     pub fn restore_uarts(&self, uarts: &[UartState]) -> Result<()> {
-        let [com1, com2] = uarts else {
-            bail!("the live image has {} UARTs, this VMM 2", uarts.len());
-        };
+        check_uarts(uarts)?;
+        let [com1, com2] = uarts else { unreachable!("checked") };
         let line = |irq: u32| -> Result<IrqLine> {
             let (fd, _) = self.irqs.iter().find(|(_, i)| *i == irq).context("a UART without its IRQ")?;
             Ok(IrqLine::from_eventfd(fd.try_clone().context("an IRQ's eventfd")?))
@@ -706,12 +715,17 @@ impl Devices {
         Ok(())
     }
 
-    /// Kicks every queue's I/O thread, as `connect` does: after a reset,
-    /// the restored driver may have requests waiting.
-    pub fn kick_queues(&self) {
+    /// Kicks every queue, as `connect` does: after a reset, the restored
+    /// driver may have requests waiting. The disk's and the network's
+    /// through their I/O threads; virtio-rng's here.
+    pub fn kick_queues(&self) -> Result<()> {
         for kick in lock(&self.kicks).iter() {
             let _ = kick.write(1);
         }
+        if let Some(rng) = &self.rng {
+            lock(rng).kick(&self.mem).context("virtio-rng")?;
+        }
+        Ok(())
     }
 
     /// The UARTs' states (COM1, COM2) with the input queued behind their
@@ -719,6 +733,17 @@ impl Devices {
     pub fn uart_states(&self) -> Vec<UartState> {
         vec![uart_state(&self.console), uart_state(&self.agent)]
     }
+}
+
+/// Fails unless `uarts` (a live image's) are the two this VMM has, each
+/// with no more input in its FIFO than a FIFO holds.
+pub fn check_uarts(uarts: &[UartState]) -> Result<()> {
+    ensure!(uarts.len() == 2, "the live image has {} UARTs, this VMM 2", uarts.len());
+    for (i, u) in uarts.iter().enumerate() {
+        let s: vm_superio::serial::SerialState = u.into();
+        ensure!(s.in_buffer.len() <= 64, "the live image's UART {i} holds {} bytes in a 64-byte FIFO", s.in_buffer.len());
+    }
+    Ok(())
 }
 
 fn uart_state<W: Write>(uart: &Mutex<Uart<W>>) -> UartState {

@@ -336,6 +336,7 @@ impl Vm {
         Ok(RunningVm {
             threads,
             agent,
+            pauser: std::sync::Mutex::new(()),
             vm: self,
         })
     }
@@ -379,6 +380,9 @@ fn check_capabilities(kvm: &Kvm) -> Result<()> {
 pub struct RunningVm {
     threads: VcpuThreads,
     agent: Agent,
+    /// One pause at a time: a snapshot's or a reset's, from its start to
+    /// its resume (each control request has its own thread).
+    pauser: std::sync::Mutex<()>,
     vm: Vm,
 }
 
@@ -429,6 +433,7 @@ impl RunningVm {
         // list comes from KVM's index list, probed by the vCPUs when
         // they save).
         let msrs = self.msr_list()?;
+        let _one = self.pauser.lock().unwrap_or_else(|e| e.into_inner());
         let t0 = std::time::Instant::now();
         let vcpus = self.threads.pause(&msrs);
         let result = vcpus.and_then(|vcpus| {
@@ -463,15 +468,18 @@ impl RunningVm {
     /// private pages (`VMS_CLONE_RESET`); puts the in-kernel devices,
     /// the vCPUs, the serial ports and the virtio devices in `s`'s
     /// states; gives it a new VM generation ID (with ACPI); and resumes
-    /// it. The network device stays off its link and the agent's
-    /// requests in flight fail: the caller gives the guest its identity
-    /// again, as to a new clone. Returns how long the VM was paused.
+    /// it. The network device stays off its link: the caller gives the
+    /// guest its identity again, as to a new clone, holding the agent
+    /// channel from before the reset ([`Agent::hold_for_reset`]).
+    /// Returns how long the VM was paused.
     ///
     /// Before the disk is touched, `s` is checked against the VM (vCPUs,
-    /// memory size, ACPI, virtio devices); an error there, or while the
-    /// disk is put back, leaves the VM running as it was. An error after
-    /// that stops the VM: it would be left half in one state, half in
-    /// another.
+    /// memory size, ACPI, the host's XSAVE size, the UARTs and the virtio
+    /// devices with their queues); an error there, or while the disk is
+    /// put back, leaves the VM running as it was. An error after that
+    /// stops the VM: it would be left half in one state, half in another.
+    /// (KVM refuses a CPUID that differs from the vCPU's after it ran; the
+    /// image's is the one the VM was started or booted with.)
     pub fn reset(&self, mut s: state::MachineState, reset_memory: impl FnOnce() -> Result<()>) -> Result<Duration> {
         ensure!(
             s.vcpus.len() == self.threads.len(),
@@ -487,14 +495,19 @@ impl RunningVm {
         );
         ensure!(s.acpi == self.vm.acpi, "the live image's VM had ACPI: {}, this one: {}", s.acpi, self.vm.acpi);
         self.vm.devices.quiesce().check_states(&s.virtio)?;
+        devices::check_uarts(&s.uarts)?;
         let xsave_size = self.vm.kvm.check_extension_int(Cap::Xsave2);
+        ensure!(
+            xsave_size <= std::mem::size_of::<kvm_bindings::kvm_xsave>() as i32,
+            "this host's XSAVE area needs {xsave_size} bytes; vmsctl saves 4096"
+        );
+        let _one = self.pauser.lock().unwrap_or_else(|e| e.into_inner());
         let t0 = std::time::Instant::now();
         // No MSRs: what the pause saves is not kept.
         if let Err(e) = self.threads.pause(&[]) {
             self.threads.resume();
             return Err(e.context("pausing the VM"));
         }
-        self.agent.reset();
         let mut committed = false;
         let result = (|| -> Result<()> {
             let mut quiet = self.vm.devices.quiesce();
@@ -524,11 +537,15 @@ impl RunningVm {
             return Err(e);
         }
         self.threads.resume();
-        self.vm.devices.kick_queues();
-        if self.vm.acpi {
-            self.vm.devices.raise_ged()?;
+        let paused = t0.elapsed();
+        let kicked = self.vm.devices.kick_queues();
+        let raised = if self.vm.acpi { self.vm.devices.raise_ged() } else { Ok(()) };
+        if let Err(e) = kicked.and(raised) {
+            let e = e.context("resetting the VM (it is stopped: its devices could not be started again)");
+            self.vm.status.stop(Stop::Failed(anyhow::anyhow!("{e:#}")));
+            return Err(e);
         }
-        Ok(t0.elapsed())
+        Ok(paused)
     }
 
     /// The VM's disk, if it has one.

@@ -197,6 +197,25 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// everything before changing anything: on an error the transport is
     /// as it was.
     pub fn restore(&mut self, state: &MmioState) -> Result<()> {
+        let queues = self.check_state(state)?;
+        self.queues = queues;
+        self.status = state.status & STATUS_BITS;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.failed = false;
+        self.interrupt_status.set(state.interrupt_status);
+        if state.interrupt_status != 0 {
+            self.irq.trigger().context("raising a restored virtio interrupt")?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless `state` fits this transport's device (its type and
+    /// queues); returns the queues it describes. Changes nothing: a
+    /// reset checks every device before it touches any.
+    pub fn check_state(&self, state: &MmioState) -> Result<Vec<Queue>> {
         ensure!(
             state.device_type == self.device.device_type(),
             "the saved virtio device is of type {}, this one of type {}",
@@ -218,18 +237,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 .map_err(|e| anyhow::anyhow!("queue {i} of the saved virtio device: {e:?}"))?;
             queues.push(queue);
         }
-        self.queues = queues;
-        self.status = state.status & STATUS_BITS;
-        self.device_features_sel = state.device_features_sel;
-        self.driver_features_sel = state.driver_features_sel;
-        self.driver_features = state.driver_features;
-        self.queue_sel = state.queue_sel;
-        self.failed = false;
-        self.interrupt_status.set(state.interrupt_status);
-        if state.interrupt_status != 0 {
-            self.irq.trigger().context("raising a restored virtio interrupt")?;
-        }
-        Ok(())
+        Ok(queues)
     }
 
     /// What a live image keeps of it.
