@@ -12,6 +12,14 @@
 #   pages came from: faults of QEMU's mapping (KVM's GUP of it), private
 #   pages the guest wrote, and no stage-2 provider faults (QEMU does not
 #   set KVM_MEM_PAGE_PROVIDER; that is issue 17's next step);
+# - `vmsctl qemu live-image create` (QMP stop, the device state through
+#   QEMU's migration with x-ignore-shared, VMS_IMAGE_SNAPSHOT, cont) makes
+#   a live image of the running guest, which runs on;
+# - `vmsctl qemu start --count 2 --agent` starts two QEMUs with
+#   -incoming: each resumes with the memory as it was at the image (a file
+#   written after it is not there), gets its own name and a reseeded CRNG
+#   through the guest agent on a unix socket, sees its own writes only,
+#   and owns few pages of its own;
 # - after QEMU exits the name keeps the clone and its pages; `vmsctl clone
 #   delete` removes the name and the clone, and the image deletes.
 #
@@ -25,6 +33,9 @@ qemu=$(command -v qemu-system-x86_64)
 img=qemu-base-$$ name=q1-$$
 cleanup() {
 	[ -n "${qp:-}" ] && kill "$qp" 2>/dev/null
+	for p in ${clone_pids:-}; do kill "$p" 2>/dev/null; done
+	for c in qimg-1 qimg-2; do "$vmsctl" clone delete "$c" >/dev/null 2>&1; done
+	"$vmsctl" image delete qimg >/dev/null 2>&1
 	"$vmsctl" clone delete "$name" >/dev/null 2>&1
 	"$vmsctl" image delete "$img" >/dev/null 2>&1
 	rm -rf "$VMS_RUN_DIR"
@@ -52,20 +63,29 @@ else
 fi
 check "/dev/vms-clone/$name is a character device" test -c "/dev/vms-clone/$name"
 
-"$qemu" -accel kvm -cpu host -m 256M -smp 1 -nographic -no-reboot \
-	-object memory-backend-file,id=ram,mem-path="/dev/vms-clone/$name",share=on,size=256M \
-	-machine pc,memory-backend=ram -kernel "$kernel" -initrd "$initrd" \
-	-append "console=ttyS0 panic=-1" </dev/null >"$VMS_RUN_DIR/qemu.out" 2>&1 &
+d=$VMS_RUN_DIR
+# The arguments of the guest and of its clones ({clone}, {name}: vmsctl
+# qemu start's): COM1 the console, in a file; COM2 the guest agent, on a
+# unix socket.
+qargs() {
+	echo -accel kvm -cpu host -m 256M -smp 1 -display none -monitor none -no-reboot \
+		-object "memory-backend-file,id=ram,mem-path=$1,share=on,size=256M" \
+		-machine pc,memory-backend=ram -kernel "$kernel" -initrd "$initrd" \
+		-serial "file:$d/$2.out" -serial "unix:$d/$2.agent,server=on,wait=off"
+}
+# (The kernel command line has a space: given apart.)
+"$qemu" $(qargs "/dev/vms-clone/$name" qemu) -append "console=ttyS0 panic=-1" \
+	-qmp "unix:$d/qemu.qmp,server=on,wait=off" </dev/null >"$d/qemu.err" 2>&1 &
 qp=$!
 t=0
-while [ $t -lt 300 ] && kill -0 $qp 2>/dev/null && ! grep -q "vms-guest: ready" "$VMS_RUN_DIR/qemu.out"; do
+while [ $t -lt 300 ] && kill -0 $qp 2>/dev/null && ! grep -q "vms-guest: ready" "$d/qemu.out" 2>/dev/null; do
 	sleep 1
 	t=$((t + 1))
 done
-if grep -q "vms-guest: ready" "$VMS_RUN_DIR/qemu.out"; then
+if grep -q "vms-guest: ready" "$d/qemu.out" 2>/dev/null; then
 	ok "QEMU's guest on the named clone is ready ($t s)"
 else
-	tail -n 15 "$VMS_RUN_DIR/qemu.out" | sed 's/^/#   /'
+	tail -n 15 "$d/qemu.out" "$d/qemu.err" 2>/dev/null | sed 's/^/#   /'
 	fail "QEMU's guest on the named clone is ready (waited $t s)"
 fi
 json=$("$vmsctl" clone list --json)
@@ -74,6 +94,44 @@ private=$(field private_pages <<<"$json") mfaults=$(field mmap_faults <<<"$json"
 check "the guest's pages came through the clone's mapping ($mfaults mmap faults, $private private pages)" \
 	test "$mfaults" -gt 1000 -a "$private" -gt 1000
 check "no provider faults: QEMU does not set KVM_MEM_PAGE_PROVIDER ($s2)" test "$s2" = 0
+
+# A live image of the running guest, and two QEMU clones of it.
+qx() { timeout 90 "$vmsctl" qemu exec --agent "$d/$1.agent" --timeout 60 -- "$2"; }
+qx qemu 'echo image-time >/run/marker' >/dev/null
+if out=$("$vmsctl" qemu live-image create --qmp "$d/qemu.qmp" "$name" qimg 2>&1); then
+	msg "$out"
+	ok "vmsctl qemu live-image create of the running guest"
+else
+	msg "$out"
+	fail "vmsctl qemu live-image create of the running guest"
+fi
+check "the guest runs on after it" test "$(qx qemu 'echo after >/run/marker; cat /run/marker')" = after
+if out=$("$vmsctl" qemu start qimg --count 2 --agent "$d/{name}.agent" -- $(qargs '{clone}' '{name}') -append "console=ttyS0 panic=-1" 2>&1); then
+	sed 's/^/# /' <<<"$out"
+	ok "vmsctl qemu start --count 2: two QEMUs resume the image"
+else
+	sed 's/^/# /' <<<"$out"
+	fail "vmsctl qemu start --count 2: two QEMUs resume the image"
+fi
+clone_pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$out")
+for c in qimg-1 qimg-2; do
+	r=$(qx $c 'hostname; cat /run/marker; cat /proc/sys/kernel/random/uuid')
+	msg "$c: $(echo $r)"
+	check "$c resumed with the memory of the image, and its own name" \
+		test "$(sed -n 1p <<<"$r")" = "$c" -a "$(sed -n 2p <<<"$r")" = image-time
+	eval "uuid_${c#qimg-}=\$(sed -n 3p <<<\"\$r\")"
+done
+check "the two clones' CRNGs differ (reseeded through the agent)" test -n "${uuid_1:-}" -a "${uuid_1:-}" != "${uuid_2:-}"
+qx qimg-1 'echo only-1 >/run/marker' >/dev/null
+check "a clone's write is its own" test "$(qx qimg-2 'cat /run/marker')" = image-time -a "$(qx qimg-1 'cat /run/marker')" = only-1
+json=$("$vmsctl" clone list --json)
+msg "clone list: $json"
+c1=$(python3 -c "import json,sys; r=[c for c in json.load(sys.stdin) if c['name']=='qimg-1']; print(r[0]['private_pages'] if r else -1)" <<<"$json")
+check "a clone owns few pages of its own ($c1 private, of 65536)" test "$c1" -ge 0 -a "$c1" -lt 16384
+for p in $clone_pids; do kill "$p" 2>/dev/null; done
+clone_pids=
+# (the live image took the pages the guest had written: count again)
+private=$("$vmsctl" clone list --json | field private_pages)
 kill $qp
 wait $qp 2>/dev/null
 qp=
@@ -83,6 +141,8 @@ after=$(field private_pages <<<"$json")
 check "the name keeps the clone and its pages after QEMU exits ($after private pages)" test "$after" -ge "$private"
 check "vmsctl clone delete removes the name" "$vmsctl" clone delete "$name"
 check "the device is gone" test ! -e "/dev/vms-clone/$name"
-check "the image deletes: the clone went with its name" "$vmsctl" image delete "$img"
+for c in qimg-1 qimg-2; do "$vmsctl" clone delete "$c" >/dev/null 2>&1; done
+"$vmsctl" image delete qimg >/dev/null 2>&1
+check "the image deletes: the clones went with their names" "$vmsctl" image delete "$img"
 echo "1..$n"
 [ $failed = 0 ]

@@ -82,6 +82,7 @@ enum Command {
     Stop(cmd::vm::StopArgs),
     Exec(cmd::vm::ExecArgs),
     Reset(cmd::vm::ResetArgs),
+    Qemu(cmd::qemu::QemuArgs),
 }
 
 /// Runs the subcommand. Its typed error already names the object and the
@@ -98,6 +99,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::List(args) => cmd::vm::list(args)?,
         Command::Stop(args) => cmd::vm::stop(args)?,
         Command::Reset(args) => cmd::vm::reset(args)?,
+        Command::Qemu(args) => cmd::qemu::run(args)?,
         Command::Exec(args) => {
             let status = cmd::vm::exec(args)?;
             if status != 0 {
@@ -154,6 +156,8 @@ mod tests {
             ],
             &["stats", "--json"],
             &["reset", "web-3"],
+            &["qemu", "live-image", "create", "--qmp", "/tmp/q", "web", "web-ready"],
+            &["qemu", "start", "web-ready", "--count", "2", "--", "-m", "256M", "mem-path={clone}"],
             &["reset", "web-3", "--json", "--timeout", "60"],
             &[
                 "run", "--name", "t", "--kernel", "bz", "--initrd", "rd", "--mem", "1G", "--cpus",

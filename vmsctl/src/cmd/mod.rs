@@ -10,6 +10,7 @@
 pub mod clone;
 pub mod image;
 pub mod live_image;
+pub mod qemu;
 pub mod run;
 pub mod stats;
 pub mod version;

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use super::devices::Devices;
 use super::status::Status;
@@ -250,6 +250,41 @@ impl AgentHold<'_> {
     /// [`Agent::exec`], on the held channel.
     pub fn exec(&self, command: &str, timeout: Duration) -> Result<Reply> {
         self.agent.exec_one(command, timeout)
+    }
+}
+
+/// Runs `command` through a guest agent reached by a byte stream (a
+/// QEMU guest's COM2 on a unix socket, `vmsctl qemu`): the same protocol
+/// as [`Agent::exec`], time requests included, at most `timeout`.
+pub fn exec_on_stream(stream: &mut std::os::unix::net::UnixStream, command: &str, timeout: Duration) -> Result<Reply> {
+    use std::io::Read;
+    ensure!(!command.contains(['\n', '\r']), "agent command {command:?}: a command is one line");
+    let tag = first_tag();
+    stream.write_all(format!("{tag} {command}\n").as_bytes()).context("writing to the agent")?;
+    let deadline = Instant::now() + timeout;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(at) = find_time_request(&buf) {
+            buf.drain(at..at + TIME_REQUEST.len());
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            stream.write_all(format!("@@vms-time {now}\n").as_bytes()).context("writing to the agent")?;
+            continue;
+        }
+        if let Some((reply, _)) = parse_reply(&buf, tag) {
+            return Ok(reply);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("agent request {tag}: no reply within {} s ({} bytes came back)", timeout.as_secs(), buf.len());
+        }
+        stream.set_read_timeout(Some(left.min(POLL))).context("a socket timeout")?;
+        match stream.read(&mut chunk) {
+            Ok(0) => bail!("agent request {tag}: the agent's socket closed"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+            Err(e) => return Err(e).context("reading from the agent"),
+        }
     }
 }
 

@@ -112,6 +112,7 @@
 
 mod acpi;
 pub mod agent;
+pub mod qmp;
 mod boot;
 pub mod control;
 mod cpu;
