@@ -30,15 +30,25 @@ vmsctl=$1 kernel=$2 initrd=$3
 export VMS_RUN_DIR=/tmp/vms-qemu-$$
 . "$(dirname "$0")/tap.sh"
 qemu=$(command -v qemu-system-x86_64)
-img=qemu-base-$$ name=q1-$$
+img=qemu-base-$$ name=q1-$$ qimg=qimg-$$
 cleanup() {
 	[ -n "${qp:-}" ] && kill "$qp" 2>/dev/null
-	for p in ${clone_pids:-}; do kill "$p" 2>/dev/null; done
-	for c in qimg-1 qimg-2; do "$vmsctl" clone delete "$c" >/dev/null 2>&1; done
-	"$vmsctl" image delete qimg >/dev/null 2>&1
+	stop_clones
+	"$vmsctl" live-image delete "$qimg" >/dev/null 2>&1
 	"$vmsctl" clone delete "$name" >/dev/null 2>&1
 	"$vmsctl" image delete "$img" >/dev/null 2>&1
 	rm -rf "$VMS_RUN_DIR"
+}
+# The QEMU clones are not our children: kill them, wait until they are
+# gone (their memory with them), and remove their names.
+stop_clones() {
+	local p i
+	for p in ${clone_pids:-}; do kill "$p" 2>/dev/null; done
+	for p in ${clone_pids:-}; do
+		for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+	done
+	clone_pids=
+	for c in "$qimg-1" "$qimg-2"; do "$vmsctl" clone delete "$c" >/dev/null 2>&1; done
 }
 trap cleanup EXIT
 field() { python3 -c "import json,sys; r=[c for c in json.load(sys.stdin) if c['name']=='$name']; print(r[0]['$1'] if r else -1)"; }
@@ -98,7 +108,7 @@ check "no provider faults: QEMU does not set KVM_MEM_PAGE_PROVIDER ($s2)" test "
 # A live image of the running guest, and two QEMU clones of it.
 qx() { timeout 90 "$vmsctl" qemu exec --agent "$d/$1.agent" --timeout 60 -- "$2"; }
 qx qemu 'echo image-time >/run/marker' >/dev/null
-if out=$("$vmsctl" qemu live-image create --qmp "$d/qemu.qmp" "$name" qimg 2>&1); then
+if out=$("$vmsctl" qemu live-image create --qmp "$d/qemu.qmp" "$name" "$qimg" 2>&1); then
 	msg "$out"
 	ok "vmsctl qemu live-image create of the running guest"
 else
@@ -106,7 +116,7 @@ else
 	fail "vmsctl qemu live-image create of the running guest"
 fi
 check "the guest runs on after it" test "$(qx qemu 'echo after >/run/marker; cat /run/marker')" = after
-if out=$("$vmsctl" qemu start qimg --count 2 --agent "$d/{name}.agent" -- $(qargs '{clone}' '{name}') -append "console=ttyS0 panic=-1" 2>&1); then
+if out=$("$vmsctl" qemu start "$qimg" --count 2 --agent "$d/{name}.agent" -- $(qargs '{clone}' '{name}') -append "console=ttyS0 panic=-1" 2>&1); then
 	sed 's/^/# /' <<<"$out"
 	ok "vmsctl qemu start --count 2: two QEMUs resume the image"
 else
@@ -114,22 +124,21 @@ else
 	fail "vmsctl qemu start --count 2: two QEMUs resume the image"
 fi
 clone_pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$out")
-for c in qimg-1 qimg-2; do
+for c in "$qimg-1" "$qimg-2"; do
 	r=$(qx $c 'hostname; cat /run/marker; cat /proc/sys/kernel/random/uuid')
 	msg "$c: $(echo $r)"
 	check "$c resumed with the memory of the image, and its own name" \
 		test "$(sed -n 1p <<<"$r")" = "$c" -a "$(sed -n 2p <<<"$r")" = image-time
-	eval "uuid_${c#qimg-}=\$(sed -n 3p <<<\"\$r\")"
+	eval "uuid_${c##*-}=\$(sed -n 3p <<<\"\$r\")"
 done
 check "the two clones' CRNGs differ (reseeded through the agent)" test -n "${uuid_1:-}" -a "${uuid_1:-}" != "${uuid_2:-}"
-qx qimg-1 'echo only-1 >/run/marker' >/dev/null
-check "a clone's write is its own" test "$(qx qimg-2 'cat /run/marker')" = image-time -a "$(qx qimg-1 'cat /run/marker')" = only-1
+qx "$qimg-1" 'echo only-1 >/run/marker' >/dev/null
+check "a clone's write is its own" test "$(qx "$qimg-2" 'cat /run/marker')" = image-time -a "$(qx "$qimg-1" 'cat /run/marker')" = only-1
 json=$("$vmsctl" clone list --json)
 msg "clone list: $json"
-c1=$(python3 -c "import json,sys; r=[c for c in json.load(sys.stdin) if c['name']=='qimg-1']; print(r[0]['private_pages'] if r else -1)" <<<"$json")
+c1=$(python3 -c "import json,sys; r=[c for c in json.load(sys.stdin) if c['name']=='$qimg-1']; print(r[0]['private_pages'] if r else -1)" <<<"$json")
 check "a clone owns few pages of its own ($c1 private, of 65536)" test "$c1" -ge 0 -a "$c1" -lt 16384
-for p in $clone_pids; do kill "$p" 2>/dev/null; done
-clone_pids=
+stop_clones
 # (the live image took the pages the guest had written: count again)
 private=$("$vmsctl" clone list --json | field private_pages)
 kill $qp
@@ -141,8 +150,7 @@ after=$(field private_pages <<<"$json")
 check "the name keeps the clone and its pages after QEMU exits ($after private pages)" test "$after" -ge "$private"
 check "vmsctl clone delete removes the name" "$vmsctl" clone delete "$name"
 check "the device is gone" test ! -e "/dev/vms-clone/$name"
-for c in qimg-1 qimg-2; do "$vmsctl" clone delete "$c" >/dev/null 2>&1; done
-"$vmsctl" image delete qimg >/dev/null 2>&1
+check "vmsctl live-image delete removes the QEMU live image" "$vmsctl" live-image delete "$qimg"
 check "the image deletes: the clones went with their names" "$vmsctl" image delete "$img"
 echo "1..$n"
 [ $failed = 0 ]

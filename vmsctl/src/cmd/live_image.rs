@@ -346,6 +346,8 @@ fn delete(image: &ImageName) -> Result<()> {
     }
     let _ = std::fs::remove_file(state_path(&name));
     let _ = std::fs::remove_file(state_path(&name).with_extension("json"));
+    // QEMU's device state, for a live image of a QEMU guest (`vmsctl qemu`).
+    let _ = std::fs::remove_file(crate::cmd::qemu::device_state_path(&name));
     // Its disk layer, if it kept one in the run directory and nothing
     // uses it any more.
     if let Some(layer) = layer.filter(|p| *p == disk_layer_path(&name)) {

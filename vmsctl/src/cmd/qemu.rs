@@ -60,7 +60,10 @@ agent on that unix socket (a COM2 of `-serial unix:PATH,server=on,wait=off`)
 and runs vms-identity, as for its own clones: a reseeded CRNG, the host's
 clock, the clone's name. The NIC's MAC comes from the saved device state.
 The clones run on after vmsctl exits; stop one by ending its QEMU (its pid
-is printed), then `vmsctl clone delete NAME`.";
+is printed), then `vmsctl clone delete NAME`; `vmsctl live-image delete
+IMAGE` deletes the image and its device state once no clone uses it.
+The guest must be running; x-ignore-shared is set only for the save and
+the load, and put back as it was.";
 
 /// Arguments of `vmsctl qemu`.
 #[derive(Debug, Args)]
@@ -142,6 +145,11 @@ pub fn run(args: &QemuArgs) -> Result<()> {
         }
         QemuCommand::LiveImage { command: LiveCommand::Create { qmp, clone, image } } => create(qmp, clone, image),
         QemuCommand::Start { image, count, name_prefix, agent, qemu, args } => {
+            ensure!(
+                *count == 1 || agent.as_ref().is_none_or(|a| a.contains("{name}")),
+                "--agent {}: with --count above 1 each clone needs its own socket: put {{name}} in the path",
+                agent.as_deref().unwrap_or("")
+            );
             let prefix = name_prefix.clone().unwrap_or_else(|| image.to_string());
             for i in 1..=*count {
                 let name = format!("{prefix}-{i}");
@@ -163,27 +171,36 @@ fn create(qmp_path: &Path, clone_name: &ImageName, image: &ImageName) -> Result<
     ensure!(!state.exists(), "{what}: {} exists", state.display());
     std::fs::create_dir_all(state.parent().expect("has a parent"))?;
     let (vms, _) = Vms::open_checked()?;
+    ensure!(vms.image_info(&image.to_abi()).is_err(), "{what}: an image named {image} exists");
     let clone = CloneFd::open_named(&clone_name.to_string()).with_context(|| format!("{what}: opening /dev/vms-clone/{clone_name}"))?;
     let mut qmp = Qmp::connect(qmp_path, Duration::from_secs(5)).with_context(|| what.clone())?;
     let was = qmp.status()?;
-    ensure!(matches!(was.as_str(), "running" | "paused"), "{what}: the guest is {was}, not running or paused");
+    // A paused guest would be left in QEMU's "postmigrate" state, which
+    // refuses the next migration until a `cont`.
+    ensure!(was == "running", "{what}: the guest is {was}; it must be running");
+    // Written aside and renamed once the image exists: a failure or a
+    // kill leaves no device state that a clone could take for the image's.
+    let tmp = state.with_extension(format!("qemu.tmp-{}", std::process::id()));
     let t0 = Instant::now();
     qmp.execute("stop", json!({}))?;
     // Device state first, while nothing in the kernel has changed: if
     // it fails, the guest goes on as it was.
-    let saved = (|| {
-        qmp.set_capability("x-ignore-shared", true)?;
-        qmp.execute("migrate", json!({ "uri": format!("file:{}", state.display()) }))?;
+    let saved = qmp.with_capability("x-ignore-shared", |qmp| {
+        qmp.execute("migrate", json!({ "uri": format!("file:{}", tmp.display()) }))?;
         qmp.wait_migration(Duration::from_secs(120))
-    })();
+    });
     let made = saved.and_then(|()| {
         vms.image_snapshot(&image.to_abi(), &clone)
             .with_context(|| format!("making live image {image} (VMS_IMAGE_SNAPSHOT)"))
     });
+    let made = made.and_then(|()| {
+        std::fs::rename(&tmp, &state).with_context(|| format!("{}: renaming to {}", tmp.display(), state.display()))
+    });
     let paused = t0.elapsed();
-    let resumed = if was == "running" { qmp.execute("cont", json!({})).map(drop) } else { Ok(()) };
+    let resumed = qmp.execute("cont", json!({})).map(drop);
     if let Err(e) = made {
-        let _ = std::fs::remove_file(&state);
+        let _ = std::fs::remove_file(&tmp);
+        let _ = resumed;
         return Err(e.context(what));
     }
     resumed.with_context(|| format!("{what}: resuming the guest"))?;
@@ -220,6 +237,8 @@ fn start_one(image: &ImageName, name: &str, id: u32, agent: Option<&str>, qemu: 
     let clone = vms.clone_create(&image.to_abi()).with_context(|| format!("cloning live image {image}"))?;
     vms.clone_name(&clone_name.to_abi(), &clone).with_context(|| format!("naming the clone {name}"))?;
     drop(clone);
+    // Until the clone runs, an error removes its name (and so the clone).
+    let mut unname = Unname { vms: &vms, name: Some(clone_name.clone()) };
     let path = format!("/dev/vms-clone/{name}");
     let dir = control::run_dir().join("qemu");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -241,17 +260,26 @@ fn start_one(image: &ImageName, name: &str, id: u32, agent: Option<&str>, qemu: 
     let mut child = cmd.spawn().with_context(|| format!("starting {qemu}"))?;
     let pid = child.id();
     let result = (|| -> Result<()> {
-        let mut qmp = Qmp::connect(&qmp_path, Duration::from_secs(60))?;
-        qmp.set_capability("x-ignore-shared", true)?;
-        qmp.execute("migrate-incoming", json!({ "uri": format!("file:{}", state.display()) }))?;
-        qmp.wait_migration(Duration::from_secs(120))?;
+        // QEMU makes its QMP socket at once, or exits (bad arguments).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !qmp_path.exists() {
+            if let Some(status) = child.try_wait()? {
+                bail!("QEMU exited ({status}) before it listened on QMP");
+            }
+            ensure!(Instant::now() < deadline, "QEMU made no QMP socket within 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut qmp = Qmp::connect(&qmp_path, Duration::from_secs(10))?;
+        qmp.with_capability("x-ignore-shared", |qmp| {
+            qmp.execute("migrate-incoming", json!({ "uri": format!("file:{}", state.display()) }))?;
+            qmp.wait_migration(Duration::from_secs(120))
+        })?;
         qmp.execute("cont", json!({}))?;
         Ok(())
     })();
     if let Err(e) = result {
         let _ = child.kill();
         let _ = child.wait();
-        let _ = vms.clone_unname(&clone_name.to_abi());
         let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = tail.lines().rev().take(8).collect();
         return Err(e.context(format!(
@@ -274,16 +302,30 @@ fn start_one(image: &ImageName, name: &str, id: u32, agent: Option<&str>, qemu: 
             // As for vmsctl's own clones: no identity, no clone.
             let _ = child.kill();
             let _ = child.wait();
-            let _ = vms.clone_unname(&clone_name.to_abi());
             return Err(e);
         }
         line += &format!("; identity {:.1} ms", t1.elapsed().as_secs_f64() * 1000.0);
     }
     println!("{line}");
     let _ = std::io::stdout().flush();
-    // QEMU runs on without us.
+    // QEMU runs on without us, on its clone.
+    unname.name = None;
     std::mem::forget(child);
     Ok(())
+}
+
+/// Removes a clone's name when dropped, unless its `name` was taken.
+struct Unname<'a> {
+    vms: &'a Vms,
+    name: Option<ImageName>,
+}
+
+impl Drop for Unname<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = &self.name {
+            let _ = self.vms.clone_unname(&n.to_abi());
+        }
+    }
 }
 
 /// vms-identity through the agent on unix socket `sock`.

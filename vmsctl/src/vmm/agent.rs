@@ -259,6 +259,7 @@ impl AgentHold<'_> {
 pub fn exec_on_stream(stream: &mut std::os::unix::net::UnixStream, command: &str, timeout: Duration) -> Result<Reply> {
     use std::io::Read;
     ensure!(!command.contains(['\n', '\r']), "agent command {command:?}: a command is one line");
+    ensure!(!command.trim().is_empty(), "agent command: empty");
     let tag = first_tag();
     stream.write_all(format!("{tag} {command}\n").as_bytes()).context("writing to the agent")?;
     let deadline = Instant::now() + timeout;
@@ -271,7 +272,14 @@ pub fn exec_on_stream(stream: &mut std::os::unix::net::UnixStream, command: &str
             stream.write_all(format!("@@vms-time {now}\n").as_bytes()).context("writing to the agent")?;
             continue;
         }
-        if let Some((reply, _)) = parse_reply(&buf, tag) {
+        if let Some((mut reply, _)) = parse_reply(&buf, tag) {
+            // Output of an earlier request (one that timed out, still
+            // running when this one was sent) ends at its done line.
+            if let Some(at) = reply.output.windows(DONE.len()).rposition(|w| w == DONE.as_bytes()) {
+                let rest = &reply.output[at + DONE.len()..];
+                let eol = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |e| e + 1);
+                reply.output = rest[eol..].to_vec();
+            }
             return Ok(reply);
         }
         let left = deadline.saturating_duration_since(Instant::now());

@@ -116,6 +116,39 @@ impl Qmp {
         }
     }
 
+    /// Runs `f` with migration capability `name` on, and puts it back
+    /// as it was afterwards, whatever `f` returned: left on, a later
+    /// ordinary migration of the VM would leave its shared RAM out. A
+    /// migration `f` leaves running (a timeout) is cancelled first: the
+    /// capability cannot change during one, and the caller is giving up.
+    pub fn with_capability<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let caps = self.execute("query-migrate-capabilities", json!({}))?;
+        let was = caps
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["capability"] == name))
+            .and_then(|c| c["state"].as_bool())
+            .unwrap_or(false);
+        self.set_capability(name, true)?;
+        let result = f(self);
+        if result.is_err() {
+            let _ = self.execute("migrate_cancel", json!({}));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let r = self.execute("query-migrate", json!({}));
+                match r.as_ref().ok().and_then(|r| r["status"].as_str()) {
+                    Some("active" | "setup" | "cancelling" | "device" | "pre-switchover") => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let restored = if was { Ok(()) } else { self.set_capability(name, false) };
+        let t = result?;
+        restored.with_context(|| format!("{}: turning {name} off again", self.what))?;
+        Ok(t)
+    }
+
     /// Sets migration capability `name` on or off.
     pub fn set_capability(&mut self, name: &str, on: bool) -> Result<()> {
         self.execute(
