@@ -338,16 +338,7 @@ fn give_identity(sock: &str, id: u32, name: &str) -> Result<()> {
             Err(e) => return Err(e).context("connecting"),
         }
     };
-    let mut seed = [0u8; 32];
-    crate::vmm::virtio::rng::fill_random(&mut seed).context("host entropy")?;
-    let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-    let reply = exec_on_stream(&mut stream, &format!("vms-identity {id} {name} {seed}"), Duration::from_secs(120))?;
-    let output = String::from_utf8_lossy(&reply.output);
-    ensure!(reply.status == 0, "vms-identity failed with status {}: {}", reply.status, output.trim_end());
-    if !output.contains("vms-resume: reseeded, clock set") {
-        bail!("the guest's vms-identity did not reseed its CRNG nor set its clock: {output}");
-    }
-    Ok(())
+    crate::cmd::run::hand_identity(|c| exec_on_stream(&mut stream, c, Duration::from_secs(120)), Some(id), name, None)
 }
 
 #[cfg(test)]

@@ -775,6 +775,21 @@ fn give_identity(
     name: &str,
     net: Option<&NetConfig>,
 ) -> Result<()> {
+    hand_identity(exec, id, name, net)?;
+    // Its own MAC and address now: on the link.
+    running.set_net_muted(false);
+    Ok(())
+}
+
+/// Runs the guest's side of [`give_identity`] through `exec`, and checks
+/// that the guest reseeded its CRNG and set its clock; for any VMM whose
+/// guest runs the vms agent (`vmsctl qemu` too).
+pub fn hand_identity(
+    exec: impl FnOnce(&str) -> Result<crate::vmm::Reply>,
+    id: Option<u32>,
+    name: &str,
+    net: Option<&NetConfig>,
+) -> Result<()> {
     let mut seed = [0u8; 32];
     crate::vmm::virtio::rng::fill_random(&mut seed).context("host entropy for the clone")?;
     let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
@@ -808,8 +823,6 @@ fn give_identity(
              initramfs? rebuild it with scripts/build-guest): {output}"
         );
     }
-    // Its own MAC and address now: on the link.
-    running.set_net_muted(false);
     Ok(())
 }
 

@@ -46,6 +46,12 @@ const POLL: Duration = Duration::from_millis(100);
 /// on a line of its own.
 const TIME_REQUEST: &[u8] = b"@@vms-time?\n";
 
+/// The answer to a time request: the host's `CLOCK_REALTIME` now.
+fn time_answer() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("@@vms-time {now}\n")
+}
+
 /// Where a time request starts in `buf`: at its start (the output is
 /// cleared when a command is sent) or after a newline.
 fn find_time_request(buf: &[u8]) -> Option<usize> {
@@ -192,11 +198,7 @@ impl Agent {
                 // Not under the output's lock: the UART takes it as the
                 // guest writes (lock order UART, then output).
                 drop(buf);
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                self.devices.queue_agent_input(format!("@@vms-time {now}\n").as_bytes());
+                self.devices.queue_agent_input(time_answer().as_bytes());
                 buf = self.output.lock();
                 continue;
             }
@@ -268,8 +270,7 @@ pub fn exec_on_stream(stream: &mut std::os::unix::net::UnixStream, command: &str
     loop {
         if let Some(at) = find_time_request(&buf) {
             buf.drain(at..at + TIME_REQUEST.len());
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            stream.write_all(format!("@@vms-time {now}\n").as_bytes()).context("writing to the agent")?;
+            stream.write_all(time_answer().as_bytes()).context("writing to the agent")?;
             continue;
         }
         if let Some((mut reply, _)) = parse_reply(&buf, tag) {

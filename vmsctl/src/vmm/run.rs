@@ -165,22 +165,7 @@ impl VcpuThreads {
         for thread in &self.threads {
             let _ = thread.kill(kick_signal());
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut inner = self.pause.lock();
-        while inner.saved.iter().any(Option::is_none) {
-            if self.status.is_stopping() {
-                bail!("the VM stopped while pausing");
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("the vCPUs did not pause within 30 s");
-            }
-            inner = self
-                .pause
-                .changed
-                .wait_timeout(inner, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let mut inner = self.wait_all("pause", |i| &i.saved)?;
         inner
             .saved
             .iter_mut()
@@ -203,14 +188,29 @@ impl VcpuThreads {
             inner.loaded = (0..n).map(|_| None).collect();
             self.pause.changed.notify_all();
         }
+        let mut inner = self.wait_all("load their states", |i| &i.loaded)?;
+        let loaded: Vec<_> = inner.loaded.drain(..).collect();
+        for r in loaded {
+            r.expect("checked above").map_err(|e| anyhow!(e))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every vCPU has put its result in `slots` (of the
+    /// pause's state), at most 30 s; `what` the vCPUs do, for an error.
+    fn wait_all<T>(
+        &self,
+        what: &str,
+        slots: impl Fn(&PauseInner) -> &Vec<Option<T>>,
+    ) -> Result<std::sync::MutexGuard<'_, PauseInner>> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut inner = self.pause.lock();
-        while inner.loaded.iter().any(Option::is_none) {
+        while slots(&inner).iter().any(Option::is_none) {
             if self.status.is_stopping() {
-                bail!("the VM stopped while its vCPUs were loading their states");
+                bail!("the VM stopped while its vCPUs were to {what}");
             }
             if std::time::Instant::now() > deadline {
-                bail!("the vCPUs did not load their states within 30 s");
+                bail!("the vCPUs did not {what} within 30 s");
             }
             inner = self
                 .pause
@@ -219,11 +219,7 @@ impl VcpuThreads {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let loaded: Vec<_> = inner.loaded.drain(..).collect();
-        for r in loaded {
-            r.expect("checked above").map_err(|e| anyhow!(e))?;
-        }
-        Ok(())
+        Ok(inner)
     }
 
     /// Ends a pause: the vCPUs run on.
