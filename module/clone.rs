@@ -50,7 +50,7 @@ use crate::ffi::{self, LockedPage, Mapping, PageRef, SlotInfo, PAGE_SIZE};
 use crate::image::{Cached, Image, Source};
 use crate::table::PageTable;
 use crate::abi;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
@@ -63,10 +63,22 @@ struct Attachment {
     /// First clone page of the memslot.
     first: usize,
     npages: usize,
-    /// The memslot's base gfn, learnt on its first fault.
+    /// The memslot's base gfn, learnt on its first fault (or at its claim).
     base_gfn: Option<u64>,
     /// A size mismatch with the memslot was logged.
     warned: bool,
+    /// For a memslot KVM asked us to claim: the mapping of the clone it
+    /// was claimed for (its VMM's address space and host range), and
+    /// whether that mapping has gone (then its faults go back to the
+    /// slot's host address).
+    claim: Option<SlotClaim>,
+}
+
+struct SlotClaim {
+    mm: ffi::MmId,
+    start: u64,
+    end: u64,
+    lapsed: bool,
 }
 
 /// In `State::mapped`: a shared page of this clone page went to stage 2.
@@ -89,6 +101,11 @@ struct State {
     /// The image shared pages come from; replaced by `snapshot`. Its
     /// `clones` count includes this clone.
     image: Arc<Image>,
+    /// The provider is being registered or unregistered without `state`
+    /// held (`VMS_CLONE_ATTACH`, [`VmClone::leave_lapsed_vm`]): a claim
+    /// must not register it meanwhile, or it would serve two VMs, which
+    /// it cannot tell apart.
+    registering: bool,
 }
 
 impl State {
@@ -214,6 +231,9 @@ pub(crate) struct VmClone {
     pub(crate) mapping: Mapping,
     npages: usize,
     stats: Arc<Stats>,
+    /// Work to leave the VM was queued ([`ffi::queue_leave`]): drop waits
+    /// for it, since it refers to the clone without a reference.
+    pub(crate) leave_queued: AtomicBool,
 }
 
 impl Stats {
@@ -249,6 +269,7 @@ impl VmClone {
                 state <- new_mutex!(
                     State {
                         vm: None,
+                        registering: false,
                         slots: KVec::new(),
                         private,
                         mapped,
@@ -262,6 +283,7 @@ impl VmClone {
                 mapping: Mapping::none(),
                 npages,
                 stats,
+                leave_queued: AtomicBool::new(false),
             }? Error),
             GFP_KERNEL,
         )
@@ -544,7 +566,6 @@ impl VmClone {
         gfn: u64,
         write: bool,
     ) -> Result<(PageRef, bool)> {
-        self.stats.faults.fetch_add(1, Relaxed);
         loop {
             let mut st = self.state.lock();
             // Resolve only while a copy-on-write can zap stage 2: KVM must
@@ -556,9 +577,25 @@ impl VmClone {
             if st.vm.is_none() {
                 return Err(EAGAIN);
             }
-            let Some(a) = st.slots.iter_mut().find(|a| a.slot == slot.slot) else {
-                return Err(EFAULT);
+            // Each kind of memslot only by its own kind of attachment: a
+            // claimed slot may have been served through its host address,
+            // whose pages a provider page must not replace under a present
+            // SPTE (KVM BUG()s on a leaf changing pfn), so only a claim,
+            // made at the slot's creation before any fault, serves it; a
+            // stale claim of a deleted slot must not shadow an attach.
+            let Some(a) = st
+                .slots
+                .iter_mut()
+                .find(|a| a.slot == slot.slot && a.claim.is_some() == slot.claimed)
+            else {
+                // A claimed slot we do not know was claimed for another
+                // clone, an earlier provider of the VM: its host address
+                // serves it.
+                return Err(if slot.claimed { ENOENT } else { EFAULT });
             };
+            if a.claim.as_ref().is_some_and(|c| c.lapsed) {
+                return Err(ENOENT);
+            }
             if slot.npages != a.npages as u64 {
                 if !a.warned {
                     a.warned = true;
@@ -578,6 +615,8 @@ impl VmClone {
                     if let Some(old) = retire {
                         self.retire(idx, old);
                     }
+                    // Served (KVM may still retry it).
+                    self.stats.faults.fetch_add(1, Relaxed);
                     return Ok((page, private));
                 }
                 Resolved::Uncached(image) => {
@@ -727,19 +766,26 @@ impl VmClone {
 
         let _attach = self.attach.lock();
         let have_vm = {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
             if let Some(vm) = &st.vm {
                 if !vm.is_fd(a.vm_fd)? {
                     pr_info!("VMS_CLONE_ATTACH: the clone serves another VM\n");
                     return Err(EBUSY);
                 }
             }
-            if st.slots.iter().any(|s| s.slot == a.slot) {
+            // Claims (memslots KVM asked about) are the module's own
+            // business: only attaches can collide with an attach.
+            let mut attached = st.slots.iter().filter(|s| s.claim.is_none());
+            if attached.clone().any(|s| s.slot == a.slot) {
                 pr_info!("VMS_CLONE_ATTACH: memslot {:#x} already attached\n", a.slot);
                 return Err(EEXIST);
             }
-            if st.slots.iter().any(|s| first < s.first + s.npages && s.first < first + npages) {
+            if attached.any(|s| first < s.first + s.npages && s.first < first + npages) {
                 return inval("VMS_CLONE_ATTACH: range overlaps an attached memslot");
+            }
+            if st.vm.is_none() {
+                // Until we store the VM: see `State::registering`.
+                st.registering = true;
             }
             st.vm.is_some()
         };
@@ -747,12 +793,20 @@ impl VmClone {
         let vm = if have_vm {
             None
         } else {
-            Some(ffi::Vm::attach(a.vm_fd, self).inspect_err(|e| {
-                pr_info!("VMS_CLONE_ATTACH: cannot attach to vm fd {}: error {}\n", a.vm_fd, e.to_errno());
-            })?)
+            match ffi::Vm::attach(a.vm_fd, self) {
+                Ok(vm) => Some(vm),
+                Err(e) => {
+                    self.state.lock().registering = false;
+                    pr_info!("VMS_CLONE_ATTACH: cannot attach to vm fd {}: error {}\n", a.vm_fd, e.to_errno());
+                    return Err(e);
+                }
+            }
         };
         let mut st = self.state.lock();
-        let att = Attachment { slot: a.slot, first, npages, base_gfn: None, warned: false };
+        if vm.is_some() {
+            st.registering = false;
+        }
+        let att = Attachment { slot: a.slot, first, npages, base_gfn: None, warned: false, claim: None };
         if let Err(e) = st.slots.push(att, GFP_KERNEL) {
             // Unregistering waits for vCPUs, which may wait for `state`.
             drop(st);
@@ -763,6 +817,116 @@ impl VmClone {
             st.vm = vm;
         }
         Ok(0)
+    }
+
+    /// KVM asks whether a new memslot of the VM in `claim`, whose host
+    /// range starts at clone page `first`, is to be served from the clone
+    /// (see [`ffi::Claim`]). Yes, unless the clone serves another VM, or
+    /// the VM has another provider, or the range leaves the clone.
+    pub(crate) fn claim(&self, claim: &ffi::Claim, slot: &SlotInfo, first: usize) -> bool {
+        let npages = slot.npages as usize;
+        if first.checked_add(npages).map_or(true, |end| end > self.npages()) {
+            return false;
+        }
+        let sc = SlotClaim {
+            mm: claim.mm,
+            start: claim.hva,
+            end: claim.hva + slot.npages * PAGE_SIZE as u64,
+            lapsed: false,
+        };
+        let att = Attachment {
+            slot: slot.slot,
+            first,
+            npages,
+            base_gfn: Some(slot.base_gfn),
+            warned: false,
+            claim: Some(sc),
+        };
+        // KVM holds `slots_lock` and `mmap_lock`: `state` nests inside
+        // both, as in the VMM's faults. Registering here waits for no SRCU
+        // reader.
+        let mut st = self.state.lock();
+        if st.registering {
+            return false;
+        }
+        if let Some(vm) = &st.vm {
+            if !claim.is_vm(vm) {
+                return false;
+            }
+        }
+        // A claimed slot id seen before was deleted or moved since: this
+        // is its new life. (Attaches, for slots made with the flag, which
+        // KVM never asks about, are another kind: see `stage2_fault`.)
+        let existing = st.slots.iter().position(|a| a.slot == slot.slot && a.claim.is_some());
+        if existing.is_none() && st.slots.reserve(1, GFP_KERNEL).is_err() {
+            return false;
+        }
+        if st.vm.is_none() {
+            match claim.register(self) {
+                Ok(vm) => st.vm = Some(vm),
+                // Another provider serves the VM.
+                Err(_) => return false,
+            }
+        }
+        match existing {
+            Some(i) => st.slots[i] = att,
+            // Cannot fail: reserved above.
+            None => drop(st.slots.push(att, GFP_KERNEL)),
+        }
+        true
+    }
+
+    /// A mapping of the clone in `mm`, `[start, end)`, is going away
+    /// (munmap, mremap, exit) or losing write access (mprotect), with
+    /// `mmap_lock` held (munmap has detached the VMA and may hold the lock
+    /// only for reading; no claim can find the VMA). The memslots
+    /// claimed for it lapse: their stage-2 mappings are zapped and their
+    /// faults go back to their host address. Returns whether the clone's
+    /// VM should be left now (every memslot it served was claimed and has
+    /// lapsed): the caller has it done outside `mmap_lock`
+    /// ([`Self::leave_lapsed_vm`], from the module's workqueue).
+    pub(crate) fn mapping_closed(&self, mm: ffi::MmId, start: u64, end: u64) -> bool {
+        let st = &mut *self.state.lock();
+        let Some(vm) = &st.vm else { return false };
+        if vm.mm() != mm {
+            return false;
+        }
+        for a in st.slots.iter_mut() {
+            let (Some(c), Some(base)) = (&mut a.claim, a.base_gfn) else { continue };
+            if c.lapsed || c.mm != mm || c.end <= start || end <= c.start {
+                continue;
+            }
+            c.lapsed = true;
+            // `state` -> `mmu_lock`, as for a copy-on-write.
+            vm.invalidate(base, base + a.npages as u64);
+        }
+        Self::all_lapsed(st)
+    }
+
+    fn all_lapsed(st: &State) -> bool {
+        st.slots.iter().all(|a| a.claim.as_ref().is_some_and(|c| c.lapsed))
+    }
+
+    /// Leave the VM if every memslot the clone served was claimed and has
+    /// lapsed (see [`Self::mapping_closed`]): so a named clone that a VMM
+    /// used does not keep the VM alive once the VMM has gone. The clone
+    /// can serve a VM again by a new claim. From the module's workqueue
+    /// ([`ffi::queue_leave`]), which the clone's drop waits for.
+    pub(crate) fn leave_lapsed_vm(&self) {
+        let _attach = self.attach.lock();
+        let vm = {
+            let mut st = self.state.lock();
+            if st.vm.is_none() || !Self::all_lapsed(&st) {
+                return;
+            }
+            st.slots = KVec::new();
+            // Until KVM has let the provider go: see `State::registering`.
+            st.registering = true;
+            st.vm.take()
+        };
+        // Unregistering waits for vCPUs, which may wait for `state`.
+        drop(vm);
+        self.state.lock().registering = false;
     }
 
     fn stats(&self) -> abi::VmsCloneStats {
@@ -791,6 +955,10 @@ impl VmClone {
 #[pinned_drop]
 impl PinnedDrop for VmClone {
     fn drop(self: Pin<&mut Self>) {
+        // Work queued to leave the VM refers to the clone: let it finish.
+        if self.leave_queued.load(Relaxed) {
+            ffi::flush_queue();
+        }
         // Unregister from KVM (which waits for vCPUs inside our fault
         // handler, so `state` must not be held) before any page goes.
         // Until it has, KVM may still call `stage2_fault`, which finds no

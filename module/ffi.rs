@@ -10,7 +10,8 @@
 //! `struct page`), [`FileRef`] (a referenced `struct file`, for image
 //! files), [`Vm`] (a referenced `struct kvm` with our page provider
 //! registered), the clone file ([`new_clone_fd`]) with its mmap and fault
-//! handlers.
+//! handlers, the claimer KVM asks about new memslots ([`claim_slot`]) and
+//! the module's workqueue ([`WorkQueue`]).
 
 use crate::clone::{MayRead, MmapFault, VmClone};
 use crate::{abi, dev};
@@ -674,7 +675,38 @@ pub(crate) struct SlotInfo {
     pub(crate) slot: u32,
     pub(crate) base_gfn: u64,
     pub(crate) npages: u64,
+    /// Claimed by us (see [`claim_slot`]), not made with
+    /// `KVM_MEM_PAGE_PROVIDER`: a fault we cannot serve may go back to
+    /// the slot's host address (`ENOENT`).
+    pub(crate) claimed: bool,
 }
+
+impl SlotInfo {
+    /// # Safety
+    ///
+    /// `slot` is a live memslot (KVM holds `kvm->srcu` or `slots_lock`).
+    unsafe fn of(slot: *const bindings::kvm_memory_slot) -> Self {
+        // SAFETY: per the function's contract.
+        unsafe {
+            SlotInfo {
+                slot: ((*slot).as_id as u32) << 16 | (*slot).id as u32,
+                base_gfn: (*slot).base_gfn,
+                npages: (*slot).npages as u64,
+                claimed: (*slot).flags & bindings::KVM_MEM_PAGE_PROVIDER == 0,
+            }
+        }
+    }
+}
+
+/// The address space a VMA belongs to, as an identity to compare (never
+/// dereferenced).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MmId(*const bindings::mm_struct);
+
+// SAFETY: only compared, never dereferenced.
+unsafe impl Send for MmId {}
+// SAFETY: as above.
+unsafe impl Sync for MmId {}
 
 /// A referenced VM with the clone's page provider registered.
 ///
@@ -704,6 +736,12 @@ unsafe impl Sync for ProviderOps {}
 /// The storage of a clone's page provider, embedded in the clone.
 #[repr(transparent)]
 pub(crate) struct Provider(Opaque<bindings::kvm_page_provider>);
+
+// SAFETY: written once, in `new`, before the clone is shared; KVM reads it
+// (its `ops` pointer to a static table) from any thread.
+unsafe impl Send for Provider {}
+// SAFETY: as above: nothing writes it through a shared reference.
+unsafe impl Sync for Provider {}
 
 impl Provider {
     pub(crate) fn new() -> Self {
@@ -737,6 +775,42 @@ impl Vm {
         }
         // INVARIANT: referenced and registered.
         Ok(Vm { kvm, provider })
+    }
+
+    /// Register `clone`'s provider with `kvm` from a claim, which holds
+    /// `slots_lock`: EBUSY if the VM has another provider.
+    ///
+    /// # Safety
+    ///
+    /// `kvm` is live and `slots_lock` is held (KVM's claim). The result
+    /// must not be dropped under `slots_lock` (drop unregisters).
+    unsafe fn claim_locked(kvm: *mut bindings::kvm, clone: &VmClone) -> Result<Self> {
+        let kvm = NonNull::new(kvm).ok_or(EINVAL)?;
+        let provider = clone.provider().0.get();
+        // SAFETY: `kvm` is live (caller); the reference is ours to drop.
+        unsafe { bindings::kvm_get_kvm(kvm.as_ptr()) };
+        // SAFETY: as in `attach`; `slots_lock` is held (caller).
+        let r = unsafe { bindings::kvm_page_provider_register_locked(kvm.as_ptr(), provider) };
+        if r != 0 {
+            // SAFETY: we own the reference taken above; the VM is not
+            // destroyed by it (KVM's ioctl holds another).
+            unsafe { bindings::kvm_put_kvm(kvm.as_ptr()) };
+            return Err(Error::from_errno(r));
+        }
+        // INVARIANT: referenced and registered.
+        Ok(Vm { kvm, provider })
+    }
+
+    /// Whether this is the VM `kvm`.
+    fn is(&self, kvm: *const bindings::kvm) -> bool {
+        self.kvm.as_ptr() as *const _ == kvm
+    }
+
+    /// The address space of the VM's VMM.
+    pub(crate) fn mm(&self) -> MmId {
+        // SAFETY: the VM is referenced (invariant); `mm` is set at creation
+        // and never changes.
+        MmId(unsafe { (*self.kvm.as_ptr()).mm })
     }
 
     /// Whether `vm_fd` is this VM.
@@ -783,13 +857,7 @@ extern "C" fn provider_get_page(
     // at the field's offset.
     let clone = unsafe { &*kernel::container_of!(pp, VmClone, provider) };
     // SAFETY: KVM passes a live memslot under kvm->srcu.
-    let info = unsafe {
-        SlotInfo {
-            slot: ((*slot).as_id as u32) << 16 | (*slot).id as u32,
-            base_gfn: (*slot).base_gfn,
-            npages: (*slot).npages as u64,
-        }
-    };
+    let info = unsafe { SlotInfo::of(slot) };
     match clone.stage2_fault(&info, gfn, write) {
         Ok((p, w)) => {
             // SAFETY: KVM passes valid out pointers.
@@ -801,6 +869,151 @@ extern "C" fn provider_get_page(
         }
         Err(e) => e.to_errno(),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Claiming ordinary memslots: KVM asks, for every new memslot, whether its
+// host address range is a clone's memory (patches/0010).
+
+/// A claim in progress: KVM asks whether a new memslot of `kvm` maps a
+/// clone.
+///
+/// # Invariants
+///
+/// Made only by [`claim_slot`] and borrowed for that call: `kvm` is live
+/// and KVM holds its `slots_lock` and its VMM's `mmap_lock`.
+pub(crate) struct Claim {
+    kvm: *mut bindings::kvm,
+    /// The VMM's address space, which the slot's VMA belongs to.
+    pub(crate) mm: MmId,
+    /// The memslot's host address.
+    pub(crate) hva: u64,
+}
+
+impl Claim {
+    /// Whether `vm` is the VM that asks.
+    pub(crate) fn is_vm(&self, vm: &Vm) -> bool {
+        vm.is(self.kvm)
+    }
+
+    /// Make `clone`'s provider the asking VM's provider. The result must
+    /// be kept (dropping it unregisters, which takes `slots_lock`).
+    pub(crate) fn register(&self, clone: &VmClone) -> Result<Vm> {
+        // SAFETY: `kvm` is live and `slots_lock` held (invariant).
+        unsafe { Vm::claim_locked(self.kvm, clone) }
+    }
+}
+
+/// Debug knob `claim_slots`: non-zero (the default) claims memslots whose
+/// host address range is a shared mapping of a clone, so that KVM serves
+/// them from the clone at stage-2 fault time; 0 leaves new memslots to
+/// their host address (the VMM's mapping), for comparisons.
+static CLAIM_SLOTS: AtomicU32 = AtomicU32::new(1);
+/// Debug counter `claimed_slots` (read-only): memslots claimed since load.
+static CLAIMED_SLOTS: AtomicU32 = AtomicU32::new(0);
+
+struct Claimer(bindings::kvm_page_provider_claimer);
+// SAFETY: never written after it is built; KVM only reads it.
+unsafe impl Sync for Claimer {}
+
+static CLAIMER: Claimer = Claimer(bindings::kvm_page_provider_claimer {
+    claim: Some(claim_slot),
+});
+
+/// `kvm_page_provider_claimer.claim`: a new memslot of `kvm` whose host
+/// range `vma` maps entirely.
+extern "C" fn claim_slot(
+    kvm: *mut bindings::kvm,
+    slot: *const bindings::kvm_memory_slot,
+    vma: *mut bindings::vm_area_struct,
+) -> bool {
+    if CLAIM_SLOTS.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    // SAFETY: KVM holds the VMA's `mmap_lock` for the call, so the VMA and
+    // its file are live; the slot is not yet visible and is KVM's to read.
+    unsafe {
+        // Only our mappings, which are all shared (`clone_mmap`), and
+        // writable ones: KVM maps the clone's pages writable where the
+        // host address path would fail a write.
+        if !core::ptr::eq((*vma).vm_ops, &CLONE_VM_OPS.0)
+            || (*vma).__bindgen_anon_2.vm_flags & bindings::VM_WRITE as c_ulong == 0
+        {
+            return false;
+        }
+        let start = (*vma).__bindgen_anon_1.__bindgen_anon_1.vm_start;
+        let hva = (*slot).userspace_addr;
+        let first = (*vma).vm_pgoff as usize + (hva - start) as usize / PAGE_SIZE;
+        let info = SlotInfo::of(slot);
+        // INVARIANT: for this call only, under KVM's locks.
+        let claim = Claim { kvm, mm: MmId((*vma).vm_mm), hva: hva as u64 };
+        let claimed = clone_of((*vma).vm_file).claim(&claim, &info, first);
+        if claimed {
+            CLAIMED_SLOTS.fetch_add(1, Ordering::Relaxed);
+        }
+        claimed
+    }
+}
+
+/// Our claimer, registered with KVM until drop (the module's life).
+pub(crate) struct ClaimerRegistration(());
+
+impl ClaimerRegistration {
+    pub(crate) fn register() -> Result<Self> {
+        // SAFETY: `CLAIMER` is static; it is cleared in drop, which waits
+        // for a claim in progress.
+        to_result(unsafe { bindings::kvm_page_provider_set_claimer(&CLAIMER.0) })?;
+        Ok(ClaimerRegistration(()))
+    }
+}
+
+impl Drop for ClaimerRegistration {
+    fn drop(&mut self) {
+        // SAFETY: registered in `register`.
+        unsafe { bindings::kvm_page_provider_clear_claimer(&CLAIMER.0) };
+    }
+}
+
+/// The module's workqueue, for what must not run where it is decided:
+/// a clone whose claimed memslots all lost their mapping (a VMA closed
+/// under `mmap_lock`) leaves its VM from here, since unregistering waits
+/// for vCPUs that may wait for that `mmap_lock`.
+static QUEUE: AtomicPtr<bindings::workqueue_struct> = AtomicPtr::new(null_mut());
+
+/// [`QUEUE`], alive until drop, which waits for the work queued on it.
+pub(crate) struct WorkQueue(());
+
+impl WorkQueue {
+    pub(crate) fn create() -> Result<Self> {
+        // SAFETY: a constant format without arguments.
+        let q = unsafe { bindings::alloc_workqueue(c"vms".as_ptr().cast(), 0, 0) };
+        if q.is_null() {
+            return Err(ENOMEM);
+        }
+        QUEUE.store(q, Ordering::Release);
+        Ok(WorkQueue(()))
+    }
+}
+
+impl Drop for WorkQueue {
+    fn drop(&mut self) {
+        let q = QUEUE.swap(null_mut(), Ordering::AcqRel);
+        // SAFETY: made in `create`; destroying drains the queued work. No
+        // more is queued: work is queued only from a clone mapping's close,
+        // and a mapping holds the module.
+        unsafe { bindings::destroy_workqueue(q) };
+    }
+}
+
+/// Run `f` on the module's workqueue.
+pub(crate) fn spawn(f: impl FnOnce() + Send + 'static) -> Result {
+    let q = QUEUE.load(Ordering::Acquire);
+    if q.is_null() {
+        return Err(ENODEV);
+    }
+    // SAFETY: the queue lives until the module's drop (see `WorkQueue`).
+    let q = unsafe { kernel::workqueue::Queue::from_raw(q) };
+    q.try_spawn(GFP_KERNEL, f).map_err(|_| ENOMEM)
 }
 
 // ---------------------------------------------------------------------------
@@ -954,11 +1167,87 @@ extern "C" fn clone_vm_mkwrite(vmf: *mut bindings::vm_fault) -> bindings::vm_fau
     }
 }
 
+extern "C" fn clone_vm_close(vma: *mut bindings::vm_area_struct) {
+    // SAFETY: mm closes the VMA with its `mmap_lock` held (munmap may have
+    // downgraded it to read after detaching the VMA) and drops the file
+    // reference after this returns: the clone is live.
+    let (clone, mm, start, end) = unsafe {
+        let r = &(*vma).__bindgen_anon_1.__bindgen_anon_1;
+        (clone_of((*vma).vm_file), MmId((*vma).vm_mm), r.vm_start as u64, r.vm_end as u64)
+    };
+    if clone.mapping_closed(mm, start, end) {
+        // Every memslot the clone served was claimed and has lost its
+        // mapping: leave the VM, which waits for vCPUs, outside this lock.
+        queue_leave(&clone);
+    }
+}
+
+extern "C" fn clone_vm_mprotect(
+    vma: *mut bindings::vm_area_struct,
+    start: c_ulong,
+    end: c_ulong,
+    newflags: c_ulong,
+) -> c_int {
+    // A claim is for a writable mapping: one that loses write access is
+    // as good as gone (see `claim_slot`).
+    if newflags & bindings::VM_WRITE as c_ulong == 0 {
+        // SAFETY: mprotect holds `mmap_lock` for writing; the VMA and its
+        // file are live.
+        let (clone, mm) = unsafe { (clone_of((*vma).vm_file), MmId((*vma).vm_mm)) };
+        if clone.mapping_closed(mm, start as u64, end as u64) {
+            queue_leave(&clone);
+        }
+    }
+    0
+}
+
+/// A clone that queued work refers to, without a reference: see
+/// [`queue_leave`].
+struct ClonePtr(*const VmClone);
+// SAFETY: the clone is `Sync`; the pointer is only dereferenced while the
+// clone lives (see `queue_leave`).
+unsafe impl Send for ClonePtr {}
+
+/// Have `clone` leave its VM from the module's workqueue
+/// ([`VmClone::leave_lapsed_vm`]). The work holds no reference to the
+/// clone: a reference there could be the last, and the clone would then
+/// outlive its files and mappings for a moment, long enough for an image
+/// delete that follows the VMM's exit to fail (`EBUSY`). Instead the
+/// clone's drop waits for the queue ([`flush_queue`]) once this has run.
+fn queue_leave(clone: &VmClone) {
+    // Before queueing: a drop racing the work must wait for it.
+    clone.leave_queued.store(true, Ordering::Relaxed);
+    let p = ClonePtr(clone);
+    let queued = spawn(move || {
+        let p = p;
+        // SAFETY: the clone's drop flushes the queue before the clone is
+        // freed, and `leave_queued` was set before this was queued.
+        unsafe { &*p.0 }.leave_lapsed_vm()
+    });
+    if queued.is_err() {
+        pr_warn!("cannot queue the release of a VM; it is released with the clone\n");
+    }
+}
+
+/// Wait for the work queued on the module's workqueue so far.
+pub(crate) fn flush_queue() {
+    let q = QUEUE.load(Ordering::Acquire);
+    if !q.is_null() {
+        // SAFETY: the queue lives until the module's drop (`WorkQueue`);
+        // a clone that calls this exists before that drop runs.
+        unsafe { bindings::__flush_workqueue(q) };
+    }
+}
+
 struct VmOps(bindings::vm_operations_struct);
 // SAFETY: never written after it is built; mm only reads it.
 unsafe impl Sync for VmOps {}
 
 static CLONE_VM_OPS: VmOps = VmOps(bindings::vm_operations_struct {
+    // A claimed memslot must stop being served from the clone once the
+    // mapping it was claimed for goes.
+    close: Some(clone_vm_close),
+    mprotect: Some(clone_vm_mprotect),
     fault: Some(clone_vm_fault),
     // With page_mkwrite, mm maps pages read-only first and asks before
     // the first write, which is where a shared page is replaced.
@@ -1407,7 +1696,7 @@ static QUARANTINE_BAD: AtomicU32 = AtomicU32::new(0);
 static PRIVATE_MOVABLE: AtomicU32 = AtomicU32::new(0);
 
 /// The files of `/sys/kernel/debug/vms`: name, mode, value.
-static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 7] = [
+static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 9] = [
     (c_str!("vmm_read_delay_ms"), 0o600, &VMM_READ_DELAY_MS),
     (c_str!("vmm_map_delay_ms"), 0o600, &VMM_MAP_DELAY_MS),
     (c_str!("vmm_delays"), 0o400, &VMM_DELAYS),
@@ -1415,6 +1704,8 @@ static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 7] = [
     (c_str!("quarantine_checked"), 0o400, &QUARANTINE_CHECKED),
     (c_str!("quarantine_bad"), 0o400, &QUARANTINE_BAD),
     (c_str!("private_movable"), 0o600, &PRIVATE_MOVABLE),
+    (c_str!("claim_slots"), 0o600, &CLAIM_SLOTS),
+    (c_str!("claimed_slots"), 0o400, &CLAIMED_SLOTS),
 ];
 
 /// The quarantine's capacity: 64 MiB of pages.

@@ -34,6 +34,11 @@ module! {
 /// The module: owns the `/dev/vms` registration and the debug knobs
 /// (`/sys/kernel/debug/vms`) for its lifetime.
 struct Vms {
+    /// KVM asks it about new memslots; `None` if another module claims
+    /// (or in `drop`, which stops the claims first).
+    claimer: Option<ffi::ClaimerRegistration>,
+    /// `None` only in `drop`, which drains it before the registry goes.
+    queue: Option<ffi::WorkQueue>,
     /// `None` only in `drop`, which ends it before the quarantine drains.
     dev: Option<Pin<KBox<ffi::MiscDevice>>>,
     _debug: ffi::DebugFs,
@@ -42,21 +47,33 @@ struct Vms {
 impl kernel::Module for Vms {
     fn init(_module: &'static ThisModule) -> Result<Self> {
         ffi::seed_named_minors();
+        let queue = ffi::WorkQueue::create()?;
         let dev = KBox::try_pin_init(
             ffi::MiscDevice::register(c_str!("vms"), dev::Registry::new()?),
             GFP_KERNEL,
         )?;
         // Knobs for tests; the module works without them.
         let debug = ffi::DebugFs::create();
+        // Memslots that map a clone are served from it without the VMM
+        // asking (patches/0010); without the claimer they still work,
+        // through the VMM's mapping.
+        let claimer = ffi::ClaimerRegistration::register()
+            .inspect_err(|e| {
+                pr_warn!("memslots will not be claimed: another module claims them (error {})\n", e.to_errno())
+            })
+            .ok();
         pr_info!("vms {} loaded (abi {})\n", dev::MODULE_VERSION, abi::VMS_ABI_VERSION);
-        Ok(Vms { dev: Some(dev), _debug: debug })
+        Ok(Vms { claimer, queue: Some(queue), dev: Some(dev), _debug: debug })
     }
 }
 
 impl Drop for Vms {
     fn drop(&mut self) {
-        // The registry first: the last clones it holds free their pages
-        // into the quarantine, which then drains.
+        // No new claims; then the queued work, which may hold the last
+        // references to clones; then the registry: the last clones it
+        // holds free their pages into the quarantine, which then drains.
+        drop(self.claimer.take());
+        drop(self.queue.take());
         drop(self.dev.take());
         ffi::drain_quarantine();
         pr_info!("vms unloaded\n");

@@ -522,6 +522,12 @@ struct CloneObj {
     image: Mutex<Arc<ImageObj>>,
     /// The VM it serves (`VmObj::id`), once attached.
     bound: Mutex<Option<u64>>,
+    /// A memslot without `KVM_MEM_PAGE_PROVIDER` was made on a mapping of
+    /// it: vms.ko may have claimed it (patch 0010), and the clone may
+    /// serve that memslot's VM without an attach, until the mapping goes
+    /// (then it leaves the VM from a workqueue, at a time the test cannot
+    /// know).
+    maybe_claimed: AtomicBool,
 }
 
 impl CloneObj {
@@ -744,6 +750,9 @@ struct VmObj {
     /// Memslot 0 at gpa 0: vCPU `i`'s program is at `guest::code_gpa(i)`.
     code: Mapping,
     scratch: Mapping,
+    /// A memslot without `KVM_MEM_PAGE_PROVIDER` was made on a clone
+    /// mapping: a claim may have given the VM a provider (that clone).
+    maybe_provider: AtomicBool,
 }
 
 // ---------------------------------------------------------------------------
@@ -1502,6 +1511,7 @@ impl<'a> Worker<'a> {
                 written: Mutex::new(img.written.clone()),
                 image: Mutex::new(img),
                 bound: Mutex::new(None),
+                maybe_claimed: AtomicBool::new(false),
             };
             self.note(format!("VMS_CLONE_CREATE made clone {}", c.id));
             lock(&self.f.clones).push(Arc::new(c));
@@ -1708,13 +1718,18 @@ impl<'a> Worker<'a> {
         } else {
             0
         };
+        // A claim may have bound the clone to another VM, or given this
+        // VM another clone as its provider: then EBUSY too.
+        let claims = bound.is_none() && (c.maybe_claimed.load(SeqCst) || vm.maybe_provider.load(SeqCst));
         let what = format!(
             "VMS_CLONE_ATTACH of clone {} pages {first}+{pages} to VM {} slot {slot:#x}",
             c.id, vm.id
         );
         self.note(what.clone());
         let r = ioctl_with(cfd, VMS_CLONE_ATTACH, &mut arg);
-        if want == 0 {
+        if want == 0 && claims {
+            expect(&r, true, &[libc::EBUSY], &what)?;
+        } else if want == 0 {
             expect(&r, true, &[], &what)?;
         } else {
             expect(&r, false, &[want], &what)?;
@@ -2308,6 +2323,7 @@ impl<'a> Worker<'a> {
             main: main.clone(),
             code,
             scratch,
+            maybe_provider: AtomicBool::new(false),
         };
         if rng.chance(85) {
             // Ready to run: slot 1 attached, in window A.
@@ -2440,6 +2456,13 @@ impl<'a> Worker<'a> {
             slot.hva,
             slot.map.as_ref().map_or(String::new(), |m| format!(" (mapping {}, clone {})", m.id, m.clone.id))
         );
+        if slot.flags & KVM_MEM_PAGE_PROVIDER == 0 {
+            if let Some(m) = &slot.map {
+                // Before the call: a claim happens inside it.
+                m.clone.maybe_claimed.store(true, SeqCst);
+                vm.maybe_provider.store(true, SeqCst);
+            }
+        }
         self.note(what.clone());
         let r = self.memslot(vm, fd, Self::region(s, &slot));
         expect(&r, ok, errs, &what)?;
@@ -3272,6 +3295,11 @@ fn fuzz() {
         mib(free_start),
         mib(free_end)
     ));
+    // Memslots without the flag that vms.ko claimed (patch 0010), where
+    // the debug counter exists.
+    if let Ok(n) = std::fs::read_to_string("/sys/kernel/debug/vms/claimed_slots") {
+        ksft::ksft_print_msg(&format!("memslots claimed by vms.ko since it loaded: {}", n.trim()));
+    }
     for msg in &failures {
         ksft::ksft_print_msg(&format!("FAILED: {msg}"));
     }

@@ -87,9 +87,13 @@ struct vms_version {
  * A clone is a VM's memory, created from an image. Its file descriptor is
  * mmap()ed by the VMM (MAP_SHARED, offset 0 = image page 0) and attached to
  * one or more memslots of one KVM VM that the VMM creates with
- * KVM_MEM_PAGE_PROVIDER and userspace_addr inside that mapping. Reads see
- * the image's page; the first write, from the guest or through the
- * mapping, gives the clone a private copy of the page.
+ * KVM_MEM_PAGE_PROVIDER and userspace_addr inside that mapping. A VMM that
+ * knows nothing of vms may instead create ordinary memslots on a writable
+ * mapping of the clone: the module claims them as KVM creates them (one
+ * clone per VM), with the same effect, and leaves a memslot to its host
+ * address once the mapping under it goes. Reads see the image's page; the
+ * first write, from the guest or through the mapping, gives the clone a
+ * private copy of the page.
  */
 
 #define VMS_NAME_LEN		32

@@ -41,8 +41,8 @@ use vms_selftests::ksft::check;
 use vms_selftests::kvm::Vm;
 use vms_selftests::test_assert;
 use vms_selftests::vms::{
-    image_create, image_dir, unique_name, vm_attach_clone, CloneMap, Image, ImageFile, VmsClone,
-    PAGE_SIZE,
+    __vm_map_clone, image_create, image_dir, unique_name, vm_attach_clone, CloneMap, Image,
+    ImageFile, VmsClone, PAGE_SIZE,
 };
 
 use crate::uffd::{self, Handler, Served, Uffd};
@@ -112,6 +112,8 @@ pub enum Backend {
     AnonFresh,
     VmsWarm,
     VmsCold,
+    VmsPlain,
+    VmsHva,
     UffdMissing,
     UffdMissingCold,
     UffdMinor,
@@ -127,6 +129,8 @@ impl Backend {
             Backend::AnonFresh => "anon, zero-fill on fault",
             Backend::VmsWarm => "vms, image cached (warm)",
             Backend::VmsCold => "vms, image cold",
+            Backend::VmsPlain => "vms, warm, ordinary memslot (claimed)",
+            Backend::VmsHva => "vms, warm, ordinary memslot, hva path",
             Backend::UffdMissing => "uffd MISSING + UFFDIO_COPY",
             Backend::UffdMissingCold => "uffd MISSING + UFFDIO_COPY, file cold",
             Backend::UffdMinor => "uffd MINOR + UFFDIO_CONTINUE (shmem)",
@@ -142,6 +146,8 @@ impl Backend {
             Backend::AnonFresh => "zero",
             Backend::VmsWarm => "vms-warm",
             Backend::VmsCold => "vms-cold",
+            Backend::VmsPlain => "vms-plain",
+            Backend::VmsHva => "vms-hva",
             Backend::UffdMissing => "uffd-missing",
             Backend::UffdMissingCold => "uffd-missing-cold",
             Backend::UffdMinor => "uffd-minor",
@@ -199,6 +205,7 @@ pub struct Backing {
     /// An image of the backing's own ([`Backend::VmsCold`]).
     image: Option<Image>,
     size: u64,
+    backend: Backend,
 }
 
 enum Map {
@@ -234,7 +241,7 @@ impl Backing {
                 make_cold(cold, size);
                 Map::Host(host(Mapping::file(cold.file(), size, false)))
             }
-            Backend::VmsWarm => {
+            Backend::VmsWarm | Backend::VmsPlain | Backend::VmsHva => {
                 let c = src.warm.expect("a warm image").clone_create();
                 let m = c.map();
                 clone = Some(c);
@@ -303,6 +310,7 @@ impl Backing {
             clone,
             image,
             size,
+            backend,
         }
     }
 
@@ -313,7 +321,27 @@ impl Backing {
         match &self.map {
             Map::Clone(map) => {
                 let clone = self.clone.as_ref().expect("a clone");
-                vm_attach_clone(vm, clone, map, slot, gpa, 0, self.size);
+                match self.backend {
+                    // What QEMU does on a named clone: a memslot without
+                    // flags on its mapping, which vms.ko claims.
+                    Backend::VmsPlain => check(
+                        __vm_map_clone(vm, map, slot, gpa, 0, self.size, 0),
+                        "KVM_SET_USER_MEMORY_REGION2",
+                    ),
+                    // The same without the claim (as without patch 0010
+                    // or vms.ko's claimer): the memslot is made before the
+                    // clone is mapped under it, so KVM finds no clone to
+                    // ask about and resolves the hva (GUP of the mapping).
+                    Backend::VmsHva => {
+                        map.unmap();
+                        check(
+                            __vm_map_clone(vm, map, slot, gpa, 0, self.size, 0),
+                            "KVM_SET_USER_MEMORY_REGION2",
+                        );
+                        map.remap(clone);
+                    }
+                    _ => vm_attach_clone(vm, clone, map, slot, gpa, 0, self.size),
+                }
             }
             Map::Host(m) => {
                 let owner: Arc<dyn Any + Send + Sync> = m.clone();

@@ -801,6 +801,30 @@ impl CloneMap {
             );
         }
     }
+
+    /// Maps `clone` (the one this mapping was made from) again where it
+    /// was, after [`CloneMap::unmap`]: so a test can create a memslot on
+    /// the range first and map the clone under it afterwards.
+    #[track_caller]
+    pub fn remap(&self, clone: &VmsClone) {
+        assert_eq!(clone.size(), self.len as u64, "the same clone");
+        // SAFETY: MAP_FIXED over our own reserved range (type invariant),
+        // which nothing else uses; the clone's mapping replaces it.
+        let p = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                clone.fd().as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            check::<(), _>(Err(io::Error::last_os_error()), "mmap the clone again");
+        }
+        self.unmapped.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Drop for CloneMap {
@@ -829,6 +853,23 @@ pub fn __vm_add_clone_slot(
     offset: u64,
     size: u64,
 ) -> Result<(), errno::Error> {
+    __vm_map_clone(vm, map, slot, gpa, offset, size, KVM_MEM_PAGE_PROVIDER)
+}
+
+/// Installs (or, with `size` 0, deletes) memslot `slot` at `gpa` with
+/// memslot flags `flags` on clone bytes `offset..offset + size` as mapped
+/// by `map`, returning the raw result: with flags 0 an ordinary memslot,
+/// as a VMM that knows nothing of vms makes on a clone mapping. The VM
+/// keeps `map` alive.
+pub fn __vm_map_clone(
+    vm: &mut Vm,
+    map: &Arc<CloneMap>,
+    slot: u32,
+    gpa: u64,
+    offset: u64,
+    size: u64,
+    flags: u32,
+) -> Result<(), errno::Error> {
     assert!(
         offset.checked_add(size).is_some_and(|end| end <= map.len()),
         "window {offset:#x}+{size:#x} outside the clone"
@@ -839,7 +880,7 @@ pub fn __vm_add_clone_slot(
     unsafe {
         vm.__add_memory_at(
             slot,
-            KVM_MEM_PAGE_PROVIDER,
+            flags,
             gpa,
             size,
             map.hva() + offset,
