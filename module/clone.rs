@@ -231,8 +231,9 @@ pub(crate) struct VmClone {
     pub(crate) mapping: Mapping,
     npages: usize,
     stats: Arc<Stats>,
-    /// Work to leave the VM was queued ([`ffi::queue_leave`]): drop waits
-    /// for it, since it refers to the clone without a reference.
+    /// Work to leave the VM was queued (`ffi::queue_leave`): releasing a
+    /// clone file or a name waits for the queue, so that the work's
+    /// reference is gone before theirs.
     pub(crate) leave_queued: AtomicBool,
 }
 
@@ -803,18 +804,20 @@ impl VmClone {
             }
         };
         let mut st = self.state.lock();
-        if vm.is_some() {
-            st.registering = false;
-        }
         let att = Attachment { slot: a.slot, first, npages, base_gfn: None, warned: false, claim: None };
         if let Err(e) = st.slots.push(att, GFP_KERNEL) {
-            // Unregistering waits for vCPUs, which may wait for `state`.
+            // Unregistering waits for vCPUs, which may wait for `state`;
+            // claims stay off until KVM has let the provider go.
             drop(st);
-            drop(vm);
+            if vm.is_some() {
+                drop(vm);
+                self.state.lock().registering = false;
+            }
             return Err(e.into());
         }
         if vm.is_some() {
             st.vm = vm;
+            st.registering = false;
         }
         Ok(0)
     }
@@ -910,8 +913,7 @@ impl VmClone {
     /// Leave the VM if every memslot the clone served was claimed and has
     /// lapsed (see [`Self::mapping_closed`]): so a named clone that a VMM
     /// used does not keep the VM alive once the VMM has gone. The clone
-    /// can serve a VM again by a new claim. From the module's workqueue
-    /// ([`ffi::queue_leave`]), which the clone's drop waits for.
+    /// can serve a VM again by a new claim. From the module's workqueue.
     pub(crate) fn leave_lapsed_vm(&self) {
         let _attach = self.attach.lock();
         let vm = {
@@ -955,10 +957,6 @@ impl VmClone {
 #[pinned_drop]
 impl PinnedDrop for VmClone {
     fn drop(self: Pin<&mut Self>) {
-        // Work queued to leave the VM refers to the clone: let it finish.
-        if self.leave_queued.load(Relaxed) {
-            ffi::flush_queue();
-        }
         // Unregister from KVM (which waits for vCPUs inside our fault
         // handler, so `state` must not be held) before any page goes.
         // Until it has, KVM may still call `stage2_fault`, which finds no

@@ -1040,7 +1040,13 @@ extern "C" fn clone_ioctl(file: *mut bindings::file, cmd: c_uint, arg: c_ulong) 
 extern "C" fn clone_release(_inode: *mut bindings::inode, file: *mut bindings::file) -> c_int {
     // SAFETY: `private_data` came from `Arc::into_foreign` in
     // `new_clone_fd`, and this is the last use of it.
-    drop(unsafe { <Arc<VmClone> as ForeignOwnable>::from_foreign((*file).private_data) });
+    let clone = unsafe { <Arc<VmClone> as ForeignOwnable>::from_foreign((*file).private_data) };
+    // Work leaving a VM may hold a reference (see `queue_leave`): let it
+    // go first, so that this one is the last where it was before.
+    if clone.leave_queued.load(Ordering::Relaxed) {
+        flush_queue();
+    }
+    drop(clone);
     0
 }
 
@@ -1201,35 +1207,25 @@ extern "C" fn clone_vm_mprotect(
     0
 }
 
-/// A clone that queued work refers to, without a reference: see
-/// [`queue_leave`].
-struct ClonePtr(*const VmClone);
-// SAFETY: the clone is `Sync`; the pointer is only dereferenced while the
-// clone lives (see `queue_leave`).
-unsafe impl Send for ClonePtr {}
-
 /// Have `clone` leave its VM from the module's workqueue
-/// ([`VmClone::leave_lapsed_vm`]). The work holds no reference to the
-/// clone: a reference there could be the last, and the clone would then
-/// outlive its files and mappings for a moment, long enough for an image
-/// delete that follows the VMM's exit to fail (`EBUSY`). Instead the
-/// clone's drop waits for the queue ([`flush_queue`]) once this has run.
-fn queue_leave(clone: &VmClone) {
-    // Before queueing: a drop racing the work must wait for it.
+/// ([`VmClone::leave_lapsed_vm`]). The work holds a reference to the
+/// clone, which could be the last: the clone would then outlive its files
+/// and mappings for a moment, long enough for an image delete that follows
+/// the VMM's exit to fail (`EBUSY`). So what drops a lasting reference (a
+/// clone file's release, a name's removal) first waits for the queue
+/// ([`flush_queue`]) once this has run.
+fn queue_leave(clone: &ArcBorrow<'_, VmClone>) {
+    // Before queueing: a release racing the work must wait for it.
     clone.leave_queued.store(true, Ordering::Relaxed);
-    let p = ClonePtr(clone);
-    let queued = spawn(move || {
-        let p = p;
-        // SAFETY: the clone's drop flushes the queue before the clone is
-        // freed, and `leave_queued` was set before this was queued.
-        unsafe { &*p.0 }.leave_lapsed_vm()
-    });
-    if queued.is_err() {
+    let clone: Arc<VmClone> = (*clone).into();
+    if spawn(move || clone.leave_lapsed_vm()).is_err() {
         pr_warn!("cannot queue the release of a VM; it is released with the clone\n");
     }
 }
 
-/// Wait for the work queued on the module's workqueue so far.
+/// Wait for the work queued on the module's workqueue so far. Not from
+/// that queue's work, nor with a lock its work takes (a clone's `attach`
+/// or `state`, KVM's `slots_lock`).
 pub(crate) fn flush_queue() {
     let q = QUEUE.load(Ordering::Acquire);
     if !q.is_null() {
@@ -1613,6 +1609,10 @@ impl PinnedDrop for NamedClone {
         // after it.
         // SAFETY: `inner` is registered (type invariant).
         unsafe { bindings::misc_deregister(self.inner.get()) };
+        // As in `clone_release`: work leaving a VM may hold the clone.
+        if self.clone.leave_queued.load(Ordering::Relaxed) {
+            flush_queue();
+        }
         // SAFETY: the reference `register` took; this is not the module's
         // own exit (which waits for it), so the module stays while this
         // code runs: its caller holds a file of /dev/vms.

@@ -522,12 +522,12 @@ struct CloneObj {
     image: Mutex<Arc<ImageObj>>,
     /// The VM it serves (`VmObj::id`), once attached.
     bound: Mutex<Option<u64>>,
-    /// A memslot without `KVM_MEM_PAGE_PROVIDER` was made on a mapping of
-    /// it: vms.ko may have claimed it (patch 0010), and the clone may
-    /// serve that memslot's VM without an attach, until the mapping goes
-    /// (then it leaves the VM from a workqueue, at a time the test cannot
-    /// know).
-    maybe_claimed: AtomicBool,
+    /// VMs that made a memslot without `KVM_MEM_PAGE_PROVIDER` on a
+    /// mapping of it: vms.ko may have claimed it for them (patch 0010),
+    /// and the clone may then serve one of them without an attach, until
+    /// the mapping goes (it then leaves the VM from a workqueue, at a time
+    /// the test cannot know).
+    claimers: Mutex<Vec<u64>>,
 }
 
 impl CloneObj {
@@ -750,9 +750,10 @@ struct VmObj {
     /// Memslot 0 at gpa 0: vCPU `i`'s program is at `guest::code_gpa(i)`.
     code: Mapping,
     scratch: Mapping,
-    /// A memslot without `KVM_MEM_PAGE_PROVIDER` was made on a clone
-    /// mapping: a claim may have given the VM a provider (that clone).
-    maybe_provider: AtomicBool,
+    /// Clones on whose mappings it made a memslot without
+    /// `KVM_MEM_PAGE_PROVIDER`: a claim may have made one of them its
+    /// provider.
+    providers: Mutex<Vec<u64>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1511,7 +1512,7 @@ impl<'a> Worker<'a> {
                 written: Mutex::new(img.written.clone()),
                 image: Mutex::new(img),
                 bound: Mutex::new(None),
-                maybe_claimed: AtomicBool::new(false),
+                claimers: Mutex::new(Vec::new()),
             };
             self.note(format!("VMS_CLONE_CREATE made clone {}", c.id));
             lock(&self.f.clones).push(Arc::new(c));
@@ -1719,8 +1720,10 @@ impl<'a> Worker<'a> {
             0
         };
         // A claim may have bound the clone to another VM, or given this
-        // VM another clone as its provider: then EBUSY too.
-        let claims = bound.is_none() && (c.maybe_claimed.load(SeqCst) || vm.maybe_provider.load(SeqCst));
+        // VM another clone as its provider: then EBUSY too. (Its own claim
+        // for this VM, or this VM's of it, must not stop the attach.)
+        let claims = bound.is_none()
+            && (lock(&c.claimers).iter().any(|&k| k != vm.id) || lock(&vm.providers).iter().any(|&x| x != c.id));
         let what = format!(
             "VMS_CLONE_ATTACH of clone {} pages {first}+{pages} to VM {} slot {slot:#x}",
             c.id, vm.id
@@ -2323,7 +2326,7 @@ impl<'a> Worker<'a> {
             main: main.clone(),
             code,
             scratch,
-            maybe_provider: AtomicBool::new(false),
+            providers: Mutex::new(Vec::new()),
         };
         if rng.chance(85) {
             // Ready to run: slot 1 attached, in window A.
@@ -2459,8 +2462,14 @@ impl<'a> Worker<'a> {
         if slot.flags & KVM_MEM_PAGE_PROVIDER == 0 {
             if let Some(m) = &slot.map {
                 // Before the call: a claim happens inside it.
-                m.clone.maybe_claimed.store(true, SeqCst);
-                vm.maybe_provider.store(true, SeqCst);
+                let mut claimers = lock(&m.clone.claimers);
+                if !claimers.contains(&vm.id) {
+                    claimers.push(vm.id);
+                }
+                let mut providers = lock(&vm.providers);
+                if !providers.contains(&m.clone.id) {
+                    providers.push(m.clone.id);
+                }
             }
         }
         self.note(what.clone());

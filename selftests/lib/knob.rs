@@ -9,7 +9,8 @@
 //! when the module has no such knob), sets a delay with [`Knob::set`],
 //! waits with [`wait_for_delay`] until a fault sleeps in its window, and
 //! sets the knob back to 0 so that no other fault sleeps. A [`Knob`]
-//! sets itself back to 0 when dropped, also when an assertion unwinds.
+//! sets itself back to its default when dropped, also when an assertion
+//! unwinds.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -30,10 +31,18 @@ pub const VMM_MAP_DELAY_MS: &str = "vmm_map_delay_ms";
 /// Read-only: how many sleeps either delay has begun.
 pub const VMM_DELAYS: &str = "vmm_delays";
 
-/// One knob file of [`KNOB_DIR`]; set back to 0 on drop if writable.
+/// One knob file of [`KNOB_DIR`]; set back to its default on drop if
+/// writable (see [`default_of`]).
 pub struct Knob {
     path: PathBuf,
     writable: bool,
+    default: u32,
+}
+
+/// The value the module gives knob `name` at load: 1 for `claim_slots`
+/// (claiming memslots is on), 0 for every other knob (no effect).
+pub fn default_of(name: &str) -> u32 {
+    u32::from(name == "claim_slots")
 }
 
 impl Knob {
@@ -49,7 +58,11 @@ impl Knob {
             ));
         };
         let writable = meta.permissions().mode() & 0o200 != 0;
-        Self { path, writable }
+        Self {
+            path,
+            writable,
+            default: default_of(name),
+        }
     }
 
     /// Its value.
@@ -70,14 +83,17 @@ impl Knob {
     /// Sets it to `v`.
     #[track_caller]
     pub fn set(&self, v: u32) {
-        check(fs::write(&self.path, format!("{v}\n")), "write debugfs knob");
+        check(
+            fs::write(&self.path, format!("{v}\n")),
+            "write debugfs knob",
+        );
     }
 }
 
 impl Drop for Knob {
     fn drop(&mut self) {
         if self.writable {
-            let _ = fs::write(&self.path, "0\n");
+            let _ = fs::write(&self.path, format!("{}\n", self.default));
         }
     }
 }
