@@ -144,8 +144,10 @@ struct FaultsArgs {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Only these backends (the ceiling is always measured): anon, zero,
-    /// vms-warm, vms-cold, uffd-missing, uffd-missing-cold, uffd-minor, private,
-    /// private-cold (the cold rows other than vms-cold need image files on a disk).
+    /// vms-warm, vms-cold, vms-plain (an ordinary memslot that vms.ko claims,
+    /// as QEMU's), vms-hva (the same through the host address, unclaimed),
+    /// uffd-missing, uffd-missing-cold, uffd-minor, private, private-cold (the
+    /// cold rows other than vms-cold need image files on a disk).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only this access: read or write.
