@@ -591,6 +591,7 @@ impl Watchdog {
                     limit.as_secs()
                 ));
                 dump_task_stacks();
+                dump_activity();
                 out(format_args!("Bail out! {what} hangs"));
                 process::exit(KSFT_FAIL);
             }
@@ -623,6 +624,86 @@ fn dump_task_stacks() {
         for line in read("stack").lines() {
             ksft_print_msg(&format!("    {line}"));
         }
+    }
+}
+
+/// Per thread of this process: (tid, comm, utime, stime, guest time), in
+/// clock ticks, from `/proc/self/task/*/stat`.
+fn task_times() -> Vec<(String, String, u64, u64, u64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut v = Vec::new();
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+        let comm = head.split_once(" (").map(|(_, c)| c.to_string()).unwrap_or_default();
+        // After the comm: field 3 (state) is rest[0]; utime is field 14,
+        // stime 15, guest_time 43.
+        let f: Vec<&str> = rest.split(' ').collect();
+        let at = |n: usize| f.get(n - 3).and_then(|x| x.parse().ok()).unwrap_or(0);
+        v.push((task.file_name().to_string_lossy().into_owned(), comm, at(14), at(15), at(43)));
+    }
+    v
+}
+
+/// KVM's statistics of this process's VMs (`/sys/kernel/debug/kvm/PID-FD/`:
+/// counters summed over each VM's vCPUs), as (VM, name, value).
+fn kvm_stats() -> Vec<(String, String, u64)> {
+    let me = format!("{}-", process::id());
+    let mut v = Vec::new();
+    let Ok(vms) = std::fs::read_dir("/sys/kernel/debug/kvm") else {
+        return v;
+    };
+    for vm in vms.flatten() {
+        let name = vm.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&me) {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(vm.path()) else { continue };
+        for f in files.flatten() {
+            if let Ok(x) = std::fs::read_to_string(f.path()) {
+                if let Ok(n) = x.trim().parse() {
+                    v.push((name.clone(), f.file_name().to_string_lossy().into_owned(), n));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// What this process's threads and VMs do over one second of a hang:
+/// CPU time per thread (a vCPU gaining guest time runs its guest; one
+/// gaining system time loops in the kernel) and the KVM counters that
+/// moved (exits, page faults), so that a vCPU that never leaves
+/// `KVM_RUN` shows whether it still exits at all.
+fn dump_activity() {
+    let (t0, k0) = (task_times(), kvm_stats());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (t1, k1) = (task_times(), kvm_stats());
+    for (tid, comm, u, s, g) in &t1 {
+        if let Some((_, _, u0, s0, g0)) = t0.iter().find(|t| &t.0 == tid) {
+            let (du, ds, dg) = (u.saturating_sub(*u0), s.saturating_sub(*s0), g.saturating_sub(*g0));
+            if du + ds + dg > 0 {
+                ksft_print_msg(&format!(
+                    "thread {tid} ({comm}) in 1 s: user {du}, system {ds}, guest {dg} ticks"
+                ));
+            }
+        }
+    }
+    let moved: Vec<String> = k1
+        .iter()
+        .filter_map(|(vm, n, v)| {
+            let before = k0.iter().find(|k| &k.0 == vm && &k.1 == n)?.2;
+            (*v != before).then(|| format!("{vm} {n} +{}", v.wrapping_sub(before)))
+        })
+        .collect();
+    if k1.is_empty() {
+        ksft_print_msg("KVM counters: none readable (no debugfs)");
+    } else if moved.is_empty() {
+        ksft_print_msg("KVM counters in 1 s: none moved");
+    } else {
+        ksft_print_msg(&format!("KVM counters in 1 s: {}", moved.join(", ")));
     }
 }
 
