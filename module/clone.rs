@@ -885,25 +885,28 @@ impl VmClone {
     /// only for reading; no claim can find the VMA). The memslots
     /// claimed for it lapse: their stage-2 mappings are zapped and their
     /// faults go back to their host address. Returns whether the clone's
-    /// VM should be left now (every memslot it served was claimed and has
-    /// lapsed): the caller has it done outside `mmap_lock`
-    /// ([`Self::leave_lapsed_vm`], from the module's workqueue).
+    /// VM should be left now (this lapsed a claim, and every memslot the
+    /// clone served was claimed and has lapsed): the caller has it done
+    /// outside `mmap_lock` ([`Self::leave_lapsed_vm`], from the module's
+    /// workqueue). Closes that lapse nothing queue nothing.
     pub(crate) fn mapping_closed(&self, mm: ffi::MmId, start: u64, end: u64) -> bool {
         let st = &mut *self.state.lock();
         let Some(vm) = &st.vm else { return false };
         if vm.mm() != mm {
             return false;
         }
+        let mut lapsed = false;
         for a in st.slots.iter_mut() {
             let (Some(c), Some(base)) = (&mut a.claim, a.base_gfn) else { continue };
             if c.lapsed || c.mm != mm || c.end <= start || end <= c.start {
                 continue;
             }
             c.lapsed = true;
+            lapsed = true;
             // `state` -> `mmu_lock`, as for a copy-on-write.
             vm.invalidate(base, base + a.npages as u64);
         }
-        Self::all_lapsed(st)
+        lapsed && Self::all_lapsed(st)
     }
 
     fn all_lapsed(st: &State) -> bool {
