@@ -16,11 +16,19 @@
 # - `vmsctl qemu live-image create` (QMP stop, the device state through
 #   QEMU's migration with x-ignore-shared, VMS_IMAGE_SNAPSHOT, cont) makes
 #   a live image of the running guest, which runs on;
-# - `vmsctl qemu start --count 2 --agent` starts two QEMUs with
+# - `vmsctl qemu start --count 4 --agent --mac` starts four QEMUs with
 #   -incoming: each resumes with the memory as it was at the image (a file
-#   written after it is not there), gets its own name and a reseeded CRNG
-#   through the guest agent on a unix socket, sees its own writes only,
-#   and owns few pages of its own;
+#   written after it is not there), gets its own name, a reseeded CRNG and
+#   its NIC's own MAC (which QEMU learns too) through the guest agent on a
+#   unix socket, sees its own writes only, and owns few pages of its own;
+# - the live image saved to a file and loaded from it (the shared-storage
+#   case: the file's pages dropped from the page cache first): a QEMU
+#   clone of the loaded image resumes with the image's memory, its pages
+#   streamed from the file;
+# - bad input: a size larger than the clone, a MAP_PRIVATE mapping
+#   (share=off): QEMU fails with a clear error, and nothing splats; a
+#   clone name that does not exist is no error to QEMU (it creates a file
+#   and runs on ordinary memory), and `vmsctl clone list` warns of it;
 # - after QEMU exits the name keeps the clone and its pages, not QEMU's
 #   VM (the clone leaves it once its mapping is gone); `vmsctl clone
 #   delete` removes the name and the clone, and the image deletes.
@@ -33,10 +41,12 @@ export VMS_RUN_DIR=/tmp/vms-qemu-$$
 . "$(dirname "$0")/tap.sh"
 qemu=$(command -v qemu-system-x86_64)
 img=qemu-base-$$ name=q1-$$ qimg=qimg-$$
+clones="$qimg-1 $qimg-2 $qimg-3 $qimg-4 $qimg-l-1"
 cleanup() {
 	[ -n "${qp:-}" ] && kill "$qp" 2>/dev/null
 	stop_clones
 	"$vmsctl" live-image delete "$qimg" >/dev/null 2>&1
+	"$vmsctl" live-image delete "$qimg-l" >/dev/null 2>&1
 	"$vmsctl" clone delete "$name" >/dev/null 2>&1
 	"$vmsctl" image delete "$img" >/dev/null 2>&1
 	rm -rf "$VMS_RUN_DIR"
@@ -50,7 +60,7 @@ stop_clones() {
 		for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
 	done
 	clone_pids=
-	for c in "$qimg-1" "$qimg-2"; do "$vmsctl" clone delete "$c" >/dev/null 2>&1; done
+	for c in $clones; do "$vmsctl" clone delete "$c" >/dev/null 2>&1; done
 }
 trap cleanup EXIT
 field() { python3 -c "import json,sys; r=[c for c in json.load(sys.stdin) if c['name']=='$name']; print(r[0]['$1'] if r else -1)"; }
@@ -78,12 +88,42 @@ check "/dev/vms-clone/$name is a character device" test -c "/dev/vms-clone/$name
 d=$VMS_RUN_DIR
 # The arguments of the guest and of its clones ({clone}, {name}: vmsctl
 # qemu start's): COM1 the console, in a file; COM2 the guest agent, on a
-# unix socket.
+# unix socket; a virtio-net NIC on QEMU's user network, its MAC the
+# parent's.
 qargs() {
 	echo -accel kvm -cpu host -m 256M -smp 1 -display none -monitor none -no-reboot \
-		-object "memory-backend-file,id=ram,mem-path=$1,share=on,size=256M" \
+		-object "memory-backend-file,id=ram,mem-path=$1,share=${3:-on},size=${4:-256M}" \
 		-machine pc,memory-backend=ram -kernel "$kernel" -initrd "$initrd" \
+		-netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:aa \
 		-serial "file:$d/$2.out" -serial "unix:$d/$2.agent,server=on,wait=off"
+}
+# The MAC QEMU's NIC has now (QMP query-rx-filter on QEMU's socket $1).
+qemu_mac() {
+	python3 - "$1" <<-'PY'
+	import json, socket, sys
+	s = socket.socket(socket.AF_UNIX)
+	s.settimeout(20)
+	s.connect(sys.argv[1])
+	f = s.makefile("rw")
+	def call(cmd):
+	    f.write(json.dumps({"execute": cmd}) + "\n"); f.flush()
+	    while True:
+	        r = json.loads(f.readline())
+	        if "return" in r or "error" in r:
+	            return r
+	json.loads(f.readline())
+	call("qmp_capabilities")
+	print(call("query-rx-filter")["return"][0]["main-mac"])
+	PY
+}
+# QEMU with args $@ must fail within 60 s, saying something that matches
+# $pattern; $what names the check.
+qemu_refuses() {
+	local out rc
+	out=$(timeout 60 "$qemu" "$@" -append console=ttyS0 </dev/null 2>&1)
+	rc=$?
+	msg "QEMU (exit $rc): $(tail -n 2 <<<"$out")"
+	check "$what: QEMU fails with a clear error" test $rc -ne 0 -a $rc -ne 124 -a -n "$(grep -iE "$pattern" <<<"$out")"
 }
 # (The kernel command line has a space: given apart.)
 "$qemu" $(qargs "/dev/vms-clone/$name" qemu) -append "console=ttyS0 panic=-1" \
@@ -118,29 +158,90 @@ else
 	fail "vmsctl qemu live-image create of the running guest"
 fi
 check "the guest runs on after it" test "$(qx qemu 'echo after >/run/marker; cat /run/marker')" = after
-if out=$("$vmsctl" qemu start "$qimg" --count 2 --agent "$d/{name}.agent" -- $(qargs '{clone}' '{name}') -append "console=ttyS0 panic=-1" 2>&1); then
+check "QEMU's NIC has the MAC it was given" test "$(qemu_mac "$d/qemu.qmp")" = 52:54:00:00:00:aa
+if out=$("$vmsctl" qemu start "$qimg" --count 4 --agent "$d/{name}.agent" --mac 52:54:00:00:01:01 \
+	-- $(qargs '{clone}' '{name}') -append "console=ttyS0 panic=-1" 2>&1); then
 	sed 's/^/# /' <<<"$out"
-	ok "vmsctl qemu start --count 2: two QEMUs resume the image"
+	ok "vmsctl qemu start --count 4: four QEMUs resume the image"
 else
 	sed 's/^/# /' <<<"$out"
-	fail "vmsctl qemu start --count 2: two QEMUs resume the image"
+	fail "vmsctl qemu start --count 4: four QEMUs resume the image"
 fi
 clone_pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$out")
-for c in "$qimg-1" "$qimg-2"; do
-	r=$(qx $c 'hostname; cat /run/marker; cat /proc/sys/kernel/random/uuid')
+uuids=
+for i in 1 2 3 4; do
+	c=$qimg-$i
+	r=$(qx $c 'hostname; cat /run/marker; cat /proc/sys/kernel/random/uuid; cat /sys/class/net/eth0/address')
 	msg "$c: $(echo $r)"
 	check "$c resumed with the memory of the image, and its own name" \
 		test "$(sed -n 1p <<<"$r")" = "$c" -a "$(sed -n 2p <<<"$r")" = image-time
-	eval "uuid_${c##*-}=\$(sed -n 3p <<<\"\$r\")"
+	uuids="$uuids $(sed -n 3p <<<"$r")"
+	qmac=$(qemu_mac "$VMS_RUN_DIR/qemu/$c.qmp" 2>&1)
+	check "$c's NIC has its own MAC, in the guest and in QEMU (guest $(sed -n 4p <<<"$r"), QEMU $qmac)" \
+		test "$(sed -n 4p <<<"$r")" = "52:54:00:00:01:0$i" -a "$qmac" = "52:54:00:00:01:0$i"
 done
-check "the two clones' CRNGs differ (reseeded through the agent)" test -n "${uuid_1:-}" -a "${uuid_1:-}" != "${uuid_2:-}"
+check "the four clones' CRNGs differ (reseeded through the agent)" \
+	test "$(tr ' ' '\n' <<<"$uuids" | grep -c .)" = 4 -a "$(tr ' ' '\n' <<<"$uuids" | grep . | sort -u | wc -l)" = 4
 qx "$qimg-1" 'echo only-1 >/run/marker' >/dev/null
-check "a clone's write is its own" test "$(qx "$qimg-2" 'cat /run/marker')" = image-time -a "$(qx "$qimg-1" 'cat /run/marker')" = only-1
+check "a clone's write is its own" test "$(qx "$qimg-2" 'cat /run/marker')" = image-time \
+	-a "$(qx "$qimg-4" 'cat /run/marker')" = image-time -a "$(qx "$qimg-1" 'cat /run/marker')" = only-1
 json=$("$vmsctl" clone list --json)
 msg "clone list: $json"
 c1=$(python3 -c "import json,sys; r=[c for c in json.load(sys.stdin) if c['name']=='$qimg-1']; print(r[0]['private_pages'] if r else -1)" <<<"$json")
 check "a clone owns few pages of its own ($c1 private, of 65536)" test "$c1" -ge 0 -a "$c1" -lt 16384
 stop_clones
+
+# The shared-storage case: the live image saved to a file, loaded from it
+# with its pages out of the page cache, and a QEMU clone of it.
+if out=$("$vmsctl" live-image save "$qimg" "$d/qimg.vms" 2>&1) && msg "$out" &&
+	out=$("$vmsctl" live-image load "$d/qimg.vms" --name "$qimg-l" 2>&1); then
+	msg "$out"
+	ok "vmsctl live-image save and load carry a QEMU live image"
+else
+	msg "$out"
+	fail "vmsctl live-image save and load carry a QEMU live image"
+fi
+sync
+echo 3 >/proc/sys/vm/drop_caches
+if out=$("$vmsctl" qemu start "$qimg-l" --agent "$d/{name}.agent" -- $(qargs '{clone}' '{name}') \
+	-append "console=ttyS0 panic=-1" 2>&1); then
+	msg "$out"
+	clone_pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$out")
+	r=$(qx "$qimg-l-1" 'hostname; cat /run/marker')
+	check "a QEMU clone of the loaded image resumes with the image's memory ($(echo $r))" \
+		test "$(sed -n 1p <<<"$r")" = "$qimg-l-1" -a "$(sed -n 2p <<<"$r")" = image-time
+else
+	msg "$out"
+	fail "a QEMU clone of the loaded image resumes with the image's memory"
+fi
+info=$("$vmsctl" image info "$qimg-l" --json 2>&1)
+msg "image $qimg-l: $info"
+streamed=$(python3 -c "import json,sys; print(json.load(sys.stdin)['streamed'])" <<<"$info" 2>/dev/null)
+check "its pages streamed from the file (${streamed:-?} pages)" test "${streamed:-0}" -gt 100
+stop_clones
+check "the loaded image deletes" "$vmsctl" live-image delete "$qimg-l"
+
+# Bad input: each a clear error from QEMU, and no splat (the suite checks).
+# A clone name that does not exist is no error to QEMU: it creates a file
+# of that name and runs its guest on it, ordinary memory without vms.
+# vmsctl clone list says so.
+stray=/dev/vms-clone/nonexistent-$$
+"$qemu" $(qargs "$stray" bad) -S </dev/null >/dev/null 2>&1 &
+bp=$!
+t=0
+while [ $t -lt 150 ] && [ ! -e "$stray" ] && kill -0 $bp 2>/dev/null; do sleep 0.2; t=$((t + 1)); done
+sleep 1
+kill $bp 2>/dev/null
+wait $bp 2>/dev/null
+warning=$("$vmsctl" clone list 2>&1 >/dev/null)
+msg "$warning"
+check "a mem-path naming no clone: vmsctl clone list says QEMU made a file there, not a clone" \
+	grep -q "$stray is not a vms clone" <<<"$warning"
+rm -f "$stray"
+what="a size larger than the clone" pattern="size|map" qemu_refuses $(qargs "/dev/vms-clone/$name" bad on 512M)
+what="a MAP_PRIVATE mapping of the clone (share=off)" pattern="map|Invalid argument" \
+	qemu_refuses $(qargs "/dev/vms-clone/$name" bad off)
+
 # (the live image took the pages the guest had written: count again)
 private=$("$vmsctl" clone list --json | field private_pages)
 first_qemu=$qp

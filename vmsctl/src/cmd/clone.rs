@@ -295,6 +295,24 @@ struct NamedRow {
 }
 
 /// Runs `vmsctl clone list`.
+/// Warns of files in the named clones' directory that are not clones.
+/// QEMU creates its `mem-path` when nothing has that name, and then runs
+/// its guest on ordinary shared memory of the devtmpfs, without vms:
+/// a mistyped or deleted clone name is not an error to QEMU.
+fn warn_strays() {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(dir) = std::fs::read_dir(crate::dev::NAMED_CLONE_DIR) else { return };
+    for e in dir.flatten() {
+        if e.file_type().is_ok_and(|t| !t.is_char_device()) {
+            eprintln!(
+                "vmsctl: {} is not a vms clone but a file a program made there (QEMU creates a mem-path that names \
+                 no clone, and runs its guest on ordinary memory instead): remove it once nothing uses it",
+                e.path().display()
+            );
+        }
+    }
+}
+
 fn list(args: &ListArgs) -> Result<(), CloneError> {
     let mut rows = Vec::new();
     for name in crate::dev::named_clones() {
@@ -317,6 +335,7 @@ fn list(args: &ListArgs) -> Result<(), CloneError> {
             name,
         });
     }
+    warn_strays();
     let mut out = io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut out, &rows)?;

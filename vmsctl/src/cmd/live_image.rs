@@ -226,9 +226,25 @@ fn start(image: &ImageName, count: u32, prefix: Option<&str>, first_id: u32, bri
     Ok(())
 }
 
+/// The state a live image file carries: vmsctl's machine state, or for a
+/// live image of a QEMU guest (`vmsctl qemu live-image create`) QEMU's
+/// device state, its migration stream as QEMU saved it (which starts
+/// with QEMU's own magic, [`QEMU_MAGIC`]).
+fn saved_state(name: &str) -> Result<Vec<u8>> {
+    let qemu = crate::cmd::qemu::device_state_path(name);
+    match load_state(name) {
+        Ok(state) => state.to_bytes(),
+        Err(_) if qemu.exists() => std::fs::read(&qemu).with_context(|| format!("reading {}", qemu.display())),
+        Err(e) => Err(e),
+    }
+}
+
+/// The first bytes of QEMU's migration stream ("QEVM").
+const QEMU_MAGIC: &[u8] = b"QEVM";
+
 fn save(image: &ImageName, path: &Path) -> Result<()> {
     let name = image.to_string();
-    let state = load_state(&name)?;
+    let state = saved_state(&name)?;
     let (vms, _) = Vms::open_checked()?;
     let info = vms.image_info(&image.to_abi()).with_context(|| format!("image {name:?}"))?;
     let clone = vms.clone_create(&image.to_abi()).with_context(|| format!("image {name:?}: cloning"))?;
@@ -238,7 +254,7 @@ fn save(image: &ImageName, path: &Path) -> Result<()> {
     let header = imagefile::save(
         path,
         &name,
-        &state.to_bytes()?,
+        &state,
         info.size,
         |n, buf| map.read_into((n * PAGE_SIZE) as usize, buf),
         |done, total| eprint!("\r  {:3}% ({done}/{total} pages)", done * 100 / total),
@@ -258,21 +274,31 @@ fn save(image: &ImageName, path: &Path) -> Result<()> {
 fn load(path: &Path, name: Option<&ImageName>) -> Result<()> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let (header, state) = imagefile::read(&file, path)?;
-    MachineState::from_bytes(&state).with_context(|| format!("{}", path.display()))?;
+    // A QEMU guest's device state goes where `vmsctl qemu start` looks
+    // for it; QEMU checks it when a clone loads it.
+    let qemu = state.starts_with(QEMU_MAGIC);
+    if !qemu {
+        MachineState::from_bytes(&state).with_context(|| format!("{}", path.display()))?;
+    }
     let name = match name {
         Some(n) => n.clone(),
         None => header.name.parse().with_context(|| format!("{}: saved name", path.display()))?,
     };
+    let state_file = match qemu {
+        true => crate::cmd::qemu::device_state_path(&name.to_string()),
+        false => state_path(&name.to_string()),
+    };
     let (vms, _) = Vms::open_checked()?;
-    std::fs::create_dir_all(state_path("x").parent().unwrap())?;
+    std::fs::create_dir_all(state_file.parent().expect("has a parent"))?;
     vms.image_create(&name.to_abi(), std::os::fd::AsFd::as_fd(&file), header.mem_size, header.mem_offset)
         .with_context(|| format!("image {name}: registering {}", path.display()))?;
-    if let Err(e) = imagefile::write_atomic(&state_path(&name.to_string()), &state) {
+    if let Err(e) = imagefile::write_atomic(&state_file, &state) {
         let _ = vms.image_delete(&name.to_abi());
         return Err(e);
     }
     println!(
-        "loaded live image {name} from {} ({}, {} data pages; pages stream from the file on demand)",
+        "loaded {}live image {name} from {} ({}, {} data pages; pages stream from the file on demand)",
+        if qemu { "QEMU " } else { "" },
         path.display(),
         format_size(header.mem_size),
         header.data_pages
@@ -287,12 +313,17 @@ fn list(json: bool) -> Result<()> {
     while let Some(name) = vms.image_list(i)? {
         i += 1;
         let n = String::from_utf8_lossy(vms_uapi::name_bytes(&name).unwrap_or_default()).into_owned();
-        let Ok(state) = load_state(&n) else { continue };
+        // A live image of a QEMU guest has QEMU's device state instead.
+        let vcpus = match load_state(&n) {
+            Ok(state) => serde_json::json!(state.vcpus.len()),
+            Err(_) if crate::cmd::qemu::device_state_path(&n).exists() => serde_json::json!("qemu"),
+            Err(_) => continue,
+        };
         let s = vms.image_info(&name)?;
         rows.push(serde_json::json!({
             "name": n,
             "size": s.size,
-            "vcpus": state.vcpus.len(),
+            "vcpus": vcpus,
             "clones": s.clones,
             "pages": s.cached_pages,
             "generation": s.generation,
@@ -314,7 +345,10 @@ fn list(json: bool) -> Result<()> {
             "{:<24} {:>6} {:>5} {:>6} {:>8} {:>4}  {}",
             r["name"].as_str().unwrap_or(""),
             format_size(r["size"].as_u64().unwrap_or(0)),
-            r["vcpus"].as_u64().unwrap_or(0),
+            match &r["vcpus"] {
+                serde_json::Value::String(s) => s.clone(),
+                v => v.as_u64().unwrap_or(0).to_string(),
+            },
             r["clones"].as_u64().unwrap_or(0),
             r["pages"].as_u64().unwrap_or(0),
             r["generation"].as_u64().unwrap_or(0),

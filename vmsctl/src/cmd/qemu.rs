@@ -58,7 +58,16 @@ the memory in the clone, and resumes where the guest was.
 Identity: with --agent PATH ({name} in it), vmsctl speaks to the vms guest
 agent on that unix socket (a COM2 of `-serial unix:PATH,server=on,wait=off`)
 and runs vms-identity, as for its own clones: a reseeded CRNG, the host's
-clock, the clone's name. The NIC's MAC comes from the saved device state.
+clock, the clone's name. A NIC's MAC is in the device state a clone loads
+(QEMU's mac= option does not change it): with --mac, the agent also gives
+the guest's eth0 a MAC of the clone's own, which the guest tells QEMU
+(virtio-net's MAC-set command; `query-rx-filter` shows it).
+
+A live image of a QEMU guest saves to a file and loads from it as
+vmsctl's own do (`vmsctl live-image save IMAGE FILE`, `load FILE`): the
+file carries QEMU's device state, and a host that loads it from shared
+storage starts clones whose pages stream from that file.
+
 The clones run on after vmsctl exits; stop one by ending its QEMU (its pid
 is printed), then `vmsctl clone delete NAME`; `vmsctl live-image delete
 IMAGE` deletes the image and its device state once no clone uses it.
@@ -94,6 +103,13 @@ enum QemuCommand {
         /// clone gets its identity through it.
         #[arg(long, value_name = "PATH")]
         agent: Option<String>,
+        /// Give each clone's NIC its own MAC through the agent (needs
+        /// --agent): `auto` gives clone N 06:76:6d:00:00:N, as vmsctl's
+        /// own clones get; a MAC gives it to the first clone, and the
+        /// next clones the following ones. QEMU's `mac=` option cannot:
+        /// the device state a clone loads carries the image's MAC.
+        #[arg(long, value_name = "auto|MAC")]
+        mac: Option<String>,
         /// The QEMU binary.
         #[arg(long, default_value = "qemu-system-x86_64")]
         qemu: String,
@@ -144,20 +160,48 @@ pub fn run(args: &QemuArgs) -> Result<()> {
             Ok(())
         }
         QemuCommand::LiveImage { command: LiveCommand::Create { qmp, clone, image } } => create(qmp, clone, image),
-        QemuCommand::Start { image, count, name_prefix, agent, qemu, args } => {
+        QemuCommand::Start { image, count, name_prefix, agent, mac, qemu, args } => {
             ensure!(
                 *count == 1 || agent.as_ref().is_none_or(|a| a.contains("{name}")),
                 "--agent {}: with --count above 1 each clone needs its own socket: put {{name}} in the path",
                 agent.as_deref().unwrap_or("")
             );
+            ensure!(mac.is_none() || agent.is_some(), "--mac: the guest sets the MAC itself, through the agent: give --agent");
+            let macs = clone_macs(mac.as_deref(), *count)?;
             let prefix = name_prefix.clone().unwrap_or_else(|| image.to_string());
             for i in 1..=*count {
                 let name = format!("{prefix}-{i}");
-                start_one(image, &name, i, agent.as_deref(), qemu, args).with_context(|| format!("QEMU clone {name}"))?;
+                let mac = macs.as_ref().map(|m| m[i as usize - 1].as_str());
+                start_one(image, &name, i, agent.as_deref(), mac, qemu, args)
+                    .with_context(|| format!("QEMU clone {name}"))?;
             }
             Ok(())
         }
     }
+}
+
+/// The MACs of `count` clones for `--mac` (`auto`, or the first one's).
+fn clone_macs(mac: Option<&str>, count: u32) -> Result<Option<Vec<String>>> {
+    use crate::vmm::virtio::net::{format_mac, mac_for, parse_mac};
+    let Some(mac) = mac else { return Ok(None) };
+    if mac == "auto" {
+        return Ok(Some((1..=count).map(|i| format_mac(mac_for(i))).collect()));
+    }
+    let first = parse_mac(mac).with_context(|| format!("--mac {mac}"))?;
+    let low = u32::from_be_bytes([0, first[3], first[4], first[5]]);
+    ensure!(
+        low + (count - 1) <= 0xff_ffff,
+        "--mac {mac}: {count} clones would run past {}:ff:ff:ff",
+        mac.get(..8).unwrap_or(mac)
+    );
+    Ok(Some(
+        (0..count)
+            .map(|i| {
+                let b = (low + i).to_be_bytes();
+                format_mac([first[0], first[1], first[2], b[1], b[2], b[3]])
+            })
+            .collect(),
+    ))
 }
 
 /// Where live image `image` keeps QEMU's device state.
@@ -220,7 +264,15 @@ fn fill(args: &[String], clone: &str, name: &str) -> Vec<String> {
     args.iter().map(|a| a.replace("{clone}", clone).replace("{name}", name)).collect()
 }
 
-fn start_one(image: &ImageName, name: &str, id: u32, agent: Option<&str>, qemu: &str, args: &[String]) -> Result<()> {
+fn start_one(
+    image: &ImageName,
+    name: &str,
+    id: u32,
+    agent: Option<&str>,
+    mac: Option<&str>,
+    qemu: &str,
+    args: &[String],
+) -> Result<()> {
     let t0 = Instant::now();
     let state = device_state_path(&image.to_string());
     ensure!(
@@ -297,7 +349,8 @@ fn start_one(image: &ImageName, name: &str, id: u32, agent: Option<&str>, qemu: 
     if let Some(pattern) = agent {
         let sock = pattern.replace("{name}", name);
         let t1 = Instant::now();
-        let given = give_identity(&sock, id, name).with_context(|| format!("{name}: its identity through the agent at {sock}"));
+        let given =
+            give_identity(&sock, id, name, mac).with_context(|| format!("{name}: its identity through the agent at {sock}"));
         if let Err(e) = given {
             // As for vmsctl's own clones: no identity, no clone.
             let _ = child.kill();
@@ -305,6 +358,9 @@ fn start_one(image: &ImageName, name: &str, id: u32, agent: Option<&str>, qemu: 
             return Err(e);
         }
         line += &format!("; identity {:.1} ms", t1.elapsed().as_secs_f64() * 1000.0);
+        if let Some(mac) = mac {
+            line += &format!(", MAC {mac}");
+        }
     }
     println!("{line}");
     let _ = std::io::stdout().flush();
@@ -328,8 +384,9 @@ impl Drop for Unname<'_> {
     }
 }
 
-/// vms-identity through the agent on unix socket `sock`.
-fn give_identity(sock: &str, id: u32, name: &str) -> Result<()> {
+/// vms-identity through the agent on unix socket `sock`; with `mac`, the
+/// guest's eth0 takes that MAC (and keeps whatever address it has).
+fn give_identity(sock: &str, id: u32, name: &str, mac: Option<&str>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut stream = loop {
         match std::os::unix::net::UnixStream::connect(sock) {
@@ -338,12 +395,39 @@ fn give_identity(sock: &str, id: u32, name: &str) -> Result<()> {
             Err(e) => return Err(e).context("connecting"),
         }
     };
-    crate::cmd::run::hand_identity(|c| exec_on_stream(&mut stream, c, Duration::from_secs(120)), Some(id), name, None)
+    let net = mac.map(|mac| crate::vmm::virtio::net::NetConfig {
+        bridge: None,
+        tap: None,
+        mac: mac.to_owned(),
+        address: None,
+        gateway: None,
+    });
+    crate::cmd::run::hand_identity(
+        |c| exec_on_stream(&mut stream, c, Duration::from_secs(120)),
+        Some(id),
+        name,
+        net.as_ref(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clone_macs_count_up() {
+        assert_eq!(clone_macs(None, 3).unwrap(), None);
+        assert_eq!(
+            clone_macs(Some("auto"), 2).unwrap().unwrap(),
+            ["06:76:6d:00:00:01", "06:76:6d:00:00:02"]
+        );
+        assert_eq!(
+            clone_macs(Some("52:54:00:12:34:ff"), 2).unwrap().unwrap(),
+            ["52:54:00:12:34:ff", "52:54:00:12:35:00"]
+        );
+        assert!(clone_macs(Some("52:54:00:ff:ff:ff"), 2).is_err());
+        assert!(clone_macs(Some("nonsense"), 1).is_err());
+    }
 
     #[test]
     fn placeholders_are_filled() {

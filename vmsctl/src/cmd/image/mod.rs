@@ -26,9 +26,9 @@ under a name. Guest-physical page N is the 4096 bytes at file offset
 OFFSET + N * 4096. The module reads a page from the file the first time a
 clone needs it and keeps it in the image's cache, where every clone of the
 image shares it; all-zero pages share one zero page and cost no memory.
-The module keeps the file open and reads it until the image is deleted:
-do not change the file meanwhile (cached pages would keep the old content,
-the others would be read anew).
+The module keeps the file open and reads it until the image is deleted;
+meanwhile nobody can write or truncate the file (ETXTBSY, as for a running
+executable), so every clone reads the bytes the image was made of.
 
 Images live in the module, not in a process: they stay until `vmsctl image
 delete` or until the module is unloaded. Creating and deleting images needs
