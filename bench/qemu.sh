@@ -1,0 +1,144 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# QEMU clones (issue 17), measured in the test VM (scripts/bench --qemu
+# runs it): 8 QEMU clones started from a vms live image (vmsctl qemu
+# start) against 8 started the way Kata Containers' VM templating does
+# (bench/kata.py: a template VM's RAM in a tmpfs file, each clone maps it
+# MAP_PRIVATE and loads the device state with x-ignore-shared), side by
+# side in each run: start time and the memory the 8 cost.
+#
+#   bench/qemu.sh VMSCTL KERNEL INITRD OUT_DIR RUNS
+set -eu
+V=$1 kernel=$2 initrd=$3 out=$4 runs=$5
+export VMS_RUN_DIR=/tmp/vms-bench-qemu
+d=$VMS_RUN_DIR
+kata=$(dirname "$0")/kata.py
+tmpl=/dev/shm/kata-template
+qemu=$(command -v qemu-system-x86_64)
+mkdir -p "$out" "$d"
+pids=
+stop_all() {
+	local p i
+	for p in $pids; do kill "$p" 2>/dev/null || true; done
+	for p in $pids; do
+		for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+	done
+	pids=
+	for i in $(seq 1 8); do "$V" clone delete "qimg-$i" >/dev/null 2>&1 || true; done
+}
+cleanup() {
+	stop_all
+	"$V" live-image delete qimg >/dev/null 2>&1 || true
+	"$V" clone delete qparent >/dev/null 2>&1 || true
+	"$V" image delete qbase >/dev/null 2>&1 || true
+	rm -f "$tmpl"
+}
+trap cleanup EXIT
+# QEMU's arguments: $1 the RAM's path, $2 share=on|off, $3 the name (COM1
+# to a file, COM2 the guest agent's socket).
+qargs() {
+	echo -accel kvm -cpu host -m 256M -smp 1 -display none -monitor none -no-reboot \
+		-object "memory-backend-file,id=ram,mem-path=$1,share=$2,size=256M" \
+		-machine pc,memory-backend=ram -kernel "$kernel" -initrd "$initrd" \
+		-serial "file:$d/$3.out" -serial "unix:$d/$3.agent,server=on,wait=off"
+}
+boot() { # $1 path, $2 name: a guest booted on it, until ready
+	"$qemu" $(qargs "$1" on "$2") -append "console=ttyS0 panic=-1" \
+		-qmp "unix:$d/$2.qmp,server=on,wait=off" </dev/null >"$d/$2.err" 2>&1 &
+	boot_pid=$!
+	local t=0
+	until grep -q "vms-guest: ready" "$d/$2.out" 2>/dev/null; do
+		[ $t -lt 600 ] || { echo "$2 did not become ready" >&2; exit 1; }
+		sleep 0.5
+		t=$((t + 1))
+	done
+	# Some work a server would have done before its image is taken.
+	"$V" qemu exec --agent "$d/$2.agent" -- 'dd if=/dev/urandom of=/run/warm bs=1M count=16 2>/dev/null; echo ready >/run/marker' >/dev/null
+}
+avail() { awk '/MemAvailable/ { print $2 }' /proc/meminfo; }
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+# The 8 clones of an arm do the same work (8 MiB written into their
+# tmpfs), each through its agent, which also shows each one runs.
+work() { # $1 prefix
+	local i
+	for i in $(seq 1 8); do
+		timeout 120 "$V" qemu exec --agent "$d/$1-$i.agent" --timeout 100 -- \
+			'test "$(cat /run/marker)" = ready && dd if=/dev/urandom of=/run/work bs=1M count=8 2>/dev/null' >/dev/null ||
+			{ echo "clone $1-$i did not answer, or lost its memory" >&2; exit 1; }
+	done
+}
+
+# The vms side: a guest on a named clone of an empty image, a live image
+# of it, then the guest is stopped (as Kata stops its template VM).
+truncate -s 256M "$d/base.mem"
+"$V" image create qbase --file "$d/base.mem" >/dev/null
+"$V" clone create qbase --name qparent >/dev/null
+boot /dev/vms-clone/qparent vparent
+pause=$("$V" qemu live-image create --qmp "$d/vparent.qmp" qparent qimg | sed -n 's/.*guest paused \([0-9.]*\) ms.*/\1/p')
+kill $boot_pid; wait $boot_pid 2>/dev/null || true
+"$V" clone delete qparent >/dev/null
+image_pages=$("$V" image info qimg --json | python3 -c "import json,sys; print(json.load(sys.stdin)['cached_pages'])")
+# The Kata side: the template VM's RAM in a tmpfs file.
+truncate -s 256M "$tmpl"
+boot "$tmpl" kparent
+python3 "$kata" save "$d/kparent.qmp" "$d/kata.state"
+wait $boot_pid 2>/dev/null || true
+tmpl_kib=$(du -k "$tmpl" | cut -f1)
+sync; echo 3 >/proc/sys/vm/drop_caches
+
+vstart=() kstart=() vwall=() kwall=() vmem=() kmem=() vpriv=() kanon=()
+for r in $(seq 1 "$runs"); do
+	# vms: vmsctl qemu start, 8 clones one after another.
+	a0=$(avail)
+	t0=$(date +%s%N)
+	s=$("$V" qemu start qimg --count 8 -- $(qargs '{clone}' on '{name}') -append "console=ttyS0 panic=-1")
+	vwall+=("$((($(date +%s%N) - t0) / 1000000))")
+	vstart+=($(sed -n 's/.*resumed from live image qimg in \([0-9.]*\) ms.*/\1/p' <<<"$s"))
+	pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$s")
+	work qimg
+	sleep 2
+	vmem+=("$(((a0 - $(avail)) / 1024))")
+	vpriv+=("$("$V" clone list --json | python3 -c "import json,sys; print(sum(c['private_pages'] for c in json.load(sys.stdin) if c['name'].startswith('qimg-')) * 4 // 1024)")")
+	stop_all
+	sleep 2
+	# Kata: the same 8 from the template file.
+	a0=$(avail)
+	t0=$(date +%s%N)
+	s=$(python3 "$kata" start 8 "$d/kata.state" "$d" -- "$qemu" $(qargs "$tmpl" off '{name}') -append "console=ttyS0 panic=-1")
+	kwall+=("$((($(date +%s%N) - t0) / 1000000))")
+	kstart+=($(sed -n 's/.*resumed in \([0-9.]*\) ms.*/\1/p' <<<"$s"))
+	pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$s")
+	work kata
+	sleep 2
+	kmem+=("$(((a0 - $(avail)) / 1024))")
+	# The pages each copied on write: the anonymous part of its mapping
+	# of the template file.
+	kanon+=("$(for p in $pids; do awk -v f="$tmpl" '$0 ~ f { m = 1; next } /^[0-9a-f]+-/ { m = 0 } m && /^Anonymous:/ { s += $2 } END { print s + 0 }' "/proc/$p/smaps"; done | awk '{ s += $1 } END { print int(s / 1024) }')")
+	stop_all
+	sleep 2
+done
+
+{
+	echo "# QEMU clones: vms against Kata-style templating (issue 17)"
+	echo
+	echo "Guest: Linux 6.12 (scripts/build-guest), 256M, 1 vCPU, under Debian's QEMU ($("$qemu" --version | head -1 | sed 's/QEMU emulator version //')) with KVM;"
+	echo "$runs runs, each starting 8 clones with vms and then 8 with Kata's scheme, one after another, each"
+	echo "clone then writing 8 MiB into its tmpfs through the guest agent. Start: QEMU spawned until the"
+	echo "device state is loaded and the guest continues (no identity step in either). Memory: the"
+	echo "host's MemAvailable before the 8 started against after their work (QEMU processes included)."
+	echo
+	echo "| measure | vms (vmsctl qemu start) | Kata-style (MAP_PRIVATE template) |"
+	echo "|---|---:|---:|"
+	echo "| one clone's start, ms (median of $((8 * runs))) | $(echo "${vstart[*]}" | median) | $(echo "${kstart[*]}" | median) |"
+	echo "| 8 clones, wall ms (median of $runs) | $(echo "${vwall[*]}" | median) | $(echo "${kwall[*]}" | median) |"
+	echo "| memory of the 8 after their work, MiB (median) | $(echo "${vmem[*]}" | median) | $(echo "${kmem[*]}" | median) |"
+	echo "| of it, guest pages the 8 copied on write, MiB (median) | $(echo "${vpriv[*]}" | median) | $(echo "${kanon[*]}" | median) |"
+	echo "| the image / template they share, MiB | $((image_pages * 4 / 1024)) (live image's pages) | $((tmpl_kib / 1024)) (tmpfs file) |"
+	echo
+	echo "Per run: vms wall ${vwall[*]} ms, memory ${vmem[*]} MiB; Kata wall ${kwall[*]} ms, memory ${kmem[*]} MiB."
+	echo "The vms live image was made of a running guest (it paused $pause ms) without a copy; Kata's"
+	echo "template VM was stopped and saved. Both templates were out of the page cache before the first run"
+	echo "(drop_caches), but a tmpfs file cannot leave memory: Kata's template is always warm."
+} >"$out/qemu.md"
+cat "$out/qemu.md"
