@@ -57,6 +57,15 @@ boot() { # $1 path, $2 name: a guest booted on it, until ready
 	"$V" qemu exec --agent "$d/$2.agent" -- 'dd if=/dev/urandom of=/run/warm bs=1M count=16 2>/dev/null; echo ready >/run/marker' >/dev/null
 }
 avail() { awk '/MemAvailable/ { print $2 }' /proc/meminfo; }
+# The CPU time the running QEMUs ($pids) take over 3 s, in % of one CPU:
+# what idle clones cost the clones started after them (one CPU here).
+busy() {
+	local p a=0 b=0
+	for p in $pids; do a=$((a + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
+	sleep 3
+	for p in $pids; do b=$((b + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
+	echo $(((b - a) * 100 / 3 / $(getconf CLK_TCK)))
+}
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 # The 8 clones of an arm do the same work (8 MiB written into their
 # tmpfs), each through its agent, which also shows each one runs.
@@ -87,28 +96,36 @@ wait $boot_pid 2>/dev/null || true
 tmpl_kib=$(du -k "$tmpl" | cut -f1)
 sync; echo 3 >/proc/sys/vm/drop_caches
 
-vstart=() kstart=() vwall=() kwall=() vmem=() kmem=() vpriv=() kanon=()
-for r in $(seq 1 "$runs"); do
+vstart=() kstart=() vwall=() kwall=() vmem=() kmem=() vpriv=() kanon=() vbusy=() kbusy=() vlist=() klist=()
+arm_vms() {
 	# vms: vmsctl qemu start, 8 clones one after another.
 	a0=$(avail)
 	t0=$(date +%s%N)
 	s=$("$V" qemu start qimg --count 8 -- $(qargs '{clone}' on '{name}') -append "console=ttyS0 panic=-1")
 	vwall+=("$((($(date +%s%N) - t0) / 1000000))")
-	vstart+=($(sed -n 's/.*resumed from live image qimg in \([0-9.]*\) ms.*/\1/p' <<<"$s"))
+	one=$(sed -n 's/.*resumed from live image qimg in \([0-9.]*\) ms.*/\1/p' <<<"$s")
+	vstart+=($one)
+	vlist+=("$(echo $one)")
 	pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$s")
+	vbusy+=("$(busy)")
 	work qimg
 	sleep 2
 	vmem+=("$(((a0 - $(avail)) / 1024))")
 	vpriv+=("$("$V" clone list --json | python3 -c "import json,sys; print(sum(c['private_pages'] for c in json.load(sys.stdin) if c['name'].startswith('qimg-')) * 4 // 1024)")")
 	stop_all
 	sleep 2
+}
+arm_kata() {
 	# Kata: the same 8 from the template file.
 	a0=$(avail)
 	t0=$(date +%s%N)
 	s=$(python3 "$kata" start 8 "$d/kata.state" "$d" -- "$qemu" $(qargs "$tmpl" off '{name}') -append "console=ttyS0 panic=-1")
 	kwall+=("$((($(date +%s%N) - t0) / 1000000))")
-	kstart+=($(sed -n 's/.*resumed in \([0-9.]*\) ms.*/\1/p' <<<"$s"))
+	one=$(sed -n 's/.*resumed in \([0-9.]*\) ms.*/\1/p' <<<"$s")
+	kstart+=($one)
+	klist+=("$(echo $one)")
 	pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$s")
+	kbusy+=("$(busy)")
 	work kata
 	sleep 2
 	kmem+=("$(((a0 - $(avail)) / 1024))")
@@ -117,13 +134,18 @@ for r in $(seq 1 "$runs"); do
 	kanon+=("$(for p in $pids; do awk -v f="$tmpl" '$0 ~ f { m = 1; next } /^[0-9a-f]+-/ { m = 0 } m && /^Anonymous:/ { s += $2 } END { print s + 0 }' "/proc/$p/smaps"; done | awk '{ s += $1 } END { print int(s / 1024) }')")
 	stop_all
 	sleep 2
+}
+# The arms alternate which goes first, so that neither always follows
+# the other.
+for r in $(seq 1 "$runs"); do
+	if [ $((r % 2)) = 1 ]; then arm_vms; arm_kata; else arm_kata; arm_vms; fi
 done
 
 {
 	echo "# QEMU clones: vms against Kata-style templating (issue 17)"
 	echo
 	echo "Guest: Linux 6.12 (scripts/build-guest), 256M, 1 vCPU, under Debian's QEMU ($("$qemu" --version | head -1 | sed 's/QEMU emulator version //')) with KVM;"
-	echo "$runs runs, each starting 8 clones with vms and then 8 with Kata's scheme, one after another, each"
+	echo "$runs runs, each starting 8 clones with vms and 8 with Kata's scheme (which first alternates), one after another, each"
 	echo "clone then writing 8 MiB into its tmpfs through the guest agent. Start: QEMU spawned until the"
 	echo "device state is loaded and the guest continues (no identity step in either). Memory: the"
 	echo "host's MemAvailable before the 8 started against after their work (QEMU processes included)."
@@ -135,8 +157,13 @@ done
 	echo "| memory of the 8 after their work, MiB (median) | $(echo "${vmem[*]}" | median) | $(echo "${kmem[*]}" | median) |"
 	echo "| of it, guest pages the 8 copied on write, MiB (median) | $(echo "${vpriv[*]}" | median) | $(echo "${kanon[*]}" | median) |"
 	echo "| the image / template they share, MiB | $((image_pages * 4 / 1024)) (live image's pages) | $((tmpl_kib / 1024)) (tmpfs file) |"
+	echo "| CPU the 8 take once started, before their work, % of the one CPU (median) | $(echo "${vbusy[*]}" | median) | $(echo "${kbusy[*]}" | median) |"
 	echo
-	echo "Per run: vms wall ${vwall[*]} ms, memory ${vmem[*]} MiB; Kata wall ${kwall[*]} ms, memory ${kmem[*]} MiB."
+	echo "Per run: vms wall ${vwall[*]} ms, memory ${vmem[*]} MiB, CPU ${vbusy[*]} %; Kata wall ${kwall[*]} ms, memory ${kmem[*]} MiB, CPU ${kbusy[*]} %."
+	echo "Each clone's start in order, ms (the test VM has one CPU: clones already running slow the next):"
+	for r in $(seq 1 "$runs"); do
+		echo "- run $r: vms ${vlist[$((r - 1))]}; Kata ${klist[$((r - 1))]}"
+	done
 	echo "The vms live image was made of a running guest (it paused $pause ms) without a copy; Kata's"
 	echo "template VM was stopped and saved. Both templates were out of the page cache before the first run"
 	echo "(drop_caches), but a tmpfs file cannot leave memory: Kata's template is always warm."
