@@ -25,6 +25,9 @@
 #   case: the file's pages dropped from the page cache first): a QEMU
 #   clone of the loaded image resumes with the image's memory, its pages
 #   streamed from the file;
+# - a reboot (QMP system_reset): the guest boots again on the clone, QEMU
+#   having loaded the kernel again through its mapping (guest and VMM
+#   views agree across the memslot changes of a reset);
 # - bad input: a size larger than the clone, a MAP_PRIVATE mapping
 #   (share=off): QEMU fails with a clear error, and nothing splats; a
 #   clone name that does not exist is no error to QEMU (it creates a file
@@ -97,24 +100,31 @@ qargs() {
 		-netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:aa \
 		-serial "file:$d/$2.out" -serial "unix:$d/$2.agent,server=on,wait=off"
 }
-# The MAC QEMU's NIC has now (QMP query-rx-filter on QEMU's socket $1).
-qemu_mac() {
-	python3 - "$1" <<-'PY'
+# QMP command $2 (arguments $3, JSON) on QEMU's socket $1: prints the
+# return value as JSON, or fails.
+qmp() {
+	python3 - "$1" "$2" "${3:-{\}}" <<-'PY'
 	import json, socket, sys
 	s = socket.socket(socket.AF_UNIX)
 	s.settimeout(20)
 	s.connect(sys.argv[1])
 	f = s.makefile("rw")
-	def call(cmd):
-	    f.write(json.dumps({"execute": cmd}) + "\n"); f.flush()
+	def call(cmd, args={}):
+	    f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n"); f.flush()
 	    while True:
 	        r = json.loads(f.readline())
-	        if "return" in r or "error" in r:
-	            return r
+	        if "error" in r:
+	            sys.exit(f"{cmd}: {r['error']}")
+	        if "return" in r:
+	            return r["return"]
 	json.loads(f.readline())
 	call("qmp_capabilities")
-	print(call("query-rx-filter")["return"][0]["main-mac"])
+	print(json.dumps(call(sys.argv[2], json.loads(sys.argv[3]))))
 	PY
+}
+# The MAC QEMU's NIC has now (QMP query-rx-filter on QEMU's socket $1).
+qemu_mac() {
+	qmp "$1" query-rx-filter | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["main-mac"])'
 }
 # QEMU with args $@ must fail within 60 s, saying something that matches
 # $pattern; $what names the check.
@@ -241,6 +251,26 @@ rm -f "$stray"
 what="a size larger than the clone" pattern="size|map" qemu_refuses $(qargs "/dev/vms-clone/$name" bad on 512M)
 what="a MAP_PRIVATE mapping of the clone (share=off)" pattern="map|Invalid argument" \
 	qemu_refuses $(qargs "/dev/vms-clone/$name" bad off)
+
+# A reboot of the guest (QMP system_reset, rebooting instead of the
+# -no-reboot exit): QEMU resets the machine, deletes and re-creates the
+# memslots of the ROM and PAM ranges below 1 MiB, and its firmware loads
+# the kernel and initramfs into the clone through QEMU's mapping, which
+# the guest then runs through stage 2: it only boots again if the two
+# views agree.
+readies=$(grep -c "vms-guest: ready" "$d/qemu.out")
+if qmp "$d/qemu.qmp" set-action '{"reboot": "reset"}' >/dev/null && qmp "$d/qemu.qmp" system_reset >/dev/null; then
+	t=0
+	while [ $t -lt 300 ] && [ "$(grep -c "vms-guest: ready" "$d/qemu.out")" -le "$readies" ]; do
+		sleep 1
+		t=$((t + 1))
+	done
+	check "after a reset (system_reset) the guest boots again on the clone ($t s)" \
+		test "$(grep -c "vms-guest: ready" "$d/qemu.out")" -gt "$readies"
+	check "and its agent answers" test "$(qx qemu 'echo rebooted')" = rebooted
+else
+	fail "QMP system_reset of the guest on the clone"
+fi
 
 # (the live image took the pages the guest had written: count again)
 private=$("$vmsctl" clone list --json | field private_pages)
