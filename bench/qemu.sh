@@ -53,8 +53,9 @@ boot() { # $1 path, $2 name: a guest booted on it, until ready
 		sleep 0.5
 		t=$((t + 1))
 	done
-	# Some work a server would have done before its image is taken.
-	"$V" qemu exec --agent "$d/$2.agent" -- 'dd if=/dev/urandom of=/run/warm bs=1M count=16 2>/dev/null; echo ready >/run/marker' >/dev/null
+	# Some work a server would have done before its image is taken: 64
+	# MiB of data that clones read and write (the fault rates below).
+	"$V" qemu exec --agent "$d/$2.agent" --timeout 120 -- 'dd if=/dev/urandom of=/run/warm bs=1M count=64 2>/dev/null; echo ready >/run/marker' >/dev/null
 }
 avail() { awk '/MemAvailable/ { print $2 }' /proc/meminfo; }
 # The CPU time the running QEMUs ($pids) take over 3 s, in % of one CPU:
@@ -91,7 +92,7 @@ image_pages=$("$V" image info qimg --json | python3 -c "import json,sys; print(j
 # The Kata side: the template VM's RAM in a tmpfs file.
 truncate -s 256M "$tmpl"
 boot "$tmpl" kparent
-python3 "$kata" save "$d/kparent.qmp" "$d/kata.state"
+python3 "$kata" save "$d/kparent.qmp" "$d/kata.state" "$d/full.state"
 wait $boot_pid 2>/dev/null || true
 tmpl_kib=$(du -k "$tmpl" | cut -f1)
 sync; echo 3 >/proc/sys/vm/drop_caches
@@ -141,6 +142,56 @@ for r in $(seq 1 "$runs"); do
 	if [ $((r % 2)) = 1 ]; then arm_vms; arm_kata; else arm_kata; arm_vms; fi
 done
 
+# First-touch fault rates in QEMU guests: a fresh clone reads the 64 MiB
+# its parent wrote (16,384 pages, each a first touch of its guest-physical
+# page: a stage-2 read fault), or overwrites it (write faults: copies on
+# write). Timed inside the guest by busybox time (10 ms resolution), one
+# clone per walk:
+# - vms: a clone of the live image, its memslots claimed by vms.ko;
+# - vms-hva: the same with vms.ko's claim off (debug knob claim_slots=0):
+#   KVM's ordinary host-address path through QEMU's mapping of the clone;
+# - kata: MAP_PRIVATE of the template file;
+# - anon: QEMU on anonymous RAM, loaded with the whole RAM in the stream
+#   (every page present before the walk): the ceiling.
+knob=/sys/kernel/debug/vms/claim_slots
+walk() { # $1 agent socket, $2 read|write: pages per second
+	local cmd t
+	case $2 in
+	read) cmd='time dd if=/run/warm of=/dev/null bs=1M' ;;
+	write) cmd='time dd if=/dev/zero of=/run/warm bs=1M count=64 conv=notrunc' ;;
+	esac
+	t=$("$V" qemu exec --agent "$1" --timeout 120 -- "$cmd 2>&1" | sed -n 's/^real[^0-9]*\([0-9]*\)m *\([0-9.]*\)s.*/\1 \2/p')
+	awk -v t="$t" 'BEGIN { split(t, a, " "); s = a[1] * 60 + a[2]; print (s > 0) ? int(16384 / s) : 0 }'
+}
+declare -A rate
+variants="vms vms-hva kata anon"
+[ -w "$knob" ] || variants="vms kata anon"
+for r in $(seq 1 "$runs"); do
+	for w in read write; do
+		for v in $variants; do
+			case $v in
+			vms | vms-hva)
+				[ $v = vms-hva ] && echo 0 >"$knob"
+				s=$("$V" qemu start qimg --count 1 --name-prefix "f" -- $(qargs '{clone}' on '{name}') -append "console=ttyS0 panic=-1")
+				echo 1 >"$knob"
+				pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$s") sock="$d/f-1.agent"
+				;;
+			kata)
+				s=$(PREFIX=fk python3 "$kata" start 1 "$d/kata.state" "$d" -- "$qemu" $(qargs "$tmpl" off '{name}') -append "console=ttyS0 panic=-1")
+				pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$s") sock="$d/fk-1.agent"
+				;;
+			anon)
+				s=$(PREFIX=fa python3 "$kata" start 1 "$d/full.state" "$d" -- "$qemu" $(qargs "$tmpl" off '{name}' | sed 's/memory-backend-file,id=ram,mem-path=[^ ]*,share=off,size=256M/memory-backend-ram,id=ram,size=256M/') -append "console=ttyS0 panic=-1")
+				pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$s") sock="$d/fa-1.agent"
+				;;
+			esac
+			rate[$v-$w]="${rate[$v-$w]:-} $(walk "$sock" $w)"
+			stop_all
+			"$V" clone delete f-1 >/dev/null 2>&1 || true
+		done
+	done
+done
+
 {
 	echo "# QEMU clones: vms against Kata-style templating (issue 17)"
 	echo
@@ -158,6 +209,24 @@ done
 	echo "| of it, guest pages the 8 copied on write, MiB (median) | $(echo "${vpriv[*]}" | median) | $(echo "${kanon[*]}" | median) |"
 	echo "| the image / template they share, MiB | $((image_pages * 4 / 1024)) (live image's pages) | $((tmpl_kib / 1024)) (tmpfs file) |"
 	echo "| CPU the 8 take once started, before their work, % of the one CPU (median) | $(echo "${vbusy[*]}" | median) | $(echo "${kbusy[*]}" | median) |"
+	echo
+	echo "First-touch fault rates in a QEMU clone (pages/s, median of $runs; ratio to anon, QEMU on anonymous RAM"
+	echo "with every page present):"
+	echo
+	echo "| walk | vms (claimed) | vms, hva path | Kata-style MAP_PRIVATE | anon (ceiling) | vms ÷ hva |"
+	echo "|---|---:|---:|---:|---:|---:|"
+	for w in read write; do
+		a=$(echo "${rate[anon-$w]}" | median)
+		row="| $w |"
+		for v in vms vms-hva kata anon; do
+			m=$(echo "${rate[$v-$w]}" | median)
+			row="$row $m ($(awk -v m="$m" -v a="$a" 'BEGIN { printf "%.2fx", (a > 0) ? m / a : 0 }')) |"
+		done
+		row="$row $(awk -v m="$(echo "${rate[vms-$w]}" | median)" -v h="$(echo "${rate[vms-hva-$w]}" | median)" 'BEGIN { printf "%.2fx", (h > 0) ? m / h : 0 }') |"
+		echo "$row"
+	done
+	echo
+	echo "Per walk: $(for k in "${!rate[@]}"; do echo -n "$k:${rate[$k]}; "; done)"
 	echo
 	echo "Per run: vms wall ${vwall[*]} ms, memory ${vmem[*]} MiB, CPU ${vbusy[*]} %; Kata wall ${kwall[*]} ms, memory ${kmem[*]} MiB, CPU ${kbusy[*]} %."
 	echo "Each clone's start in order, ms (the test VM has one CPU: clones already running slow the next):"
