@@ -64,8 +64,8 @@ chmod 666 /dev/kvm
 
 truncate -s 256M "$VMS_RUN_DIR/base.mem"
 "$vmsctl" image create "$img" --file "$VMS_RUN_DIR/base.mem" >/dev/null || fail "image create"
-check "vmsctl clone create --name" "$vmsctl" clone create "$img" --name "$name"
-chown nobody "/dev/vms-clone/$name"
+check "vmsctl clone create --name --owner nobody" "$vmsctl" clone create "$img" --name "$name" --owner nobody
+check "the device is nobody's" test "$(stat -c %U "/dev/vms-clone/$name")" = nobody
 
 cat >"$d/dom.xml" <<EOF
 <domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>

@@ -419,6 +419,90 @@ impl Vms {
 /// device `vms-clone!NAME` there.
 pub const NAMED_CLONE_DIR: &str = "/dev/vms-clone";
 
+/// Makes [`NAMED_CLONE_DIR`] a read-only bind mount of itself, unless
+/// it is a mount point already; call it once a name exists (devtmpfs
+/// makes the directory with its first node).
+///
+/// QEMU creates its `mem-path` when nothing has that name and runs the
+/// guest on that file, ordinary memory without vms: a mistyped clone
+/// name would be no error. On a read-only mount the create fails
+/// (`EROFS`), so QEMU stops with "can't open backing store"; opening the
+/// clones' device nodes for writing is not affected (a read-only mount
+/// refuses writes to files, not to devices), nor is devtmpfs adding and
+/// removing nodes (through its own mount). When the last name goes,
+/// devtmpfs removes the directory, and the mount with it; the next name
+/// makes it again. Best effort: without CAP_SYS_ADMIN it only warns.
+pub fn guard_named_dir() {
+    let dir = NAMED_CLONE_DIR;
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(dir)))
+        .unwrap_or(false);
+    if mounted {
+        return;
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (path, none) = (c(dir), c("none"));
+    // SAFETY: mount(2) with NUL-terminated strings that outlive the
+    // calls and no data.
+    let r = unsafe {
+        if libc::mount(path.as_ptr(), path.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+            -1
+        } else {
+            libc::mount(
+                none.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            )
+        }
+    };
+    if r != 0 {
+        eprintln!(
+            "vmsctl: cannot make {dir} a read-only mount ({}): a program given a mem-path that names no \
+             clone there will create a file and run on ordinary memory",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Gives the device of named clone `name` to `owner` (a user name or
+/// uid, with that user's group): remounts [`NAMED_CLONE_DIR`] writable
+/// for the chown, then read-only again (see [`guard_named_dir`]).
+pub fn chown_named(name: &str, owner: &str) -> anyhow::Result<()> {
+    use anyhow::{bail, Context};
+    let (uid, gid) = match owner.parse::<u32>() {
+        Ok(uid) => (uid, u32::MAX),
+        Err(_) => {
+            let c = std::ffi::CString::new(owner).context("user name")?;
+            // SAFETY: getpwnam with a NUL-terminated name; the record is
+            // read at once, before any other call could reuse it.
+            let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+            if pw.is_null() {
+                bail!("no user named {owner}");
+            }
+            // SAFETY: `pw` is a valid record (checked above).
+            unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+        }
+    };
+    let dir = std::ffi::CString::new(NAMED_CLONE_DIR).expect("no NUL");
+    let none = std::ffi::CString::new("none").expect("no NUL");
+    let remount = |flags: libc::c_ulong| {
+        // SAFETY: mount(2) with NUL-terminated strings that outlive it.
+        let r = unsafe {
+            libc::mount(none.as_ptr(), dir.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REMOUNT | flags, std::ptr::null())
+        };
+        if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    };
+    let guarded = remount(0).is_ok();
+    let path = std::path::Path::new(NAMED_CLONE_DIR).join(name);
+    let r = std::os::unix::fs::chown(&path, Some(uid), (gid != u32::MAX).then_some(gid));
+    if guarded {
+        let _ = remount(libc::MS_RDONLY);
+    }
+    r.with_context(|| format!("chown {}", path.display()))
+}
+
 /// The named clones, from sysfs (`/sys/class/misc/vms-clone!NAME`), in
 /// name order.
 pub fn named_clones() -> Vec<String> {

@@ -29,10 +29,14 @@ while it has a name: `vmsctl clone create IMAGE --name NAME` gives it the
 device /dev/vms-clone/NAME, whose open(2) returns a file of the clone.
 That is how a VMM that takes guest memory by path uses a clone, e.g.
 QEMU's `-object memory-backend-file,id=ram,mem-path=/dev/vms-clone/NAME,
-share=on,size=SIZE -machine memory-backend=ram` (its KVM then reaches the
-pages through the mapping: shared reads, copy on the first write).
-`vmsctl clone list` shows the named clones, `vmsctl clone delete NAME`
-removes a name; the clone goes once no file or mapping of it is open.
+share=on,size=SIZE -machine memory-backend=ram`: vms.ko claims the
+memslots QEMU makes on that mapping, and KVM asks the clone for each page
+at stage-2 fault time (shared reads, copy on the first write); see
+docs/QEMU.md. vmsctl makes /dev/vms-clone a read-only mount when it names
+a clone, so that a mistyped name fails in QEMU instead of becoming a file
+QEMU creates and runs on. `vmsctl clone list` shows the named clones,
+`vmsctl clone delete NAME` removes a name; the clone goes once no file or
+mapping of it is open.
 Without a name, the clone goes when the process that holds it exits:
 `vmsctl clone create` holds it only for as long as it runs.";
 
@@ -140,6 +144,11 @@ pub struct CreateArgs {
     /// Names follow the image names' rules and may not start with '.'.
     #[arg(long, value_name = "NAME")]
     name: Option<ImageName>,
+    /// With --name: the device's owner (a user name or uid; mode stays
+    /// 0600), e.g. the user QEMU runs as (libvirt's libvirt-qemu). The
+    /// directory is a read-only mount, so chown(1) there fails: use this.
+    #[arg(long, value_name = "USER", requires = "name")]
+    owner: Option<String>,
     /// Print one JSON object instead of lines.
     #[arg(long)]
     json: bool,
@@ -493,6 +502,14 @@ fn create(args: &CreateArgs) -> Result<(), CloneError> {
             name: n.clone(),
             cause: Cause::new(e, explain_name),
         })?;
+        crate::dev::guard_named_dir();
+        if let Some(owner) = &args.owner {
+            if let Err(e) = crate::dev::chown_named(&n.to_string(), owner) {
+                let _ = vms.clone_unname(&n.to_abi());
+                eprintln!("vmsctl: giving /dev/vms-clone/{n} to {owner}: {e:#}");
+                std::process::exit(1);
+            }
+        }
     }
     let map = clone.map(size).map_err(|e| CloneError::Map {
         image: image.clone(),

@@ -288,6 +288,7 @@ fn start_one(
     let (vms, _) = Vms::open_checked()?;
     let clone = vms.clone_create(&image.to_abi()).with_context(|| format!("cloning live image {image}"))?;
     vms.clone_name(&clone_name.to_abi(), &clone).with_context(|| format!("naming the clone {name}"))?;
+    crate::dev::guard_named_dir();
     drop(clone);
     // Until the clone runs, an error removes its name (and so the clone).
     let mut unname = Unname { vms: &vms, name: Some(clone_name.clone()) };
