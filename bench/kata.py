@@ -10,12 +10,15 @@ and loads the device state with -incoming: it copies on write through the
 page cache. This is the comparison the issue asks for; the QMP client is
 a few lines of JSON, as vmsctl's own.
 
-  kata.py save QMP_SOCKET STATE_FILE [FULL_STATE_FILE]
-      stop the guest, save its device state (and, given a second file,
-      its whole state with RAM), quit QEMU
+  kata.py save QMP_SOCKET STATE_FILE
+      stop the guest, save its device state (x-ignore-shared), quit QEMU
+  kata.py save-full QMP_SOCKET STATE_FILE
+      the same with the RAM in the stream (what a QEMU on anonymous RAM
+      loads)
   kata.py start COUNT STATE_FILE RUN_DIR -- QEMU ARGS ({name} filled in)
-      start COUNT clones one after another; print each one's ms from
-      spawn to running, its pid, and the total
+      start COUNT clones one after another, named $PREFIX-N (default
+      kata-N); print each one's ms from spawn to running, its pid, and
+      the total
 """
 import json
 import os
@@ -69,20 +72,11 @@ class Qmp:
                   capabilities=[{"capability": "x-ignore-shared", "state": True}])
 
 
-def save(sock, state, full=None):
+def save(sock, state, ignore_shared=True):
     q = Qmp(sock)
-    if full:
-        # The guest with its RAM in the stream: what a QEMU on anonymous
-        # memory loads (bench/qemu.sh's baseline). First, since QEMU
-        # refuses a second migration until the guest ran again; the
-        # template's own state must be the last, taken with the guest
-        # stopped for good, to match the file's memory.
-        q.call("stop")
-        q.call("migrate", uri=f"file:{full}")
-        q.wait_migration()
-        q.call("cont")
     q.call("stop")
-    q.ignore_shared()
+    if ignore_shared:
+        q.ignore_shared()
     q.call("migrate", uri=f"file:{state}")
     q.wait_migration()
     q.call("quit")
@@ -91,7 +85,7 @@ def save(sock, state, full=None):
 def start(count, state, run_dir, args):
     total0 = time.time()
     for i in range(1, count + 1):
-        name = f"kata-{i}"
+        name = f"{os.environ.get('PREFIX', 'kata')}-{i}"
         qmp = os.path.join(run_dir, f"{name}.qmp")
         if os.path.exists(qmp):
             os.unlink(qmp)
@@ -111,7 +105,9 @@ def start(count, state, run_dir, args):
 
 def main():
     if sys.argv[1] == "save":
-        save(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
+        save(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "save-full":
+        save(sys.argv[2], sys.argv[3], ignore_shared=False)
     elif sys.argv[1] == "start":
         sep = sys.argv.index("--")
         start(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[sep + 1:])
