@@ -100,12 +100,14 @@ truncate -s 256M "$tmpl"
 boot "$tmpl" kparent
 python3 "$kata" save "$d/kparent.qmp" "$d/kata.state"
 wait $boot_pid 2>/dev/null || true
+# (before the full state below, whose reading of the whole template
+# through a MAP_PRIVATE mapping fills tmpfs's holes)
+tmpl_kib=$(du -k "$tmpl" | cut -f1)
 # The same guest with its RAM in the stream, for the anonymous-RAM row
 # below: saved from a Kata clone of the template (QEMU refuses a second
 # migration from the template, whose own state must match its file).
 s=$(PREFIX=tf python3 "$kata" start 1 "$d/kata.state" "$d" -- "$qemu" $(qargs "$tmpl" off '{name}') -append "console=ttyS0 panic=-1")
 python3 "$kata" save-full "$d/tf-1.qmp" "$d/full.state"
-tmpl_kib=$(du -k "$tmpl" | cut -f1)
 sync; echo 3 >/proc/sys/vm/drop_caches
 
 vstart=() kstart=() vwall=() kwall=() vmem=() kmem=() vpriv=() kanon=() vbusy=() kbusy=() vlist=() klist=()
