@@ -85,6 +85,10 @@ struct SlotClaim {
 const STAGE2: u8 = 1;
 /// In `State::mapped`: a shared page of this clone page went to the VMM.
 const VMM: u8 = 2;
+/// In `State::mapped`: the clone used the page, by any access
+/// (`VMS_CLONE_TOUCHED`). A first access that writes marks only this: the
+/// image's page was copied, never mapped.
+const USED: u8 = 4;
 
 struct State {
     // Dropped first (see `PinnedDrop`): the VM must stop mapping our pages
@@ -92,8 +96,9 @@ struct State {
     vm: Option<ffi::Vm>,
     slots: KVec<Attachment>,
     private: PageTable<PageRef>,
-    /// Who may map a shared page of each clone page ([`STAGE2`], [`VMM`]);
-    /// never cleared, so it can only say too much.
+    /// Who may map a shared page of each clone page ([`STAGE2`], [`VMM`]),
+    /// and which pages the clone used ([`USED`]); never cleared, so it can
+    /// only say too much.
     mapped: PageTable<u8>,
     /// No memory was left for a mark in `mapped`: assume every page is
     /// mapped by everyone.
@@ -109,21 +114,23 @@ struct State {
 }
 
 impl State {
-    /// Record that a shared page of clone page `idx` goes to `by`.
+    /// Record that a shared page of clone page `idx` goes to `by` (marks
+    /// of [`STAGE2`], [`VMM`], [`USED`]).
     fn mark(&mut self, idx: usize, by: u8) {
         if self.mapped_all {
             return;
         }
         let m = self.mapped.get(idx).copied().unwrap_or(0);
-        if m & by == 0 && self.mapped.set(idx, m | by).is_err() {
+        if m & by != by && self.mapped.set(idx, m | by).is_err() {
             self.mapped_all = true;
         }
     }
 
-    /// Who may map a shared page of clone page `idx`.
+    /// Who may map a shared page of clone page `idx`, and whether the
+    /// clone used it.
     fn marks(&self, idx: usize) -> u8 {
         if self.mapped_all {
-            return STAGE2 | VMM;
+            return STAGE2 | VMM | USED;
         }
         self.mapped.get(idx).copied().unwrap_or(0)
     }
@@ -320,7 +327,7 @@ impl VmClone {
                 Source::Zero => self.stats.zero_maps.fetch_add(1, Relaxed),
                 Source::Cache | Source::File => self.stats.shared_maps.fetch_add(1, Relaxed),
             };
-            st.mark(idx, by);
+            st.mark(idx, by | USED);
             return Ok(Resolved::Page { page: src, private: false, retire: None });
         }
         let new = if source == Source::Zero {
@@ -335,6 +342,7 @@ impl VmClone {
         st.private.set(idx, new.clone())?;
         self.stats.cow_copies.fetch_add(1, Relaxed);
         let marks = st.marks(idx);
+        st.mark(idx, USED);
         if marks & STAGE2 != 0 {
             self.invalidate_stage2(st, idx);
         }
@@ -735,6 +743,7 @@ impl VmClone {
                     .write(&s)?;
                 Ok(0)
             }
+            abi::VMS_CLONE_TOUCHED => self.ioctl_touched(arg),
             abi::VMS_CLONE_RESET => {
                 if arg != 0 {
                     return inval("VMS_CLONE_RESET: the argument must be 0");
@@ -744,6 +753,56 @@ impl VmClone {
             }
             _ => Err(ENOTTY),
         }
+    }
+
+    /// `VMS_CLONE_TOUCHED`: the bitmap of used pages, built a chunk at a
+    /// time under `state` and copied out without it (a bitmap in a clone
+    /// mapping faults on `state`; copying may sleep).
+    fn ioctl_touched(&self, arg: UserPtr) -> Result<isize> {
+        /// Words per chunk: 4 KiB, 32,768 pages.
+        const WORDS: usize = 512;
+        let size = core::mem::size_of::<abi::VmsCloneTouched>();
+        let (mut reader, mut writer) = UserSlice::new(arg, size).reader_writer();
+        let mut t: abi::VmsCloneTouched = reader.read()?;
+        if t.flags != 0 || t.pad != 0 || t.reserved.iter().any(|&r| r != 0) {
+            return inval("VMS_CLONE_TOUCHED: flags, pad or reserved not zero");
+        }
+        if t.first % 64 != 0 {
+            return inval("VMS_CLONE_TOUCHED: first must be a multiple of 64");
+        }
+        let end = match t.first.checked_add(t.npages) {
+            Some(end) if end <= self.npages() as u64 => end as usize,
+            _ => return inval("VMS_CLONE_TOUCHED: range past the end of the clone"),
+        };
+        let words = (t.npages as usize).div_ceil(64);
+        let mut out = UserSlice::new(t.bitmap as UserPtr, words * 8).writer();
+        let mut buf = KVec::from_elem(0u8, WORDS * 8, GFP_KERNEL)?;
+        let mut touched = 0u64;
+        let mut idx = t.first as usize;
+        while idx < end {
+            let n = (end - idx).min(WORDS * 64);
+            let mut len = 0;
+            {
+                let st = self.state.lock();
+                for w in (idx..idx + n).step_by(64) {
+                    let mut word = 0u64;
+                    for i in w..(w + 64).min(idx + n) {
+                        if st.marks(i) & USED != 0 {
+                            word |= 1 << (i - w);
+                        }
+                    }
+                    touched += u64::from(word.count_ones());
+                    buf[len..len + 8].copy_from_slice(&word.to_ne_bytes());
+                    len += 8;
+                }
+            }
+            out.write_slice(&buf[..len])?;
+            idx += n;
+            ffi::cond_resched();
+        }
+        t.touched = touched;
+        writer.write(&t)?;
+        Ok(0)
     }
 
     fn ioctl_attach(&self, arg: UserPtr) -> Result<isize> {

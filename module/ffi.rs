@@ -46,7 +46,8 @@ pod!(
     abi::VmsImageSnapshot,
     abi::VmsCloneName,
     abi::VmsCloneAttach,
-    abi::VmsCloneStats
+    abi::VmsCloneStats,
+    abi::VmsCloneTouched
 );
 
 pub(crate) const PAGE_SIZE: usize = bindings::PAGE_SIZE;

@@ -7,7 +7,8 @@
 //! - `/dev/vms`: `VMS_GET_VERSION`, `VMS_IMAGE_CREATE` (of a file and
 //!   empty), `VMS_IMAGE_INFO`, `VMS_IMAGE_DELETE`, `VMS_IMAGE_LIST`,
 //!   `VMS_CLONE_CREATE`, `VMS_IMAGE_SNAPSHOT`, unknown ioctls;
-//! - clone fds: `VMS_CLONE_ATTACH`, `VMS_CLONE_STATS`, `VMS_CLONE_RESET`
+//! - clone fds: `VMS_CLONE_ATTACH`, `VMS_CLONE_STATS`, `VMS_CLONE_RESET`,
+//!   `VMS_CLONE_TOUCHED`
 //!   (with a good and a bad argument), unknown ioctls,
 //!   close;
 //! - every ioctl also with bad pointers (NULL, unmapped, kernel, a struct
@@ -110,9 +111,10 @@ use vms_selftests::vms::{
 };
 use vms_selftests::test_assert;
 use vms_uapi::{
-    set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsImageCreate, VmsImageInfo,
+    set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsCloneTouched, VmsImageCreate, VmsImageInfo,
     VmsImageList, VmsImageSnapshot, VmsVersion, _IOC, _IOW, KVM_MEM_PAGE_PROVIDER,
     VMS_ABI_VERSION, VMS_CLONE_ATTACH, VMS_CLONE_CREATE, VMS_CLONE_RESET, VMS_CLONE_STATS,
+    VMS_CLONE_TOUCHED,
     VMS_GET_VERSION, VMS_IMAGE_CREATE, VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO,
     VMS_IMAGE_LIST, VMS_IMAGE_SNAPSHOT, VMS_IOCTL_TYPE, VMS_NAME_LEN,
 };
@@ -1175,7 +1177,7 @@ impl<'a> Worker<'a> {
         let cmd = match rng.below(3) {
             0 => {
                 // A number of vms's type that no ioctl has.
-                let nr = if rng.chance(50) { rng.range(0x07, 0x0f) } else { rng.range(0x13, 0xff) };
+                let nr = if rng.chance(50) { rng.range(0x07, 0x0f) } else { rng.range(0x14, 0xff) };
                 _IOC(rng.below(4) as u32, VMS_IOCTL_TYPE, nr as u32, rng.below(1 << 14) as usize)
             }
             1 if on_clone => rng
@@ -1576,6 +1578,7 @@ impl<'a> Worker<'a> {
         let Some(fd) = g.as_ref().map(|f| f.as_raw_fd()) else { return Ok(false) };
         match rng.below(5) {
             0 => self.bad_ptr_call(rng, fd, VMS_CLONE_STATS, size_of::<VmsCloneStats>(), &[libc::EFAULT], "VMS_CLONE_STATS")?,
+            1 => self.touched(rng, fd, c.id, c.pages)?,
             _ => {
                 self.note(format!("VMS_CLONE_STATS of clone {}", c.id));
                 let mut s = VmsCloneStats::zeroed();
@@ -1587,6 +1590,68 @@ impl<'a> Worker<'a> {
             }
         }
         Ok(true)
+    }
+
+    /// `VMS_CLONE_TOUCHED` with good and bad ranges, flags and bitmaps:
+    /// a good call sets no bit past `npages` and writes no word past its
+    /// bitmap, and its count matches the bitmap.
+    fn touched(&self, rng: &mut Rng, fd: RawFd, id: u64, pages: u64) -> Res {
+        const WORDS: usize = 64;
+        let mut words = [u64::MAX; WORDS + 1];
+        let first = match rng.below(4) {
+            0 => rng.below(pages + 1) / 64 * 64,
+            1 => rng.below(pages + 64),
+            2 => pages,
+            _ => 0,
+        };
+        let npages = match rng.below(4) {
+            0 => rng.below((WORDS * 64) as u64 + 1).min(pages.saturating_sub(first)),
+            1 => rng.below(pages + 128),
+            2 => u64::MAX - rng.below(64),
+            _ => 0,
+        };
+        let mut a = VmsCloneTouched { bitmap: words.as_mut_ptr() as u64, first, npages, ..VmsCloneTouched::zeroed() };
+        let mut bad = false;
+        match rng.below(8) {
+            0 => (a.flags, bad) = (1 << rng.below(32), true),
+            1 => (a.pad, bad) = (1 << rng.below(32), true),
+            2 => (a.reserved[rng.below(4) as usize], bad) = (1 << rng.below(64), true),
+            _ => {}
+        }
+        let fits = first % 64 == 0 && first.checked_add(npages).is_some_and(|e| e <= pages);
+        let room = npages.div_ceil(64) <= WORDS as u64;
+        if !room && fits && !bad {
+            // More than our buffer holds: a bad pointer instead, which the
+            // kernel must refuse without writing where it should not.
+            return self.bad_ptr_call(rng, fd, VMS_CLONE_TOUCHED, size_of::<VmsCloneTouched>(), &[libc::EFAULT], "VMS_CLONE_TOUCHED");
+        }
+        let what = format!("VMS_CLONE_TOUCHED of clone {id} ({pages} pages): first {first} npages {npages}{}", if bad { ", bad flags" } else { "" });
+        self.note(what.clone());
+        if !room {
+            // Refused before any write (bad flags or range); were it not,
+            // a NULL bitmap keeps the kernel from writing past `words`.
+            a.bitmap = 0;
+        }
+        let r = ioctl_with(fd, VMS_CLONE_TOUCHED, &mut a);
+        if bad || !fits {
+            return expect(&r, false, &[libc::EINVAL], &what);
+        }
+        expect(&r, true, &[], &what)?;
+        let n = npages.div_ceil(64) as usize;
+        if words[n] != u64::MAX {
+            bug!("{what}: wrote past its bitmap");
+        }
+        let mut set = 0;
+        for (w, word) in words[..n].iter().enumerate() {
+            set += u64::from(word.count_ones());
+            if w == n - 1 && npages % 64 != 0 && word >> (npages % 64) != 0 {
+                bug!("{what}: bits past npages: {word:#x}");
+            }
+        }
+        if set != a.touched {
+            bug!("{what}: count {} against {set} bits", a.touched);
+        }
+        Ok(())
     }
 
     /// `VMS_CLONE_RESET`: the clone's pages go back to its image's. The

@@ -289,6 +289,30 @@ struct vms_clone_stats {
 	__u64 reserved[2];
 };
 
+/**
+ * struct vms_clone_touched - argument of VMS_CLONE_TOUCHED
+ * @bitmap:	in: user address of a bitmap of @npages bits, in __u64
+ *		words: bit b of word w is clone page @first + 64 * w + b;
+ *		DIV_ROUND_UP(@npages, 64) words are written, bits past
+ *		@npages are 0.
+ * @first:	in: the first clone page, a multiple of 64.
+ * @npages:	in: how many pages; @first + @npages must not exceed the
+ *		clone.
+ * @touched:	out: how many bits were set.
+ * @flags:	in: 0.
+ * @pad:	in: 0.
+ * @reserved:	in: 0.
+ */
+struct vms_clone_touched {
+	__u64 bitmap;
+	__u64 first;
+	__u64 npages;
+	__u64 touched;
+	__u32 flags;
+	__u32 pad;
+	__u64 reserved[4];
+};
+
 /*
  * On /dev/vms. Creating and deleting images needs CAP_SYS_ADMIN (EPERM).
  *
@@ -376,9 +400,19 @@ struct vms_clone_stats {
  * freed when unpinned; so does a page KVM holds with kvm_vcpu_map()
  * (nested virtualization's pages) until KVM unmaps it. The argument must
  * be 0. Return: 0, or EINVAL (a nonzero argument).
+ *
+ * VMS_CLONE_TOUCHED - which pages the clone has used since it was made:
+ * a page is set if the guest (stage 2) or the VMM's mapping read or wrote
+ * it. Resets and snapshots do not clear it. It is what a VMM records as a
+ * clone's working set, to prefetch in later clones of the image. If the
+ * module once had no memory to record an access, every page is set (it
+ * may say too much, never too little). Return: 0, or EINVAL (@first not
+ * a multiple of 64, the range past the end of the clone, flags, pad or
+ * reserved not 0), EFAULT (@bitmap not writable), ENOMEM.
  */
 #define VMS_CLONE_ATTACH	_IOW(VMS_IOCTL_TYPE, 0x10, struct vms_clone_attach)
 #define VMS_CLONE_STATS		_IOR(VMS_IOCTL_TYPE, 0x11, struct vms_clone_stats)
 #define VMS_CLONE_RESET		_IO(VMS_IOCTL_TYPE, 0x12)
+#define VMS_CLONE_TOUCHED	_IOWR(VMS_IOCTL_TYPE, 0x13, struct vms_clone_touched)
 
 #endif /* _UAPI_LINUX_VMS_H */

@@ -28,9 +28,10 @@ use std::sync::Arc;
 use kvm_ioctls::Kvm;
 use vmm_sys_util::errno;
 use vms_uapi::{
-    set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneName, VmsCloneStats, VmsImageCreate,
+    set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneName, VmsCloneStats, VmsCloneTouched, VmsImageCreate,
     VmsImageInfo, VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, KVM_MEM_PAGE_PROVIDER,
     VMS_CLONE_ATTACH, VMS_CLONE_CREATE, VMS_CLONE_NAME, VMS_CLONE_RESET, VMS_CLONE_STATS,
+    VMS_CLONE_TOUCHED,
     VMS_CLONE_UNNAME, VMS_GET_VERSION,
     VMS_IMAGE_CREATE, VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST,
     VMS_IMAGE_SNAPSHOT, VMS_NAME_LEN,
@@ -635,6 +636,48 @@ impl VmsClone {
     #[track_caller]
     pub fn reset(&self) {
         check(self.__reset(0), "VMS_CLONE_RESET");
+    }
+
+    /// `VMS_CLONE_TOUCHED` with `arg` as given (its `bitmap` must be
+    /// writable for `npages` bits, or a bad address the kernel refuses),
+    /// returning the raw result; `arg.touched` is written.
+    pub fn __touched(&self, arg: &mut VmsCloneTouched) -> io::Result<()> {
+        // SAFETY: `arg` points at a VmsCloneTouched, the argument type of
+        // VMS_CLONE_TOUCHED; the kernel writes `touched` and the bitmap at
+        // `arg.bitmap`, which the caller provides (or makes bad on
+        // purpose: the kernel checks user addresses).
+        unsafe { __vms_ioctl(&self.fd, VMS_CLONE_TOUCHED, arg as *mut _ as u64) }.map(|_| ())
+    }
+
+    /// The pages of `first..first + npages` the clone has used
+    /// (`VMS_CLONE_TOUCHED`), as a list of page numbers, asserting that it
+    /// worked and that the count it returned matches the bitmap.
+    #[track_caller]
+    pub fn touched(&self, first: u64, npages: u64) -> Vec<u64> {
+        // One word more than needed, to see that the kernel writes no
+        // more than it should.
+        let words = npages.div_ceil(64) as usize;
+        let mut bitmap = vec![u64::MAX; words + 1];
+        let mut arg = VmsCloneTouched {
+            bitmap: bitmap.as_mut_ptr() as u64,
+            first,
+            npages,
+            ..VmsCloneTouched::zeroed()
+        };
+        check(self.__touched(&mut arg), "VMS_CLONE_TOUCHED");
+        assert_eq!(bitmap[words], u64::MAX, "VMS_CLONE_TOUCHED wrote past its bitmap");
+        let mut pages = Vec::new();
+        for (w, word) in bitmap[..words].iter().enumerate() {
+            for b in 0..64 {
+                if word & (1 << b) != 0 {
+                    let i = w as u64 * 64 + b;
+                    assert!(i < npages, "VMS_CLONE_TOUCHED set bit {i} past npages {npages}");
+                    pages.push(first + i);
+                }
+            }
+        }
+        assert_eq!(arg.touched, pages.len() as u64, "VMS_CLONE_TOUCHED: count against bitmap");
+        pages
     }
 
     /// Maps the whole clone (see [`CloneMap::__new`]), asserting that it

@@ -599,6 +599,53 @@ impl VmsCloneStats {
     }
 }
 
+/// `struct vms_clone_touched`: the argument of [`VMS_CLONE_TOUCHED`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsCloneTouched {
+    /// (in) User address of a bitmap of `npages` bits in `u64` words: bit
+    /// `b` of word `w` is clone page `first + 64 * w + b`;
+    /// `npages.div_ceil(64)` words are written, bits past `npages` are 0.
+    pub bitmap: u64,
+    /// (in) The first clone page, a multiple of 64.
+    pub first: u64,
+    /// (in) How many pages; `first + npages` must not exceed the clone.
+    pub npages: u64,
+    /// (out) How many bits were set.
+    pub touched: u64,
+    /// (in) Must be 0.
+    pub flags: u32,
+    /// (in) Must be 0.
+    pub pad: u32,
+    /// (in) Must be 0.
+    pub reserved: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<VmsCloneTouched>() == 72);
+const _: () = assert!(core::mem::align_of::<VmsCloneTouched>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneTouched, bitmap) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsCloneTouched, first) == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneTouched, npages) == 16);
+const _: () = assert!(core::mem::offset_of!(VmsCloneTouched, touched) == 24);
+const _: () = assert!(core::mem::offset_of!(VmsCloneTouched, flags) == 32);
+const _: () = assert!(core::mem::offset_of!(VmsCloneTouched, pad) == 36);
+const _: () = assert!(core::mem::offset_of!(VmsCloneTouched, reserved) == 40);
+
+impl VmsCloneTouched {
+    /// An all-zero argument.
+    pub const fn zeroed() -> Self {
+        Self {
+            bitmap: 0,
+            first: 0,
+            npages: 0,
+            touched: 0,
+            flags: 0,
+            pad: 0,
+            reserved: [0; 4],
+        }
+    }
+}
+
 // On /dev/vms. Creating and deleting images needs CAP_SYS_ADMIN (EPERM).
 
 /// `VMS_IMAGE_CREATE`: creates an image from a file.
@@ -729,6 +776,24 @@ pub const VMS_CLONE_STATS: u32 = _IOR(VMS_IOCTL_TYPE, 0x11, core::mem::size_of::
 ///
 /// Return: 0, or `EINVAL` (a nonzero argument).
 pub const VMS_CLONE_RESET: u32 = _IO(VMS_IOCTL_TYPE, 0x12);
+
+/// `VMS_CLONE_TOUCHED`: which pages the clone has used since it was made.
+///
+/// Argument: [`VmsCloneTouched`], read and written. Issued on a clone file
+/// descriptor. A page is set if the guest (stage 2) or the VMM's mapping
+/// read or wrote it; resets and snapshots do not clear it. A VMM records
+/// it as a clone's working set, to prefetch in later clones of the image.
+/// If the module once had no memory to record an access, every page is
+/// set (it may say too much, never too little).
+///
+/// Return: 0, or `EINVAL` (`first` not a multiple of 64, the range past
+/// the end of the clone, flags, pad or reserved not 0), `EFAULT` (`bitmap`
+/// not writable), `ENOMEM`.
+pub const VMS_CLONE_TOUCHED: u32 = _IOWR(
+    VMS_IOCTL_TYPE,
+    0x13,
+    core::mem::size_of::<VmsCloneTouched>(),
+);
 
 /// `KVM_MEM_PAGE_PROVIDER`: the `kvm_userspace_memory_region(2).flags` bit
 /// that makes KVM ask the VM's page provider (here: the clone attached with

@@ -137,6 +137,7 @@ mod tests {
         assert_eq!(VMS_CLONE_ATTACH, 0x4040_b910);
         assert_eq!(VMS_CLONE_STATS, 0x8080_b911);
         assert_eq!(VMS_CLONE_RESET, 0x0000_b912);
+        assert_eq!(VMS_CLONE_TOUCHED, 0xc048_b913);
     }
 
     #[test]
@@ -170,6 +171,9 @@ mod tests {
             size: 0, faults: 8, mmap_faults: 16, shared_maps: 24, zero_maps: 32,
             streamed: 40, cow_copies: 48, private_pages: 56, io_errors: 64, image: 72,
             resets: 104, reserved: 112,
+        });
+        assert_layout!(VmsCloneTouched, 72, {
+            bitmap: 0, first: 8, npages: 16, touched: 24, flags: 32, pad: 36, reserved: 40,
         });
     }
 
