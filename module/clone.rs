@@ -48,7 +48,7 @@
 
 use crate::ffi::{self, LockedPage, Mapping, PageRef, SlotInfo, PAGE_SIZE};
 use crate::image::{Cached, Image, Source};
-use crate::table::PageTable;
+use crate::table::{PageTable, LEAF_PAGES};
 use crate::abi;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use kernel::new_mutex;
@@ -103,6 +103,10 @@ struct State {
     /// No memory was left for a mark in `mapped`: assume every page is
     /// mapped by everyone.
     mapped_all: bool,
+    /// No memory was left for a [`USED`] mark alone (a first write's):
+    /// assume every page used. Kept apart from `mapped_all`, which would
+    /// make every later copy-on-write zap and unmap for nothing.
+    used_all: bool,
     /// The image shared pages come from; replaced by `snapshot`. Its
     /// `clones` count includes this clone.
     image: Arc<Image>,
@@ -122,7 +126,11 @@ impl State {
         }
         let m = self.mapped.get(idx).copied().unwrap_or(0);
         if m & by != by && self.mapped.set(idx, m | by).is_err() {
-            self.mapped_all = true;
+            if by == USED {
+                self.used_all = true;
+            } else {
+                self.mapped_all = true;
+            }
         }
     }
 
@@ -132,7 +140,14 @@ impl State {
         if self.mapped_all {
             return STAGE2 | VMM | USED;
         }
-        self.mapped.get(idx).copied().unwrap_or(0)
+        let used = if self.used_all { USED } else { 0 };
+        self.mapped.get(idx).copied().unwrap_or(0) | used
+    }
+
+    /// Whether no page of the [`LEAF_PAGES`] from `idx` (a multiple of
+    /// that) has a mark: a fast path for scans.
+    fn unmarked_leaf(&self, idx: usize) -> bool {
+        !self.mapped_all && !self.used_all && !self.mapped.leaf_present(idx)
     }
 }
 
@@ -282,6 +297,7 @@ impl VmClone {
                         private,
                         mapped,
                         mapped_all: false,
+                        used_all: false,
                         image,
                     },
                     "vms_clone_state"
@@ -786,9 +802,12 @@ impl VmClone {
                 let st = self.state.lock();
                 for w in (idx..idx + n).step_by(64) {
                     let mut word = 0u64;
-                    for i in w..(w + 64).min(idx + n) {
-                        if st.marks(i) & USED != 0 {
-                            word |= 1 << (i - w);
+                    // A word lies in one leaf (`first` is a multiple of 64).
+                    if !st.unmarked_leaf(w / LEAF_PAGES * LEAF_PAGES) {
+                        for i in w..(w + 64).min(idx + n) {
+                            if st.marks(i) & USED != 0 {
+                                word |= 1 << (i - w);
+                            }
                         }
                     }
                     touched += u64::from(word.count_ones());
@@ -798,6 +817,9 @@ impl VmClone {
             }
             out.write_slice(&buf[..len])?;
             idx += n;
+            if idx < end && ffi::signal_pending() {
+                return Err(ERESTARTSYS);
+            }
             ffi::cond_resched();
         }
         t.touched = touched;

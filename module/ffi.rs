@@ -1728,6 +1728,12 @@ fn sentinel(i: usize) -> u64 {
 /// `CONFIG_DEBUG_ATOMIC_SLEEP` it checks, as C's `cond_resched()` does,
 /// that the caller may sleep, on every kernel: a caller in atomic context
 /// is reported even where this would not reschedule.
+/// Whether the current task has a signal pending: a long loop for a
+/// system call stops there (`-ERESTARTSYS`), as the kernel's own do.
+pub(crate) fn signal_pending() -> bool {
+    kernel::current!().signal_pending()
+}
+
 #[track_caller]
 pub(crate) fn cond_resched() {
     #[cfg(CONFIG_DEBUG_ATOMIC_SLEEP)]

@@ -15,6 +15,8 @@ use crate::ffi;
 
 /// Entries per leaf: one leaf covers 2 MiB of guest memory.
 const LEAF: usize = 512;
+/// Pages per leaf, for callers that skip absent leaves.
+pub(crate) const LEAF_PAGES: usize = LEAF;
 /// Leaves per middle node: one covers 1 GiB.
 const MID: usize = 512;
 
@@ -75,6 +77,15 @@ impl<T> PageTable<T> {
             self.used -= 1;
         }
         old
+    }
+
+    /// Whether the leaf holding page `idx` exists: if not, none of the
+    /// [`LEAF_PAGES`] pages of that leaf (`idx` rounded down) has an entry.
+    pub(crate) fn leaf_present(&self, idx: usize) -> bool {
+        self.top
+            .get(idx / (LEAF * MID))
+            .and_then(|m| m.as_ref())
+            .is_some_and(|mid| mid[idx / LEAF % MID].is_some())
     }
 
     /// Number of pages with an entry.

@@ -406,9 +406,13 @@ struct vms_clone_touched {
  * it. Resets and snapshots do not clear it. It is what a VMM records as a
  * clone's working set, to prefetch in later clones of the image. If the
  * module once had no memory to record an access, every page is set (it
- * may say too much, never too little). Return: 0, or EINVAL (@first not
- * a multiple of 64, the range past the end of the clone, flags, pad or
- * reserved not 0), EFAULT (@bitmap not writable), ENOMEM.
+ * may say too much, never too little). The bitmap is built and copied
+ * 32,768 pages at a time: each part is consistent in itself, not with
+ * the others (the clone runs on meanwhile). On an error the bitmap's
+ * contents are undefined and @touched is not written. Return: 0, or
+ * EINVAL (@first not a multiple of 64, the range past the end of the
+ * clone, flags, pad or reserved not 0), EFAULT (@bitmap or the argument
+ * not writable), EINTR (a signal came during a long range), ENOMEM.
  */
 #define VMS_CLONE_ATTACH	_IOW(VMS_IOCTL_TYPE, 0x10, struct vms_clone_attach)
 #define VMS_CLONE_STATS		_IOR(VMS_IOCTL_TYPE, 0x11, struct vms_clone_stats)

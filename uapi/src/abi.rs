@@ -784,11 +784,15 @@ pub const VMS_CLONE_RESET: u32 = _IO(VMS_IOCTL_TYPE, 0x12);
 /// read or wrote it; resets and snapshots do not clear it. A VMM records
 /// it as a clone's working set, to prefetch in later clones of the image.
 /// If the module once had no memory to record an access, every page is
-/// set (it may say too much, never too little).
+/// set (it may say too much, never too little). The bitmap is built and
+/// copied 32,768 pages at a time: each part is consistent in itself, not
+/// with the others. On an error the bitmap's contents are undefined and
+/// `touched` is not written.
 ///
 /// Return: 0, or `EINVAL` (`first` not a multiple of 64, the range past
 /// the end of the clone, flags, pad or reserved not 0), `EFAULT` (`bitmap`
-/// not writable), `ENOMEM`.
+/// or the argument not writable), `EINTR` (a signal came during a long
+/// range), `ENOMEM`.
 pub const VMS_CLONE_TOUCHED: u32 = _IOWR(
     VMS_IOCTL_TYPE,
     0x13,
