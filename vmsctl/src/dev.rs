@@ -17,9 +17,9 @@ use std::ptr::NonNull;
 
 use thiserror::Error;
 use vms_uapi::{
-    name_bytes, VmsCloneAttach, VmsCloneCreate, VmsCloneName, VmsCloneStats, VmsImageCreate, VmsImageInfo,
+    name_bytes, VmsCloneAttach, VmsCloneCreate, VmsCloneName, VmsCloneStats, VmsCloneTouched, VmsImageCreate, VmsImageInfo,
     VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, VMS_ABI_VERSION, VMS_CLONE_ATTACH,
-    VMS_CLONE_CREATE, VMS_CLONE_NAME, VMS_CLONE_RESET, VMS_CLONE_UNNAME, VMS_CLONE_STATS, VMS_GET_VERSION, VMS_IMAGE_CREATE,
+    VMS_CLONE_CREATE, VMS_CLONE_NAME, VMS_CLONE_RESET, VMS_CLONE_UNNAME, VMS_CLONE_STATS, VMS_CLONE_TOUCHED, VMS_GET_VERSION, VMS_IMAGE_CREATE,
     VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_IMAGE_SNAPSHOT,
     VMS_NAME_LEN,
 };
@@ -189,6 +189,9 @@ unsafe impl IoctlArg for VmsCloneAttach {}
 unsafe impl IoctlArg for VmsImageSnapshot {}
 // SAFETY: as above.
 unsafe impl IoctlArg for VmsCloneName {}
+// SAFETY: as above. Its `bitmap` address is checked by the kernel, and
+// `CloneFd::touched` points it at a buffer of the right length.
+unsafe impl IoctlArg for VmsCloneTouched {}
 
 /// Issues ioctl `request` on `fd` with `arg` as its argument, read and/or
 /// written by the kernel; returns the ioctl's non-negative result.
@@ -569,6 +572,20 @@ impl CloneFd {
             return Err(DevError::Ioctl { name: "VMS_CLONE_RESET", errno: Errno::last() });
         }
         Ok(())
+    }
+
+    /// `VMS_CLONE_TOUCHED`: the pages of `0..npages` the clone has used
+    /// since it was made, one bit each (bit `b` of word `w` is page
+    /// `64 * w + b`). A module from before the ioctl says ENOTTY.
+    pub fn touched(&self, npages: u64) -> Result<Vec<u64>> {
+        let mut bitmap = vec![0u64; npages.div_ceil(64) as usize];
+        let mut arg = VmsCloneTouched { bitmap: bitmap.as_mut_ptr() as u64, npages, ..VmsCloneTouched::zeroed() };
+        ioctl(self.fd.as_fd(), "VMS_CLONE_TOUCHED", VMS_CLONE_TOUCHED, &mut arg)?;
+        let set: u64 = bitmap.iter().map(|w| u64::from(w.count_ones())).sum();
+        if set != arg.touched {
+            return Err(DevError::Abi { name: "VMS_CLONE_TOUCHED", what: "its count disagrees with its bitmap" });
+        }
+        Ok(bitmap)
     }
 
     /// Maps the first `len` bytes of the clone, shared, readable and

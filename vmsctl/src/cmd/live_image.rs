@@ -17,6 +17,7 @@ use crate::dev::Vms;
 use crate::vmm::control::{self, Request};
 use crate::vmm::imagefile;
 use crate::vmm::state::MachineState;
+use crate::vmm::workingset::{Mode, Source, WorkingSet};
 
 const LONG_ABOUT: &str = "\
 Live images: a running VM's memory and its whole vCPU and device state,
@@ -78,8 +79,24 @@ enum LiveCommand {
         /// live image's VM was on.
         #[arg(long, value_name = "BRIDGE")]
         bridge: Option<String>,
+        /// Prefetch the image's working set (see run --prefetch): MODE map
+        /// (the default) or cache. The default is to prefetch when the
+        /// image has a working set (live-image record).
+        #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "map")]
+        prefetch: Option<Mode>,
+        /// Do not prefetch, even if the image has a working set.
+        #[arg(long, conflicts_with = "prefetch")]
+        no_prefetch: bool,
     },
-    /// Save live image IMAGE (memory and state) to FILE.
+    /// Record running clone VM's working set (the pages it has used since
+    /// it started) and store it with the live image it was started from:
+    /// later clones of that image prefetch it (see run --prefetch).
+    Record {
+        /// A running clone, which has done what later clones will do
+        /// (e.g. served a first request).
+        vm: String,
+    },
+    /// Save live image IMAGE (memory, state, working set) to FILE.
     Save {
         image: ImageName,
         file: PathBuf,
@@ -143,24 +160,36 @@ pub fn remove_unused_layer(layer: &std::path::Path) {
 
 /// The machine state of live image `name`.
 pub fn load_state(name: &str) -> Result<MachineState> {
+    let bytes = state_bytes(name)?;
+    MachineState::from_bytes(&bytes).with_context(|| format!("live image {name:?}"))
+}
+
+/// The machine state file of live image `name`, as stored (what its
+/// working set is keyed to).
+pub fn state_bytes(name: &str) -> Result<Vec<u8>> {
     let mut path = state_path(name);
     if !path.exists() && path.with_extension("json").exists() {
         // Made by a vmsctl from before 2026-12-04.
         path = path.with_extension("json");
     }
-    let bytes = std::fs::read(&path).with_context(|| {
+    std::fs::read(&path).with_context(|| {
         format!("live image {name:?}: no machine state at {} (not a live image?)", path.display())
-    })?;
-    MachineState::from_bytes(&bytes).with_context(|| format!("live image {name:?}"))
+    })
 }
 
 /// Runs `vmsctl live-image`.
 pub fn run(args: &LiveImageArgs) -> Result<()> {
     match &args.command {
         LiveCommand::Create { vm, image } => create(vm, image),
-        LiveCommand::Start { image, count, name_prefix, first_id, bridge } => {
-            start(image, *count, name_prefix.as_deref(), *first_id, bridge.as_deref())
+        LiveCommand::Start { image, count, name_prefix, first_id, bridge, prefetch, no_prefetch } => {
+            let prefetch = match (prefetch, no_prefetch) {
+                (_, true) => Some("--no-prefetch".to_owned()),
+                (Some(m), false) => Some(format!("--prefetch={}", if *m == Mode::Map { "map" } else { "cache" })),
+                (None, false) => None,
+            };
+            start(image, *count, name_prefix.as_deref(), *first_id, bridge.as_deref(), prefetch.as_deref())
         }
+        LiveCommand::Record { vm } => record(vm),
         LiveCommand::Save { image, file } => save(image, file),
         LiveCommand::Load { file, name } => load(file, name.as_ref()),
         LiveCommand::List { json } => list(*json),
@@ -185,7 +214,14 @@ fn create(vm: &str, image: &ImageName) -> Result<()> {
     Ok(())
 }
 
-fn start(image: &ImageName, count: u32, prefix: Option<&str>, first_id: u32, bridge: Option<&str>) -> Result<()> {
+fn start(
+    image: &ImageName,
+    count: u32,
+    prefix: Option<&str>,
+    first_id: u32,
+    bridge: Option<&str>,
+    prefetch: Option<&str>,
+) -> Result<()> {
     load_state(&image.to_string())?;
     let prefix = prefix.map(str::to_owned).unwrap_or_else(|| image.to_string());
     let exe = std::env::current_exe().context("finding the vmsctl executable")?;
@@ -198,6 +234,7 @@ fn start(image: &ImageName, count: u32, prefix: Option<&str>, first_id: u32, bri
             .args(["run", "--detach", "--image", &image.to_string(), "--name", &name])
             .args(["--id", &id.to_string()])
             .args(bridge.map(|b| ["--bridge", b]).into_iter().flatten())
+            .args(prefetch)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -222,6 +259,24 @@ fn start(image: &ImageName, count: u32, prefix: Option<&str>, first_id: u32, bri
     );
     if failed > 0 {
         bail!("{failed} of {count} clones of {image} failed to start");
+    }
+    Ok(())
+}
+
+fn record(vm: &str) -> Result<()> {
+    let data = control::call(vm, &Request::RecordWorkingSet, Duration::from_secs(60))?;
+    let image = data["image"].as_str().unwrap_or("?");
+    let pages = data["pages"].as_u64().unwrap_or(0);
+    println!(
+        "recorded the working set of {vm}: {pages} pages ({}) in {} runs, stored with live image {image}",
+        format_size(pages * PAGE_SIZE),
+        data["runs"].as_u64().unwrap_or(0)
+    );
+    if data["prefetched"].as_bool() == Some(true) {
+        eprintln!(
+            "vmsctl: note: {vm} itself started with a prefetch of {image}'s working set, so the new set holds \
+             every page of the old one; record from a clone started with --no-prefetch to shrink it"
+        );
     }
     Ok(())
 }
@@ -251,10 +306,27 @@ fn save(image: &ImageName, path: &Path) -> Result<()> {
     let map = clone.map(info.size).with_context(|| format!("image {name:?}: mapping"))?;
     let t0 = Instant::now();
     eprintln!("saving live image {name} ({}) to {}", format_size(info.size), path.display());
+    // The working set goes along if it fits the image (it is keyed to
+    // the machine state, which the file carries unchanged).
+    let wset = match WorkingSet::load(&name) {
+        Ok(Some(w)) => match w.mismatch(&name, &state_bytes(&name).unwrap_or_default(), info.size) {
+            None => Some(w.to_bytes()?),
+            Some(why) => {
+                eprintln!("vmsctl: not saving the working set stored for {name}: {why}");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("vmsctl: not saving the working set stored for {name}: {e:#}");
+            None
+        }
+    };
     let header = imagefile::save(
         path,
         &name,
         &state,
+        wset.as_deref(),
         info.size,
         |n, buf| map.read_into((n * PAGE_SIZE) as usize, buf),
         |done, total| eprint!("\r  {:3}% ({done}/{total} pages)", done * 100 / total),
@@ -262,10 +334,11 @@ fn save(image: &ImageName, path: &Path) -> Result<()> {
     .with_context(|| format!("saving live image {name:?} to {}", path.display()))?;
     eprintln!();
     println!(
-        "saved live image {name} to {}: {} data pages, {} zero pages left as holes, {:.1} s",
+        "saved live image {name} to {}: {} data pages, {} zero pages left as holes, {}{:.1} s",
         path.display(),
         header.data_pages,
         info.size / PAGE_SIZE - header.data_pages,
+        if header.wset_len > 0 { "its working set, " } else { "" },
         t0.elapsed().as_secs_f64()
     );
     Ok(())
@@ -296,12 +369,38 @@ fn load(path: &Path, name: Option<&ImageName>) -> Result<()> {
         let _ = vms.image_delete(&name.to_abi());
         return Err(e);
     }
+    // Where its pages come from, for a clone's prefetch to read ahead;
+    // and the working set saved with it, under the name it has now.
+    let n = name.to_string();
+    let _ = std::fs::remove_file(WorkingSet::path(&n));
+    if let Err(e) = Source::store(&n, path, &file, header.mem_offset) {
+        eprintln!("vmsctl: clones of {n} will not read ahead: {e:#}");
+    }
+    let mut wset_pages = None;
+    if !qemu {
+        match imagefile::read_wset(&file, path, &header).and_then(|w| w.map(|w| WorkingSet::from_bytes(&w)).transpose()) {
+            Ok(Some(mut w)) => match w.mismatch(&n, &state, header.mem_size) {
+                None => {
+                    w.image = n.clone();
+                    wset_pages = Some(w.pages);
+                    w.store(&n)?;
+                }
+                Some(why) => eprintln!("vmsctl: ignoring the working set in {}: {why}", path.display()),
+            },
+            Ok(None) => {}
+            Err(e) => eprintln!("vmsctl: ignoring the working set in {}: {e:#}", path.display()),
+        }
+    }
     println!(
-        "loaded {}live image {name} from {} ({}, {} data pages; pages stream from the file on demand)",
+        "loaded {}live image {name} from {} ({}, {} data pages; pages stream from the file on demand{})",
         if qemu { "QEMU " } else { "" },
         path.display(),
         format_size(header.mem_size),
-        header.data_pages
+        header.data_pages,
+        match wset_pages {
+            Some(p) => format!("; clones prefetch its working set of {p} pages"),
+            None => String::new(),
+        }
     );
     Ok(())
 }
@@ -329,6 +428,7 @@ fn list(json: bool) -> Result<()> {
             "generation": s.generation,
             "children": s.children,
             "parent": String::from_utf8_lossy(vms_uapi::name_bytes(&s.parent).unwrap_or_default()),
+            "working_set_pages": WorkingSet::load(&n).ok().flatten().map(|w| w.pages),
         }));
     }
     if json {
@@ -339,10 +439,13 @@ fn list(json: bool) -> Result<()> {
         println!("no live images");
         return Ok(());
     }
-    println!("{:<24} {:>6} {:>5} {:>6} {:>8} {:>4}  PARENT", "NAME", "SIZE", "VCPUS", "CLONES", "PAGES", "GEN");
+    println!(
+        "{:<24} {:>6} {:>5} {:>6} {:>8} {:>4} {:>8}  PARENT",
+        "NAME", "SIZE", "VCPUS", "CLONES", "PAGES", "GEN", "WSET"
+    );
     for r in rows {
         println!(
-            "{:<24} {:>6} {:>5} {:>6} {:>8} {:>4}  {}",
+            "{:<24} {:>6} {:>5} {:>6} {:>8} {:>4} {:>8}  {}",
             r["name"].as_str().unwrap_or(""),
             format_size(r["size"].as_u64().unwrap_or(0)),
             match &r["vcpus"] {
@@ -352,6 +455,7 @@ fn list(json: bool) -> Result<()> {
             r["clones"].as_u64().unwrap_or(0),
             r["pages"].as_u64().unwrap_or(0),
             r["generation"].as_u64().unwrap_or(0),
+            r["working_set_pages"].as_u64().map_or("-".to_owned(), |p| p.to_string()),
             r["parent"].as_str().unwrap_or("")
         );
     }
@@ -382,6 +486,8 @@ fn delete(image: &ImageName) -> Result<()> {
     let _ = std::fs::remove_file(state_path(&name).with_extension("json"));
     // QEMU's device state, for a live image of a QEMU guest (`vmsctl qemu`).
     let _ = std::fs::remove_file(crate::cmd::qemu::device_state_path(&name));
+    let _ = std::fs::remove_file(WorkingSet::path(&name));
+    let _ = std::fs::remove_file(Source::path(&name));
     // Its disk layer, if it kept one in the run directory and nothing
     // uses it any more.
     if let Some(layer) = layer.filter(|p| *p == disk_layer_path(&name)) {

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use vms_uapi::KVM_MEM_PAGE_PROVIDER;
 
-use crate::args::{format_size, parse_size, ImageName};
+use crate::args::{format_size, parse_size, ImageName, PAGE_SIZE};
 use crate::cmd::live_image;
 use crate::dev::{CloneFd, Vms};
 use crate::vmm::{control, imagefile};
@@ -30,6 +30,7 @@ use crate::vmm::virtio::blk::DiskConfig;
 use crate::vmm::virtio::disk::DiskFormat;
 use crate::vmm::virtio;
 use crate::vmm::{BootImages, GuestRam, RunningVm, Stop, Vm, DEFAULT_CMDLINE, MAX_CPUS};
+use crate::vmm::workingset::{self, Mode, WorkingSet};
 
 const LONG_ABOUT: &str = "\
 Boot a Linux guest under KVM, or start a clone of a live image (--image).
@@ -184,6 +185,25 @@ pub struct RunArgs {
     /// live images then; for comparison and debugging).
     #[arg(long, hide = true, conflicts_with = "image")]
     no_vms: bool,
+    /// With --image: prefetch the live image's working set (recorded with
+    /// `vmsctl live-image record`) before the clone runs. MODE map (the
+    /// default): read it into the image's cache ahead, in sorted runs,
+    /// and map it into the guest's stage 2, so its first touches take no
+    /// fault; cache: only the read. Without this flag or --no-prefetch a
+    /// clone prefetches when a working set is stored. A set recorded for
+    /// another image is ignored with a warning.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "map", requires = "image")]
+    prefetch: Option<Mode>,
+    /// With --image: do not prefetch, even if a working set is stored.
+    #[arg(long, requires = "image", conflicts_with = "prefetch")]
+    no_prefetch: bool,
+    /// Benchmarks only: a clone whose memory is not a vms clone but what
+    /// VMMs without vms do with a snapshot's memory file, for side-by-side
+    /// figures (bench/prefetch.sh). `private`: a MAP_PRIVATE mapping of
+    /// the file a live image was loaded from (no live images of it, no
+    /// reset, no working set).
+    #[arg(long, value_name = "KIND", hide = true, requires = "image")]
+    baseline: Option<Baseline>,
     /// Debugging: once the guest is ready, run CMD through the guest
     /// agent, print its output, then power the guest off. Fails if CMD
     /// fails.
@@ -244,6 +264,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         restore_us: ready.restore_us,
         phases: vmm.restored.map(|_| vmm.phases.clone()),
         ready_ms: ready.since_start.as_secs_f64() * 1000.0,
+        prefetch: vmm.prefetch.take(),
+        warnings: std::mem::take(&mut vmm.warnings),
     });
     let running = Arc::new(vmm.running);
     let server = control::Server::start(
@@ -395,6 +417,9 @@ fn detached_child(args: &RunArgs, requested: u128, log: &std::fs::File, null: &s
 /// One line about a VM that just started.
 fn print_started(s: &serde_json::Value) {
     let name = s["name"].as_str().unwrap_or("?");
+    for w in s["start_warnings"].as_array().into_iter().flatten() {
+        eprintln!("vmsctl: {name}: {}", w.as_str().unwrap_or("?"));
+    }
     match s["image_source"].as_str() {
         Some(image) => {
             println!(
@@ -407,11 +432,12 @@ fn print_started(s: &serde_json::Value) {
             if let Some(p) = s["start_phases"].as_object() {
                 let ms = |k: &str| p.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0) / 1000.0;
                 println!(
-                    "{name}: start phases (ms): process {:.1}, state {:.1}, net {:.1}, memory {:.1}, vm {:.1}, \
-                     vm-kvm {:.1}, vm-devices {:.1}, vm-vcpus {:.1}, attach {:.1}, restore {:.1}, connect {:.1}, \
-                     vcpus {:.1}",
+                    "{name}: start phases (ms): process {:.1}, state {:.1}, prefetch {:.1}, net {:.1}, memory {:.1}, \
+                     vm {:.1}, vm-kvm {:.1}, vm-devices {:.1}, vm-vcpus {:.1}, attach {:.1}, restore {:.1}, \
+                     connect {:.1}, vcpus {:.1}",
                     ms("process_us"),
                     ms("state_us"),
+                    ms("prefetch_us"),
                     ms("net_us"),
                     ms("memory_us"),
                     ms("vm_us"),
@@ -422,6 +448,17 @@ fn print_started(s: &serde_json::Value) {
                     ms("restore_us"),
                     ms("connect_us"),
                     ms("vcpus_us")
+                );
+            }
+            if let Some(p) = s["prefetch"].as_object() {
+                println!(
+                    "{name}: prefetched the working set ({}): {} pages in {} runs, {} mapped in {:.1} ms{}",
+                    p["mode"].as_str().unwrap_or("?"),
+                    p["pages"],
+                    p["runs"],
+                    p["mapped"],
+                    p["map_ms"].as_f64().unwrap_or(0.0),
+                    p["map_error"].as_str().map(|e| format!(" (stopped: {e})")).unwrap_or_default()
                 );
             }
         }
@@ -483,6 +520,9 @@ struct Vmm {
     /// The VM's network, if it has one.
     net: Option<NetConfig>,
     _net_claims: Option<NetClaims>,
+    prefetch: Option<Prefetch>,
+    /// What went wrong on the way that did not stop the start.
+    warnings: Vec<String>,
 }
 
 /// Where the time from a clone's start request to its first instruction
@@ -512,6 +552,10 @@ struct StartPhases {
     attach_us: f64,
     /// The saved state into KVM: devices, then each vCPU.
     restore_us: f64,
+    /// The working set: its file read and checked, its readahead started
+    /// (both before `net`, counted here), and in mode map its pages
+    /// mapped into stage 2 (after `restore`).
+    prefetch_us: f64,
     /// The devices connected: irqfds, ioeventfds, I/O threads started.
     connect_us: f64,
     /// From the vCPU threads' start to the first KVM_RUN.
@@ -538,6 +582,121 @@ struct Info {
     restore_us: Option<f64>,
     phases: Option<StartPhases>,
     ready_ms: f64,
+    prefetch: Option<Prefetch>,
+    warnings: Vec<String>,
+}
+
+/// A clone's prefetch of its live image's working set.
+struct Prefetch {
+    mode: Mode,
+    set: WorkingSet,
+    /// The readahead thread's result once it ended: bytes asked for, or
+    /// why it failed. `None` for an image not loaded from a file (its
+    /// pages are in memory already).
+    read: Option<Arc<std::sync::OnceLock<std::result::Result<u64, String>>>>,
+    /// Pages mapped into stage 2 (mode map).
+    mapped: u64,
+    map_us: f64,
+    map_error: Option<String>,
+}
+
+/// Reads live image `image`'s working set, if the clone is to prefetch
+/// one, and starts its readahead. Problems with the set are warnings: a
+/// clone that does not prefetch only starts slower.
+///
+/// Warnings go to `warnings` (and stderr, the log of a detached VM):
+/// `vmsctl run --detach` prints them from the VM's status.
+fn plan_prefetch(args: &RunArgs, image: &ImageName, mem_size: u64, warnings: &mut Vec<String>) -> Option<Prefetch> {
+    if args.no_prefetch || args.no_vms || args.baseline.is_some() {
+        return None;
+    }
+    let name = image.to_string();
+    let mut warn = |why: String| {
+        let w = format!("not prefetching: {why}");
+        eprintln!("vmsctl: {}: {w}", args.name);
+        warnings.push(w);
+    };
+    let set = match WorkingSet::load(&name) {
+        Ok(Some(set)) => set,
+        Ok(None) => {
+            if args.prefetch.is_some() {
+                warn(format!(
+                    "live image {name} has no working set (record one with `vmsctl live-image record CLONE`)"
+                ));
+            }
+            return None;
+        }
+        Err(e) => {
+            warn(format!("{e:#}"));
+            return None;
+        }
+    };
+    let state = live_image::state_bytes(&name).unwrap_or_default();
+    if let Some(why) = set.mismatch(&name, &state, mem_size) {
+        warn(format!("the working set stored for live image {name} does not fit it: {why}"));
+        return None;
+    }
+    let mut warn = |w: String| {
+        eprintln!("vmsctl: {}: {w}", args.name);
+        warnings.push(w);
+    };
+    let read = workingset::Source::load(&name).and_then(|src| match src.open() {
+        Ok(file) => {
+            let done = Arc::new(std::sync::OnceLock::new());
+            let d = done.clone();
+            let reader = workingset::readahead(file, src.mem_offset, &set);
+            std::thread::spawn(move || {
+                let r = reader.join().map_err(|_| "the readahead thread panicked".to_owned()).and_then(|r| r.map_err(|e| format!("{e:#}")));
+                let _ = d.set(r);
+            });
+            Some(done)
+        }
+        Err(e) => {
+            warn(format!("prefetch without readahead: {e:#}"));
+            None
+        }
+    });
+    Some(Prefetch { mode: args.prefetch.unwrap_or(Mode::Map), set, read, mapped: 0, map_us: 0.0, map_error: None })
+}
+
+impl Prefetch {
+    /// What `vmsctl list --json` and `stats --json` show of it: with the
+    /// clone's used pages (`touched`, VMS_CLONE_TOUCHED), misses (pages it
+    /// used outside the set) and, in mode cache, hits (pages of the set it
+    /// used). In mode map every page of the set counts as used once
+    /// mapped, so hits are not known: KVM does not say which mapped pages
+    /// the guest then accessed.
+    fn json(&self, touched: Option<&[u64]>) -> serde_json::Value {
+        let (mut hits, mut misses) = (0u64, 0u64);
+        if let Some(bitmap) = touched {
+            for (w, &word) in bitmap.iter().enumerate() {
+                let mut word = word;
+                while word != 0 {
+                    let p = w as u64 * 64 + u64::from(word.trailing_zeros());
+                    word &= word - 1;
+                    if self.set.contains(p) {
+                        hits += 1;
+                    } else {
+                        misses += 1;
+                    }
+                }
+            }
+        }
+        let read = self.read.as_ref().map(|r| r.get().cloned());
+        serde_json::json!({
+            "mode": self.mode,
+            "pages": self.set.pages,
+            "runs": self.set.ranges.len(),
+            "readahead_bytes": read.clone().flatten().and_then(|r| r.ok()),
+            "readahead_done": read.clone().map(|r| r.is_some()),
+            "readahead_error": read.flatten().and_then(|r| r.err()),
+            "mapped": self.mapped,
+            "map_ms": self.map_us / 1000.0,
+            "map_error": self.map_error,
+            "hits": touched.filter(|_| self.mode == Mode::Cache).map(|_| hits),
+            "misses": touched.map(|_| misses),
+        })
+    }
 }
 
 /// Creates the VM (booting Linux or restoring a live image) and starts
@@ -556,6 +715,12 @@ fn start(args: &RunArgs) -> Result<Vmm> {
         None => None,
     };
     lap(&mut phases.state_us);
+    let mut warnings = Vec::new();
+    let mut prefetch = match &restore {
+        Some((image, s)) => plan_prefetch(args, image, s.mem_size, &mut warnings),
+        None => None,
+    };
+    lap(&mut phases.prefetch_us);
     // The network first: a bad one is refused before anything is made.
     let net = net_config(args, restore.as_ref().map(|(_, s)| s)).context("the network")?;
     // Its MAC and address held for the VM's life against other VMs here.
@@ -632,6 +797,20 @@ fn start(args: &RunArgs) -> Result<Vmm> {
         Some((image, s)) => {
             vm.restore(s).with_context(|| format!("restoring live image {image}"))?;
             lap(&mut phases.restore_us);
+            if let Some(p) = prefetch.as_mut().filter(|p| p.mode == Mode::Map) {
+                let t = Instant::now();
+                match vm.pre_fault(&p.set.ranges) {
+                    Ok(n) => p.mapped = n,
+                    Err(e) => {
+                        let w = format!("prefetch: {e:#}; the guest faults in the rest itself");
+                        eprintln!("vmsctl: {}: {w}", args.name);
+                        warnings.push(w);
+                        p.map_error = Some(format!("{e:#}"));
+                    }
+                }
+                p.map_us = t.elapsed().as_secs_f64() * 1e6;
+                phases.prefetch_us += p.map_us;
+            }
             Some(t0.elapsed())
         }
         None => {
@@ -656,6 +835,8 @@ fn start(args: &RunArgs) -> Result<Vmm> {
         vcpus_started,
         net,
         _net_claims: net_claims,
+        prefetch,
+        warnings,
     })
 }
 
@@ -682,9 +863,25 @@ fn net_config(args: &RunArgs, restore: Option<&MachineState>) -> Result<Option<N
     }
 }
 
+/// What a clone's memory is instead of a vms clone (`--baseline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Baseline {
+    /// MAP_PRIVATE of the live image's file.
+    Private,
+}
+
 /// The guest's RAM: a clone of the live image (restore), of a new empty
 /// image (boot), or anonymous memory (--no-vms).
 fn guest_ram(args: &RunArgs, size: u64) -> Result<(GuestRam, Memory)> {
+    if let (Some(Baseline::Private), Some(image)) = (args.baseline, &args.image) {
+        let src = workingset::Source::load(&image.to_string()).with_context(|| {
+            format!("--baseline private: live image {image} was not loaded from a file (live-image load)")
+        })?;
+        let file = src.open()?;
+        let ram = GuestRam::private_file(&file, src.mem_offset, size).context("MAP_PRIVATE of the image file")?;
+        let memory = Memory { vms: None, clone: None, boot_image: None, source: Some(image.clone()), reset_image: Default::default() };
+        return Ok((ram, memory));
+    }
     if args.no_vms {
         let none = Memory { vms: None, clone: None, boot_image: None, source: None, reset_image: Default::default() };
         return Ok((GuestRam::anonymous(size).context("guest RAM")?, none));
@@ -856,7 +1053,30 @@ fn serve(
         }
         control::Request::Snapshot { image } => snapshot(running, memory, info, &image),
         control::Request::Reset { timeout_ms } => reset(running, memory, info, Duration::from_millis(timeout_ms)),
+        control::Request::RecordWorkingSet => record_working_set(memory, info),
     }
+}
+
+/// `live-image record`: the pages the clone has used since it was made,
+/// stored as the working set of the live image it was started from.
+fn record_working_set(memory: &Memory, info: &Info) -> Result<serde_json::Value> {
+    let (Some(clone), Some(image)) = (&memory.clone, &memory.source) else {
+        bail!("this VM was booted, not started from a live image: a working set is recorded from a clone");
+    };
+    let name = image.to_string();
+    let bitmap = clone.touched(info.mem_size / PAGE_SIZE).map_err(|e| match e.errno().map(|e| e.0) {
+        Some(libc::ENOTTY) => anyhow!("the loaded vms module cannot say which pages a clone used (VMS_CLONE_TOUCHED): load the vms.ko built with this vmsctl"),
+        _ => anyhow!(e).context("reading the pages the clone used (VMS_CLONE_TOUCHED)"),
+    })?;
+    let state = live_image::state_bytes(&name)?;
+    let set = WorkingSet::from_bitmap(&name, &state, info.mem_size, &bitmap);
+    set.store(&name)?;
+    Ok(serde_json::json!({
+        "image": name,
+        "pages": set.pages,
+        "runs": set.ranges.len(),
+        "prefetched": info.prefetch.as_ref().is_some_and(|p| p.mode == Mode::Map && p.mapped > 0),
+    }))
 }
 
 /// `vmsctl reset`: the VM back at its live image (the last one made of
@@ -990,6 +1210,11 @@ fn status_json(running: &RunningVm, memory: &Memory, info: &Info) -> serde_json:
         "start_us": info.start_us,
         "restore_us": info.restore_us,
         "start_phases": info.phases,
+        "start_warnings": info.warnings,
+        "prefetch": info.prefetch.as_ref().map(|p| {
+            let touched = memory.clone.as_ref().and_then(|c| c.touched(info.mem_size / PAGE_SIZE).ok());
+            p.json(touched.as_deref())
+        }),
         "stopping": running.status().is_stopping(),
         "disk": running.disk().map(|d| serde_json::json!({
             "path": d.path,

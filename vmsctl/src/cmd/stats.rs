@@ -25,6 +25,11 @@ running VM with the counters of its memory (a vms clone):
   COW       private copies made on first write
   DISK      the disk file the VM writes, as allocated on the host (for a
             clone, its own copy-on-write overlay: what it wrote)
+  PREFETCH  for a clone that prefetched its live image's working set
+            (live-image record, run --prefetch): the mode, the set's
+            pages, and the pages it used outside the set since (misses);
+            --json also gives the pages mapped, the time, and in mode
+            cache the hits (pages of the set it used)
 
 With --json, one object: {\"module\": {\"version\", \"abi\"}, \"images\":
 [...], \"vms\": [...]} (a VM's entry is what `vmsctl list --json` shows).
@@ -105,7 +110,7 @@ fn write_vms(out: &mut impl Write, vms: &[serde_json::Value]) -> io::Result<()> 
     writeln!(out)?;
     writeln!(
         out,
-        "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  PREFETCH",
         "VM", "IMAGE", "PRIVATE", "SHARED", "ZERO", "STREAMED", "COW", "DISK"
     )?;
     for v in vms {
@@ -114,9 +119,20 @@ fn write_vms(out: &mut impl Write, vms: &[serde_json::Value]) -> io::Result<()> 
         // The disk file the VM writes, as allocated (a clone's overlay:
         // only what it wrote), in KiB.
         let disk = v["disk"]["allocated"].as_u64().map_or("-".to_owned(), |b| format!("{}K", b / 1024));
+        // The working set prefetched at its start: mode, pages, and the
+        // pages it used outside the set since.
+        let p = &v["prefetch"];
+        let prefetch = match p["mode"].as_str() {
+            Some(mode) => format!(
+                "{mode}: {} pages, {} missed",
+                p["pages"].as_u64().unwrap_or(0),
+                p["misses"].as_u64().map_or("?".to_owned(), |m| m.to_string())
+            ),
+            None => "-".to_owned(),
+        };
         writeln!(
             out,
-            "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
             v["name"].as_str().unwrap_or(""),
             v["image"].as_str().unwrap_or("-"),
             n("private_pages"),
@@ -125,6 +141,7 @@ fn write_vms(out: &mut impl Write, vms: &[serde_json::Value]) -> io::Result<()> 
             n("streamed"),
             n("cow_copies"),
             disk,
+            prefetch,
         )?;
     }
     Ok(())

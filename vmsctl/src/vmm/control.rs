@@ -50,6 +50,8 @@ pub enum Request {
     /// Put the VM back at its live image, then give the guest its
     /// identity again (waiting at most `timeout_ms` for the agent).
     Reset { timeout_ms: u64 },
+    /// Store the pages the clone has used as its live image's working set.
+    RecordWorkingSet,
 }
 
 /// The answer: `ok` with data, or an error message naming the cause.
