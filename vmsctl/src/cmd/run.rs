@@ -201,7 +201,9 @@ pub struct RunArgs {
     /// VMMs without vms do with a snapshot's memory file, for side-by-side
     /// figures (bench/prefetch.sh). `private`: a MAP_PRIVATE mapping of
     /// the file a live image was loaded from (no live images of it, no
-    /// reset, no working set).
+    /// reset, no working set); `uffd`: anonymous memory that a
+    /// userfaultfd page server fills from that file, after copying in the
+    /// image's working set first (REAP's design).
     #[arg(long, value_name = "KIND", hide = true, requires = "image")]
     baseline: Option<Baseline>,
     /// Debugging: once the guest is ready, run CMD through the guest
@@ -868,17 +870,35 @@ fn net_config(args: &RunArgs, restore: Option<&MachineState>) -> Result<Option<N
 pub enum Baseline {
     /// MAP_PRIVATE of the live image's file.
     Private,
+    /// Anonymous memory filled by a userfaultfd page server from the live
+    /// image's file, which first copies in the image's working set
+    /// (REAP's design).
+    Uffd,
 }
 
 /// The guest's RAM: a clone of the live image (restore), of a new empty
 /// image (boot), or anonymous memory (--no-vms).
 fn guest_ram(args: &RunArgs, size: u64) -> Result<(GuestRam, Memory)> {
-    if let (Some(Baseline::Private), Some(image)) = (args.baseline, &args.image) {
-        let src = workingset::Source::load(&image.to_string()).with_context(|| {
-            format!("--baseline private: live image {image} was not loaded from a file (live-image load)")
+    if let (Some(baseline), Some(image)) = (args.baseline, &args.image) {
+        let name = image.to_string();
+        let src = workingset::Source::load(&name).with_context(|| {
+            format!("--baseline: live image {image} was not loaded from a file (live-image load)")
         })?;
         let file = src.open()?;
-        let ram = GuestRam::private_file(&file, src.mem_offset, size).context("MAP_PRIVATE of the image file")?;
+        let ram = match baseline {
+            Baseline::Private => {
+                GuestRam::private_file(&file, src.mem_offset, size).context("MAP_PRIVATE of the image file")?
+            }
+            Baseline::Uffd => {
+                let ram = GuestRam::anonymous(size).context("guest RAM")?;
+                let state = live_image::state_bytes(&name)?;
+                let set = WorkingSet::load(&name)?.filter(|s| s.mismatch(&name, &state, size).is_none());
+                let t = Instant::now();
+                let n = crate::vmm::uffd::serve(ram.host_addr().as_ptr() as u64, size, file, src.mem_offset, set.as_ref())?;
+                eprintln!("vmsctl: userfaultfd: {n} pages of the working set copied in, {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+                ram
+            }
+        };
         let memory = Memory { vms: None, clone: None, boot_image: None, source: Some(image.clone()), reset_image: Default::default() };
         return Ok((ram, memory));
     }

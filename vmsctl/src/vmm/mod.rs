@@ -125,6 +125,7 @@ mod run;
 pub mod serial;
 pub mod state;
 pub mod status;
+pub mod uffd;
 pub mod virtio;
 pub mod workingset;
 
