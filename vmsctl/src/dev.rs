@@ -437,36 +437,64 @@ pub const NAMED_CLONE_DIR: &str = "/dev/vms-clone";
 /// makes it again. Best effort: without CAP_SYS_ADMIN it only warns.
 pub fn guard_named_dir() {
     let dir = NAMED_CLONE_DIR;
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(dir)))
-        .unwrap_or(false);
-    if mounted {
+    if named_dir_mounted() {
         return;
     }
-    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-    let (path, none) = (c(dir), c("none"));
-    // SAFETY: mount(2) with NUL-terminated strings that outlive the
-    // calls and no data.
-    let r = unsafe {
-        if libc::mount(path.as_ptr(), path.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
-            -1
-        } else {
-            libc::mount(
-                none.as_ptr(),
-                path.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                std::ptr::null(),
-            )
-        }
+    let path = std::ffi::CString::new(dir).expect("no NUL");
+    // SAFETY: mount(2) with a NUL-terminated path that outlives the call
+    // and no data.
+    let bound = unsafe { libc::mount(path.as_ptr(), path.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) } == 0;
+    let r = match bound {
+        true => remount_named_dir(true),
+        false => Err(std::io::Error::last_os_error()),
     };
-    if r != 0 {
+    if let Err(e) = r {
+        if bound {
+            // A writable bind mount guards nothing: take it away again.
+            // SAFETY: umount2(2) of the mount we just made.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
         eprintln!(
-            "vmsctl: cannot make {dir} a read-only mount ({}): a program given a mem-path that names no \
-             clone there will create a file and run on ordinary memory",
-            std::io::Error::last_os_error()
+            "vmsctl: cannot make {dir} a read-only mount ({e}): a program given a mem-path that names no \
+             clone there will create a file and run on ordinary memory"
         );
     }
+}
+
+/// Whether [`NAMED_CLONE_DIR`] is a mount point (our bind mount).
+fn named_dir_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(NAMED_CLONE_DIR)))
+        .unwrap_or(false)
+}
+
+/// Remounts the bind mount of [`NAMED_CLONE_DIR`] read-only or writable,
+/// keeping its other flags (a bind remount sets all of them: `/dev`'s
+/// `nosuid`, say, would otherwise be dropped).
+fn remount_named_dir(read_only: bool) -> std::io::Result<()> {
+    let dir = std::ffi::CString::new(NAMED_CLONE_DIR).expect("no NUL");
+    // SAFETY: statvfs(3) into a zeroed struct it fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct to fill.
+    if unsafe { libc::statvfs(dir.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let keep = [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ]
+    .iter()
+    .filter(|(st_flag, _)| st.f_flag & st_flag != 0)
+    .fold(0, |acc, (_, ms)| acc | ms);
+    let flags = libc::MS_BIND | libc::MS_REMOUNT | keep | if read_only { libc::MS_RDONLY } else { 0 };
+    let none = std::ffi::CString::new("none").expect("no NUL");
+    // SAFETY: mount(2) with NUL-terminated strings that outlive it.
+    let r = unsafe { libc::mount(none.as_ptr(), dir.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Gives the device of named clone `name` to `owner` (a user name or
@@ -475,7 +503,7 @@ pub fn guard_named_dir() {
 pub fn chown_named(name: &str, owner: &str) -> anyhow::Result<()> {
     use anyhow::{bail, Context};
     let (uid, gid) = match owner.parse::<u32>() {
-        Ok(uid) => (uid, u32::MAX),
+        Ok(uid) => (uid, None),
         Err(_) => {
             let c = std::ffi::CString::new(owner).context("user name")?;
             // SAFETY: getpwnam with a NUL-terminated name; the record is
@@ -485,23 +513,18 @@ pub fn chown_named(name: &str, owner: &str) -> anyhow::Result<()> {
                 bail!("no user named {owner}");
             }
             // SAFETY: `pw` is a valid record (checked above).
-            unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+            unsafe { ((*pw).pw_uid, Some((*pw).pw_gid)) }
         }
     };
-    let dir = std::ffi::CString::new(NAMED_CLONE_DIR).expect("no NUL");
-    let none = std::ffi::CString::new("none").expect("no NUL");
-    let remount = |flags: libc::c_ulong| {
-        // SAFETY: mount(2) with NUL-terminated strings that outlive it.
-        let r = unsafe {
-            libc::mount(none.as_ptr(), dir.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REMOUNT | flags, std::ptr::null())
-        };
-        if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-    };
-    let guarded = remount(0).is_ok();
+    // Only our own bind mount: a remount of the directory where it is no
+    // mount point would remount the mount it is in (/dev).
+    let guarded = named_dir_mounted() && remount_named_dir(false).is_ok();
     let path = std::path::Path::new(NAMED_CLONE_DIR).join(name);
-    let r = std::os::unix::fs::chown(&path, Some(uid), (gid != u32::MAX).then_some(gid));
+    let r = std::os::unix::fs::chown(&path, Some(uid), gid);
     if guarded {
-        let _ = remount(libc::MS_RDONLY);
+        if let Err(e) = remount_named_dir(true) {
+            eprintln!("vmsctl: {NAMED_CLONE_DIR} stays writable: remounting it read-only: {e}");
+        }
     }
     r.with_context(|| format!("chown {}", path.display()))
 }
