@@ -15,7 +15,8 @@
 # - the next clone prefetches them by default (mode map): all of them are
 #   mapped before it runs, it resumes the saved guest (its tmpfs holds the
 #   parent's bytes), and doing the same work it misses few pages (pages it
-#   used outside the set: `vmsctl list --json`'s prefetch.misses);
+#   used outside the set: `vmsctl list --json`'s prefetch.misses); it
+#   cannot be recorded from (every page of the set counts as used in it);
 # - --prefetch=cache reads the set into the image's cache only: the clone
 #   faults on the pages but finds them, and the set's hits are counted;
 # - a set that does not fit the image (recorded for another image of the
@@ -114,6 +115,13 @@ m2=$(field p-2 prefetch.misses)
 msg "p-2: $m2 pages used outside the set of $pages"
 check "doing the same work, it used few pages outside the set ($m2 < $((pages / 4)))" \
 	test -n "$m2" -a "$m2" != None -a "${m2:-99999}" -lt $((pages / 4))
+if out=$("$vmsctl" live-image record p-2 2>&1); then
+	fail "record refuses a clone that started with the set mapped in"
+else
+	msg "$out"
+	check "record refuses a clone that started with the set mapped in, and keeps the set" \
+		test "$(wset_pages pimg)" = "$pages" -a -n "$(grep -- '--no-prefetch' <<<"$out")"
+fi
 "$vmsctl" stop p-2 >/dev/null
 
 # Mode cache.

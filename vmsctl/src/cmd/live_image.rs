@@ -90,7 +90,9 @@ enum LiveCommand {
     },
     /// Record running clone VM's working set (the pages it has used since
     /// it started) and store it with the live image it was started from:
-    /// later clones of that image prefetch it (see run --prefetch).
+    /// later clones of that image prefetch it (see run --prefetch). A
+    /// clone that started with the set mapped in (prefetch mode map) is
+    /// refused: every page of the old set counts as used in it.
     Record {
         /// A running clone, which has done what later clones will do
         /// (e.g. served a first request).
@@ -272,12 +274,6 @@ fn record(vm: &str) -> Result<()> {
         format_size(pages * PAGE_SIZE),
         data["runs"].as_u64().unwrap_or(0)
     );
-    if data["prefetched"].as_bool() == Some(true) {
-        eprintln!(
-            "vmsctl: note: {vm} itself started with a prefetch of {image}'s working set, so the new set holds \
-             every page of the old one; record from a clone started with --no-prefetch to shrink it"
-        );
-    }
     Ok(())
 }
 

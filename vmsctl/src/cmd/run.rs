@@ -1084,6 +1084,12 @@ fn record_working_set(memory: &Memory, info: &Info) -> Result<serde_json::Value>
         bail!("this VM was booted, not started from a live image: a working set is recorded from a clone");
     };
     let name = image.to_string();
+    if info.prefetch.as_ref().is_some_and(|p| p.mode == Mode::Map && p.mapped > 0) {
+        bail!(
+            "this VM started with {name}'s working set mapped in (prefetch mode map), so every page of it counts as \
+             used: record from a clone started with --no-prefetch (or --prefetch=cache)"
+        );
+    }
     let bitmap = clone.touched(info.mem_size / PAGE_SIZE).map_err(|e| match e.errno().map(|e| e.0) {
         Some(libc::ENOTTY) => anyhow!("the loaded vms module cannot say which pages a clone used (VMS_CLONE_TOUCHED): load the vms.ko built with this vmsctl"),
         _ => anyhow!(e).context("reading the pages the clone used (VMS_CLONE_TOUCHED)"),
@@ -1095,7 +1101,6 @@ fn record_working_set(memory: &Memory, info: &Info) -> Result<serde_json::Value>
         "image": name,
         "pages": set.pages,
         "runs": set.ranges.len(),
-        "prefetched": info.prefetch.as_ref().is_some_and(|p| p.mode == Mode::Map && p.mapped > 0),
     }))
 }
 

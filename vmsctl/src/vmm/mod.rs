@@ -324,16 +324,32 @@ impl Vm {
     /// the pages mapped. Stops at the first run KVM refuses (a kernel
     /// without the ioctl, a page the image cannot read) with its error;
     /// the guest's own faults then map the rest.
-    pub fn pre_fault(&self, runs: &[(u64, u64)]) -> Result<u64> {
+    ///
+    /// KVM maps them for access tracking (a prefetch), which costs no exit
+    /// where EPT/NPT has accessed bits (NPT always does). Memslots must
+    /// not change meanwhile: KVM retries a fault on a slot being deleted
+    /// until a signal comes (nothing here changes them).
+    pub fn pre_fault(&mut self, runs: &[(u64, u64)]) -> Result<u64> {
         vmm_sys_util::ioctl_iowr_nr!(KVM_PRE_FAULT_MEMORY, kvm_bindings::KVMIO, 0xd5, kvm_bindings::kvm_pre_fault_memory);
-        let vcpu = self.vcpus.first().context("no vCPU")?;
+        let vcpu = self.vcpus.first_mut().context("no vCPU")?;
+        let r = Self::pre_fault_runs(vcpu, runs, KVM_PRE_FAULT_MEMORY());
+        if r.is_err() {
+            // A provider's error left KVM_EXIT_MEMORY_FAULT in the run
+            // area, which kvm-ioctls would report for a later, unrelated
+            // EFAULT of KVM_RUN.
+            vcpu.get_kvm_run().exit_reason = kvm_bindings::KVM_EXIT_UNKNOWN;
+        }
+        r
+    }
+
+    fn pre_fault_runs(vcpu: &VcpuFd, runs: &[(u64, u64)], request: std::os::raw::c_ulong) -> Result<u64> {
         let mut pages = 0;
         for &(first, n) in runs {
             let mut arg = kvm_bindings::kvm_pre_fault_memory { gpa: first * 4096, size: n * 4096, ..Default::default() };
             while arg.size > 0 {
                 // SAFETY: KVM_PRE_FAULT_MEMORY reads and updates `arg`, a
                 // `kvm_pre_fault_memory`, and touches no memory of ours.
-                let r = unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(vcpu, KVM_PRE_FAULT_MEMORY(), &mut arg) };
+                let r = unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(vcpu, request, &mut arg) };
                 if r < 0 {
                     let e = std::io::Error::last_os_error();
                     if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
