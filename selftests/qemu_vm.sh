@@ -176,6 +176,13 @@ if out=$("$vmsctl" qemu start "$qimg" --count 4 --agent "$d/{name}.agent" --mac 
 else
 	sed 's/^/# /' <<<"$out"
 	fail "vmsctl qemu start --count 4: four QEMUs resume the image"
+	# What the guests said: a clone whose agent did not answer may have
+	# hung in its kernel (a soft lockup) or lost its command.
+	for f in "$d"/"$qimg"-*.out "$VMS_RUN_DIR"/qemu/"$qimg"-*.log; do
+		[ -e "$f" ] || continue
+		echo "# --- last lines of $f"
+		tail -n 40 "$f" | sed 's/^/#   /'
+	done
 fi
 clone_pids=$(sed -n 's/.*QEMU pid \([0-9]*\).*/\1/p' <<<"$out")
 uuids=

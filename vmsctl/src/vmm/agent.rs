@@ -216,6 +216,7 @@ impl Agent {
             if left.is_zero() {
                 // Not under the output's lock (lock order UART, then output).
                 wrote += buf.len();
+                let last = buf.to_vec();
                 drop(buf);
                 let unread = self.devices.agent_input_unread();
                 let seen = if unread > 0 {
@@ -226,8 +227,9 @@ impl Agent {
                 } else {
                     format!(
                         "the guest read the request, and wrote {wrote} bytes since{}: the command is still \
-                         running, or the guest is too slow",
-                        if asked_time { " (it asked for the time, and got it)" } else { "" }
+                         running, or the guest is too slow; its last output: {:?}",
+                        if asked_time { " (it asked for the time, and got it)" } else { "" },
+                        String::from_utf8_lossy(&last[last.len().saturating_sub(300)..])
                     )
                 };
                 bail!("agent request {tag}: no reply within {} s ({seen})", timeout.as_secs());
@@ -285,7 +287,12 @@ pub fn exec_on_stream(stream: &mut std::os::unix::net::UnixStream, command: &str
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            bail!("agent request {tag}: no reply within {} s ({} bytes came back)", timeout.as_secs(), buf.len());
+            bail!(
+                "agent request {tag}: no reply within {} s ({} bytes came back: {:?})",
+                timeout.as_secs(),
+                buf.len(),
+                String::from_utf8_lossy(&buf[buf.len().saturating_sub(300)..])
+            );
         }
         stream.set_read_timeout(Some(left.min(POLL))).context("a socket timeout")?;
         match stream.read(&mut chunk) {
