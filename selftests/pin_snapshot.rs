@@ -58,65 +58,13 @@ const PINNED: u64 = 5;
 /// The bytes the writer writes, unlike any pattern page.
 const NEW_BYTE: u8 = 0xc3;
 
-// userfaultfd's ABI (include/uapi/linux/userfaultfd.h, 6.12): the `libc`
-// crate has the syscall number only. bench/src/uffd.rs has a full page
-// server; one fault is all this test needs.
-const UFFD_API: u64 = 0xaa;
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
-const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
-}
-
-/// `struct uffd_msg`: `event`, reserved fields, then for a page fault
-/// `flags`, `address` and `ptid`.
-#[repr(C)]
-#[derive(Default)]
-struct UffdMsg {
-    event: u8,
-    reserved1: u8,
-    reserved2: u16,
-    reserved3: u32,
-    arg: [u64; 3],
-}
-
-/// `_IOWR(0xAA, nr, size)`.
-const fn uffd_iowr(nr: u32, size: usize) -> u32 {
-    (3 << 30) | ((size as u32) << 16) | (0xaa << 8) | nr
-}
-
-const UFFDIO_API: u32 = uffd_iowr(0x3f, size_of::<UffdioApi>());
-const UFFDIO_REGISTER: u32 = uffd_iowr(0x00, size_of::<UffdioRegister>());
-const UFFDIO_COPY: u32 = uffd_iowr(0x03, size_of::<UffdioCopy>());
-
-const _: () = assert!(UFFDIO_API == 0xc018_aa3f);
-const _: () = assert!(UFFDIO_REGISTER == 0xc020_aa00);
-const _: () = assert!(UFFDIO_COPY == 0xc028_aa03);
-const _: () = assert!(size_of::<UffdMsg>() == 32);
+// userfaultfd's ABI comes from the workspace's `uffd-abi` crate;
+// bench/src/uffd.rs has a full page server, one fault is all this test
+// needs.
+use uffd_abi::{
+    UffdMsg, UffdioApi, UffdioCopy, UffdioRange, UffdioRegister, UFFDIO_API, UFFDIO_COPY, UFFDIO_REGISTER,
+    UFFDIO_REGISTER_MODE_MISSING, UFFD_API, UFFD_EVENT_PAGEFAULT,
+};
 
 /// Issues ioctl `request` on `fd` with `arg`.
 ///
@@ -165,8 +113,7 @@ impl Uffd {
     #[track_caller]
     fn register(&self, m: &Mapping) {
         let mut reg = UffdioRegister {
-            start: m.hva(),
-            len: PAGE_SIZE,
+            range: UffdioRange { start: m.hva(), len: PAGE_SIZE },
             mode: UFFDIO_REGISTER_MODE_MISSING,
             ..Default::default()
         };
@@ -209,7 +156,7 @@ impl Uffd {
         if msg.event != UFFD_EVENT_PAGEFAULT {
             return Err(io::Error::other(format!("event {:#x}", msg.event)));
         }
-        Ok(msg.arg[1])
+        Ok(msg.address())
     }
 
     /// Resolves the fault on `dst` (page aligned) with a copy of `src`.

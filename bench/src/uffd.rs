@@ -7,8 +7,8 @@
 //! faults of shmem with `UFFDIO_CONTINUE` (the page is already in the
 //! page cache; only the page table entry is missing).
 //!
-//! The ABI comes from `include/uapi/linux/userfaultfd.h` of 6.12; the
-//! `libc` crate has the syscall number but not the structs or ioctls.
+//! The ABI (`include/uapi/linux/userfaultfd.h` of 6.12) comes from the
+//! workspace's `uffd-abi` crate.
 
 use std::io;
 use std::mem::size_of;
@@ -22,90 +22,11 @@ use vms_selftests::ksft::check;
 use crate::diag;
 use crate::mem::Mapping;
 
-const UFFD_API: u64 = 0xaa;
-const UFFDIO: u32 = 0xaa;
-
-/// `UFFD_FEATURE_MINOR_SHMEM`: MINOR faults on shmem mappings.
-const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
-/// `UFFDIO_REGISTER_MODE_MISSING`.
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
-/// `UFFDIO_REGISTER_MODE_MINOR`.
-const UFFDIO_REGISTER_MODE_MINOR: u64 = 1 << 2;
-/// `_UFFDIO_COPY`, `_UFFDIO_CONTINUE`: bits of `uffdio_register.ioctls`.
-const UFFDIO_COPY_BIT: u64 = 1 << 0x03;
-const UFFDIO_CONTINUE_BIT: u64 = 1 << 0x07;
-/// `UFFD_EVENT_PAGEFAULT`.
-const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioRange {
-    start: u64,
-    len: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioRegister {
-    range: UffdioRange,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioContinue {
-    range: UffdioRange,
-    mode: u64,
-    mapped: i64,
-}
-
-/// `struct uffd_msg` (packed in the header, but naturally aligned):
-/// `event`, three reserved fields, then for a page fault `flags`,
-/// `address` and `ptid`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct UffdMsg {
-    event: u8,
-    reserved1: u8,
-    reserved2: u16,
-    reserved3: u32,
-    arg: [u64; 3],
-}
-
-const _: () = assert!(size_of::<UffdioApi>() == 24);
-const _: () = assert!(size_of::<UffdioRegister>() == 32);
-const _: () = assert!(size_of::<UffdioCopy>() == 40);
-const _: () = assert!(size_of::<UffdioContinue>() == 32);
-const _: () = assert!(size_of::<UffdMsg>() == 32);
-
-/// `_IOWR(0xAA, nr, size)`.
-const fn iowr(nr: u32, size: usize) -> u32 {
-    (3 << 30) | ((size as u32) << 16) | (UFFDIO << 8) | nr
-}
-
-const UFFDIO_API: u32 = iowr(0x3f, size_of::<UffdioApi>());
-const UFFDIO_REGISTER: u32 = iowr(0x00, size_of::<UffdioRegister>());
-const UFFDIO_COPY: u32 = iowr(0x03, size_of::<UffdioCopy>());
-const UFFDIO_CONTINUE: u32 = iowr(0x07, size_of::<UffdioContinue>());
+use uffd_abi::{
+    UffdMsg, UffdioApi, UffdioContinue, UffdioCopy, UffdioRange, UffdioRegister, UFFDIO_API, UFFDIO_CONTINUE,
+    UFFDIO_CONTINUE_BIT, UFFDIO_COPY, UFFDIO_COPY_BIT, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_MINOR,
+    UFFDIO_REGISTER_MODE_MISSING, UFFD_API, UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_MINOR_SHMEM,
+};
 
 /// How faults of a registered range are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,11 +10,8 @@
 //! guest, KVM or the VMM first touches it (a MISSING fault of anonymous
 //! memory, served by a thread).
 //!
-//! Written by hand: the `userfaultfd` crate's `-sys` part generates its
-//! bindings with bindgen at build time (it needs libclang), too much for
-//! a benchmark baseline. The ABI is three structs and three ioctls of
-//! `include/uapi/linux/userfaultfd.h` (6.12). bench/src/uffd.rs has the
-//! same for vms-bench's synthetic guests, a crate vmsctl does not use.
+//! The ABI comes from the workspace's `uffd-abi` crate (why not the
+//! `userfaultfd` crate: see there).
 
 use std::fs::File;
 use std::io;
@@ -25,67 +22,19 @@ use anyhow::{Context, Result};
 
 use super::workingset::WorkingSet;
 
+use uffd_abi::{
+    UffdMsg, UffdioApi, UffdioCopy, UffdioRange, UffdioRegister, UFFDIO_API, UFFDIO_COPY, UFFDIO_REGISTER,
+    UFFDIO_REGISTER_MODE_MISSING, UFFD_API, UFFD_EVENT_PAGEFAULT,
+};
+
 const PAGE: u64 = 4096;
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
-}
-
-/// `struct uffd_msg`: `event`, padding, then for a page fault `flags`,
-/// `address` and `ptid`.
-#[repr(C)]
-#[derive(Default)]
-struct UffdMsg {
-    event: u8,
-    reserved: [u8; 7],
-    arg: [u64; 3],
-}
-
-const _: () = assert!(std::mem::size_of::<UffdioApi>() == 24);
-const _: () = assert!(std::mem::size_of::<UffdioRegister>() == 32);
-const _: () = assert!(std::mem::size_of::<UffdioCopy>() == 40);
-const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
-
-/// `_IOWR(0xAA, nr, size)`.
-const fn iowr(nr: u64, size: usize) -> u64 {
-    (3 << 30) | ((size as u64) << 16) | (0xaa << 8) | nr
-}
-const UFFDIO_API: u64 = iowr(0x3f, std::mem::size_of::<UffdioApi>());
-const UFFDIO_REGISTER: u64 = iowr(0x00, std::mem::size_of::<UffdioRegister>());
-const UFFDIO_COPY: u64 = iowr(0x03, std::mem::size_of::<UffdioCopy>());
-const UFFD_API: u64 = 0xaa;
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
-const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 
 /// `ioctl(fd, request, arg)`.
 ///
 /// # Safety
 ///
 /// `arg` must be the argument type of `request`.
-unsafe fn ioctl<T>(fd: &OwnedFd, request: u64, arg: &mut T) -> io::Result<()> {
+unsafe fn ioctl<T>(fd: &OwnedFd, request: u32, arg: &mut T) -> io::Result<()> {
     // SAFETY: guaranteed by the caller; `fd` is open.
     if unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::Ioctl, arg as *mut T) } < 0 {
         return Err(io::Error::last_os_error());
@@ -121,7 +70,11 @@ pub fn serve(addr: u64, size: u64, file: File, mem_offset: u64, set: Option<&Wor
     let mut api = UffdioApi { api: UFFD_API, ..Default::default() };
     // SAFETY: a UffdioApi for UFFDIO_API.
     unsafe { ioctl(&uffd, UFFDIO_API, &mut api) }.context("UFFDIO_API")?;
-    let mut reg = UffdioRegister { start: addr, len: size, mode: UFFDIO_REGISTER_MODE_MISSING, ..Default::default() };
+    let mut reg = UffdioRegister {
+        range: UffdioRange { start: addr, len: size },
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ..Default::default()
+    };
     // SAFETY: a UffdioRegister for UFFDIO_REGISTER, over our own mapping.
     unsafe { ioctl(&uffd, UFFDIO_REGISTER, &mut reg) }.context("UFFDIO_REGISTER")?;
     let mut prefetched = 0;
@@ -160,7 +113,7 @@ pub fn serve(addr: u64, size: u64, file: File, mem_offset: u64, set: Option<&Wor
                 if msg.event != UFFD_EVENT_PAGEFAULT {
                     continue;
                 }
-                let at = msg.arg[1] & !(PAGE - 1);
+                let at = msg.address() & !(PAGE - 1);
                 let r = file
                     .read_exact_at(&mut page, mem_offset + (at - addr))
                     .and_then(|()| copy(&uffd, at, &page));
