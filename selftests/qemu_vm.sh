@@ -277,6 +277,22 @@ fi
 private=$("$vmsctl" clone list --json | field private_pages)
 first_qemu=$qp
 kill $qp
+# Bounded: a QEMU that does not exit is a failure to look at (where it
+# waits), not a hung suite.
+t=0
+while [ $t -lt 300 ] && kill -0 $qp 2>/dev/null; do
+	sleep 0.1
+	t=$((t + 1))
+done
+if kill -0 $qp 2>/dev/null; then
+	fail "QEMU exits on SIGTERM within 30 s (state $(awk '{ print $3 }' /proc/$qp/stat 2>/dev/null), wchan $(cat /proc/$qp/wchan 2>/dev/null))"
+	for task in /proc/$qp/task/*; do
+		echo "# $task: $(cat "$task/comm" 2>/dev/null) state $(awk '{ print $3 }' "$task/stat" 2>/dev/null) wchan $(cat "$task/wchan" 2>/dev/null)"
+		sed 's/^/#   /' "$task/stack" 2>/dev/null
+	done
+	tail -n 20 "$d/qemu.out" "$d/qemu.err" 2>/dev/null | sed 's/^/#   /'
+	kill -9 $qp 2>/dev/null
+fi
 wait $qp 2>/dev/null
 qp=
 json=$("$vmsctl" clone list --json)
