@@ -1722,18 +1722,18 @@ fn sentinel(i: usize) -> u64 {
     0x5e17_1e1f_0000_0000 | i as u64
 }
 
-/// Give the CPU to another task that needs it (`cond_resched()`), in a long
-/// loop that holds no spinlock. A no-op on a preemptible kernel (without
-/// `PREEMPT_DYNAMIC`), which has no `__cond_resched`. With
-/// `CONFIG_DEBUG_ATOMIC_SLEEP` it checks, as C's `cond_resched()` does,
-/// that the caller may sleep, on every kernel: a caller in atomic context
-/// is reported even where this would not reschedule.
 /// Whether the current task has a signal pending: a long loop for a
 /// system call stops there (`-ERESTARTSYS`), as the kernel's own do.
 pub(crate) fn signal_pending() -> bool {
     kernel::current!().signal_pending()
 }
 
+/// Give the CPU to another task that needs it (`cond_resched()`), in a long
+/// loop that holds no spinlock. A no-op on a preemptible kernel (without
+/// `PREEMPT_DYNAMIC`), which has no `__cond_resched`. With
+/// `CONFIG_DEBUG_ATOMIC_SLEEP` it checks, as C's `cond_resched()` does,
+/// that the caller may sleep, on every kernel: a caller in atomic context
+/// is reported even where this would not reschedule.
 #[track_caller]
 pub(crate) fn cond_resched() {
     #[cfg(CONFIG_DEBUG_ATOMIC_SLEEP)]
