@@ -595,7 +595,7 @@ struct Prefetch {
     /// The readahead thread's result once it ended: bytes asked for, or
     /// why it failed. `None` for an image not loaded from a file (its
     /// pages are in memory already).
-    read: Option<Arc<std::sync::OnceLock<std::result::Result<u64, String>>>>,
+    read: Option<workingset::ReadaheadResult>,
     /// Pages mapped into stage 2 (mode map).
     mapped: u64,
     map_us: f64,
@@ -613,8 +613,7 @@ fn plan_prefetch(args: &RunArgs, image: &ImageName, mem_size: u64, warnings: &mu
         return None;
     }
     let name = image.to_string();
-    let mut warn = |why: String| {
-        let w = format!("not prefetching: {why}");
+    let mut warn = |w: String| {
         eprintln!("vmsctl: {}: {w}", args.name);
         warnings.push(w);
     };
@@ -623,41 +622,29 @@ fn plan_prefetch(args: &RunArgs, image: &ImageName, mem_size: u64, warnings: &mu
         Ok(None) => {
             if args.prefetch.is_some() {
                 warn(format!(
-                    "live image {name} has no working set (record one with `vmsctl live-image record CLONE`)"
+                    "not prefetching: live image {name} has no working set (record one with `vmsctl live-image record CLONE`)"
                 ));
             }
             return None;
         }
         Err(e) => {
-            warn(format!("{e:#}"));
+            warn(format!("not prefetching: {e:#}"));
             return None;
         }
     };
     let state = live_image::state_bytes(&name).unwrap_or_default();
     if let Some(why) = set.mismatch(&name, &state, mem_size) {
-        warn(format!("the working set stored for live image {name} does not fit it: {why}"));
+        warn(format!("not prefetching: the working set stored for live image {name} does not fit it: {why}"));
         return None;
     }
-    let mut warn = |w: String| {
-        eprintln!("vmsctl: {}: {w}", args.name);
-        warnings.push(w);
-    };
-    let read = workingset::Source::load(&name).and_then(|src| match src.open() {
-        Ok(file) => {
-            let done = Arc::new(std::sync::OnceLock::new());
-            let d = done.clone();
-            let reader = workingset::readahead(file, src.mem_offset, &set);
-            std::thread::spawn(move || {
-                let r = reader.join().map_err(|_| "the readahead thread panicked".to_owned()).and_then(|r| r.map_err(|e| format!("{e:#}")));
-                let _ = d.set(r);
-            });
-            Some(done)
-        }
-        Err(e) => {
-            warn(format!("prefetch without readahead: {e:#}"));
-            None
-        }
-    });
+    let read = workingset::Source::load(&name)
+        .and_then(|src| match src.open().and_then(|file| workingset::readahead(file, src.mem_offset, &set)) {
+            Ok(done) => Some(done),
+            Err(e) => {
+                warn(format!("prefetch without readahead: {e:#}"));
+                None
+            }
+        });
     Some(Prefetch { mode: args.prefetch.unwrap_or(Mode::Map), set, read, mapped: 0, map_us: 0.0, map_error: None })
 }
 
@@ -670,18 +657,11 @@ impl Prefetch {
     /// the guest then accessed.
     fn json(&self, touched: Option<&[u64]>) -> serde_json::Value {
         let (mut hits, mut misses) = (0u64, 0u64);
-        if let Some(bitmap) = touched {
-            for (w, &word) in bitmap.iter().enumerate() {
-                let mut word = word;
-                while word != 0 {
-                    let p = w as u64 * 64 + u64::from(word.trailing_zeros());
-                    word &= word - 1;
-                    if self.set.contains(p) {
-                        hits += 1;
-                    } else {
-                        misses += 1;
-                    }
-                }
+        for p in touched.map(workingset::pages_of).into_iter().flatten() {
+            if self.set.contains(p) {
+                hits += 1;
+            } else {
+                misses += 1;
             }
         }
         let read = self.read.as_ref().map(|r| r.get().cloned());

@@ -86,17 +86,11 @@ impl WorkingSet {
     pub fn from_bitmap(image: &str, state: &[u8], size: u64, bitmap: &[u64]) -> Self {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         let mut pages = 0;
-        for (w, &word) in bitmap.iter().enumerate() {
-            let mut word = word;
-            while word != 0 {
-                let b = u64::from(word.trailing_zeros());
-                word &= word - 1;
-                let p = w as u64 * 64 + b;
-                pages += 1;
-                match ranges.last_mut() {
-                    Some((first, n)) if *first + *n == p => *n += 1,
-                    _ => ranges.push((p, 1)),
-                }
+        for p in pages_of(bitmap) {
+            pages += 1;
+            match ranges.last_mut() {
+                Some((first, n)) if *first + *n == p => *n += 1,
+                _ => ranges.push((p, 1)),
             }
         }
         WorkingSet { image: image.to_owned(), state_hash: fnv1a64(state), size, pages, ranges }
@@ -183,6 +177,21 @@ impl WorkingSet {
     }
 }
 
+/// The pages set in `bitmap` (bit `b` of word `w` is page `64w + b`), in
+/// order.
+pub fn pages_of(bitmap: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    bitmap.iter().enumerate().flat_map(|(w, &word)| {
+        let mut word = word;
+        std::iter::from_fn(move || {
+            (word != 0).then(|| {
+                let b = u64::from(word.trailing_zeros());
+                word &= word - 1;
+                w as u64 * 64 + b
+            })
+        })
+    })
+}
+
 /// Where a live image loaded from a file (`live-image load`) streams its
 /// pages from: the file and the offset of page 0 in it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,11 +237,17 @@ impl Source {
     }
 }
 
+/// What a readahead came to, once it ended: the bytes asked for, or why
+/// it failed.
+pub type ReadaheadResult = std::sync::Arc<std::sync::OnceLock<std::result::Result<u64, String>>>;
+
 /// Starts reading `set`'s pages of `file` (page 0 at `mem_offset`) into
-/// the page cache, in sorted runs, from a thread; returns it. The thread
-/// returns how many bytes it asked for.
-pub fn readahead(file: File, mem_offset: u64, set: &WorkingSet) -> std::thread::JoinHandle<Result<u64>> {
+/// the page cache, in sorted runs, from a thread, which puts its outcome
+/// in the returned cell.
+pub fn readahead(file: File, mem_offset: u64, set: &WorkingSet) -> Result<ReadaheadResult> {
     let runs = set.read_runs();
+    let done = ReadaheadResult::default();
+    let out = done.clone();
     std::thread::Builder::new()
         .name("vms-prefetch".into())
         .spawn(move || {
@@ -242,13 +257,16 @@ pub fn readahead(file: File, mem_offset: u64, set: &WorkingSet) -> std::thread::
                 // SAFETY: readahead(2) on a descriptor we own; it only
                 // reads the file into the page cache.
                 if unsafe { libc::readahead(file.as_raw_fd(), off as i64, len as usize) } != 0 {
-                    return Err(std::io::Error::last_os_error()).context("readahead(2) of the image file");
+                    let e = std::io::Error::last_os_error();
+                    let _ = out.set(Err(format!("readahead(2) of the image file: {e}")));
+                    return;
                 }
                 bytes += len;
             }
-            Ok(bytes)
+            let _ = out.set(Ok(bytes));
         })
-        .expect("spawning the prefetch thread")
+        .context("starting the readahead thread")?;
+    Ok(done)
 }
 
 #[cfg(test)]
