@@ -20,9 +20,12 @@
 //! from stage 2 ([`ffi::Vm::invalidate`], which bumps KVM's invalidation
 //! sequence so a racing fault retries), unmap it from the VMM's mappings
 //! under its page lock ([`VmClone::retire`], which waits for a racing VMM
-//! fault that already returned it), then drop our reference to it. Both
-//! fault paths resolve through `State::private`, so the VMM's mapping and
-//! the guest always see the same page for every gfn.
+//! fault that already returned it), then drop our reference to it, all
+//! with `state` held: no fault can find the new page while a mapping of
+//! the old one remains (one VMM mapping would write the copy while another
+//! still read the old page). Both fault paths resolve through
+//! `State::private`, so the VMM's mapping and the guest always see the
+//! same page for every gfn.
 //!
 //! The zap and the unmap are needed only where the old page can be
 //! mapped: `State::mapped` records, per page, whether a shared page was
@@ -219,11 +222,8 @@ impl Warm {
 
 /// What [`VmClone::resolve`] found for a clone page.
 enum Resolved {
-    /// Map `page`, writable if `private` (the clone's own page). `retire`:
-    /// after a copy, the shared page it replaced where the VMM may map it:
-    /// the caller must [`retire`](VmClone::retire) it once `state` is
-    /// released.
-    Page { page: PageRef, private: bool, retire: Option<PageRef> },
+    /// Map `page`, writable if `private` (the clone's own page).
+    Page { page: PageRef, private: bool },
     /// Not in `image`'s cache: [`warm`](VmClone::warm) it without `state`,
     /// then resolve again.
     Uncached(Arc<Image>),
@@ -327,7 +327,7 @@ impl VmClone {
     /// not cached comes back as [`Resolved::Uncached`].
     fn resolve(&self, st: &mut State, idx: usize, write: bool, by: u8) -> Result<Resolved> {
         if let Some(p) = st.private.get(idx) {
-            return Ok(Resolved::Page { page: p.clone(), private: true, retire: None });
+            return Ok(Resolved::Page { page: p.clone(), private: true });
         }
         // The VMM never maps the file's page-cache page but the image's
         // copy of it: to read, and to retire after a copy-on-write where
@@ -344,7 +344,7 @@ impl VmClone {
                 Source::Cache | Source::File => self.stats.shared_maps.fetch_add(1, Relaxed),
             };
             st.mark(idx, by | USED);
-            return Ok(Resolved::Page { page: src, private: false, retire: None });
+            return Ok(Resolved::Page { page: src, private: false });
         }
         let new = if source == Source::Zero {
             PageRef::alloc_private(true)?
@@ -353,8 +353,8 @@ impl VmClone {
             p.copy_from(&src);
             p
         };
-        // Publish, then zap stage 2 (the VMM's mappings go in `retire`),
-        // where the old page can be mapped.
+        // Publish, then zap stage 2 and unmap the VMM's mappings where the
+        // old page can be mapped, before `state` goes (see the module doc).
         st.private.set(idx, new.clone())?;
         self.stats.cow_copies.fetch_add(1, Relaxed);
         let marks = st.marks(idx);
@@ -362,8 +362,10 @@ impl VmClone {
         if marks & STAGE2 != 0 {
             self.invalidate_stage2(st, idx);
         }
-        let retire = if marks & VMM != 0 { Some(src) } else { None };
-        Ok(Resolved::Page { page: new, private: true, retire })
+        if marks & VMM != 0 {
+            self.retire(idx, src);
+        }
+        Ok(Resolved::Page { page: new, private: true })
     }
 
     /// Zap the stage-2 mappings of clone page `idx` in every memslot.
@@ -560,7 +562,8 @@ impl VmClone {
     }
 
     /// Unmap `old`, the page clone page `idx` had before it became private,
-    /// from the VMM's mappings, then drop our reference to it.
+    /// from the VMM's mappings, then drop our reference to it. With
+    /// `state` held (`state` -> page lock).
     ///
     /// The VMM's fault handler locks the page it returns while `state` is
     /// held and mm installs it before unlocking: taking the page lock here
@@ -635,11 +638,8 @@ impl VmClone {
             a.base_gfn = Some(slot.base_gfn);
             let idx = a.first + rel;
             match self.resolve(&mut st, idx, write, STAGE2)? {
-                Resolved::Page { page, private, retire } => {
+                Resolved::Page { page, private } => {
                     drop(st);
-                    if let Some(old) = retire {
-                        self.retire(idx, old);
-                    }
                     // Served (KVM may still retry it).
                     self.stats.faults.fetch_add(1, Relaxed);
                     return Ok((page, private));
@@ -667,20 +667,14 @@ impl VmClone {
         let page = loop {
             let mut st = self.state.lock();
             match self.resolve(&mut st, idx, write, VMM)? {
-                Resolved::Page { page, retire: Some(old), .. } => {
-                    drop(st);
-                    self.retire(idx, old);
-                    // A new private page. For a write, mm calls
-                    // `mmap_mkwrite` before it maps the page
-                    // (`do_shared_fault`), which checks under `state` that
-                    // it is still the clone's private page: a snapshot or
-                    // reset meanwhile makes the access retry.
-                    break page.into_locked();
-                }
                 Resolved::Page { page, .. } => {
                     // Possibly a shared page: lock it before `state` goes,
                     // so a copy made after this waits in `retire` until it
-                    // is mapped.
+                    // is mapped. For a write to a new private page, mm
+                    // calls `mmap_mkwrite` before it maps the page
+                    // (`do_shared_fault`), which checks under `state` that
+                    // it is still the clone's private page: a snapshot or
+                    // reset meanwhile makes the access retry.
                     let locked = page.into_locked();
                     drop(st);
                     ffi::debug_delay(ffi::Delay::Map);
@@ -723,27 +717,27 @@ impl VmClone {
     ) -> Result<bool> {
         loop {
             let mut st = self.state.lock();
-            let old = match st.private.get(idx) {
+            match st.private.get(idx) {
                 Some(p) if p.is(page) => {
                     lock();
                     return Ok(true);
                 }
-                // A stale mapping of the page before the copy.
-                Some(_) => None,
+                // A stale mapping of the page before the copy: unmapped
+                // below.
+                Some(_) => (),
+                // The copy, made now (which unmapped the shared page):
+                // unmapped below too, in case; the access retries.
                 None => match self.resolve(&mut st, idx, true, VMM)? {
-                    Resolved::Page { retire, .. } => retire,
+                    Resolved::Page { .. } => (),
                     Resolved::Uncached(image) => {
                         drop(st);
                         self.warm(&image, idx)?;
                         continue;
                     }
                 },
-            };
-            drop(st);
-            match old {
-                Some(old) => self.retire(idx, old),
-                None => self.mapping.unmap_page(idx),
             }
+            drop(st);
+            self.mapping.unmap_page(idx);
             return Ok(false);
         }
     }
