@@ -34,6 +34,26 @@
 //! and so skips KVM's invalidation, which would make the faulting vCPU
 //! retry, and the mmu notifier that the VMM unmap raises on the memslot.
 //!
+//! Eviction (`VMS_CLONE_SET_LIMIT`): a clone with a limit keeps at most
+//! that many private pages in memory; the rest live in its swap file
+//! ([`ffi::SwapFile`], clone page `idx` at offset `idx * 4096`), listed in
+//! `State::out`. A private page leaves in three steps: under `state`, the
+//! clock picks it (not [`YOUNG`] since its last turn), zaps it from stage
+//! 2 and the VMM's mappings, keeps it only if nobody else holds it (as a
+//! snapshot tells held pages apart), and marks it `Out::Writeback(seq)`,
+//! still in `State::private`; the page is written with no vms lock held
+//! (a file system's locks are taken by writers that fault on clone
+//! mappings, which take `state`); then, under `state` again, the page
+//! leaves `private` and becomes `Out::Swapped(seq)` if its entry is still
+//! that `Writeback(seq)`. Any access meanwhile resolves the page, which
+//! is still private, and cancels the eviction by removing the entry. A
+//! fault on a swapped page reads it back without `state` into a new page
+//! and installs it if the entry is still `Swapped(seq)`: a reset, and a
+//! new eviction of the same page, change or remove it (`seq` is new for
+//! every eviction). A stage-2 fault evicts before it allocates; a VMM
+//! fault never writes, and reads back with the fault lock released, as an
+//! image read does.
+//!
 //! Lock order: registry `images` -> `state` (snapshot) ;
 //! `attach` -> (KVM's `slots_lock`) ; `state` -> image `cache` (a lookup
 //! that only finds cached pages: file reads happen in `warm`, without
@@ -49,11 +69,11 @@
 //! pages have no `mapping` and are not on the LRU, so rmap, reclaim and
 //! migration never lock them).
 
-use crate::ffi::{self, LockedPage, Mapping, PageRef, SlotInfo, PAGE_SIZE};
+use crate::ffi::{self, LockedPage, Mapping, PageRef, SlotInfo, SwapFile, PAGE_SIZE};
 use crate::image::{Cached, Image, Source};
 use crate::table::{PageTable, LEAF_PAGES};
 use crate::abi;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
@@ -92,6 +112,24 @@ const VMM: u8 = 2;
 /// (`VMS_CLONE_TOUCHED`). A first access that writes marks only this: the
 /// image's page was copied, never mapped.
 const USED: u8 = 4;
+/// In `State::mapped`, for a private page of a clone with a swap file:
+/// resolved since the clock last looked at it (see [`VmClone::pick`]).
+const YOUNG: u8 = 8;
+
+/// Most pages one eviction writes.
+const EVICT_BATCH: usize = 64;
+/// Stage-2 faults that skip eviction after one that could not evict.
+const EVICT_BACKOFF: u32 = 1024;
+
+/// A private page on its way to the swap file, or in it (`State::out`).
+/// The number is the eviction's: see the module doc.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// Still in `State::private`, being written.
+    Writeback(u64),
+    /// In the swap file only.
+    Swapped(u64),
+}
 
 struct State {
     // Dropped first (see `PinnedDrop`): the VM must stop mapping our pages
@@ -113,6 +151,29 @@ struct State {
     /// The image shared pages come from; replaced by `snapshot`. Its
     /// `clones` count includes this clone.
     image: Arc<Image>,
+    /// Private pages being written to the swap file or in it.
+    out: PageTable<Out>,
+    /// Entries of `out` that are `Writeback`, and that are `Swapped`.
+    writeback: usize,
+    swapped: usize,
+    /// Most private pages in memory (0: no limit), and the swap file.
+    limit: usize,
+    swap: Option<Arc<SwapFile>>,
+    /// The clock's hand: the clone page it looks at next.
+    hand: usize,
+    /// Eviction is off while this is above 0 (a snapshot reading every
+    /// page back, [`VmClone::hold_resident`]).
+    evict_holds: u32,
+    /// The number of the last eviction (`Out`).
+    seq: u64,
+    /// Stage-2 faults that skip eviction after one that could not evict
+    /// (every candidate held, or writes failing): an eviction zaps, which
+    /// makes the faulting vCPU retry, so one that frees nothing must not
+    /// run at every fault.
+    evict_skip: u32,
+    /// The last read-back that failed: page, eviction and error, for the
+    /// retry of its VMM fault to fail with (see [`MayRead::Again`]).
+    read_failure: Option<(usize, u64, Error)>,
     /// The provider is being registered or unregistered without `state`
     /// held (`VMS_CLONE_ATTACH`, [`VmClone::leave_lapsed_vm`]): a claim
     /// must not register it meanwhile, or it would serve two VMs, which
@@ -147,6 +208,62 @@ impl State {
         self.mapped.get(idx).copied().unwrap_or(0) | used
     }
 
+    /// A private page was resolved: it is young, and an eviction of it in
+    /// flight is cancelled. Only for clones with a swap file. Without
+    /// memory for the mark the page just looks cold, and may be evicted
+    /// and read back again.
+    fn accessed(&mut self, idx: usize) {
+        if self.swap.is_none() {
+            return;
+        }
+        let m = self.mapped.get(idx).copied().unwrap_or(0);
+        if m & YOUNG == 0 {
+            let _ = self.mapped.set(idx, m | YOUNG);
+        }
+        if let Some(Out::Writeback(_)) = self.out.get(idx) {
+            self.out.take(idx);
+            self.writeback -= 1;
+        }
+    }
+
+    /// Whether private page `idx` was young, making it old.
+    fn take_young(&mut self, idx: usize) -> bool {
+        match self.mapped.get_mut(idx) {
+            Some(m) if *m & YOUNG != 0 => {
+                *m &= !YOUNG;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Private pages in memory that are not on their way out.
+    fn staying(&self) -> usize {
+        self.private.used() - self.writeback
+    }
+
+    /// Whether the clone holds more private pages than its limit, and may
+    /// evict: only while KVM's mappings of its pages can be zapped (the VM
+    /// is stored, or the clone serves no memslot). A clone being dropped,
+    /// or registering, has SPTEs that no zap of ours reaches: KVM keeps no
+    /// page reference for them, so a page freed then would stay mapped.
+    fn over_limit(&self) -> bool {
+        self.limit != 0
+            && self.evict_holds == 0
+            && self.swap.is_some()
+            && (self.vm.is_some() || (self.slots.is_empty() && !self.registering))
+            && self.staying() > self.limit
+    }
+
+    /// Forget every eviction: in flight ones are cancelled (their pages
+    /// stay), swapped pages are dropped.
+    fn forget_out(&mut self) {
+        self.out.drain(|_, _| ());
+        self.writeback = 0;
+        self.swapped = 0;
+        self.read_failure = None;
+    }
+
     /// Whether no page of the [`LEAF_PAGES`] from `idx` (a multiple of
     /// that) has a mark: a fast path for scans.
     fn unmarked_leaf(&self, idx: usize) -> bool {
@@ -164,6 +281,10 @@ pub(crate) enum MmapFault {
     /// The page must be read, which the fault may not wait for: retry
     /// later (`VM_FAULT_RETRY` with the fault lock still held).
     Busy,
+    /// Release the fault lock, [`read_back`](VmClone::read_back) clone
+    /// page `idx` from the swap file, and let the fault retry. The caller
+    /// holds the clone file over the read (so the clone too).
+    ReadBack(usize),
 }
 
 /// How a VMM fault may wait for a read of the image, from its
@@ -227,6 +348,10 @@ enum Resolved {
     /// Not in `image`'s cache: [`warm`](VmClone::warm) it without `state`,
     /// then resolve again.
     Uncached(Arc<Image>),
+    /// In the swap file, evicted as number `seq`:
+    /// [`read_back`](VmClone::read_back) it without `state`, then resolve
+    /// again.
+    Swapped(u64),
 }
 
 /// The clone's counters, behind their own `Arc`: see [`Warm`].
@@ -240,6 +365,10 @@ struct Stats {
     cow_copies: AtomicU64,
     io_errors: AtomicU64,
     resets: AtomicU64,
+    evicted: AtomicU64,
+    read_back: AtomicU64,
+    evict_errors: AtomicU64,
+    evict_held: AtomicU64,
 }
 
 #[pin_data(PinnedDrop)]
@@ -249,10 +378,20 @@ pub(crate) struct VmClone {
     /// Serialises attaching (which registers with KVM) without `state`.
     #[pin]
     attach: Mutex<()>,
+    /// Held by an eviction from its pick to its end, and by reset: one
+    /// eviction's writes at a time, and none across a reset, which would
+    /// let a write of a page from before the reset land after a newer
+    /// eviction's write of the same clone page. Lock order: `evict_io` ->
+    /// `state`; held across the swap file's I/O, never by a VMM fault.
+    #[pin]
+    evict_io: Mutex<()>,
     pub(crate) provider: ffi::Provider,
     pub(crate) mapping: Mapping,
     npages: usize,
     stats: Arc<Stats>,
+    /// `State::limit`, read without `state` by stage-2 faults, which take
+    /// `state` to check the limit only if it is set.
+    limit: AtomicUsize,
     /// Work to leave the VM was queued (`ffi::queue_leave`): releasing a
     /// clone file or a name waits for the queue, so that the work's
     /// reference is gone before theirs.
@@ -279,6 +418,15 @@ impl Stats {
     }
 }
 
+/// Eviction is off while this lives ([`VmClone::hold_resident`]).
+pub(crate) struct Resident<'a>(&'a VmClone);
+
+impl Drop for Resident<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().evict_holds -= 1;
+    }
+}
+
 impl VmClone {
     /// A new clone of `image`, whose `clones` count the caller already
     /// raised for it.
@@ -286,6 +434,7 @@ impl VmClone {
         let npages = image.npages();
         let private = PageTable::new(npages)?;
         let mapped = PageTable::new(npages)?;
+        let out = PageTable::new(npages)?;
         let stats = Arc::new(Stats::default(), GFP_KERNEL)?;
         Arc::pin_init(
             try_pin_init!(VmClone {
@@ -298,15 +447,27 @@ impl VmClone {
                         mapped,
                         mapped_all: false,
                         used_all: false,
+                        out,
+                        writeback: 0,
+                        swapped: 0,
+                        limit: 0,
+                        swap: None,
+                        hand: 0,
+                        evict_holds: 0,
+                        seq: 0,
+                        evict_skip: 0,
+                        read_failure: None,
                         image,
                     },
                     "vms_clone_state"
                 ),
                 attach <- new_mutex!((), "vms_clone_attach"),
+                evict_io <- new_mutex!((), "vms_clone_evict_io"),
                 provider: ffi::Provider::new(),
                 mapping: Mapping::none(),
                 npages,
                 stats,
+                limit: AtomicUsize::new(0),
                 leave_queued: AtomicBool::new(false),
             }? Error),
             GFP_KERNEL,
@@ -327,7 +488,13 @@ impl VmClone {
     /// not cached comes back as [`Resolved::Uncached`].
     fn resolve(&self, st: &mut State, idx: usize, write: bool, by: u8) -> Result<Resolved> {
         if let Some(p) = st.private.get(idx) {
-            return Ok(Resolved::Page { page: p.clone(), private: true });
+            let page = p.clone();
+            st.accessed(idx);
+            return Ok(Resolved::Page { page, private: true });
+        }
+        // Never the image's page for a page the clone wrote.
+        if let Some(&Out::Swapped(seq)) = st.out.get(idx) {
+            return Ok(Resolved::Swapped(seq));
         }
         // The VMM never maps the file's page-cache page but the image's
         // copy of it: to read, and to retire after a copy-on-write where
@@ -356,6 +523,7 @@ impl VmClone {
         // Publish, then zap stage 2 and unmap the VMM's mappings where the
         // old page can be mapped, before `state` goes (see the module doc).
         st.private.set(idx, new.clone())?;
+        st.accessed(idx);
         self.stats.cow_copies.fetch_add(1, Relaxed);
         let marks = st.marks(idx);
         st.mark(idx, USED);
@@ -389,6 +557,284 @@ impl VmClone {
                 vm.invalidate(base, base + a.npages as u64);
             }
         }
+    }
+
+    /// Zap clone pages `first..first + n` from stage 2 in every memslot
+    /// and from the VMM's mappings.
+    fn zap(&self, st: &State, first: usize, n: usize) {
+        if let Some(vm) = &st.vm {
+            for a in st.slots.iter() {
+                let Some(base) = a.base_gfn else { continue };
+                let (lo, hi) = (first.max(a.first), (first + n).min(a.first + a.npages));
+                if lo < hi {
+                    vm.invalidate(base + (lo - a.first) as u64, base + (hi - a.first) as u64);
+                }
+            }
+        }
+        self.mapping.unmap_pages(first, n);
+    }
+
+    /// The clock, under `state` and `evict_io`: up to `want` private pages
+    /// to evict, each with a reference of its own, zapped from stage 2 and
+    /// the VMM's mappings, nobody else's, and marked `Writeback(st.seq)`;
+    /// and whether it is stuck: it found pages to evict but all were held,
+    /// or none at all in two turns.
+    ///
+    /// The hand goes round the clone's private pages, at most twice and
+    /// at most `8 * want + 64` of them per call (the clone's faults wait
+    /// meanwhile; the next call goes on from there): a young page
+    /// (resolved since the hand last passed) is made old and zapped, so
+    /// that its next access faults and makes it young again; an old page
+    /// is picked. Zaps go by runs of neighbouring pages. A picked page that
+    /// someone holds after the zap (a pin, a fault in flight,
+    /// `kvm_vcpu_map()`: see [`snapshot`](Self::snapshot)) stays.
+    fn pick(&self, st: &mut State, want: usize) -> (KVec<(usize, PageRef)>, bool) {
+        let n = self.npages;
+        let mut picked: KVec<(usize, PageRef)> = KVec::new();
+        let mut zaps: KVec<(usize, usize)> = KVec::new();
+        let (mut steps, mut visits) = (0, 0);
+        while picked.len() < want && steps < 2 * n && visits < 8 * want + 64 {
+            let idx = st.hand % n;
+            if idx % LEAF_PAGES == 0 && !st.private.leaf_present(idx) {
+                st.hand = idx + LEAF_PAGES;
+                steps += LEAF_PAGES;
+                continue;
+            }
+            st.hand = idx + 1;
+            steps += 1;
+            if steps % 4096 == 0 {
+                ffi::cond_resched();
+            }
+            let Some(page) = st.private.get(idx) else { continue };
+            // On the way out already, or picked on the first turn.
+            if st.out.get(idx).is_some() || picked.iter().any(|&(i, _)| i == idx) {
+                continue;
+            }
+            visits += 1;
+            let page = page.clone();
+            // One zap per run of neighbours; a page is picked only once
+            // its zap is recorded.
+            match zaps.last_mut() {
+                Some((first, len)) if *first + *len == idx => *len += 1,
+                _ => {
+                    if zaps.push((idx, 1), GFP_KERNEL).is_err() {
+                        break;
+                    }
+                }
+            }
+            if !st.take_young(idx) && picked.push((idx, page), GFP_KERNEL).is_err() {
+                break;
+            }
+        }
+        for &(first, len) in zaps.iter() {
+            self.zap(st, first, len);
+        }
+        // Order the reference counts after the cleared PTEs, against
+        // GUP-fast's reference-then-recheck (as in `snapshot`).
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        let stuck = picked.is_empty() && steps >= 2 * n;
+        st.seq += 1;
+        let seq = st.seq;
+        let Ok(mut kept) = KVec::with_capacity(picked.len(), GFP_KERNEL) else {
+            return (KVec::new(), true);
+        };
+        let found = picked.len();
+        for (idx, page) in picked {
+            // Ours and the table's.
+            if page.ref_count() > 2 || page.is_locked() {
+                self.stats.evict_held.fetch_add(1, Relaxed);
+                continue;
+            }
+            if st.out.set(idx, Out::Writeback(seq)).is_err() {
+                continue;
+            }
+            st.writeback += 1;
+            // Cannot fail: `kept` has room for every picked page.
+            let _ = kept.push((idx, page), GFP_KERNEL);
+        }
+        let stuck = stuck || (found > 0 && kept.is_empty());
+        (kept, stuck)
+    }
+
+    /// Evict one batch if the clone is over its limit: pick under
+    /// `state`, write without it, then free the pages whose eviction
+    /// nobody cancelled. Returns how many pages left memory, `None` if
+    /// there was nothing to do or nothing could go (`Some(0)`: the clock
+    /// only made pages old, and the next call may evict). From a stage-2
+    /// fault (`fault`), it backs off for [`EVICT_BACKOFF`] faults after an
+    /// eviction that could not evict.
+    fn evict(&self, fault: bool) -> Option<usize> {
+        let _io = self.evict_io.lock();
+        let (picked, seq, swap) = {
+            let mut st = self.state.lock();
+            if !st.over_limit() {
+                return None;
+            }
+            if fault && st.evict_skip > 0 {
+                st.evict_skip -= 1;
+                return None;
+            }
+            let over = st.staying() - st.limit;
+            // A little below the limit, so that the next faults do not
+            // each evict a page.
+            let want = (over + (st.limit / 16).min(EVICT_BATCH / 2)).clamp(1, EVICT_BATCH);
+            let swap = st.swap.clone()?;
+            let (picked, stuck) = self.pick(&mut st, want);
+            if picked.is_empty() {
+                if stuck {
+                    st.evict_skip = EVICT_BACKOFF;
+                    return None;
+                }
+                return Some(0);
+            }
+            (picked, st.seq, swap)
+        };
+        let mut results = KVec::with_capacity(picked.len(), GFP_KERNEL).unwrap_or_default();
+        let mut logged = false;
+        let (mut lo, mut hi) = (usize::MAX, 0);
+        for (idx, page) in picked.iter() {
+            let r = swap.write_page(*idx, page);
+            if let Err(e) = r {
+                // One line for the batch, and only for the 1st, 2nd, 4th,
+                // ... failing batch: a full disk fails every write.
+                if !logged && self.stats.evict_errors.load(Relaxed).wrapping_add(1).is_power_of_two() {
+                    pr_warn!("swap file write of page {:#x}: error {}\n", idx, e.to_errno());
+                }
+                logged = true;
+            } else {
+                (lo, hi) = (lo.min(*idx), hi.max(*idx));
+            }
+            // Without room for the result (no memory), the write counts
+            // as failed: the page stays.
+            let _ = results.push(r.is_ok(), GFP_KERNEL);
+        }
+        // Durable before the pages go (a buffered swap file's writeback
+        // could still fail).
+        let synced = lo > hi || swap.sync(lo, hi).is_ok();
+        let mut freed = 0;
+        let mut st = self.state.lock();
+        for (n, (idx, page)) in picked.into_iter().enumerate() {
+            if st.out.get(idx) != Some(&Out::Writeback(seq)) {
+                // Cancelled by an access, or a snapshot.
+                continue;
+            }
+            st.writeback -= 1;
+            if !synced || !results.get(n).copied().unwrap_or(false) {
+                st.out.take(idx);
+                self.stats.evict_errors.fetch_add(1, Relaxed);
+                continue;
+            }
+            // Cannot fail: the entry exists.
+            let _ = st.out.set(idx, Out::Swapped(seq));
+            st.swapped += 1;
+            drop(page);
+            if let Some(p) = st.private.take(idx) {
+                // Nothing maps it (zapped when picked, and any fault since
+                // would have cancelled the eviction); the quarantine may
+                // keep it.
+                ffi::release_private(p);
+            }
+            freed += 1;
+        }
+        self.stats.evicted.fetch_add(freed as u64, Relaxed);
+        if freed == 0 && (logged || !synced) {
+            st.evict_skip = EVICT_BACKOFF;
+            return None;
+        }
+        Some(freed)
+    }
+
+    /// Evict if the clone is over its limit (a stage-2 fault, before it
+    /// may allocate). Takes `state` only if a limit is set.
+    fn evict_if_over(&self) {
+        if self.limit.load(Relaxed) != 0 {
+            self.evict(true);
+        }
+    }
+
+    /// Read clone page `idx`, evicted as number `seq`, back from `swap`
+    /// into a new page, without `state`; install it if the page is still
+    /// that eviction's. A failure is logged, counted, and kept for the
+    /// retry of a VMM fault.
+    fn read_back(&self, idx: usize, seq: u64, swap: &SwapFile) -> Result {
+        let page = PageRef::alloc_private(false)?;
+        if let Err(e) = swap.read_page(idx, &page) {
+            if self.stats.io_errors.fetch_add(1, Relaxed).wrapping_add(1).is_power_of_two() {
+                pr_warn!("swap file read of page {:#x}: error {}\n", idx, e.to_errno());
+            }
+            self.state.lock().read_failure = Some((idx, seq, e));
+            return Err(e);
+        }
+        let mut st = self.state.lock();
+        if st.out.get(idx) != Some(&Out::Swapped(seq)) {
+            // Read back by another fault, or dropped by a reset.
+            return Ok(());
+        }
+        st.private.set(idx, page)?;
+        st.out.take(idx);
+        st.swapped -= 1;
+        st.accessed(idx);
+        self.stats.read_back.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// [`read_back`](Self::read_back) clone page `idx` if it is swapped
+    /// (a VMM fault with its lock released, or a snapshot).
+    pub(crate) fn read_back_idx(&self, idx: usize) -> Result {
+        let (seq, swap) = {
+            let st = self.state.lock();
+            match (st.out.get(idx), &st.swap) {
+                (Some(&Out::Swapped(seq)), Some(swap)) => (seq, swap.clone()),
+                _ => return Ok(()),
+            }
+        };
+        self.read_back(idx, seq, &swap)
+    }
+
+    /// Turn eviction off and bring every swapped page back into memory,
+    /// for a snapshot; eviction is on again when the guard goes.
+    /// Evictions in flight are cancelled.
+    pub(crate) fn hold_resident(&self) -> Result<Resident<'_>> {
+        self.state.lock().evict_holds += 1;
+        let guard = Resident(self);
+        let swapped = {
+            let mut st = self.state.lock();
+            // Cancel writes in flight: their pages stay.
+            // kvmalloc: millions of pages may be swapped.
+            let mut cancel = KVVec::new();
+            let mut swapped = KVVec::new();
+            let mut idx = 0;
+            while st.writeback + st.swapped > 0 && idx < self.npages {
+                if idx % LEAF_PAGES == 0 {
+                    ffi::cond_resched();
+                    if !st.out.leaf_present(idx) {
+                        idx += LEAF_PAGES;
+                        continue;
+                    }
+                }
+                match st.out.get(idx) {
+                    Some(Out::Writeback(_)) => cancel.push(idx, GFP_KERNEL)?,
+                    Some(Out::Swapped(_)) => swapped.push(idx, GFP_KERNEL)?,
+                    None => (),
+                }
+                idx += 1;
+            }
+            for idx in cancel {
+                st.out.take(idx);
+                st.writeback -= 1;
+            }
+            swapped
+        };
+        for (n, idx) in swapped.into_iter().enumerate() {
+            self.read_back_idx(idx)?;
+            if n % 64 == 63 {
+                if ffi::signal_pending() {
+                    return Err(ERESTARTSYS);
+                }
+                ffi::cond_resched();
+            }
+        }
+        Ok(guard)
     }
 
     /// Make the clone's current memory the live image `name`, layered on
@@ -439,6 +885,11 @@ impl VmClone {
         zero: PageRef,
     ) -> Result<Arc<Image>> {
         let mut st = self.state.lock();
+        // The caller holds the pages in memory (`hold_resident`), so no
+        // page is in the swap file and no eviction is in flight.
+        if st.swapped != 0 || st.writeback != 0 {
+            return Err(EAGAIN);
+        }
         let n = st.private.used();
         let mut table = PageTable::with_leaves_of(&st.private)?;
         let mut keep = PageTable::with_leaves_of(&st.private)?;
@@ -540,13 +991,19 @@ impl VmClone {
     /// (`kvm_vcpu_map()`) leave the clone with their pin: the writer
     /// finishes into a page nobody maps any more, freed when unpinned.
     pub(crate) fn reset(&self) -> u64 {
+        // No eviction's write in flight (see `evict_io`).
+        let _io = self.evict_io.lock();
         let mut st = self.state.lock();
         self.invalidate_stage2_all(&st);
         self.mapping.unmap_all();
         // Order the reference counts after the cleared PTEs, against
         // GUP-fast's reference-then-recheck (as in `snapshot`).
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        let mut n = 0u64;
+        let mut n = st.swapped as u64;
+        // Swapped pages go with their entries (the file keeps their bytes
+        // until the offsets are written again); evictions in flight are
+        // cancelled, and their pages go below.
+        st.forget_out();
         let mapping = &self.mapping;
         st.private.drain(|idx, page| {
             n += 1;
@@ -594,6 +1051,8 @@ impl VmClone {
         gfn: u64,
         write: bool,
     ) -> Result<(PageRef, bool)> {
+        // Before this fault may allocate a private page.
+        self.evict_if_over();
         loop {
             let mut st = self.state.lock();
             // Resolve only while a copy-on-write can zap stage 2: KVM must
@@ -648,6 +1107,11 @@ impl VmClone {
                     drop(st);
                     self.warm(&image, idx)?;
                 }
+                Resolved::Swapped(seq) => {
+                    let swap = st.swap.clone().ok_or(EIO)?;
+                    drop(st);
+                    self.read_back(idx, seq, &swap)?;
+                }
             }
         }
     }
@@ -698,6 +1162,22 @@ impl VmClone {
                     drop(st);
                     self.warm(&image, idx)?;
                 }
+                // As for the image's pages: the read-back of a retry that
+                // failed fails the fault.
+                Resolved::Swapped(seq) if how == MayRead::Again => {
+                    if let Some((_, _, e)) = st.read_failure.filter(|&(i, s, _)| i == idx && s == seq) {
+                        return Err(e);
+                    }
+                    return Ok(MmapFault::ReadBack(idx));
+                }
+                Resolved::Swapped(_) if how == MayRead::First => return Ok(MmapFault::ReadBack(idx)),
+                Resolved::Swapped(_) if how == MayRead::NoWait => return Ok(MmapFault::Busy),
+                // A caller that cannot drop the fault lock (ptrace,
+                // /proc/PID/mem): reading the swap file under `mmap_lock`
+                // would order it before the file's inode lock, which
+                // writers hold while they fault on user memory. The
+                // access fails instead.
+                Resolved::Swapped(_) => return Err(EIO),
             }
         };
         Ok(MmapFault::Page(page))
@@ -719,16 +1199,19 @@ impl VmClone {
             let mut st = self.state.lock();
             match st.private.get(idx) {
                 Some(p) if p.is(page) => {
+                    st.accessed(idx);
                     lock();
                     return Ok(true);
                 }
                 // A stale mapping of the page before the copy: unmapped
                 // below.
                 Some(_) => (),
-                // The copy, made now (which unmapped the shared page):
-                // unmapped below too, in case; the access retries.
+                // The copy, made now (which unmapped the shared page), or
+                // a stale mapping of a page evicted since: unmapped below;
+                // the access faults and reads it back with the fault lock
+                // released.
                 None => match self.resolve(&mut st, idx, true, VMM)? {
-                    Resolved::Page { .. } => (),
+                    Resolved::Page { .. } | Resolved::Swapped(_) => (),
                     Resolved::Uncached(image) => {
                         drop(st);
                         self.warm(&image, idx)?;
@@ -754,6 +1237,14 @@ impl VmClone {
                 Ok(0)
             }
             abi::VMS_CLONE_TOUCHED => self.ioctl_touched(arg),
+            abi::VMS_CLONE_SET_LIMIT => self.ioctl_set_limit(arg),
+            abi::VMS_CLONE_FOOTPRINT => {
+                let f = self.footprint();
+                UserSlice::new(arg, core::mem::size_of::<abi::VmsCloneFootprint>())
+                    .writer()
+                    .write(&f)?;
+                Ok(0)
+            }
             abi::VMS_CLONE_RESET => {
                 if arg != 0 {
                     return inval("VMS_CLONE_RESET: the argument must be 0");
@@ -819,6 +1310,66 @@ impl VmClone {
         t.touched = touched;
         writer.write(&t)?;
         Ok(0)
+    }
+
+    /// `VMS_CLONE_SET_LIMIT`: set the limit (and the swap file, once),
+    /// then evict down to it.
+    fn ioctl_set_limit(&self, arg: UserPtr) -> Result<isize> {
+        let l: abi::VmsCloneLimit =
+            UserSlice::new(arg, core::mem::size_of::<abi::VmsCloneLimit>()).reader().read()?;
+        if l.flags != 0 || l.reserved.iter().any(|&r| r != 0) {
+            return inval("VMS_CLONE_SET_LIMIT: flags or reserved not zero");
+        }
+        // Made before `state`: creating a file takes the file system's
+        // locks.
+        let swap = match l.swap_dir_fd {
+            -1 => None,
+            fd => Some(SwapFile::create(fd).inspect_err(|e| {
+                pr_info!("VMS_CLONE_SET_LIMIT: no swap file in directory fd {}: error {}\n", fd, e.to_errno());
+            })?),
+        };
+        let swap = swap.map(|s| Arc::new(s, GFP_KERNEL)).transpose()?;
+        {
+            let mut st = self.state.lock();
+            if swap.is_some() && st.swap.is_some() {
+                pr_info!("VMS_CLONE_SET_LIMIT: the clone has a swap file already\n");
+                return Err(EEXIST);
+            }
+            if l.limit != 0 && swap.is_none() && st.swap.is_none() {
+                return inval("VMS_CLONE_SET_LIMIT: a limit needs a swap file (swap_dir_fd)");
+            }
+            if swap.is_some() {
+                st.swap = swap;
+            }
+            st.limit = usize::try_from(l.limit).unwrap_or(usize::MAX);
+            st.evict_skip = 0;
+            self.limit.store(st.limit, Relaxed);
+        }
+        // Down to the new limit, one batch at a time, until it is reached
+        // or nothing more can go.
+        while self.evict(false).is_some() {
+            if ffi::signal_pending() {
+                return Err(ERESTARTSYS);
+            }
+            ffi::cond_resched();
+        }
+        Ok(0)
+    }
+
+    fn footprint(&self) -> abi::VmsCloneFootprint {
+        let s = &self.stats;
+        let st = self.state.lock();
+        abi::VmsCloneFootprint {
+            limit: st.limit as u64,
+            resident: st.private.used() as u64,
+            swapped: st.swapped as u64,
+            evicted: s.evicted.load(Relaxed),
+            read_back: s.read_back.load(Relaxed),
+            evict_errors: s.evict_errors.load(Relaxed),
+            evict_held: s.evict_held.load(Relaxed),
+            swap_bytes: st.swap.as_ref().map_or(0, |f| f.size()),
+            ..abi::VmsCloneFootprint::zeroed()
+        }
     }
 
     fn ioctl_attach(&self, arg: UserPtr) -> Result<isize> {

@@ -189,6 +189,11 @@ fn image_snapshot(reg: &Registry, arg: UserPtr) -> Result<isize> {
     let clone = ffi::clone_from_fd(c.clone_fd).inspect_err(|e| {
         pr_info!("VMS_IMAGE_SNAPSHOT: fd {} is not a clone (error {})\n", c.clone_fd, e.to_errno());
     })?;
+    // Every swapped page back in memory, before the registry lock: the
+    // reads take the file system's locks.
+    let _resident = clone.hold_resident().inspect_err(|e| {
+        pr_info!("VMS_IMAGE_SNAPSHOT: cannot read the clone's swapped pages back: error {}\n", e.to_errno());
+    })?;
     let mut images = reg.images.lock();
     let pos = free_slot(&images, &name)?;
     // Room first: once the snapshot is taken, naming it must not fail.

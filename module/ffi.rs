@@ -47,7 +47,9 @@ pod!(
     abi::VmsCloneName,
     abi::VmsCloneAttach,
     abi::VmsCloneStats,
-    abi::VmsCloneTouched
+    abi::VmsCloneTouched,
+    abi::VmsCloneLimit,
+    abi::VmsCloneFootprint
 );
 
 pub(crate) const PAGE_SIZE: usize = bindings::PAGE_SIZE;
@@ -667,6 +669,131 @@ impl Drop for ImageFile {
     }
 }
 
+/// A clone's swap file: an unnamed file the module creates in a directory
+/// the caller names (`kernel_tmpfile_open()`, as `O_TMPFILE` does, with
+/// the caller's credentials: the caller needs write and search permission
+/// on the directory, and owns the file). No process has it open and no
+/// name leads to it, so only the module reads and writes it; it goes
+/// when the last reference does. Clone page `idx` lives at byte offset
+/// `idx * PAGE_SIZE`: no allocator, and a page written again overwrites
+/// itself.
+///
+/// `O_DIRECT` where the file system supports it (ext4, xfs), so an
+/// evicted page does not come back as page cache; without it, buffered,
+/// and each batch is synced ([`sync`](Self::sync)) before its pages are
+/// freed, so a write error cannot surface later as a page read back with
+/// the wrong bytes. tmpfs accepts `O_DIRECT` but keeps the data in its
+/// own pages: a swap file there saves memory only if the host swaps.
+pub(crate) struct SwapFile {
+    file: FileRef,
+    direct: bool,
+}
+
+impl SwapFile {
+    /// A new swap file in the directory open as `dir_fd`.
+    pub(crate) fn create(dir_fd: i32) -> Result<Self> {
+        // SAFETY: `fget` accepts any number and returns NULL if not open
+        // (or an O_PATH file, which it does not hand out).
+        let dir = NonNull::new(unsafe { bindings::fget(dir_fd as c_uint) }).ok_or(EBADF)?;
+        // INVARIANT: `fget` took a reference.
+        let dir = FileRef(dir);
+        // SAFETY: the file and its inode are live while we hold `dir`.
+        let imode = unsafe { (*bindings::file_inode(dir.0.as_ptr())).i_mode };
+        if (imode as u32 & bindings::S_IFMT) != bindings::S_IFDIR {
+            return Err(ENOTDIR);
+        }
+        // SAFETY: `dir` is live, so is its `f_path` (mount and dentry
+        // referenced by the file).
+        let (path, mnt) = unsafe {
+            let path = &raw const (*dir.0.as_ptr()).f_path;
+            (path, (*path).mnt)
+        };
+        // Write access to the mount for the creation, as `do_tmpfile()`
+        // takes it: EROFS on a read-only mount, and a frozen file system
+        // waits here rather than inside its journal.
+        // SAFETY: `mnt` is live while `dir` is; balanced below.
+        to_result(unsafe { bindings::mnt_want_write(mnt) })?;
+        let open = |flags: u32| {
+            // SAFETY: `path` and its mount's idmap (what `mnt_idmap()`, a
+            // static inline, reads) are live while `dir` is; the current
+            // task's `cred` is stable for the task itself, which is how
+            // `current_cred()` reads it. `kernel_tmpfile_open` returns a
+            // referenced file or an error pointer.
+            let f = unsafe {
+                bindings::kernel_tmpfile_open(
+                    (*mnt).mnt_idmap,
+                    path,
+                    (bindings::S_IFREG | 0o600) as bindings::umode_t,
+                    flags as c_int,
+                    (*bindings::get_current()).cred,
+                )
+            };
+            from_err_ptr(f)
+        };
+        let base = bindings::O_RDWR | bindings::O_LARGEFILE | bindings::O_EXCL;
+        // O_DIRECT first; a file system without it refuses the open with
+        // EINVAL.
+        let r = match open(base | bindings::O_DIRECT) {
+            Err(e) if e == EINVAL => open(base).map(|f| (f, false)),
+            r => r.map(|f| (f, true)),
+        };
+        // SAFETY: taken above.
+        unsafe { bindings::mnt_drop_write(mnt) };
+        let (f, direct) = r?;
+        // INVARIANT: `kernel_tmpfile_open` returned a referenced file.
+        Ok(SwapFile { file: FileRef(NonNull::new(f).ok_or(EINVAL)?), direct })
+    }
+
+    /// Make clone pages `first..=last`, written with
+    /// [`write_page`](Self::write_page), durable before their memory goes:
+    /// nothing for `O_DIRECT`, whose writes return once done; a data sync
+    /// of the range otherwise, which reports a failed writeback.
+    pub(crate) fn sync(&self, first: usize, last: usize) -> Result {
+        if self.direct {
+            return Ok(());
+        }
+        // SAFETY: the file is live; the range is ours to sync.
+        to_result(unsafe {
+            bindings::vfs_fsync_range(
+                self.file.0.as_ptr(),
+                (first * PAGE_SIZE) as bindings::loff_t,
+                ((last + 1) * PAGE_SIZE - 1) as bindings::loff_t,
+                1,
+            )
+        })
+    }
+
+    /// Write `page` as clone page `idx`. A short write is EIO.
+    pub(crate) fn write_page(&self, idx: usize, page: &PageRef) -> Result {
+        let n = page.with_bytes(|p| {
+            let mut off = (idx * PAGE_SIZE) as bindings::loff_t;
+            // SAFETY: `p` maps PAGE_SIZE readable kernel bytes, page
+            // aligned (as O_DIRECT wants), for the call; the file is live;
+            // `off` is ours.
+            unsafe {
+                bindings::kernel_write(self.file.0.as_ptr(), p as *const c_void, PAGE_SIZE, &mut off)
+            }
+        });
+        if n < 0 {
+            Err(Error::from_errno(n as c_int))
+        } else if n as usize != PAGE_SIZE {
+            Err(EIO)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Read clone page `idx` into `page`. A short read is EIO.
+    pub(crate) fn read_page(&self, idx: usize, page: &PageRef) -> Result {
+        self.file.read_page((idx * PAGE_SIZE) as u64, page)
+    }
+
+    /// The file's size in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.file.size()
+    }
+}
+
 // ---------------------------------------------------------------------------
 // KVM
 
@@ -1148,6 +1275,22 @@ extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault
             // MAJOR, as filemap_fault reports a fault that waited for I/O.
             (bindings::vm_fault_reason_VM_FAULT_RETRY | bindings::vm_fault_reason_VM_FAULT_MAJOR) as _
         }
+        Ok(MmapFault::ReadBack(idx)) => {
+            // As for `Read`: hold the clone file, whose reference keeps
+            // the clone (and vms.ko), over the read; its last `fput` is
+            // deferred, never run inside this fault.
+            // SAFETY: `file` is the VMA's `vm_file`, live under the lock.
+            let pin = unsafe { FileRef::get(file) };
+            // SAFETY: as for `Read`.
+            unsafe { bindings::release_fault_lock(vmf) };
+            // SAFETY: `pin` keeps `file`, a clone file, and with it its
+            // reference to the clone, for the borrow.
+            // An error is counted, logged and kept: the retry
+            // (`MayRead::Again`) then fails with it.
+            let _ = unsafe { clone_of(file) }.read_back_idx(idx);
+            drop(pin);
+            (bindings::vm_fault_reason_VM_FAULT_RETRY | bindings::vm_fault_reason_VM_FAULT_MAJOR) as _
+        }
         // RETRY_NOWAIT: retry, with the lock held, as filemap_fault does
         // when it would have to wait.
         Ok(MmapFault::Busy) => bindings::vm_fault_reason_VM_FAULT_RETRY as _,
@@ -1304,6 +1447,11 @@ impl Mapping {
     /// Unmap page `idx` from every VMM mapping of the clone.
     pub(crate) fn unmap_page(&self, idx: usize) {
         self.unmap((idx * PAGE_SIZE) as bindings::loff_t, PAGE_SIZE as _);
+    }
+
+    /// Unmap pages `idx..idx + n` from every VMM mapping of the clone.
+    pub(crate) fn unmap_pages(&self, idx: usize, n: usize) {
+        self.unmap((idx * PAGE_SIZE) as bindings::loff_t, (n * PAGE_SIZE) as _);
     }
 
     /// Unmap the whole clone from every VMM mapping.

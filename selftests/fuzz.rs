@@ -111,10 +111,10 @@ use vms_selftests::vms::{
 };
 use vms_selftests::test_assert;
 use vms_uapi::{
-    set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneStats, VmsCloneTouched, VmsImageCreate, VmsImageInfo,
-    VmsImageList, VmsImageSnapshot, VmsVersion, _IOC, _IOW, KVM_MEM_PAGE_PROVIDER,
-    VMS_ABI_VERSION, VMS_CLONE_ATTACH, VMS_CLONE_CREATE, VMS_CLONE_RESET, VMS_CLONE_STATS,
-    VMS_CLONE_TOUCHED,
+    set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneFootprint, VmsCloneLimit, VmsCloneStats,
+    VmsCloneTouched, VmsImageCreate, VmsImageInfo, VmsImageList, VmsImageSnapshot, VmsVersion, _IOC,
+    _IOW, KVM_MEM_PAGE_PROVIDER, VMS_ABI_VERSION, VMS_CLONE_ATTACH, VMS_CLONE_CREATE,
+    VMS_CLONE_FOOTPRINT, VMS_CLONE_RESET, VMS_CLONE_SET_LIMIT, VMS_CLONE_STATS, VMS_CLONE_TOUCHED,
     VMS_GET_VERSION, VMS_IMAGE_CREATE, VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO,
     VMS_IMAGE_LIST, VMS_IMAGE_SNAPSHOT, VMS_IOCTL_TYPE, VMS_NAME_LEN,
 };
@@ -1576,9 +1576,11 @@ impl<'a> Worker<'a> {
         let Some(c) = rng.pick_from(&self.f.clones) else { return Ok(false) };
         let g = read(&c.fd);
         let Some(fd) = g.as_ref().map(|f| f.as_raw_fd()) else { return Ok(false) };
-        match rng.below(5) {
+        match rng.below(7) {
             0 => self.bad_ptr_call(rng, fd, VMS_CLONE_STATS, size_of::<VmsCloneStats>(), &[libc::EFAULT], "VMS_CLONE_STATS")?,
             1 => self.touched(rng, fd, c.id, c.pages)?,
+            2 => self.limit(rng, fd, c.id)?,
+            3 => self.footprint(rng, fd, c.id, c.pages)?,
             _ => {
                 self.note(format!("VMS_CLONE_STATS of clone {}", c.id));
                 let mut s = VmsCloneStats::zeroed();
@@ -1590,6 +1592,73 @@ impl<'a> Worker<'a> {
             }
         }
         Ok(true)
+    }
+
+    /// `VMS_CLONE_SET_LIMIT`: limits from none to a few pages (eviction
+    /// then runs under every other operation: the model's page contents
+    /// must survive it), a swap directory or not (a clone has one swap
+    /// file for life: a second is EEXIST; a limit without one, EINVAL),
+    /// bad flags, reserved words and fds.
+    fn limit(&self, rng: &mut Rng, fd: RawFd, id: u64) -> Res {
+        if rng.chance(10) {
+            // A read-only argument is read: zeros, so no limit and fd 0,
+            // which is not a directory (or not open).
+            return self.bad_ptr_call(
+                rng,
+                fd,
+                VMS_CLONE_SET_LIMIT,
+                size_of::<VmsCloneLimit>(),
+                &[libc::ENOTDIR, libc::EBADF],
+                "VMS_CLONE_SET_LIMIT",
+            );
+        }
+        let dir = std::fs::File::open(std::env::temp_dir()).map_err(|e| Bug(format!("open the swap directory: {e}")))?;
+        let limit = rng.pick(&[0u64, 1, 2, 8, 64, 1 << 20]).unwrap();
+        let mut a = VmsCloneLimit { limit, swap_dir_fd: -1, ..VmsCloneLimit::zeroed() };
+        let (ok, errs): (bool, &[i32]) = match rng.below(10) {
+            0 => {
+                a.flags = 1 << rng.below(32);
+                (false, &[libc::EINVAL])
+            }
+            1 => {
+                a.reserved[rng.below(4) as usize] = 1 << rng.below(64);
+                (false, &[libc::EINVAL])
+            }
+            2 => {
+                a.swap_dir_fd = rng.pick(&[-2, 9999, i32::MAX]).unwrap();
+                (false, &[libc::EBADF])
+            }
+            3 | 4 => {
+                a.swap_dir_fd = dir.as_raw_fd();
+                (true, &[libc::EEXIST])
+            }
+            // Without a swap file yet, only "no limit" works.
+            _ if limit == 0 => (true, &[]),
+            _ => (true, &[libc::EINVAL]),
+        };
+        let what = format!("VMS_CLONE_SET_LIMIT of clone {id}: limit {limit}, swap dir fd {}, flags {:#x}", a.swap_dir_fd, a.flags);
+        self.note(what.clone());
+        let r = ioctl_with(fd, VMS_CLONE_SET_LIMIT, &mut a);
+        // A signal while evicting down to the limit: the limit is set.
+        if errno_of(&r) == libc::EINTR {
+            return Ok(());
+        }
+        expect(&r, ok, errs, &what)
+    }
+
+    /// `VMS_CLONE_FOOTPRINT`: in memory and swapped pages fit the clone.
+    fn footprint(&self, rng: &mut Rng, fd: RawFd, id: u64, pages: u64) -> Res {
+        if rng.chance(4) {
+            return self.bad_ptr_call(rng, fd, VMS_CLONE_FOOTPRINT, size_of::<VmsCloneFootprint>(), &[libc::EFAULT], "VMS_CLONE_FOOTPRINT");
+        }
+        self.note(format!("VMS_CLONE_FOOTPRINT of clone {id}"));
+        let mut f = VmsCloneFootprint::zeroed();
+        let r = ioctl_with(fd, VMS_CLONE_FOOTPRINT, &mut f);
+        expect(&r, true, &[], "VMS_CLONE_FOOTPRINT")?;
+        if f.resident + f.swapped > pages || f.read_back > f.evicted || f.reserved != [0; 8] {
+            bug!("VMS_CLONE_FOOTPRINT of clone {id}: {f:?}, clone of {pages} pages");
+        }
+        Ok(())
     }
 
     /// `VMS_CLONE_TOUCHED` with good and bad ranges, flags and bitmaps:

@@ -313,6 +313,52 @@ struct vms_clone_touched {
 	__u64 reserved[4];
 };
 
+/**
+ * struct vms_clone_limit - argument of VMS_CLONE_SET_LIMIT
+ * @limit:	(in) the most private pages the clone keeps in memory; 0: no
+ *		limit (pages already in the swap file stay there until used).
+ * @swap_dir_fd: (in) a directory, open for reading, on the file system
+ *		that is to hold the clone's swap file, or -1 to keep the
+ *		clone's swap file. The module creates the file there, unnamed
+ *		(as O_TMPFILE), owned by the caller, with O_DIRECT where the
+ *		file system has it; it goes when the clone goes. The first
+ *		nonzero @limit needs one; a clone has one swap file for life.
+ * @flags:	(in) must be 0.
+ * @reserved:	(in) must be 0.
+ */
+struct vms_clone_limit {
+	__u64 limit;
+	__s32 swap_dir_fd;
+	__u32 flags;
+	__u64 reserved[4];
+};
+
+/**
+ * struct vms_clone_footprint - argument of VMS_CLONE_FOOTPRINT (all out)
+ * @limit:	the clone's limit of private pages in memory (0: none).
+ * @resident:	private pages in memory now (vms_clone_stats.private_pages).
+ * @swapped:	private pages in the swap file now.
+ * @evicted:	pages written to the swap file and freed, in total.
+ * @read_back:	pages read back from the swap file, in total.
+ * @evict_errors: pages whose write to the swap file failed; they stayed
+ *		in memory.
+ * @evict_held: pages eviction passed over because someone held them (a
+ *		pin for I/O, KVM's kvm_vcpu_map(), a fault in flight).
+ * @swap_bytes:	the swap file's size in bytes (its highest page written).
+ * @reserved:	0.
+ */
+struct vms_clone_footprint {
+	__u64 limit;
+	__u64 resident;
+	__u64 swapped;
+	__u64 evicted;
+	__u64 read_back;
+	__u64 evict_errors;
+	__u64 evict_held;
+	__u64 swap_bytes;
+	__u64 reserved[8];
+};
+
 /*
  * On /dev/vms. Creating and deleting images needs CAP_SYS_ADMIN (EPERM).
  *
@@ -413,10 +459,40 @@ struct vms_clone_touched {
  * EINVAL (@first not a multiple of 64, the range past the end of the
  * clone, flags, pad or reserved not 0), EFAULT (@bitmap or the argument
  * not writable), EINTR (a signal came during a long range), ENOMEM.
+ *
+ * VMS_CLONE_SET_LIMIT - limit the private pages the clone keeps in memory.
+ * Above the limit, the clone's coldest private pages are written to its
+ * swap file (see vms_clone_limit) and freed; the next access by the guest
+ * or through the VMM's mapping reads the page back. Cold: not used since
+ * the module last looked (a clock over the private pages, which zaps a
+ * page's stage-2 and VMM mappings to see whether it is used again). The
+ * limit holds at the guest's stage-2 faults, which evict before they
+ * allocate, and this call evicts down to a lowered limit before it
+ * returns; faults of the VMM's mapping never wait for a write (they may
+ * take the clone past its limit until the next stage-2 fault). A page
+ * that someone holds (a pin for I/O, kvm_vcpu_map()) is not evicted, and
+ * a failed write keeps the page: the clone may stay above its limit, but
+ * never fails for it (after an eviction that could not evict, the next
+ * 1024 stage-2 faults do not try). A page that cannot be read back fails
+ * the access (the vCPU exits with EFAULT, the VMM gets SIGBUS), never a
+ * wrong page; so does an access that cannot wait for the read (ptrace,
+ * /proc/PID/mem) to a swapped page.
+ * VMS_IMAGE_SNAPSHOT reads every swapped page back first; VMS_CLONE_RESET
+ * drops them. Return: 0, or EINVAL (flags or reserved not 0; a
+ * nonzero @limit and no swap file), EBADF (@swap_dir_fd not open),
+ * ENOTDIR, EEXIST (the clone has a swap file already), an error of
+ * creating the file (EACCES, EROFS, EOPNOTSUPP: the file system cannot
+ * make unnamed files), EINTR (a signal while evicting down to the new
+ * limit; the limit is set).
+ *
+ * VMS_CLONE_FOOTPRINT - read the clone's limit and swap counters.
+ * Return: 0 or EFAULT.
  */
 #define VMS_CLONE_ATTACH	_IOW(VMS_IOCTL_TYPE, 0x10, struct vms_clone_attach)
 #define VMS_CLONE_STATS		_IOR(VMS_IOCTL_TYPE, 0x11, struct vms_clone_stats)
 #define VMS_CLONE_RESET		_IO(VMS_IOCTL_TYPE, 0x12)
 #define VMS_CLONE_TOUCHED	_IOWR(VMS_IOCTL_TYPE, 0x13, struct vms_clone_touched)
+#define VMS_CLONE_SET_LIMIT	_IOW(VMS_IOCTL_TYPE, 0x14, struct vms_clone_limit)
+#define VMS_CLONE_FOOTPRINT	_IOR(VMS_IOCTL_TYPE, 0x15, struct vms_clone_footprint)
 
 #endif /* _UAPI_LINUX_VMS_H */

@@ -28,9 +28,10 @@ use std::sync::Arc;
 use kvm_ioctls::Kvm;
 use vmm_sys_util::errno;
 use vms_uapi::{
-    set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneName, VmsCloneStats, VmsCloneTouched, VmsImageCreate,
-    VmsImageInfo, VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, KVM_MEM_PAGE_PROVIDER,
-    VMS_CLONE_ATTACH, VMS_CLONE_CREATE, VMS_CLONE_NAME, VMS_CLONE_RESET, VMS_CLONE_STATS,
+    set_name, VmsCloneAttach, VmsCloneCreate, VmsCloneFootprint, VmsCloneLimit, VmsCloneName,
+    VmsCloneStats, VmsCloneTouched, VmsImageCreate, VmsImageInfo, VmsImageList, VmsImageSnapshot,
+    VmsImageStats, VmsVersion, KVM_MEM_PAGE_PROVIDER, VMS_CLONE_ATTACH, VMS_CLONE_CREATE,
+    VMS_CLONE_FOOTPRINT, VMS_CLONE_NAME, VMS_CLONE_RESET, VMS_CLONE_SET_LIMIT, VMS_CLONE_STATS,
     VMS_CLONE_TOUCHED,
     VMS_CLONE_UNNAME, VMS_GET_VERSION,
     VMS_IMAGE_CREATE, VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST,
@@ -636,6 +637,41 @@ impl VmsClone {
     #[track_caller]
     pub fn reset(&self) {
         check(self.__reset(0), "VMS_CLONE_RESET");
+    }
+
+    /// `VMS_CLONE_SET_LIMIT` with `arg` as given, returning the raw
+    /// result.
+    pub fn __set_limit(&self, arg: &VmsCloneLimit) -> io::Result<()> {
+        // SAFETY: `arg` points at a VmsCloneLimit, the argument type of
+        // VMS_CLONE_SET_LIMIT, which the kernel only reads.
+        unsafe { __vms_ioctl(&self.fd, VMS_CLONE_SET_LIMIT, arg as *const _ as u64) }.map(|_| ())
+    }
+
+    /// Limits the clone to `limit` private pages in memory
+    /// (`VMS_CLONE_SET_LIMIT`), its swap file in directory `dir` (`None`:
+    /// keep the one it has), asserting that it worked.
+    #[track_caller]
+    pub fn set_limit(&self, limit: u64, dir: Option<&Path>) {
+        let d = dir.map(|d| check(File::open(d), "open swap directory"));
+        let arg = VmsCloneLimit {
+            limit,
+            swap_dir_fd: d.as_ref().map_or(-1, |f| f.as_raw_fd()),
+            ..VmsCloneLimit::zeroed()
+        };
+        check(self.__set_limit(&arg), "VMS_CLONE_SET_LIMIT");
+    }
+
+    /// Its limit and swap counters (`VMS_CLONE_FOOTPRINT`), asserting that
+    /// it worked.
+    #[track_caller]
+    pub fn footprint(&self) -> VmsCloneFootprint {
+        let mut f = VmsCloneFootprint::zeroed();
+        // SAFETY: `f` is a VmsCloneFootprint, the argument type of
+        // VMS_CLONE_FOOTPRINT, valid for every bit pattern the kernel may
+        // write.
+        let r = unsafe { __vms_ioctl(&self.fd, VMS_CLONE_FOOTPRINT, &mut f as *mut _ as u64) };
+        check(r, "VMS_CLONE_FOOTPRINT");
+        f
     }
 
     /// `VMS_CLONE_TOUCHED` with `arg` as given (its `bitmap` must be

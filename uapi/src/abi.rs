@@ -646,6 +646,95 @@ impl VmsCloneTouched {
     }
 }
 
+/// `struct vms_clone_limit`: the argument of [`VMS_CLONE_SET_LIMIT`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsCloneLimit {
+    /// (in) The most private pages the clone keeps in memory; 0: no limit
+    /// (pages already in the swap file stay there until used).
+    pub limit: u64,
+    /// (in) A directory, open for reading, on the file system that is to
+    /// hold the clone's swap file, or -1 to keep the clone's swap file.
+    /// The module creates the file there, unnamed (as `O_TMPFILE`), owned
+    /// by the caller, with `O_DIRECT` where the file system has it; it
+    /// goes when the clone goes. The first nonzero `limit` needs one; a
+    /// clone has one swap file for life.
+    pub swap_dir_fd: i32,
+    /// (in) Must be 0.
+    pub flags: u32,
+    /// (in) Must be 0.
+    pub reserved: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<VmsCloneLimit>() == 48);
+const _: () = assert!(core::mem::align_of::<VmsCloneLimit>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneLimit, limit) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsCloneLimit, swap_dir_fd) == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneLimit, flags) == 12);
+const _: () = assert!(core::mem::offset_of!(VmsCloneLimit, reserved) == 16);
+
+impl VmsCloneLimit {
+    /// An all-zero argument.
+    pub const fn zeroed() -> Self {
+        Self { limit: 0, swap_dir_fd: 0, flags: 0, reserved: [0; 4] }
+    }
+}
+
+/// `struct vms_clone_footprint`: the argument of [`VMS_CLONE_FOOTPRINT`]
+/// (all out).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsCloneFootprint {
+    /// The clone's limit of private pages in memory (0: none).
+    pub limit: u64,
+    /// Private pages in memory now ([`VmsCloneStats::private_pages`]).
+    pub resident: u64,
+    /// Private pages in the swap file now.
+    pub swapped: u64,
+    /// Pages written to the swap file and freed, in total.
+    pub evicted: u64,
+    /// Pages read back from the swap file, in total.
+    pub read_back: u64,
+    /// Pages whose write to the swap file failed; they stayed in memory.
+    pub evict_errors: u64,
+    /// Pages eviction passed over because someone held them (a pin for
+    /// I/O, KVM's `kvm_vcpu_map()`, a fault in flight).
+    pub evict_held: u64,
+    /// The swap file's size in bytes (its highest page written).
+    pub swap_bytes: u64,
+    /// 0.
+    pub reserved: [u64; 8],
+}
+
+const _: () = assert!(core::mem::size_of::<VmsCloneFootprint>() == 128);
+const _: () = assert!(core::mem::align_of::<VmsCloneFootprint>() == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, limit) == 0);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, resident) == 8);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, swapped) == 16);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, evicted) == 24);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, read_back) == 32);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, evict_errors) == 40);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, evict_held) == 48);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, swap_bytes) == 56);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, reserved) == 64);
+
+impl VmsCloneFootprint {
+    /// All counters zero.
+    pub const fn zeroed() -> Self {
+        Self {
+            limit: 0,
+            resident: 0,
+            swapped: 0,
+            evicted: 0,
+            read_back: 0,
+            evict_errors: 0,
+            evict_held: 0,
+            swap_bytes: 0,
+            reserved: [0; 8],
+        }
+    }
+}
+
 // On /dev/vms. Creating and deleting images needs CAP_SYS_ADMIN (EPERM).
 
 /// `VMS_IMAGE_CREATE`: creates an image from a file.
@@ -797,6 +886,52 @@ pub const VMS_CLONE_TOUCHED: u32 = _IOWR(
     VMS_IOCTL_TYPE,
     0x13,
     core::mem::size_of::<VmsCloneTouched>(),
+);
+
+/// `VMS_CLONE_SET_LIMIT`: limits the private pages the clone keeps in
+/// memory.
+///
+/// Argument: [`VmsCloneLimit`], read. Issued on a clone file descriptor.
+/// Above the limit, the clone's coldest private pages are written to its
+/// swap file and freed; the next access by the guest or through the VMM's
+/// mapping reads the page back. Cold: not used since the module last
+/// looked (a clock over the private pages, which zaps a page's stage-2 and
+/// VMM mappings to see whether it is used again). The limit holds at the
+/// guest's stage-2 faults, which evict before they allocate, and this call
+/// evicts down to a lowered limit before it returns; faults of the VMM's
+/// mapping never wait for a write (they may take the clone past its limit
+/// until the next stage-2 fault). A page someone holds (a pin for I/O,
+/// `kvm_vcpu_map()`) is not evicted, and a failed write keeps the page:
+/// the clone may stay above its limit, but never fails for it (after an
+/// eviction that could not evict, the next 1024 stage-2 faults do not
+/// try). A page that cannot be read back fails the access (the vCPU exits
+/// with `EFAULT`, the VMM gets `SIGBUS`), never a wrong page; so does an
+/// access that cannot wait for the read (ptrace, `/proc/PID/mem`) to a
+/// swapped page. [`VMS_IMAGE_SNAPSHOT`] reads
+/// every swapped page back first; [`VMS_CLONE_RESET`] drops them.
+///
+/// Return: 0, or `EINVAL` (flags or reserved not 0; a nonzero `limit` and
+/// no swap file), `EBADF` (`swap_dir_fd` not open), `ENOTDIR`, `EEXIST`
+/// (the clone has a swap file already), an error of creating the file
+/// (`EACCES`, `EROFS`, `EOPNOTSUPP`: the file system cannot make unnamed
+/// files), `EINTR` (a signal while evicting down to the new limit; the
+/// limit is set).
+pub const VMS_CLONE_SET_LIMIT: u32 = _IOW(
+    VMS_IOCTL_TYPE,
+    0x14,
+    core::mem::size_of::<VmsCloneLimit>(),
+);
+
+/// `VMS_CLONE_FOOTPRINT`: reads the clone's limit and swap counters.
+///
+/// Argument: [`VmsCloneFootprint`], written. Issued on a clone file
+/// descriptor.
+///
+/// Return: 0 or `EFAULT`.
+pub const VMS_CLONE_FOOTPRINT: u32 = _IOR(
+    VMS_IOCTL_TYPE,
+    0x15,
+    core::mem::size_of::<VmsCloneFootprint>(),
 );
 
 /// `KVM_MEM_PAGE_PROVIDER`: the `kvm_userspace_memory_region(2).flags` bit

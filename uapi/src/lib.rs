@@ -138,6 +138,8 @@ mod tests {
         assert_eq!(VMS_CLONE_STATS, 0x8080_b911);
         assert_eq!(VMS_CLONE_RESET, 0x0000_b912);
         assert_eq!(VMS_CLONE_TOUCHED, 0xc048_b913);
+        assert_eq!(VMS_CLONE_SET_LIMIT, 0x4030_b914);
+        assert_eq!(VMS_CLONE_FOOTPRINT, 0x8080_b915);
     }
 
     #[test]
@@ -175,6 +177,11 @@ mod tests {
         assert_layout!(VmsCloneTouched, 72, {
             bitmap: 0, first: 8, npages: 16, touched: 24, flags: 32, pad: 36, reserved: 40,
         });
+        assert_layout!(VmsCloneLimit, 48, { limit: 0, swap_dir_fd: 8, flags: 12, reserved: 16 });
+        assert_layout!(VmsCloneFootprint, 128, {
+            limit: 0, resident: 8, swapped: 16, evicted: 24, read_back: 32, evict_errors: 40,
+            evict_held: 48, swap_bytes: 56, reserved: 64,
+        });
     }
 
     #[test]
@@ -188,6 +195,8 @@ mod tests {
         assert_eq!(VmsImageSnapshot::zeroed(), VmsImageSnapshot::default());
         assert_eq!(VmsCloneAttach::zeroed(), VmsCloneAttach::default());
         assert_eq!(VmsCloneStats::zeroed(), VmsCloneStats::default());
+        assert_eq!(VmsCloneLimit::zeroed(), VmsCloneLimit::default());
+        assert_eq!(VmsCloneFootprint::zeroed(), VmsCloneFootprint::default());
     }
 
     #[test]

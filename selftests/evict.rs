@@ -1,0 +1,339 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! evict: a clone with a limit keeps at most that many private pages in
+//! memory; the rest go to its swap file and come back when used
+//! (`VMS_CLONE_SET_LIMIT`, `VMS_CLONE_FOOTPRINT`; issue 18).
+//!
+//! - `guest_writes_4x_its_limit`: a 256-page limit; the guest writes 1024
+//!   pages and then checks every one of them, and so does the VMM's
+//!   mapping (whose faults read pages back with their lock released).
+//!   Private pages in memory never pass the limit by more than the fault
+//!   in flight; those in memory plus those in the swap file are the 1024
+//!   written; pages were evicted and read back. Lowering the limit to 64
+//!   evicts down to it before the call returns; unwritten pages still read
+//!   the image.
+//! - `snapshot_and_reset`: a snapshot of a clone with swapped pages reads
+//!   them back first: a clone of the live image sees every byte written.
+//!   A reset drops swapped pages with the rest: the clone reads its image.
+//! - `races`: a vCPU reads every page and writes to it, and a VMM thread
+//!   writes a new token to each page through one mapping and reads it back
+//!   through another, while the main thread moves the limit between 16
+//!   and 64 pages of 256 and takes snapshots. The guest must read the
+//!   image's word 0 throughout and the VMM its own latest token; freed
+//!   pages sit in the debug quarantine, whose sentinel a write through a
+//!   stale stage-2 or VMM mapping would change (a splat).
+//! - `bad_input`: nonzero flags or reserved, a limit without a swap file:
+//!   EINVAL; a swap directory fd that is not open: EBADF; a regular file:
+//!   ENOTDIR; a second swap file: EEXIST. A limit of 0 needs no file.
+//!
+//! Swap files go in `$VMS_IMAGE_DIR` (a disk in `scripts/bench`), else
+//! /tmp. Skips if `/dev/vms` or `/dev/kvm` is missing.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vms_selftests::guest::{self, Outcome, Walk};
+use vms_selftests::knob::{Knob, KNOB_DIR};
+use vms_selftests::ksft::{self, check, Test, Watchdog};
+use vms_selftests::kvm::{self, vcpu_set_entry};
+use vms_selftests::vms::{
+    image_create, image_dir, image_snapshot, pattern_word, require_vms_and_kvm, unique_name,
+    vm_with_clone, vms_open, CloneMap, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
+};
+use vms_selftests::{test_assert, test_assert_eq};
+use vms_uapi::VmsCloneLimit;
+
+/// 8 MiB image.
+const PAGES: u64 = 2048;
+/// The guest writes pages 0..WRITTEN.
+const WRITTEN: u64 = 1024;
+const LIMIT: u64 = 256;
+/// Faults in flight past the limit: one vCPU, one page each.
+const SLACK: u64 = 1;
+const GUEST_FIRST: u32 = 0x0a00_0000;
+
+/// The VMM reads value `first + p` at byte 0 of page `p` and its
+/// complement at byte 2048, for every page of `pages`.
+#[track_caller]
+fn vmm_reads_values(map: &CloneMap, pages: std::ops::Range<u64>, first: u32) {
+    for p in pages {
+        let (lo, hi) = (map.read_u32(p * PAGE_SIZE), map.read_u32(p * PAGE_SIZE + HI_OFFSET));
+        let want = first.wrapping_add(p as u32);
+        test_assert!(
+            lo == want && hi == !want,
+            "VMM read of page {p}: {lo:#010x}/{hi:#010x}, expected {want:#010x}/{:#010x}",
+            !want
+        );
+    }
+}
+
+fn guest_writes_4x_its_limit() {
+    let dev = vms_open();
+    let name = unique_name("evict");
+    let file = ImageFile::with_pattern(&name, PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+    clone.set_limit(LIMIT, Some(&image_dir()));
+
+    let writes = Walk::values(CLONE_GPA, WRITTEN, GUEST_FIRST);
+    guest::run(&mut vm, 0, &guest::write(&writes));
+    let f = clone.footprint();
+    ksft::ksft_print_msg(&format!("after the writes: {f:?}"));
+    test_assert_eq!(f.limit, LIMIT);
+    test_assert!(f.resident <= LIMIT + SLACK, "{} pages in memory, limit {LIMIT}", f.resident);
+    test_assert_eq!(f.resident + f.swapped, WRITTEN, "every written page is in memory or swapped");
+    test_assert!(f.evicted >= WRITTEN - LIMIT - SLACK, "{} evicted", f.evicted);
+    test_assert!(f.swap_bytes >= PAGE_SIZE, "a swap file of {} bytes", f.swap_bytes);
+    test_assert_eq!(clone.stats().private_pages, f.resident);
+
+    // Every page back, from the guest.
+    guest::run(&mut vm, 0, &guest::read_check(&writes));
+    let f = clone.footprint();
+    ksft::ksft_print_msg(&format!("after the guest's check: {f:?}"));
+    test_assert!(f.read_back >= WRITTEN - LIMIT - SLACK, "{} read back", f.read_back);
+    test_assert!(f.resident <= LIMIT + SLACK, "{} pages in memory, limit {LIMIT}", f.resident);
+    test_assert_eq!(f.resident + f.swapped, WRITTEN);
+    test_assert_eq!(f.evict_errors, 0);
+
+    // And from the VMM: swapped pages come back through its faults.
+    let before = f.read_back;
+    vmm_reads_values(&map, 0..WRITTEN, GUEST_FIRST);
+    let f = clone.footprint();
+    ksft::ksft_print_msg(&format!("after the VMM's check: {f:?}"));
+    test_assert!(f.read_back > before, "the VMM read nothing back");
+    test_assert_eq!(f.resident + f.swapped, WRITTEN);
+
+    // Down to 64 at once; the rest of the image still reads the pattern.
+    clone.set_limit(64, None);
+    let f = clone.footprint();
+    test_assert!(f.resident <= 64, "{} pages in memory after lowering the limit to 64", f.resident);
+    test_assert_eq!(f.resident + f.swapped, WRITTEN);
+    guest::run(
+        &mut vm,
+        0,
+        &guest::read_check(&Walk::pattern(CLONE_GPA + WRITTEN * PAGE_SIZE, WRITTEN, PAGES - WRITTEN)),
+    );
+    guest::run(&mut vm, 0, &guest::read_check(&writes));
+    // No limit: pages come back and stay.
+    clone.set_limit(0, None);
+    guest::run(&mut vm, 0, &guest::read_check(&writes));
+    let f = clone.footprint();
+    test_assert_eq!((f.resident, f.swapped), (WRITTEN, 0), "no limit: everything back in memory");
+    drop((vm, map, clone));
+    image.delete();
+}
+
+fn snapshot_and_reset() {
+    let dev = vms_open();
+    let name = unique_name("evict_snap");
+    let file = ImageFile::with_pattern(&name, PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+    clone.set_limit(128, Some(&image_dir()));
+    let writes = Walk::values(CLONE_GPA, 512, GUEST_FIRST);
+    guest::run(&mut vm, 0, &guest::write(&writes));
+    let f = clone.footprint();
+    test_assert!(f.swapped >= 512 - 128 - SLACK, "{} pages swapped", f.swapped);
+
+    let live = image_snapshot(&dev, &unique_name("evict_live"), &clone);
+    let f = clone.footprint();
+    ksft::ksft_print_msg(&format!("after the snapshot: {f:?}"));
+    test_assert_eq!((f.resident, f.swapped), (0, 0), "the snapshot took every page");
+    // A clone of the live image reads every page the first one wrote.
+    let other = live.clone_create();
+    let other_map = other.map();
+    let mut vm2 = vm_with_clone(&kvm, &other, &other_map, 1);
+    guest::run(&mut vm2, 0, &guest::read_check(&writes));
+    vmm_reads_values(&other_map, 0..512, GUEST_FIRST);
+    drop((vm2, other_map, other));
+
+    // The first clone writes again (over its limit), then resets.
+    let again = Walk::values(CLONE_GPA, 512, 0x0b00_0000);
+    guest::run(&mut vm, 0, &guest::write(&again));
+    test_assert!(clone.footprint().swapped > 0);
+    clone.reset();
+    let f = clone.footprint();
+    test_assert_eq!((f.resident, f.swapped), (0, 0), "the reset dropped every page");
+    guest::run(&mut vm, 0, &guest::read_check(&writes));
+    vmm_reads_values(&map, 0..512, GUEST_FIRST);
+    drop((vm, map, clone));
+    live.delete();
+    image.delete();
+}
+
+const RACE_PAGES: u64 = 256;
+const RACE_ROUNDS: u64 = 20;
+const RACE_TIME: Duration = Duration::from_secs(40);
+const SNAPSHOTS: usize = 6;
+const QUARANTINE: u32 = 64;
+
+fn races() {
+    let dev = vms_open();
+    let name = unique_name("evict_race");
+    let file = ImageFile::with_pattern(&name, RACE_PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), RACE_PAGES * PAGE_SIZE, 0);
+    let knobs = std::path::Path::new(KNOB_DIR).join("quarantine_pages").exists();
+    let (quarantine, bad) = if knobs {
+        let q = Knob::require("quarantine_pages");
+        q.set(QUARANTINE);
+        (Some(q), Some(Knob::require("quarantine_bad")))
+    } else {
+        ksft::ksft_print_msg("no debug knobs: the race runs without the quarantine");
+        (None, None)
+    };
+    let bad_before = bad.as_ref().map(|b| b.get());
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let other = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+    clone.set_limit(16, Some(&image_dir()));
+    guest::load(
+        &mut vm,
+        0,
+        &guest::read_write_forever(&Walk::pattern(CLONE_GPA, 0, RACE_PAGES)),
+    );
+    let stop = AtomicBool::new(false);
+    let (passes, vmm_rounds) = (AtomicU64::new(0), AtomicU64::new(0));
+    let mut lives = Vec::new();
+    let _dog = Watchdog::start("evict races", Duration::from_secs(240));
+    let (vcpus, _fd) = vm.vcpus_and_fd();
+    let (outcome, vmm_bad) = thread::scope(|s| {
+        let vcpu = &mut vcpus[0];
+        let (stop, passes, vmm_rounds) = (&stop, &passes, &vmm_rounds);
+        let guest = s.spawn(move || {
+            check(vcpu_set_entry(vcpu, guest::code_gpa(0)), "KVM_SET_REGS");
+            while !stop.load(Ordering::SeqCst) {
+                match check(guest::__run(vcpu), "KVM_RUN") {
+                    Outcome::Progress => passes.fetch_add(1, Ordering::SeqCst),
+                    other => return other,
+                };
+            }
+            Outcome::Done
+        });
+        let (m, o) = (&map, &other);
+        let vmm = s.spawn(move || {
+            // Each write through `m` carries a new token, which a read
+            // through `o` right after must see: no reset here, so an older
+            // token is a page one mapping kept after it was evicted.
+            let mut token = 0xc000_0000u32;
+            while !stop.load(Ordering::SeqCst) {
+                for p in 0..RACE_PAGES {
+                    let v = o.read_u32(p * PAGE_SIZE);
+                    if v != pattern_word(p) {
+                        return Some(format!("page {p}: word 0 is {v:#010x}"));
+                    }
+                    token += 1;
+                    m.write_u32(p * PAGE_SIZE + 8, token);
+                    let back = o.read_u32(p * PAGE_SIZE + 8);
+                    if back != token {
+                        return Some(format!(
+                            "page {p}: wrote token {token:#010x} through one mapping, read {back:#010x} \
+                             through the other"
+                        ));
+                    }
+                }
+                vmm_rounds.fetch_add(1, Ordering::SeqCst);
+            }
+            None
+        });
+        let t0 = Instant::now();
+        let mut n = 0u32;
+        while t0.elapsed() < RACE_TIME
+            && (passes.load(Ordering::SeqCst) < RACE_ROUNDS || vmm_rounds.load(Ordering::SeqCst) < RACE_ROUNDS)
+            && !guest.is_finished()
+            && !vmm.is_finished()
+        {
+            n += 1;
+            clone.set_limit(if n.is_multiple_of(2) { 16 } else { 64 }, None);
+            if n.is_multiple_of(5) && lives.len() < SNAPSHOTS {
+                lives.push(image_snapshot(&dev, &unique_name("evict_race_live"), &clone));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::SeqCst);
+        (guest.join().expect("the vCPU thread"), vmm.join().expect("the VMM thread"))
+    });
+    let f = clone.footprint();
+    ksft::ksft_print_msg(&format!(
+        "{} snapshots, {} guest passes, {} VMM rounds; {f:?}",
+        lives.len(),
+        passes.load(Ordering::SeqCst),
+        vmm_rounds.load(Ordering::SeqCst),
+    ));
+    test_assert!(
+        matches!(outcome, Outcome::Done),
+        "the guest saw a wrong page: {}",
+        guest::describe(&outcome)
+    );
+    test_assert!(vmm_bad.is_none(), "the VMM: {}", vmm_bad.unwrap_or_default());
+    test_assert!(passes.load(Ordering::SeqCst) > 0, "the guest never finished a pass");
+    test_assert!(vmm_rounds.load(Ordering::SeqCst) > 0, "the VMM thread never finished a round");
+    test_assert!(f.evicted > 0 && f.read_back > 0, "nothing was evicted and read back");
+    test_assert_eq!(f.evict_errors, 0);
+    drop((vm, map, other, clone));
+    for live in lives.into_iter().rev() {
+        live.delete();
+    }
+    if let (Some(b), Some(before)) = (&bad, bad_before) {
+        let after = b.get();
+        ksft::ksft_print_msg(&format!("quarantine: {} pages changed while free", after - before));
+        test_assert_eq!(after, before, "pages changed in the quarantine (see the kernel log)");
+    }
+    drop(quarantine);
+    image.delete();
+}
+
+fn bad_input() {
+    let dev = vms_open();
+    let name = unique_name("evict_bad");
+    let file = ImageFile::with_pattern(&name, 16, 0);
+    let image = image_create(&dev, &name, file.file(), 16 * PAGE_SIZE, 0);
+    let clone = image.clone_create();
+    let dir = check(std::fs::File::open(image_dir()), "open the swap directory");
+    let good = VmsCloneLimit { limit: 8, swap_dir_fd: dir.as_raw_fd(), ..VmsCloneLimit::zeroed() };
+    let errno = |arg: &VmsCloneLimit| clone.__set_limit(arg).err().and_then(|e| e.raw_os_error());
+    test_assert_eq!(errno(&VmsCloneLimit { flags: 1, ..good }), Some(libc::EINVAL), "flags");
+    test_assert_eq!(errno(&VmsCloneLimit { reserved: [0, 0, 1, 0], ..good }), Some(libc::EINVAL), "reserved");
+    test_assert_eq!(
+        errno(&VmsCloneLimit { swap_dir_fd: -1, ..good }),
+        Some(libc::EINVAL),
+        "a limit without a swap file"
+    );
+    test_assert_eq!(errno(&VmsCloneLimit { swap_dir_fd: 9999, ..good }), Some(libc::EBADF), "a closed fd");
+    test_assert_eq!(
+        errno(&VmsCloneLimit { swap_dir_fd: file.file().as_raw_fd(), ..good }),
+        Some(libc::ENOTDIR),
+        "a regular file"
+    );
+    test_assert_eq!(
+        errno(&VmsCloneLimit { limit: 0, swap_dir_fd: -1, ..good }),
+        None,
+        "no limit needs no swap file"
+    );
+    test_assert_eq!(errno(&good), None, "a limit and a swap directory");
+    test_assert_eq!(errno(&good), Some(libc::EEXIST), "a second swap file");
+    test_assert_eq!(errno(&VmsCloneLimit { swap_dir_fd: -1, limit: 4, ..good }), None, "a new limit");
+    test_assert_eq!(clone.footprint().limit, 4);
+    drop(clone);
+    image.delete();
+}
+
+fn main() {
+    ksft::init();
+    require_vms_and_kvm();
+    ksft::run(&[
+        Test::new("guest_writes_4x_its_limit", guest_writes_4x_its_limit),
+        Test::new("snapshot_and_reset", snapshot_and_reset),
+        Test::new("races", races),
+        Test::new("bad_input", bad_input),
+    ]);
+}
