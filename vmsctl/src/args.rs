@@ -113,6 +113,11 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
         .ok_or_else(|| SizeError::Overflow(s.to_owned()))
 }
 
+/// [`parse_size`] for clap's `value_parser`.
+pub fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
 /// Prints a byte count the way [`parse_size`] reads it: with the largest
 /// suffix that divides it exactly, so `1073741824` is `1G` and `12288` is
 /// `12K`, and with no suffix otherwise.

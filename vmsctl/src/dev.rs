@@ -17,9 +17,11 @@ use std::ptr::NonNull;
 
 use thiserror::Error;
 use vms_uapi::{
+    VmsCloneFootprint, VmsCloneLimit,
     name_bytes, VmsCloneAttach, VmsCloneCreate, VmsCloneName, VmsCloneStats, VmsCloneTouched, VmsImageCreate, VmsImageInfo,
     VmsImageList, VmsImageSnapshot, VmsImageStats, VmsVersion, VMS_ABI_VERSION, VMS_CLONE_ATTACH,
-    VMS_CLONE_CREATE, VMS_CLONE_NAME, VMS_CLONE_RESET, VMS_CLONE_UNNAME, VMS_CLONE_STATS, VMS_CLONE_TOUCHED, VMS_GET_VERSION, VMS_IMAGE_CREATE,
+    VMS_CLONE_CREATE, VMS_CLONE_FOOTPRINT, VMS_CLONE_NAME, VMS_CLONE_RESET, VMS_CLONE_SET_LIMIT, VMS_CLONE_UNNAME,
+    VMS_CLONE_STATS, VMS_CLONE_TOUCHED, VMS_GET_VERSION, VMS_IMAGE_CREATE,
     VMS_IMAGE_DELETE, VMS_IMAGE_EMPTY, VMS_IMAGE_INFO, VMS_IMAGE_LIST, VMS_IMAGE_SNAPSHOT,
     VMS_NAME_LEN,
 };
@@ -192,6 +194,10 @@ unsafe impl IoctlArg for VmsCloneName {}
 // SAFETY: as above. Its `bitmap` address is checked by the kernel, and
 // `CloneFd::touched` points it at a buffer of the right length.
 unsafe impl IoctlArg for VmsCloneTouched {}
+// SAFETY: as above.
+unsafe impl IoctlArg for VmsCloneLimit {}
+// SAFETY: as above.
+unsafe impl IoctlArg for VmsCloneFootprint {}
 
 /// Issues ioctl `request` on `fd` with `arg` as its argument, read and/or
 /// written by the kernel; returns the ioctl's non-negative result.
@@ -595,6 +601,28 @@ impl CloneFd {
             return Err(DevError::Ioctl { name: "VMS_CLONE_RESET", errno: Errno::last() });
         }
         Ok(())
+    }
+
+    /// `VMS_CLONE_SET_LIMIT`: keep at most `pages` private pages in
+    /// memory (0: no limit), the rest in a swap file the module makes in
+    /// the directory open as `dir` (`None`: the clone's swap file, made by
+    /// an earlier call).
+    pub fn set_limit(&self, pages: u64, dir: Option<BorrowedFd<'_>>) -> Result<()> {
+        let mut arg = VmsCloneLimit {
+            limit: pages,
+            swap_dir_fd: dir.map_or(-1, |d| d.as_raw_fd()),
+            ..VmsCloneLimit::zeroed()
+        };
+        ioctl(self.fd.as_fd(), "VMS_CLONE_SET_LIMIT", VMS_CLONE_SET_LIMIT, &mut arg)?;
+        Ok(())
+    }
+
+    /// `VMS_CLONE_FOOTPRINT`: the clone's limit and swap counters. A
+    /// module from before the ioctl says ENOTTY.
+    pub fn footprint(&self) -> Result<VmsCloneFootprint> {
+        let mut arg = VmsCloneFootprint::zeroed();
+        ioctl(self.fd.as_fd(), "VMS_CLONE_FOOTPRINT", VMS_CLONE_FOOTPRINT, &mut arg)?;
+        Ok(arg)
     }
 
     /// `VMS_CLONE_TOUCHED`: the pages of `0..npages` the clone has used

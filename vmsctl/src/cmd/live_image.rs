@@ -87,6 +87,12 @@ enum LiveCommand {
         /// Do not prefetch, even if the image has a working set.
         #[arg(long, conflicts_with = "prefetch")]
         no_prefetch: bool,
+        /// Limit each clone's private memory in RAM (see run --mem-limit).
+        #[arg(long, value_name = "SIZE", value_parser = crate::args::parse_size_arg)]
+        mem_limit: Option<u64>,
+        /// Where the clones' swap files go (see run --swap-dir).
+        #[arg(long, value_name = "DIR", requires = "mem_limit")]
+        swap_dir: Option<PathBuf>,
     },
     /// Record running clone VM's working set (the pages it has used since
     /// it started) and store it with the live image it was started from:
@@ -183,13 +189,23 @@ pub fn state_bytes(name: &str) -> Result<Vec<u8>> {
 pub fn run(args: &LiveImageArgs) -> Result<()> {
     match &args.command {
         LiveCommand::Create { vm, image } => create(vm, image),
-        LiveCommand::Start { image, count, name_prefix, first_id, bridge, prefetch, no_prefetch } => {
-            let prefetch = match (prefetch, no_prefetch) {
-                (_, true) => Some("--no-prefetch".to_owned()),
-                (Some(m), false) => Some(format!("--prefetch={}", if *m == Mode::Map { "map" } else { "cache" })),
-                (None, false) => None,
-            };
-            start(image, *count, name_prefix.as_deref(), *first_id, bridge.as_deref(), prefetch.as_deref())
+        LiveCommand::Start { image, count, name_prefix, first_id, bridge, prefetch, no_prefetch, mem_limit, swap_dir } => {
+            // What each clone's `vmsctl run` gets besides its name.
+            let mut extra = Vec::new();
+            match (prefetch, no_prefetch) {
+                (_, true) => extra.push("--no-prefetch".to_owned()),
+                (Some(m), false) => {
+                    extra.push(format!("--prefetch={}", if *m == Mode::Map { "map" } else { "cache" }))
+                }
+                (None, false) => (),
+            }
+            if let Some(limit) = mem_limit {
+                extra.extend(["--mem-limit".to_owned(), limit.to_string()]);
+            }
+            if let Some(dir) = swap_dir {
+                extra.extend(["--swap-dir".to_owned(), dir.display().to_string()]);
+            }
+            start(image, *count, name_prefix.as_deref(), *first_id, bridge.as_deref(), &extra)
         }
         LiveCommand::Record { vm } => record(vm),
         LiveCommand::Save { image, file } => save(image, file),
@@ -222,7 +238,7 @@ fn start(
     prefix: Option<&str>,
     first_id: u32,
     bridge: Option<&str>,
-    prefetch: Option<&str>,
+    extra: &[String],
 ) -> Result<()> {
     load_state(&image.to_string())?;
     let prefix = prefix.map(str::to_owned).unwrap_or_else(|| image.to_string());
@@ -236,7 +252,7 @@ fn start(
             .args(["run", "--detach", "--image", &image.to_string(), "--name", &name])
             .args(["--id", &id.to_string()])
             .args(bridge.map(|b| ["--bridge", b]).into_iter().flatten())
-            .args(prefetch)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

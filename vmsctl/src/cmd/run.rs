@@ -113,6 +113,18 @@ pub struct RunArgs {
     /// Guest RAM: a multiple of 2M from 32M to 3G.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_mem)]
     mem: u64,
+    /// Keep at most SIZE of the clone's private memory (the pages it
+    /// wrote) in RAM; the coldest of the rest go to a swap file of the
+    /// clone's own in --swap-dir, and come back when the guest touches
+    /// them. The VM runs on at its limit, only slower. Pages of its image
+    /// that it only reads are shared and do not count.
+    #[arg(long, value_name = "SIZE", value_parser = crate::args::parse_size_arg, conflicts_with_all = ["no_vms", "baseline"])]
+    mem_limit: Option<u64>,
+    /// Where --mem-limit's swap file goes: a directory on a disk (tmpfs
+    /// would keep the pages in RAM). The file has no name and goes with
+    /// the VM.
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp", requires = "mem_limit")]
+    swap_dir: PathBuf,
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
@@ -904,6 +916,25 @@ fn guest_ram(args: &RunArgs, size: u64) -> Result<(GuestRam, Memory)> {
     let clone = vms
         .clone_create(&image.to_abi())
         .with_context(|| format!("creating a clone of image {image}"))?;
+    if let Some(limit) = args.mem_limit {
+        // The module's writes to the swap file count against this
+        // process's RLIMIT_FSIZE: past it, SIGXFSZ would kill the VM.
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: `rl` is a valid, writable `struct rlimit`.
+        if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut rl) } == 0 && rl.rlim_cur < size {
+            bail!(
+                "--mem-limit: the file size limit (ulimit -f, {} bytes) is below the guest's memory ({}): \
+                 the swap file could not hold it",
+                rl.rlim_cur,
+                format_size(size)
+            );
+        }
+        let dir = std::fs::File::open(&args.swap_dir)
+            .with_context(|| format!("--swap-dir {}", args.swap_dir.display()))?;
+        clone
+            .set_limit(limit.div_ceil(PAGE_SIZE), Some(std::os::fd::AsFd::as_fd(&dir)))
+            .with_context(|| format!("--mem-limit: a swap file in {}", args.swap_dir.display()))?;
+    }
     let map = clone.map(size).with_context(|| format!("mapping the clone of image {image}"))?;
     let addr = NonNull::new(map.as_ptr()).context("clone mapped at 0")?;
     let clone = Arc::new(clone);
@@ -1252,6 +1283,17 @@ fn status_json(running: &RunningVm, memory: &Memory, info: &Info) -> serde_json:
             "cow_copies": c.cow_copies,
             "io_errors": c.io_errors,
             "resets": c.resets,
+        })),
+        // Only for a clone with a limit (and a module that has it).
+        "footprint": memory.clone.as_ref().and_then(|c| c.footprint().ok()).filter(|f| f.limit != 0 || f.swapped != 0).map(|f| serde_json::json!({
+            "limit_pages": f.limit,
+            "resident": f.resident,
+            "swapped": f.swapped,
+            "evicted": f.evicted,
+            "read_back": f.read_back,
+            "evict_errors": f.evict_errors,
+            "evict_held": f.evict_held,
+            "swap_bytes": f.swap_bytes,
         })),
     })
 }
