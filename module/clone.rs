@@ -378,13 +378,13 @@ pub(crate) struct VmClone {
     /// Serialises attaching (which registers with KVM) without `state`.
     #[pin]
     attach: Mutex<()>,
-    /// Held by an eviction from its pick to its end, and by reset: one
-    /// eviction's writes at a time, and none across a reset, which would
-    /// let a write of a page from before the reset land after a newer
-    /// eviction's write of the same clone page. Lock order: `evict_io` ->
-    /// `state`; held across the swap file's I/O, never by a VMM fault.
-    #[pin]
-    evict_io: Mutex<()>,
+    /// An eviction runs ([`Evicting`]): one at a time, so that a write of
+    /// a page from before a reset (whose entry the reset dropped) cannot
+    /// land after a newer eviction's write of the same clone page. A flag,
+    /// not a lock: a stage-2 fault that finds it set goes on without
+    /// evicting rather than wait, behind another's file I/O, inside
+    /// KVM's SRCU read section.
+    evicting: AtomicBool,
     pub(crate) provider: ffi::Provider,
     pub(crate) mapping: Mapping,
     npages: usize,
@@ -415,6 +415,26 @@ impl Stats {
                 Err(e)
             }
         }
+    }
+}
+
+/// An eviction runs while this lives (`VmClone::evicting`).
+struct Evicting<'a>(&'a VmClone);
+
+impl<'a> Evicting<'a> {
+    /// Start one, unless one runs.
+    fn try_start(clone: &'a VmClone) -> Option<Self> {
+        clone
+            .evicting
+            .compare_exchange(false, true, core::sync::atomic::Ordering::Acquire, Relaxed)
+            .ok()
+            .map(|_| Evicting(clone))
+    }
+}
+
+impl Drop for Evicting<'_> {
+    fn drop(&mut self) {
+        self.0.evicting.store(false, core::sync::atomic::Ordering::Release);
     }
 }
 
@@ -462,12 +482,12 @@ impl VmClone {
                     "vms_clone_state"
                 ),
                 attach <- new_mutex!((), "vms_clone_attach"),
-                evict_io <- new_mutex!((), "vms_clone_evict_io"),
                 provider: ffi::Provider::new(),
                 mapping: Mapping::none(),
                 npages,
                 stats,
                 limit: AtomicUsize::new(0),
+                evicting: AtomicBool::new(false),
                 leave_queued: AtomicBool::new(false),
             }? Error),
             GFP_KERNEL,
@@ -574,7 +594,7 @@ impl VmClone {
         self.mapping.unmap_pages(first, n);
     }
 
-    /// The clock, under `state` and `evict_io`: up to `want` private pages
+    /// The clock, under `state` in an eviction (`evicting`): up to `want` private pages
     /// to evict, each with a reference of its own, zapped from stage 2 and
     /// the VMM's mappings, nobody else's, and marked `Writeback(st.seq)`;
     /// and whether it is stuck: it found pages to evict but all were held,
@@ -596,8 +616,10 @@ impl VmClone {
         while picked.len() < want && steps < 2 * n && visits < 8 * want + 64 {
             let idx = st.hand % n;
             if idx % LEAF_PAGES == 0 && !st.private.leaf_present(idx) {
-                st.hand = idx + LEAF_PAGES;
-                steps += LEAF_PAGES;
+                // The last leaf may be partial: wrap to 0, not past it.
+                let next = idx + LEAF_PAGES;
+                st.hand = if next >= n { 0 } else { next };
+                steps += LEAF_PAGES.min(n - idx);
                 continue;
             }
             st.hand = idx + 1;
@@ -662,30 +684,48 @@ impl VmClone {
     /// there was nothing to do or nothing could go (`Some(0)`: the clock
     /// only made pages old, and the next call may evict). From a stage-2
     /// fault (`fault`), it backs off for [`EVICT_BACKOFF`] faults after an
-    /// eviction that could not evict.
-    fn evict(&self, fault: bool) -> Option<usize> {
-        let _io = self.evict_io.lock();
-        let (picked, seq, swap) = {
+    /// eviction that could not evict, and does nothing while another
+    /// eviction runs; the ioctl waits for that one.
+    fn evict(&self, fault: bool) -> Result<Option<usize>> {
+        {
             let mut st = self.state.lock();
             if !st.over_limit() {
-                return None;
+                return Ok(None);
             }
             if fault && st.evict_skip > 0 {
                 st.evict_skip -= 1;
-                return None;
+                return Ok(None);
+            }
+        }
+        let _running = loop {
+            if let Some(e) = Evicting::try_start(self) {
+                break e;
+            }
+            if fault {
+                return Ok(None);
+            }
+            if ffi::signal_pending() {
+                return Err(ERESTARTSYS);
+            }
+            ffi::msleep(1);
+        };
+        let (picked, seq, swap) = {
+            let mut st = self.state.lock();
+            if !st.over_limit() {
+                return Ok(None);
             }
             let over = st.staying() - st.limit;
             // A little below the limit, so that the next faults do not
             // each evict a page.
             let want = (over + (st.limit / 16).min(EVICT_BATCH / 2)).clamp(1, EVICT_BATCH);
-            let swap = st.swap.clone()?;
+            let Some(swap) = st.swap.clone() else { return Ok(None) };
             let (picked, stuck) = self.pick(&mut st, want);
             if picked.is_empty() {
                 if stuck {
                     st.evict_skip = EVICT_BACKOFF;
-                    return None;
+                    return Ok(None);
                 }
-                return Some(0);
+                return Ok(Some(0));
             }
             (picked, st.seq, swap)
         };
@@ -739,16 +779,17 @@ impl VmClone {
         self.stats.evicted.fetch_add(freed as u64, Relaxed);
         if freed == 0 && (logged || !synced) {
             st.evict_skip = EVICT_BACKOFF;
-            return None;
+            return Ok(None);
         }
-        Some(freed)
+        Ok(Some(freed))
     }
 
     /// Evict if the clone is over its limit (a stage-2 fault, before it
     /// may allocate). Takes `state` only if a limit is set.
     fn evict_if_over(&self) {
         if self.limit.load(Relaxed) != 0 {
-            self.evict(true);
+            // Faults never wait (`Err` only comes to a caller that does).
+            let _ = self.evict(true);
         }
     }
 
@@ -991,8 +1032,9 @@ impl VmClone {
     /// (`kvm_vcpu_map()`) leave the clone with their pin: the writer
     /// finishes into a page nobody maps any more, freed when unpinned.
     pub(crate) fn reset(&self) -> u64 {
-        // No eviction's write in flight (see `evict_io`).
-        let _io = self.evict_io.lock();
+        // An eviction's write in flight finds its entries gone and keeps
+        // nothing; the next eviction of the same clone page waits for it
+        // (`evicting`), so its bytes are not overwritten by the old ones.
         let mut st = self.state.lock();
         self.invalidate_stage2_all(&st);
         self.mapping.unmap_all();
@@ -1347,7 +1389,7 @@ impl VmClone {
         }
         // Down to the new limit, one batch at a time, until it is reached
         // or nothing more can go.
-        while self.evict(false).is_some() {
+        while self.evict(false)?.is_some() {
             if ffi::signal_pending() {
                 return Err(ERESTARTSYS);
             }

@@ -98,6 +98,8 @@ check "the clone's memory stays near its limit ($resident of $limit pages)" \
 check "the rest went to the swap file and came back ($swapped swapped, $read_back read back)" \
 	test "$swapped" -gt 4096 -a "$read_back" -gt 4096 -a "$errors" = 0
 check "the clone runs on" test "$(vx l-1 'echo alive')" = alive
+sw=$("$vmsctl" stats | awk '$1 == "l-1" { print $8 }')
+check "vmsctl stats shows its swapped pages ($sw)" test "${sw:-0}" -gt 0 2>/dev/null
 
 if out=$("$vmsctl" live-image create l-1 limg2 2>&1); then
 	msg "$out"

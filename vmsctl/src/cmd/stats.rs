@@ -23,6 +23,9 @@ running VM with the counters of its memory (a vms clone):
   ZERO      faults answered with the shared zero page
   STREAMED  image pages this VM caused to be read from the image's file
   COW       private copies made on first write
+  SWAPPED   for a VM with --mem-limit, its private pages in its swap file
+            now (--json: \"footprint\", with the limit, the pages in
+            memory, evicted and read back in all, and failed writes)
   DISK      the disk file the VM writes, as allocated on the host (for a
             clone, its own copy-on-write overlay: what it wrote)
   PREFETCH  for a clone that prefetched its live image's working set
@@ -110,8 +113,8 @@ fn write_vms(out: &mut impl Write, vms: &[serde_json::Value]) -> io::Result<()> 
     writeln!(out)?;
     writeln!(
         out,
-        "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  PREFETCH",
-        "VM", "IMAGE", "PRIVATE", "SHARED", "ZERO", "STREAMED", "COW", "DISK"
+        "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  PREFETCH",
+        "VM", "IMAGE", "PRIVATE", "SHARED", "ZERO", "STREAMED", "COW", "SWAPPED", "DISK"
     )?;
     for v in vms {
         let c = &v["clone"];
@@ -132,7 +135,7 @@ fn write_vms(out: &mut impl Write, vms: &[serde_json::Value]) -> io::Result<()> 
         };
         writeln!(
             out,
-            "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+            "{:<20} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
             v["name"].as_str().unwrap_or(""),
             v["image"].as_str().unwrap_or("-"),
             n("private_pages"),
@@ -140,6 +143,7 @@ fn write_vms(out: &mut impl Write, vms: &[serde_json::Value]) -> io::Result<()> 
             n("zero_maps"),
             n("streamed"),
             n("cow_copies"),
+            v["footprint"]["swapped"].as_u64().map_or("-".to_owned(), |n| n.to_string()),
             disk,
             prefetch,
         )?;
