@@ -578,13 +578,19 @@ impl FileRef {
                 bindings::kernel_read(self.0.as_ptr(), p as *mut c_void, PAGE_SIZE, &mut off)
             }
         });
-        if n < 0 {
-            Err(Error::from_errno(n as c_int))
-        } else if n as usize != PAGE_SIZE {
-            Err(EIO)
-        } else {
-            Ok(())
-        }
+        whole_page(n)
+    }
+}
+
+/// The result of a `kernel_read()` or `kernel_write()` of one page: its
+/// error, or EIO for a short one.
+fn whole_page(n: isize) -> Result {
+    if n < 0 {
+        Err(Error::from_errno(n as c_int))
+    } else if n as usize != PAGE_SIZE {
+        Err(EIO)
+    } else {
+        Ok(())
     }
 }
 
@@ -774,13 +780,7 @@ impl SwapFile {
                 bindings::kernel_write(self.file.0.as_ptr(), p as *const c_void, PAGE_SIZE, &mut off)
             }
         });
-        if n < 0 {
-            Err(Error::from_errno(n as c_int))
-        } else if n as usize != PAGE_SIZE {
-            Err(EIO)
-        } else {
-            Ok(())
-        }
+        whole_page(n)
     }
 
     /// Read clone page `idx` into `page`. A short read is EIO.

@@ -30,14 +30,14 @@
 //! Skips if `/dev/vms` or `/dev/kvm` is missing (and the third test if the
 //! debug knob is missing).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use vms_selftests::guest::{self, Outcome, Walk};
-use vms_selftests::knob::{wait_for_delay, Knob, KNOB_DIR, VMM_DELAYS, VMM_MAP_DELAY_MS};
-use vms_selftests::ksft::{self, check, Test, Watchdog};
-use vms_selftests::kvm::{self, vcpu_set_entry};
+use vms_selftests::knob::{wait_for_delay, Knob, Quarantine, VMM_DELAYS, VMM_MAP_DELAY_MS};
+use vms_selftests::ksft::{self, Test, Watchdog};
+use vms_selftests::kvm;
+use vms_selftests::race::{token_race, RaceSpec};
 use vms_selftests::vms::{
     image_create, image_snapshot, pattern_page, pattern_word, require_vms_and_kvm, unique_name,
     vm_with_clone, vms_open, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
@@ -228,136 +228,67 @@ fn reset_during_vmm_fault() {
     image.delete();
 }
 
-/// `reset_races` runs until the guest made this many passes over the
-/// clone and the VMM thread as many rounds, or for [`RACE_TIME`] on a slow
-/// machine (at least one of each is required).
-const RACE_ROUNDS: u64 = 30;
-const RACE_TIME: Duration = Duration::from_secs(40);
+/// `reset_races` runs until the guest made 30 passes over the clone and
+/// the VMM thread as many rounds, or for 40 s on a slow machine (at least
+/// one of each is required), with a reset every 10 ms: between the
+/// accesses, not back to back.
+const RACE: RaceSpec =
+    RaceSpec { pages: 256, time: Duration::from_secs(40), rounds: 30, pause: Duration::from_millis(10) };
 /// The debug quarantine's ring for the race (`quarantine_pages`).
 const QUARANTINE: u32 = 64;
 
 fn reset_races() {
     let dev = vms_open();
     let name = unique_name("clone_reset_race");
-    const RACE_PAGES: u64 = 256;
+    const RACE_PAGES: u64 = RACE.pages;
     let file = ImageFile::with_pattern(&name, RACE_PAGES, 0);
     let image = image_create(&dev, &name, file.file(), RACE_PAGES * PAGE_SIZE, 0);
     // Freed private pages sit in the quarantine, filled with a sentinel: a
     // write through a stage-2 or VMM mapping that outlived a reset changes
-    // it, and the check reports "BUG: vms: quarantined page" (a splat).
-    let knobs = std::path::Path::new(KNOB_DIR).join("quarantine_pages").exists();
-    let (quarantine, bad) = if knobs {
-        let q = Knob::require("quarantine_pages");
-        q.set(QUARANTINE);
-        (Some(q), Some(Knob::require("quarantine_bad")))
-    } else {
-        ksft::ksft_print_msg("no debug knobs: the race runs without the quarantine");
-        (None, None)
-    };
-    let bad_before = bad.as_ref().map(|b| b.get());
+    // it.
+    let quarantine = Quarantine::start(QUARANTINE);
     let kvm = kvm::open_kvm();
     let clone = image.clone_create();
     let map = clone.map();
     // A second VMM mapping: written through `map`, read through `other`.
     let other = clone.map();
     let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
-    // The guest checks word 0 of every page and writes word 4.
-    guest::load(
-        &mut vm,
-        0,
-        &guest::read_write_forever(&Walk::pattern(CLONE_GPA, 0, RACE_PAGES)),
-    );
     // The image's word at byte 8 of each page.
     let image_word8: Vec<u32> = (0..RACE_PAGES)
         .map(|p| u32::from_le_bytes(pattern_page(p)[8..12].try_into().unwrap()))
         .collect();
-    let stop = AtomicBool::new(false);
-    let (passes, vmm_rounds, resets) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let mut resets = 0u64;
     let _dog = Watchdog::start("clone_reset races", Duration::from_secs(240));
-    let (vcpus, _fd) = vm.vcpus_and_fd();
-    let (outcome, vmm_bad) = thread::scope(|s| {
-        let vcpu = &mut vcpus[0];
-        let (stop, passes, vmm_rounds) = (&stop, &passes, &vmm_rounds);
-        let guest = s.spawn(move || {
-            check(vcpu_set_entry(vcpu, guest::code_gpa(0)), "KVM_SET_REGS");
-            while !stop.load(Ordering::SeqCst) {
-                match check(guest::__run(vcpu), "KVM_RUN") {
-                    Outcome::Progress => passes.fetch_add(1, Ordering::SeqCst),
-                    other => return other,
-                };
-            }
-            Outcome::Done
-        });
-        let (m, o, w8) = (&map, &other, &image_word8);
-        let vmm = s.spawn(move || {
-            // Each write through `map` carries a new token; a read through
-            // `other` right after must see it, or the image's word if a
-            // reset came in between. An older token is a page that one of
-            // the mappings kept across a reset.
-            let mut token = 0xc000_0000u32;
-            while !stop.load(Ordering::SeqCst) {
-                for p in 0..RACE_PAGES {
-                    let v = o.read_u32(p * PAGE_SIZE);
-                    if v != pattern_word(p) {
-                        return Some(format!("page {p}: word 0 is {v:#010x}"));
-                    }
-                    token += 1;
-                    m.write_u32(p * PAGE_SIZE + 8, token);
-                    let back = o.read_u32(p * PAGE_SIZE + 8);
-                    if back != token && back != w8[p as usize] {
-                        return Some(format!(
-                            "page {p}: wrote token {token:#010x} through one mapping, read \
-                             {back:#010x} through the other (the image has {:#010x})",
-                            w8[p as usize]
-                        ));
-                    }
-                }
-                vmm_rounds.fetch_add(1, Ordering::SeqCst);
-            }
-            None
-        });
-        let t0 = Instant::now();
-        while t0.elapsed() < RACE_TIME
-            && (passes.load(Ordering::SeqCst) < RACE_ROUNDS || vmm_rounds.load(Ordering::SeqCst) < RACE_ROUNDS)
-            && !guest.is_finished()
-            && !vmm.is_finished()
-        {
-            clone.reset();
-            resets.fetch_add(1, Ordering::SeqCst);
-            // Resets between the accesses, not back to back.
-            thread::sleep(Duration::from_millis(10));
-        }
-        stop.store(true, Ordering::SeqCst);
-        (guest.join().expect("the vCPU thread"), vmm.join().expect("the VMM thread"))
+    // The guest checks word 0 of every page and writes word 4; the VMM
+    // writes a token through `map` and must read it back through `other`,
+    // or the image's word if a reset came in between. An older token is
+    // a page that one of the mappings kept across a reset.
+    let r = token_race(&mut vm, &map, &other, RACE, |p| Some(image_word8[p as usize]), || {
+        clone.reset();
+        resets += 1;
+        true
     });
     ksft::ksft_print_msg(&format!(
-        "{} resets, {} guest passes, {} VMM rounds; {:?}",
-        resets.load(Ordering::SeqCst),
-        passes.load(Ordering::SeqCst),
-        vmm_rounds.load(Ordering::SeqCst),
+        "{resets} resets, {} guest passes, {} VMM rounds; {:?}",
+        r.passes,
+        r.vmm_rounds,
         clone.stats()
     ));
     // The guest stops on its own exit only when it found a bad page.
-    test_assert!(
-        matches!(outcome, Outcome::Done),
-        "the guest saw a wrong page: {}",
-        guest::describe(&outcome)
-    );
-    test_assert!(vmm_bad.is_none(), "the VMM: {}", vmm_bad.unwrap_or_default());
-    test_assert!(resets.load(Ordering::SeqCst) > 0);
-    test_assert!(passes.load(Ordering::SeqCst) > 0, "the guest never finished a pass");
-    test_assert!(vmm_rounds.load(Ordering::SeqCst) > 0, "the VMM thread never finished a round");
+    test_assert!(matches!(r.guest, Outcome::Done), "the guest saw a wrong page: {}", guest::describe(&r.guest));
+    test_assert!(r.vmm.is_none(), "the VMM: {}", r.vmm.unwrap_or_default());
+    test_assert!(resets > 0);
+    test_assert!(r.passes > 0, "the guest never finished a pass");
+    test_assert!(r.vmm_rounds > 0, "the VMM thread never finished a round");
     clone.reset();
     test_assert_eq!(clone.stats().private_pages, 0);
     vmm_reads(&map, RACE_PAGES, pattern_page);
     vmm_reads(&other, RACE_PAGES, pattern_page);
 
     drop((vm, map, other, clone));
-    if let (Some(b), Some(before)) = (&bad, bad_before) {
-        let after = b.get();
-        ksft::ksft_print_msg(&format!("quarantine: {} pages changed while free", after - before));
-        test_assert_eq!(after, before, "pages changed in the quarantine (see the kernel log)");
-    }
+    let changed = quarantine.changed();
+    ksft::ksft_print_msg(&format!("quarantine: {changed} pages changed while free"));
+    test_assert_eq!(changed, 0, "pages changed in the quarantine (see the kernel log)");
     drop(quarantine);
     image.delete();
 }

@@ -30,17 +30,16 @@
 //! /tmp. Skips if `/dev/vms` or `/dev/kvm` is missing.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vms_selftests::guest::{self, Outcome, Walk};
-use vms_selftests::knob::{Knob, KNOB_DIR};
+use vms_selftests::knob::Quarantine;
 use vms_selftests::ksft::{self, check, Test, Watchdog};
-use vms_selftests::kvm::{self, vcpu_set_entry};
+use vms_selftests::kvm;
+use vms_selftests::race::{token_race, RaceSpec};
 use vms_selftests::vms::{
-    image_create, image_dir, image_snapshot, pattern_word, require_vms_and_kvm, unique_name,
-    vm_with_clone, vms_open, CloneMap, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
+    image_create, image_dir, image_snapshot, require_vms_and_kvm, unique_name, vm_with_clone,
+    vms_open, CloneMap, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 use vms_uapi::VmsCloneLimit;
@@ -170,8 +169,8 @@ fn snapshot_and_reset() {
 }
 
 const RACE_PAGES: u64 = 256;
-const RACE_ROUNDS: u64 = 20;
-const RACE_TIME: Duration = Duration::from_secs(40);
+const RACE: RaceSpec =
+    RaceSpec { pages: RACE_PAGES, time: Duration::from_secs(40), rounds: 20, pause: Duration::from_millis(20) };
 const SNAPSHOTS: usize = 6;
 const QUARANTINE: u32 = 64;
 
@@ -180,114 +179,45 @@ fn races() {
     let name = unique_name("evict_race");
     let file = ImageFile::with_pattern(&name, RACE_PAGES, 0);
     let image = image_create(&dev, &name, file.file(), RACE_PAGES * PAGE_SIZE, 0);
-    let knobs = std::path::Path::new(KNOB_DIR).join("quarantine_pages").exists();
-    let (quarantine, bad) = if knobs {
-        let q = Knob::require("quarantine_pages");
-        q.set(QUARANTINE);
-        (Some(q), Some(Knob::require("quarantine_bad")))
-    } else {
-        ksft::ksft_print_msg("no debug knobs: the race runs without the quarantine");
-        (None, None)
-    };
-    let bad_before = bad.as_ref().map(|b| b.get());
+    let quarantine = Quarantine::start(QUARANTINE);
     let kvm = kvm::open_kvm();
     let clone = image.clone_create();
     let map = clone.map();
     let other = clone.map();
     let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
     clone.set_limit(16, Some(&image_dir()));
-    guest::load(
-        &mut vm,
-        0,
-        &guest::read_write_forever(&Walk::pattern(CLONE_GPA, 0, RACE_PAGES)),
-    );
-    let stop = AtomicBool::new(false);
-    let (passes, vmm_rounds) = (AtomicU64::new(0), AtomicU64::new(0));
     let mut lives = Vec::new();
     let _dog = Watchdog::start("evict races", Duration::from_secs(240));
-    let (vcpus, _fd) = vm.vcpus_and_fd();
-    let (outcome, vmm_bad) = thread::scope(|s| {
-        let vcpu = &mut vcpus[0];
-        let (stop, passes, vmm_rounds) = (&stop, &passes, &vmm_rounds);
-        let guest = s.spawn(move || {
-            check(vcpu_set_entry(vcpu, guest::code_gpa(0)), "KVM_SET_REGS");
-            while !stop.load(Ordering::SeqCst) {
-                match check(guest::__run(vcpu), "KVM_RUN") {
-                    Outcome::Progress => passes.fetch_add(1, Ordering::SeqCst),
-                    other => return other,
-                };
-            }
-            Outcome::Done
-        });
-        let (m, o) = (&map, &other);
-        let vmm = s.spawn(move || {
-            // Each write through `m` carries a new token, which a read
-            // through `o` right after must see: no reset here, so an older
-            // token is a page one mapping kept after it was evicted.
-            let mut token = 0xc000_0000u32;
-            while !stop.load(Ordering::SeqCst) {
-                for p in 0..RACE_PAGES {
-                    let v = o.read_u32(p * PAGE_SIZE);
-                    if v != pattern_word(p) {
-                        return Some(format!("page {p}: word 0 is {v:#010x}"));
-                    }
-                    token += 1;
-                    m.write_u32(p * PAGE_SIZE + 8, token);
-                    let back = o.read_u32(p * PAGE_SIZE + 8);
-                    if back != token {
-                        return Some(format!(
-                            "page {p}: wrote token {token:#010x} through one mapping, read {back:#010x} \
-                             through the other"
-                        ));
-                    }
-                }
-                vmm_rounds.fetch_add(1, Ordering::SeqCst);
-            }
-            None
-        });
-        let t0 = Instant::now();
-        let mut n = 0u32;
-        while t0.elapsed() < RACE_TIME
-            && (passes.load(Ordering::SeqCst) < RACE_ROUNDS || vmm_rounds.load(Ordering::SeqCst) < RACE_ROUNDS)
-            && !guest.is_finished()
-            && !vmm.is_finished()
-        {
-            n += 1;
-            clone.set_limit(if n.is_multiple_of(2) { 16 } else { 64 }, None);
-            if n.is_multiple_of(5) && lives.len() < SNAPSHOTS {
-                lives.push(image_snapshot(&dev, &unique_name("evict_race_live"), &clone));
-            }
-            thread::sleep(Duration::from_millis(20));
+    let mut n = 0u32;
+    // No reset here: the VMM must read back exactly its token.
+    let r = token_race(&mut vm, &map, &other, RACE, |_| None, || {
+        n += 1;
+        clone.set_limit(if n.is_multiple_of(2) { 16 } else { 64 }, None);
+        if n.is_multiple_of(5) && lives.len() < SNAPSHOTS {
+            lives.push(image_snapshot(&dev, &unique_name("evict_race_live"), &clone));
         }
-        stop.store(true, Ordering::SeqCst);
-        (guest.join().expect("the vCPU thread"), vmm.join().expect("the VMM thread"))
+        true
     });
     let f = clone.footprint();
     ksft::ksft_print_msg(&format!(
         "{} snapshots, {} guest passes, {} VMM rounds; {f:?}",
         lives.len(),
-        passes.load(Ordering::SeqCst),
-        vmm_rounds.load(Ordering::SeqCst),
+        r.passes,
+        r.vmm_rounds,
     ));
-    test_assert!(
-        matches!(outcome, Outcome::Done),
-        "the guest saw a wrong page: {}",
-        guest::describe(&outcome)
-    );
-    test_assert!(vmm_bad.is_none(), "the VMM: {}", vmm_bad.unwrap_or_default());
-    test_assert!(passes.load(Ordering::SeqCst) > 0, "the guest never finished a pass");
-    test_assert!(vmm_rounds.load(Ordering::SeqCst) > 0, "the VMM thread never finished a round");
+    test_assert!(matches!(r.guest, Outcome::Done), "the guest saw a wrong page: {}", guest::describe(&r.guest));
+    test_assert!(r.vmm.is_none(), "the VMM: {}", r.vmm.unwrap_or_default());
+    test_assert!(r.passes > 0, "the guest never finished a pass");
+    test_assert!(r.vmm_rounds > 0, "the VMM thread never finished a round");
     test_assert!(f.evicted > 0 && f.read_back > 0, "nothing was evicted and read back");
     test_assert_eq!(f.evict_errors, 0);
     drop((vm, map, other, clone));
     for live in lives.into_iter().rev() {
         live.delete();
     }
-    if let (Some(b), Some(before)) = (&bad, bad_before) {
-        let after = b.get();
-        ksft::ksft_print_msg(&format!("quarantine: {} pages changed while free", after - before));
-        test_assert_eq!(after, before, "pages changed in the quarantine (see the kernel log)");
-    }
+    let changed = quarantine.changed();
+    ksft::ksft_print_msg(&format!("quarantine: {changed} pages changed while free"));
+    test_assert_eq!(changed, 0, "pages changed in the quarantine (see the kernel log)");
     drop(quarantine);
     image.delete();
 }

@@ -31,17 +31,17 @@
 //!
 //! Skips if `/dev/vms`, `/dev/kvm` or the knob is missing.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vms_selftests::guest::{self, Outcome, Walk};
 use vms_selftests::knob::{wait_for_delay, Knob, VMM_DELAYS, VMM_MAP_DELAY_MS};
-use vms_selftests::ksft::{self, check, Test, Watchdog};
-use vms_selftests::kvm::{self, vcpu_set_entry};
+use vms_selftests::ksft::{self, Test, Watchdog};
+use vms_selftests::kvm;
+use vms_selftests::race::{token_race, RaceSpec};
 use vms_selftests::vms::{
-    image_create, image_snapshot, pattern_page, pattern_word, require_vms_and_kvm, unique_name,
-    vm_with_clone, vms_open, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
+    image_create, image_snapshot, pattern_page, require_vms_and_kvm, unique_name, vm_with_clone,
+    vms_open, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 
@@ -149,87 +149,38 @@ fn snapshot_and_cow_during_vmm_read() {
     base.delete();
 }
 
-const RACE_PAGES: u64 = 256;
-const RACE_TIME: Duration = Duration::from_secs(40);
+const RACE: RaceSpec =
+    RaceSpec { pages: 256, time: Duration::from_secs(40), rounds: u64::MAX, pause: Duration::from_millis(20) };
 const RACE_SNAPSHOTS: usize = 40;
 
 fn vmm_mappings_agree_through_cow() {
     let dev = vms_open();
     let name = unique_name("vmm_levels_race");
-    let file = ImageFile::with_pattern(&name, RACE_PAGES, 0);
-    let image = image_create(&dev, &name, file.file(), RACE_PAGES * PAGE_SIZE, 0);
+    let file = ImageFile::with_pattern(&name, RACE.pages, 0);
+    let image = image_create(&dev, &name, file.file(), RACE.pages * PAGE_SIZE, 0);
     let kvm = kvm::open_kvm();
     let clone = image.clone_create();
     let map = clone.map();
     let other = clone.map();
     let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
-    guest::load(
-        &mut vm,
-        0,
-        &guest::read_write_forever(&Walk::pattern(CLONE_GPA, 0, RACE_PAGES)),
-    );
-    let stop = AtomicBool::new(false);
-    let (passes, vmm_rounds) = (AtomicU64::new(0), AtomicU64::new(0));
     let mut lives = Vec::new();
     let _dog = Watchdog::start("vmm_levels races", Duration::from_secs(240));
-    let (vcpus, _fd) = vm.vcpus_and_fd();
-    let (outcome, vmm_bad) = thread::scope(|s| {
-        let vcpu = &mut vcpus[0];
-        let (stop, passes, vmm_rounds) = (&stop, &passes, &vmm_rounds);
-        let guest = s.spawn(move || {
-            check(vcpu_set_entry(vcpu, guest::code_gpa(0)), "KVM_SET_REGS");
-            while !stop.load(Ordering::SeqCst) {
-                match check(guest::__run(vcpu), "KVM_RUN") {
-                    Outcome::Progress => passes.fetch_add(1, Ordering::SeqCst),
-                    other => return other,
-                };
-            }
-            Outcome::Done
-        });
-        let (m, o) = (&map, &other);
-        let vmm = s.spawn(move || {
-            let mut token = 0xc000_0000u32;
-            while !stop.load(Ordering::SeqCst) {
-                for p in 0..RACE_PAGES {
-                    let v = o.read_u32(p * PAGE_SIZE);
-                    if v != pattern_word(p) {
-                        return Some(format!("page {p}: word 0 is {v:#010x}"));
-                    }
-                    token += 1;
-                    m.write_u32(p * PAGE_SIZE + 8, token);
-                    let back = o.read_u32(p * PAGE_SIZE + 8);
-                    if back != token {
-                        return Some(format!(
-                            "page {p}: wrote token {token:#010x} through one mapping, read {back:#010x} \
-                             through the other"
-                        ));
-                    }
-                }
-                vmm_rounds.fetch_add(1, Ordering::SeqCst);
-            }
-            None
-        });
-        let t0 = Instant::now();
-        while t0.elapsed() < RACE_TIME && lives.len() < RACE_SNAPSHOTS && !guest.is_finished() && !vmm.is_finished() {
-            lives.push(image_snapshot(&dev, &unique_name("vmm_levels_race_live"), &clone));
-            thread::sleep(Duration::from_millis(20));
+    let r = token_race(&mut vm, &map, &other, RACE, |_| None, || {
+        if lives.len() >= RACE_SNAPSHOTS {
+            return false;
         }
-        stop.store(true, Ordering::SeqCst);
-        (guest.join().expect("the vCPU thread"), vmm.join().expect("the VMM thread"))
+        lives.push(image_snapshot(&dev, &unique_name("vmm_levels_race_live"), &clone));
+        true
     });
     ksft::ksft_print_msg(&format!(
         "{} snapshots, {} guest passes, {} VMM rounds",
         lives.len(),
-        passes.load(Ordering::SeqCst),
-        vmm_rounds.load(Ordering::SeqCst),
+        r.passes,
+        r.vmm_rounds
     ));
-    test_assert!(
-        matches!(outcome, Outcome::Done),
-        "the guest saw a wrong page: {}",
-        guest::describe(&outcome)
-    );
-    test_assert!(vmm_bad.is_none(), "the VMM: {}", vmm_bad.unwrap_or_default());
-    test_assert!(vmm_rounds.load(Ordering::SeqCst) > 0, "the VMM thread never finished a round");
+    test_assert!(matches!(r.guest, Outcome::Done), "the guest saw a wrong page: {}", guest::describe(&r.guest));
+    test_assert!(r.vmm.is_none(), "the VMM: {}", r.vmm.unwrap_or_default());
+    test_assert!(r.vmm_rounds > 0, "the VMM thread never finished a round");
     drop((vm, map, other, clone));
     for live in lives.into_iter().rev() {
         live.delete();

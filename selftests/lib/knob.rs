@@ -110,3 +110,41 @@ pub fn wait_for_delay(delays: &Knob, before: u32, limit: Duration) -> bool {
     }
     true
 }
+
+/// The debug quarantine (`quarantine_pages`), on for a test: freed private
+/// pages are kept filled with a sentinel, which a write through a stage-2
+/// or VMM mapping that outlived the page changes; the module then reports
+/// "BUG: vms: quarantined page" (a splat) and counts it in
+/// `quarantine_bad`. Without the knobs (a module built without debugfs)
+/// the test runs without it. The ring goes back to its default on drop.
+pub struct Quarantine {
+    ring: Option<Knob>,
+    bad: Option<(Knob, u32)>,
+}
+
+impl Quarantine {
+    /// Keeps the last `pages` freed pages in the quarantine.
+    pub fn start(pages: u32) -> Self {
+        if !PathBuf::from(KNOB_DIR).join("quarantine_pages").exists() {
+            ksft::ksft_print_msg("no debug knobs: the test runs without the quarantine");
+            return Self { ring: None, bad: None };
+        }
+        let ring = Knob::require("quarantine_pages");
+        ring.set(pages);
+        let bad = Knob::require("quarantine_bad");
+        let before = bad.get();
+        Self { ring: Some(ring), bad: Some((bad, before)) }
+    }
+
+    /// How many quarantined pages were written to since [`start`](Self::start)
+    /// (0 without the knobs).
+    pub fn changed(&self) -> u32 {
+        self.bad.as_ref().map_or(0, |(b, before)| b.get() - before)
+    }
+}
+
+impl Drop for Quarantine {
+    fn drop(&mut self) {
+        drop(self.ring.take());
+    }
+}

@@ -12,7 +12,9 @@
 //! - [`vms`]: `/dev/vms` and its ioctls, test images, clones and their
 //!   mappings, a VM served by a clone;
 //! - [`host`]: free memory, forked children;
-//! - [`knob`]: the module's debug knobs, which hold race windows open.
+//! - [`knob`]: the module's debug knobs, which hold race windows open;
+//! - [`race`]: a guest and a VMM thread racing over a clone while the
+//!   test stirs (resets, snapshots, limits).
 //!
 //! Naming follows the KVM selftests: `__foo()` returns the raw result for a
 //! test that checks the error itself, `foo()` asserts that it worked (or
@@ -26,4 +28,5 @@ pub mod host;
 pub mod knob;
 pub mod ksft;
 pub mod kvm;
+pub mod race;
 pub mod vms;
