@@ -120,6 +120,10 @@ const YOUNG: u8 = 8;
 const EVICT_BATCH: usize = 64;
 /// Stage-2 faults that skip eviction after one that could not evict.
 const EVICT_BACKOFF: u32 = 1024;
+/// Milliseconds the shrinker's worker leaves a clone alone after an
+/// eviction of it that could not evict: its zaps would cost the guest
+/// faults for nothing.
+const PRESSURE_BACKOFF_MS: i64 = 1000;
 
 /// A private page on its way to the swap file, or in it (`State::out`).
 /// The number is the eviction's: see the module doc.
@@ -171,6 +175,9 @@ struct State {
     /// makes the faulting vCPU retry, so one that frees nothing must not
     /// run at every fault.
     evict_skip: u32,
+    /// As `evict_skip`, for the shrinker's worker: when (`ktime_get()`, ms)
+    /// it may evict again.
+    pressure_after: i64,
     /// The last read-back that failed: page, eviction and error, for the
     /// retry of its VMM fault to fail with (see [`MayRead::Again`]).
     read_failure: Option<(usize, u64, Error)>,
@@ -248,11 +255,26 @@ impl State {
     /// or registering, has SPTEs that no zap of ours reaches: KVM keeps no
     /// page reference for them, so a page freed then would stay mapped.
     fn over_limit(&self) -> bool {
-        self.limit != 0
-            && self.evict_holds == 0
+        self.limit != 0 && self.may_evict() && self.staying() > self.limit
+    }
+
+    /// Whether the clone may evict at all: it has a swap file, no snapshot
+    /// holds its pages in memory, and KVM's mappings of its pages can be
+    /// zapped (see [`over_limit`](Self::over_limit)).
+    fn may_evict(&self) -> bool {
+        self.evict_holds == 0
             && self.swap.is_some()
             && (self.vm.is_some() || (self.slots.is_empty() && !self.registering))
-            && self.staying() > self.limit
+    }
+
+    /// The clone's private pages in memory that the shrinker may ask for
+    /// ([`VmClone::publish`]).
+    fn reclaimable(&self) -> usize {
+        if self.may_evict() {
+            self.private.used()
+        } else {
+            0
+        }
     }
 
     /// Forget every eviction: in flight ones are cancelled (their pages
@@ -369,6 +391,7 @@ struct Stats {
     read_back: AtomicU64,
     evict_errors: AtomicU64,
     evict_held: AtomicU64,
+    shrunk: AtomicU64,
 }
 
 #[pin_data(PinnedDrop)]
@@ -392,6 +415,12 @@ pub(crate) struct VmClone {
     /// `State::limit`, read without `state` by stage-2 faults, which take
     /// `state` to check the limit only if it is set.
     limit: AtomicUsize,
+    /// What this clone adds to the shrinker's count
+    /// ([`State::reclaimable`], published by [`VmClone::publish`]).
+    reclaimable: AtomicUsize,
+    /// The clone is on the shrinker's list ([`ffi::reclaim_add`]): its
+    /// drop must leave it.
+    reclaim_listed: AtomicBool,
     /// Work to leave the VM was queued (`ffi::queue_leave`): releasing a
     /// clone file or a name waits for the queue, so that the work's
     /// reference is gone before theirs.
@@ -416,6 +445,19 @@ impl Stats {
             }
         }
     }
+}
+
+/// Who asks a clone to evict ([`VmClone::evict`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// A stage-2 fault of a clone over its limit: never waits.
+    Fault,
+    /// `VMS_CLONE_SET_LIMIT` lowering the limit: waits for an eviction in
+    /// flight.
+    Limit,
+    /// The shrinker ([`reclaim`]), for up to this many pages, limit or
+    /// not: never waits.
+    Pressure(usize),
 }
 
 /// An eviction runs while this lives (`VmClone::evicting`).
@@ -443,7 +485,9 @@ pub(crate) struct Resident<'a>(&'a VmClone);
 
 impl Drop for Resident<'_> {
     fn drop(&mut self) {
-        self.0.state.lock().evict_holds -= 1;
+        let mut st = self.0.state.lock();
+        st.evict_holds -= 1;
+        self.0.publish(&st);
     }
 }
 
@@ -476,6 +520,7 @@ impl VmClone {
                         evict_holds: 0,
                         seq: 0,
                         evict_skip: 0,
+                        pressure_after: 0,
                         read_failure: None,
                         image,
                     },
@@ -487,11 +532,24 @@ impl VmClone {
                 npages,
                 stats,
                 limit: AtomicUsize::new(0),
+                reclaimable: AtomicUsize::new(0),
+                reclaim_listed: AtomicBool::new(false),
                 evicting: AtomicBool::new(false),
                 leave_queued: AtomicBool::new(false),
             }? Error),
             GFP_KERNEL,
         )
+    }
+
+    /// Tell the shrinker how many private pages the clone could give back
+    /// now; with `state` held, after its private pages changed.
+    fn publish(&self, st: &State) {
+        let new = st.reclaimable();
+        // Most calls change nothing (clones without a swap file): no write
+        // to the shared sum then.
+        if self.reclaimable.load(Relaxed) != new {
+            ffi::reclaimable_set(self.reclaimable.swap(new, Relaxed), new);
+        }
     }
 
     pub(crate) fn npages(&self) -> usize {
@@ -544,6 +602,7 @@ impl VmClone {
         // old page can be mapped, before `state` goes (see the module doc).
         st.private.set(idx, new.clone())?;
         st.accessed(idx);
+        self.publish(st);
         self.stats.cow_copies.fetch_add(1, Relaxed);
         let marks = st.marks(idx);
         st.mark(idx, USED);
@@ -678,22 +737,29 @@ impl VmClone {
         (kept, stuck)
     }
 
-    /// Evict one batch if the clone is over its limit: pick under
-    /// `state`, write without it, then free the pages whose eviction
-    /// nobody cancelled. Returns how many pages left memory, `None` if
-    /// there was nothing to do or nothing could go (`Some(0)`: the clock
-    /// only made pages old, and the next call may evict). From a stage-2
-    /// fault (`fault`), it backs off for [`EVICT_BACKOFF`] faults after an
-    /// eviction that could not evict, and does nothing while another
-    /// eviction runs; the ioctl waits for that one.
-    fn evict(&self, fault: bool) -> Result<Option<usize>> {
+    /// Evict one batch if the clone is over its limit, or for the
+    /// shrinker: pick under `state`, write without it, then free the pages
+    /// whose eviction nobody cancelled. Returns how many pages left memory,
+    /// `None` if there was nothing to do or nothing could go (`Some(0)`:
+    /// the clock only made pages old, and the next call may evict). From a
+    /// stage-2 fault, it backs off for [`EVICT_BACKOFF`] faults after an
+    /// eviction that could not evict; faults and the shrinker do nothing
+    /// while another eviction runs; the ioctl waits for that one.
+    fn evict(&self, why: Why) -> Result<Option<usize>> {
+        let wanted = |st: &State| match why {
+            Why::Pressure(_) => st.may_evict() && st.private.used() > st.writeback,
+            Why::Fault | Why::Limit => st.over_limit(),
+        };
         {
             let mut st = self.state.lock();
-            if !st.over_limit() {
+            if !wanted(&st) {
                 return Ok(None);
             }
-            if fault && st.evict_skip > 0 {
+            if why == Why::Fault && st.evict_skip > 0 {
                 st.evict_skip -= 1;
+                return Ok(None);
+            }
+            if matches!(why, Why::Pressure(_)) && ffi::now_ms() < st.pressure_after {
                 return Ok(None);
             }
         }
@@ -701,7 +767,7 @@ impl VmClone {
             if let Some(e) = Evicting::try_start(self) {
                 break e;
             }
-            if fault {
+            if why != Why::Limit {
                 return Ok(None);
             }
             if ffi::signal_pending() {
@@ -711,18 +777,23 @@ impl VmClone {
         };
         let (picked, seq, swap) = {
             let mut st = self.state.lock();
-            if !st.over_limit() {
+            if !wanted(&st) {
                 return Ok(None);
             }
-            let over = st.staying() - st.limit;
-            // A little below the limit, so that the next faults do not
-            // each evict a page.
-            let want = (over + (st.limit / 16).min(EVICT_BATCH / 2)).clamp(1, EVICT_BATCH);
+            let want = match why {
+                Why::Pressure(n) => n.min(st.staying()).clamp(1, EVICT_BATCH),
+                Why::Fault | Why::Limit => {
+                    let over = st.staying() - st.limit;
+                    // A little below the limit, so that the next faults do
+                    // not each evict a page.
+                    (over + (st.limit / 16).min(EVICT_BATCH / 2)).clamp(1, EVICT_BATCH)
+                }
+            };
             let Some(swap) = st.swap.clone() else { return Ok(None) };
             let (picked, stuck) = self.pick(&mut st, want);
             if picked.is_empty() {
                 if stuck {
-                    st.evict_skip = EVICT_BACKOFF;
+                    self.back_off(&mut st, why);
                     return Ok(None);
                 }
                 return Ok(Some(0));
@@ -776,12 +847,25 @@ impl VmClone {
             }
             freed += 1;
         }
+        self.publish(&st);
         self.stats.evicted.fetch_add(freed as u64, Relaxed);
+        if let Why::Pressure(_) = why {
+            self.stats.shrunk.fetch_add(freed as u64, Relaxed);
+        }
         if freed == 0 && (logged || !synced) {
-            st.evict_skip = EVICT_BACKOFF;
+            self.back_off(&mut st, why);
             return Ok(None);
         }
         Ok(Some(freed))
+    }
+
+    /// After an eviction for `why` that could not evict: the next ones
+    /// for the same reason wait ([`EVICT_BACKOFF`], [`PRESSURE_BACKOFF_MS`]).
+    fn back_off(&self, st: &mut State, why: Why) {
+        match why {
+            Why::Pressure(_) => st.pressure_after = ffi::now_ms() + PRESSURE_BACKOFF_MS,
+            Why::Fault | Why::Limit => st.evict_skip = EVICT_BACKOFF,
+        }
     }
 
     /// Evict if the clone is over its limit (a stage-2 fault, before it
@@ -789,7 +873,7 @@ impl VmClone {
     fn evict_if_over(&self) {
         if self.limit.load(Relaxed) != 0 {
             // Faults never wait (`Err` only comes to a caller that does).
-            let _ = self.evict(true);
+            let _ = self.evict(Why::Fault);
         }
     }
 
@@ -815,6 +899,7 @@ impl VmClone {
         st.out.take(idx);
         st.swapped -= 1;
         st.accessed(idx);
+        self.publish(&st);
         self.stats.read_back.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -836,7 +921,11 @@ impl VmClone {
     /// for a snapshot; eviction is on again when the guard goes.
     /// Evictions in flight are cancelled.
     pub(crate) fn hold_resident(&self) -> Result<Resident<'_>> {
-        self.state.lock().evict_holds += 1;
+        {
+            let mut st = self.state.lock();
+            st.evict_holds += 1;
+            self.publish(&st);
+        }
         let guard = Resident(self);
         let swapped = {
             let mut st = self.state.lock();
@@ -999,6 +1088,7 @@ impl VmClone {
             let _ = table.set(idx, Cached::Page(page));
         }
         st.private = keep;
+        self.publish(&st);
         *image.lock_cache() = table;
         image.clones.fetch_add(1, Relaxed);
         st.image.children.fetch_add(1, Relaxed);
@@ -1056,6 +1146,7 @@ impl VmClone {
             // millions of pages (`state` is a mutex).
             ffi::release_private(page);
         });
+        self.publish(&st);
         self.stats.resets.fetch_add(1, Relaxed);
         n
     }
@@ -1371,6 +1462,12 @@ impl VmClone {
             })?),
         };
         let swap = swap.map(|s| Arc::new(s, GFP_KERNEL)).transpose()?;
+        if swap.is_some() {
+            // Before the file is the clone's: a clone with a swap file is
+            // always on the list (it stays there until it goes).
+            ffi::reclaim_add(self)?;
+            self.reclaim_listed.store(true, Relaxed);
+        }
         {
             let mut st = self.state.lock();
             if swap.is_some() && st.swap.is_some() {
@@ -1386,10 +1483,11 @@ impl VmClone {
             st.limit = usize::try_from(l.limit).unwrap_or(usize::MAX);
             st.evict_skip = 0;
             self.limit.store(st.limit, Relaxed);
+            self.publish(&st);
         }
         // Down to the new limit, one batch at a time, until it is reached
         // or nothing more can go.
-        while self.evict(false)?.is_some() {
+        while self.evict(Why::Limit)?.is_some() {
             if ffi::signal_pending() {
                 return Err(ERESTARTSYS);
             }
@@ -1409,6 +1507,7 @@ impl VmClone {
             read_back: s.read_back.load(Relaxed),
             evict_errors: s.evict_errors.load(Relaxed),
             evict_held: s.evict_held.load(Relaxed),
+            shrunk: s.shrunk.load(Relaxed),
             swap_bytes: st.swap.as_ref().map_or(0, |f| f.size()),
             ..abi::VmsCloneFootprint::zeroed()
         }
@@ -1487,6 +1586,7 @@ impl VmClone {
             st.vm = vm;
             st.registering = false;
         }
+        self.publish(&st);
         Ok(0)
     }
 
@@ -1544,6 +1644,7 @@ impl VmClone {
             // Cannot fail: reserved above.
             None => drop(st.slots.push(att, GFP_KERNEL)),
         }
+        self.publish(&st);
         true
     }
 
@@ -1595,11 +1696,15 @@ impl VmClone {
             st.slots = KVec::new();
             // Until KVM has let the provider go: see `State::registering`.
             st.registering = true;
-            st.vm.take()
+            let vm = st.vm.take();
+            self.publish(&st);
+            vm
         };
         // Unregistering waits for vCPUs, which may wait for `state`.
         drop(vm);
-        self.state.lock().registering = false;
+        let mut st = self.state.lock();
+        st.registering = false;
+        self.publish(&st);
     }
 
     fn stats(&self) -> abi::VmsCloneStats {
@@ -1628,6 +1733,11 @@ impl VmClone {
 #[pinned_drop]
 impl PinnedDrop for VmClone {
     fn drop(self: Pin<&mut Self>) {
+        // Off the shrinker's list first, waiting for its worker to be done
+        // with this clone.
+        if self.reclaim_listed.load(Relaxed) {
+            ffi::reclaim_forget(&self);
+        }
         // Unregister from KVM (which waits for vCPUs inside our fault
         // handler, so `state` must not be held) before any page goes.
         // Until it has, KVM may still call `stage2_fault`, which finds no
@@ -1639,6 +1749,44 @@ impl PinnedDrop for VmClone {
         // KVM maps none of them any more; the VMM's mappings are gone
         // (they hold the clone's file). The debug quarantine may keep them.
         st.private.drain(|_, page| ffi::release_private(page));
+        self.publish(&st);
+    }
+}
+
+/// The shrinker's worker ([`ffi::Reclaim`]): memory reclaim asked for
+/// pages; evict cold private pages of clones with a swap file, one batch
+/// from each in turn, until the clock has looked at as many pages as were
+/// asked for, or a whole round of clones had nothing to give. Their limits
+/// do not matter: a clone under its limit gives pages too.
+pub(crate) fn reclaim(r: &ffi::Reclaim) {
+    let mut idle = 0;
+    loop {
+        let want = ffi::reclaim_wanted();
+        if want == 0 {
+            return;
+        }
+        let batch = want.min(EVICT_BATCH);
+        let Some((done, clones)) = r.with_next(|c| c.evict(Why::Pressure(batch))) else {
+            ffi::reclaim_done(want, 0);
+            return;
+        };
+        let freed = match done {
+            Ok(Some(n)) => {
+                idle = 0;
+                n
+            }
+            _ => {
+                idle += 1;
+                0
+            }
+        };
+        if idle >= clones {
+            // Nothing to give: forget this ask (not later ones).
+            ffi::reclaim_done(want, freed);
+            return;
+        }
+        ffi::reclaim_done(batch, freed);
+        ffi::cond_resched();
     }
 }
 

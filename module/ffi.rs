@@ -1145,6 +1145,313 @@ pub(crate) fn spawn(f: impl FnOnce() + Send + 'static) -> Result {
 }
 
 // ---------------------------------------------------------------------------
+// Reclaim: memory back from clones under host memory pressure
+
+/// Private pages in memory of clones that have a swap file and may evict
+/// them now (each clone adds its own through [`reclaimable_set`]): the
+/// shrinker's count. A hint: the worker checks each clone under its lock.
+static RECLAIMABLE: AtomicUsize = AtomicUsize::new(0);
+/// Pages the shrinker asked for that the worker has not yet looked at.
+static RECLAIM_WANT: AtomicUsize = AtomicUsize::new(0);
+/// Pages the worker freed that no reclaimer has been credited with yet.
+static RECLAIM_FREED: AtomicUsize = AtomicUsize::new(0);
+/// The module's [`Reclaim`], from its start to its stop; clones that go
+/// leave its list through it.
+static RECLAIM: AtomicPtr<Reclaim> = AtomicPtr::new(null_mut());
+
+/// A place in [`Reclaim`]'s list. A pointer, not a reference: the list
+/// must not keep a clone alive (nothing would then drop it), and must not
+/// drop the last reference either (that unregisters the clone from KVM,
+/// which may not happen where the worker is called from).
+struct Slot {
+    /// Null where a clone left (6.12's `KVec` has no `remove`, and a
+    /// clone's drop cannot fail): reused by the next, once not `busy`.
+    clone: *const VmClone,
+    /// The worker evicts from the clone without the list's lock held.
+    busy: bool,
+}
+
+// SAFETY: the clone is `Sync`; the pointer is followed only with the
+// list's lock held or while the slot is busy, and a clone leaves the list
+// at the start of its drop (`reclaim_forget`), which then waits until the
+// slot is not busy, before any of it goes.
+unsafe impl Send for Slot {}
+
+struct ReclaimList {
+    slots: KVec<Slot>,
+    /// The slot the worker looks at next (modulo the list's length).
+    next: usize,
+}
+
+/// The shrinker through which the kernel's memory reclaim (kswapd, direct
+/// reclaim, `drop_caches`) asks clones with a swap file for memory, and
+/// the worker that evicts their cold private pages to their swap files.
+///
+/// Reclaim itself does no I/O and takes no lock of ours: its context may
+/// hold anything (a vCPU inside KVM's SRCU and our `state`, a file system
+/// in the middle of a transaction) and writing to a file from there
+/// closes lock cycles through the file system (`fs_reclaim`). The scan
+/// only records how many pages were asked for and queues the worker on a
+/// `WQ_MEM_RECLAIM` queue, which has a rescuer thread, so the worker runs
+/// even when no new worker thread can be made. What the worker freed is
+/// credited to the next scans (their `reclaim_state`), so that a reclaimer
+/// sees the progress it asked for.
+///
+/// The worker holds no lock of the list while it evicts (a swap file on a
+/// stalled file system must not hold up every other clone's drop): it marks
+/// the clone's slot busy, and only that clone's drop waits for it.
+#[pin_data]
+pub(crate) struct Reclaim {
+    #[pin]
+    list: kernel::sync::Mutex<ReclaimList>,
+    /// Signalled when a slot stops being busy.
+    #[pin]
+    idle: kernel::sync::CondVar,
+    #[pin]
+    work: kernel::workqueue::Work<Reclaim>,
+    queue: *mut bindings::workqueue_struct,
+    shrinker: *mut bindings::shrinker,
+}
+
+// SAFETY: the queue and the shrinker are C objects made for use from any
+// thread; they are freed only in `stop`, after which nothing uses them.
+unsafe impl Send for Reclaim {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Reclaim {}
+
+kernel::impl_has_work! {
+    impl HasWork<Self> for Reclaim { self.work }
+}
+
+impl kernel::workqueue::WorkItem for Reclaim {
+    type Pointer = Arc<Reclaim>;
+
+    fn run(this: Arc<Reclaim>) {
+        crate::clone::reclaim(&this);
+    }
+}
+
+/// The module's [`Reclaim`], registered until this goes: its drop stops the
+/// shrinker, then drains the worker. Dropped after every clone.
+pub(crate) struct ReclaimRegistration(Arc<Reclaim>);
+
+impl Reclaim {
+    /// Make the queue and the shrinker and register the shrinker.
+    pub(crate) fn start() -> Result<ReclaimRegistration> {
+        let flags = bindings::wq_flags_WQ_MEM_RECLAIM | bindings::wq_flags_WQ_UNBOUND;
+        // SAFETY: a constant format without arguments.
+        let queue = unsafe { bindings::alloc_workqueue(c"vms_reclaim".as_ptr().cast(), flags, 1) };
+        if queue.is_null() {
+            return Err(ENOMEM);
+        }
+        // SAFETY: a constant format without arguments.
+        let shrinker = unsafe { bindings::shrinker_alloc(0, c"vms-clones".as_ptr().cast()) };
+        if shrinker.is_null() {
+            // SAFETY: made above, nothing queued.
+            unsafe { bindings::destroy_workqueue(queue) };
+            return Err(ENOMEM);
+        }
+        let r = Arc::pin_init(
+            pin_init!(Reclaim {
+                list <- kernel::new_mutex!(ReclaimList { slots: KVec::new(), next: 0 }, "vms_reclaim_list"),
+                idle <- kernel::new_condvar!("vms_reclaim_idle"),
+                work <- kernel::new_work!("vms_reclaim"),
+                queue,
+                shrinker,
+            }),
+            GFP_KERNEL,
+        );
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                // SAFETY: made above, never registered or used.
+                unsafe {
+                    bindings::shrinker_free(shrinker);
+                    bindings::destroy_workqueue(queue);
+                }
+                return Err(e);
+            }
+        };
+        // A reference of its own, given back in the registration's drop.
+        RECLAIM.store(Arc::into_raw(r.clone()).cast_mut(), Ordering::Release);
+        // SAFETY: `shrinker` is allocated and not yet registered; the
+        // callbacks use only the statics above and `RECLAIM`, valid until
+        // `shrinker_free` has waited for them (in the registration's drop).
+        // Eviction needs a write to a file: costlier to undo than a page
+        // of the page cache (`DEFAULT_SEEKS`, 2): half the pressure.
+        unsafe {
+            (*shrinker).count_objects = Some(reclaim_count);
+            (*shrinker).scan_objects = Some(reclaim_scan);
+            (*shrinker).seeks = 4;
+            bindings::shrinker_register(shrinker);
+        }
+        Ok(ReclaimRegistration(r))
+    }
+
+    /// Call `f` on the next clone of the list, round-robin, with its slot
+    /// busy (which keeps the clone from going) and the list's lock
+    /// released; also returns how many clones the list has. `None` if it
+    /// has none.
+    pub(crate) fn with_next<R>(&self, f: impl FnOnce(&VmClone) -> R) -> Option<(R, usize)> {
+        let (clone, i, live) = {
+            let mut l = self.list.lock();
+            let n = l.slots.len();
+            let live = l.slots.iter().filter(|s| !s.clone.is_null()).count();
+            // Busy: only if another worker ran (there is one work item).
+            let i = (0..n)
+                .map(|k| (l.next + k) % n)
+                .find(|&i| !l.slots[i].clone.is_null() && !l.slots[i].busy)?;
+            l.next = i + 1;
+            l.slots[i].busy = true;
+            (l.slots[i].clone, i, live)
+        };
+        // SAFETY: a clone in the list is live until it leaves the list and
+        // its slot is not busy (`reclaim_forget`, at the start of its drop).
+        let r = f(unsafe { &*clone });
+        // Slots never move: `i` is still this one, even if the clone left.
+        self.list.lock().slots[i].busy = false;
+        self.idle.notify_all();
+        Some((r, live))
+    }
+}
+
+impl Drop for ReclaimRegistration {
+    fn drop(&mut self) {
+        let r = &self.0;
+        // SAFETY: registered in `start`; this waits for running callbacks,
+        // and none is called after it.
+        unsafe { bindings::shrinker_free(r.shrinker) };
+        // SAFETY: made in `start`; nothing queues work any more (only the
+        // shrinker did); this waits for the queued work, and its reference.
+        unsafe { bindings::destroy_workqueue(r.queue) };
+        let own = RECLAIM.swap(null_mut(), Ordering::AcqRel);
+        RECLAIM_WANT.store(0, Ordering::Relaxed);
+        RECLAIM_FREED.store(0, Ordering::Relaxed);
+        if !own.is_null() {
+            // SAFETY: from `Arc::into_raw` in `start`; nothing uses the
+            // pointer any more (no clone is left, the shrinker is gone).
+            drop(unsafe { Arc::from_raw(own) });
+        }
+    }
+}
+
+/// Put `clone` (which has a swap file) on the reclaim list, once.
+pub(crate) fn reclaim_add(clone: &VmClone) -> Result {
+    let r = RECLAIM.load(Ordering::Acquire);
+    if r.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `RECLAIM` is live until the registration's drop, which comes
+    // after every clone's (and so after every ioctl's).
+    let mut l = unsafe { &*r }.list.lock();
+    if l.slots.iter().any(|s| core::ptr::eq(s.clone, clone)) {
+        return Ok(());
+    }
+    match l.slots.iter_mut().find(|s| s.clone.is_null() && !s.busy) {
+        Some(s) => s.clone = clone,
+        None => l.slots.push(Slot { clone, busy: false }, GFP_KERNEL)?,
+    }
+    Ok(())
+}
+
+/// Take `clone` off the reclaim list, waiting for the worker to be done
+/// with it: the first thing the drop of a clone that was added does.
+pub(crate) fn reclaim_forget(clone: &VmClone) {
+    let r = RECLAIM.load(Ordering::Acquire);
+    if r.is_null() {
+        return;
+    }
+    // SAFETY: as in `reclaim_add`.
+    let r = unsafe { &*r };
+    let mut l = r.list.lock();
+    if let Some(i) = l.slots.iter().position(|s| core::ptr::eq(s.clone, clone)) {
+        l.slots[i].clone = core::ptr::null();
+        while l.slots[i].busy {
+            r.idle.wait(&mut l);
+        }
+    }
+}
+
+/// A clone that held `old` reclaimable pages holds `new` now.
+pub(crate) fn reclaimable_set(old: usize, new: usize) {
+    if new >= old {
+        RECLAIMABLE.fetch_add(new - old, Ordering::Relaxed);
+    } else {
+        RECLAIMABLE.fetch_sub(old - new, Ordering::Relaxed);
+    }
+}
+
+/// Pages the shrinker asked for that the worker has not looked at yet.
+pub(crate) fn reclaim_wanted() -> usize {
+    RECLAIM_WANT.load(Ordering::Relaxed)
+}
+
+/// The worker looked at `n` pages of what was asked, and freed `freed`.
+pub(crate) fn reclaim_done(n: usize, freed: usize) {
+    let _ = RECLAIM_WANT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_sub(n)));
+    if freed > 0 {
+        RECLAIM_FREED.fetch_add(freed, Ordering::Relaxed);
+    }
+}
+
+unsafe extern "C" fn reclaim_count(_s: *mut bindings::shrinker, _sc: *mut bindings::shrink_control) -> c_ulong {
+    RECLAIMABLE.load(Ordering::Relaxed) as c_ulong
+}
+
+/// `struct reclaim_state` (include/linux/swap.h), which the bindings leave
+/// opaque: `mm_account_reclaimed_pages()`, a static inline, adds to its
+/// first field.
+#[repr(C)]
+struct ReclaimState {
+    reclaimed: c_ulong,
+}
+
+/// Record the ask, queue the worker, and report what the worker freed
+/// since the last scans (up to the ask), crediting it to this reclaimer:
+/// see [`Reclaim`]. Once the ask reaches what clones hold, `SHRINK_STOP`:
+/// asking for more batches would change nothing.
+unsafe extern "C" fn reclaim_scan(_s: *mut bindings::shrinker, sc: *mut bindings::shrink_control) -> c_ulong {
+    // SAFETY: the kernel passes a live control for the call.
+    let nr = unsafe { (*sc).nr_to_scan } as usize;
+    let cap = RECLAIMABLE.load(Ordering::Relaxed);
+    let _ = RECLAIM_WANT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_add(nr).min(cap)));
+    let want = RECLAIM_WANT.load(Ordering::Relaxed);
+    let r = RECLAIM.load(Ordering::Acquire);
+    if !r.is_null() && want > 0 {
+        // SAFETY: from `Arc::into_raw`, given back only after
+        // `shrinker_free` has waited for this call.
+        let r = unsafe { ArcBorrow::from_raw(r) };
+        let work: Arc<Reclaim> = r.into();
+        // SAFETY: the queue lives while the shrinker does (as above).
+        let q = unsafe { kernel::workqueue::Queue::from_raw(r.queue) };
+        // Already queued: the reference comes back and goes (not the last:
+        // the registration holds one).
+        let _ = q.enqueue(work);
+    }
+    let mut credit = 0;
+    let _ = RECLAIM_FREED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+        credit = f.min(nr);
+        Some(f - credit)
+    });
+    // SAFETY: `current` is live; its `reclaim_state` is null or the
+    // reclaimer's own, live for the reclaim this scan is part of.
+    unsafe {
+        let rs = (*bindings::get_current()).reclaim_state.cast::<ReclaimState>();
+        if credit > 0 && !rs.is_null() {
+            (*rs).reclaimed += credit as c_ulong;
+        }
+        (*sc).nr_scanned = nr as c_ulong;
+    }
+    if want >= cap && credit == 0 {
+        return SHRINK_STOP;
+    }
+    credit as c_ulong
+}
+
+/// `SHRINK_STOP` (`~0UL`; bindgen makes it an `i32`).
+const SHRINK_STOP: c_ulong = c_ulong::MAX;
+
+// ---------------------------------------------------------------------------
 // Clone files: ioctl, mmap and the VMM's page faults
 
 /// The clone behind a clone file.
@@ -1868,6 +2175,11 @@ static QUARANTINE_NEXT: AtomicUsize = AtomicUsize::new(0);
 /// The sentinel of word `i` of a quarantined page.
 fn sentinel(i: usize) -> u64 {
     0x5e17_1e1f_0000_0000 | i as u64
+}
+
+/// Milliseconds on the monotonic clock (`ktime_get()`).
+pub(crate) fn now_ms() -> i64 {
+    kernel::time::Ktime::ktime_get().to_ms()
 }
 
 /// Sleep for about `ms` milliseconds (`msleep()`); callers hold no lock.

@@ -41,6 +41,9 @@ struct Vms {
     queue: Option<ffi::WorkQueue>,
     /// `None` only in `drop`, which ends it before the quarantine drains.
     dev: Option<Pin<KBox<ffi::MiscDevice>>>,
+    /// The shrinker that takes memory back from clones; `None` only in
+    /// `drop`, which stops it after the last clone is gone.
+    reclaim: Option<ffi::ReclaimRegistration>,
     _debug: ffi::DebugFs,
 }
 
@@ -48,6 +51,7 @@ impl kernel::Module for Vms {
     fn init(_module: &'static ThisModule) -> Result<Self> {
         ffi::seed_named_minors();
         let queue = ffi::WorkQueue::create()?;
+        let reclaim = ffi::Reclaim::start()?;
         let dev = KBox::try_pin_init(
             ffi::MiscDevice::register(c_str!("vms"), dev::Registry::new()?),
             GFP_KERNEL,
@@ -63,7 +67,7 @@ impl kernel::Module for Vms {
             })
             .ok();
         pr_info!("vms {} loaded (abi {})\n", dev::MODULE_VERSION, abi::VMS_ABI_VERSION);
-        Ok(Vms { claimer, queue: Some(queue), dev: Some(dev), _debug: debug })
+        Ok(Vms { claimer, queue: Some(queue), dev: Some(dev), reclaim: Some(reclaim), _debug: debug })
     }
 }
 
@@ -71,10 +75,12 @@ impl Drop for Vms {
     fn drop(&mut self) {
         // No new claims; then the queued work, which may hold the last
         // references to clones; then the registry: the last clones it
-        // holds free their pages into the quarantine, which then drains.
+        // holds free their pages into the quarantine, which then drains
+        // once the shrinker, which no clone needs any more, has stopped.
         drop(self.claimer.take());
         drop(self.queue.take());
         drop(self.dev.take());
+        drop(self.reclaim.take());
         ffi::drain_quarantine();
         pr_info!("vms unloaded\n");
     }

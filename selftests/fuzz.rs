@@ -1646,16 +1646,23 @@ impl<'a> Worker<'a> {
         expect(&r, ok, errs, &what)
     }
 
-    /// `VMS_CLONE_FOOTPRINT`: in memory and swapped pages fit the clone.
+    /// `VMS_CLONE_FOOTPRINT` (now and then after `drop_caches`, which runs
+    /// the shrinker): in memory and swapped pages fit the clone.
     fn footprint(&self, rng: &mut Rng, fd: RawFd, id: u64, pages: u64) -> Res {
         if rng.chance(4) {
             return self.bad_ptr_call(rng, fd, VMS_CLONE_FOOTPRINT, size_of::<VmsCloneFootprint>(), &[libc::EFAULT], "VMS_CLONE_FOOTPRINT");
+        }
+        if rng.chance(8) {
+            // Every shrinker, ours too: clones with a swap file evict
+            // under the other threads' calls (as root; otherwise a no-op).
+            self.note("drop_caches".to_owned());
+            let _ = std::fs::write("/proc/sys/vm/drop_caches", "2\n");
         }
         self.note(format!("VMS_CLONE_FOOTPRINT of clone {id}"));
         let mut f = VmsCloneFootprint::zeroed();
         let r = ioctl_with(fd, VMS_CLONE_FOOTPRINT, &mut f);
         expect(&r, true, &[], "VMS_CLONE_FOOTPRINT")?;
-        if f.resident + f.swapped > pages || f.read_back > f.evicted || f.reserved != [0; 8] {
+        if f.resident + f.swapped > pages || f.read_back > f.evicted || f.shrunk > f.evicted || f.reserved != [0; 7] {
             bug!("VMS_CLONE_FOOTPRINT of clone {id}: {f:?}, clone of {pages} pages");
         }
         Ok(())

@@ -345,6 +345,10 @@ struct vms_clone_limit {
  * @evict_held: pages eviction passed over because someone held them (a
  *		pin for I/O, KVM's kvm_vcpu_map(), a fault in flight).
  * @swap_bytes:	the swap file's size in bytes (its highest page written).
+ * @shrunk:	of @evicted, the pages the kernel's memory reclaim asked
+ *		for (the "vms-clones" shrinker), in total: under host memory
+ *		pressure any clone with a swap file gives its cold private
+ *		pages to it, whatever its limit.
  * @reserved:	0.
  */
 struct vms_clone_footprint {
@@ -356,7 +360,8 @@ struct vms_clone_footprint {
 	__u64 evict_errors;
 	__u64 evict_held;
 	__u64 swap_bytes;
-	__u64 reserved[8];
+	__u64 shrunk;
+	__u64 reserved[7];
 };
 
 /*
@@ -477,6 +482,11 @@ struct vms_clone_footprint {
  * the access (the vCPU exits with EFAULT, the VMM gets SIGBUS), never a
  * wrong page; so does an access that cannot wait for the read (ptrace,
  * /proc/PID/mem) to a swapped page.
+ * A clone with a swap file, whatever its limit (0 too: a swap file and
+ * no limit), also gives cold private pages to the host's memory reclaim
+ * (the "vms-clones" shrinker, vms_clone_footprint.shrunk): kswapd and
+ * direct reclaim ask for a share, and "echo 2 > /proc/sys/vm/drop_caches"
+ * for all of them. Its swapped pages are then as above (EIO to ptrace).
  * VMS_IMAGE_SNAPSHOT reads every swapped page back first; VMS_CLONE_RESET
  * drops them. Return: 0, or EINVAL (flags or reserved not 0; a
  * nonzero @limit and no swap file), EBADF (@swap_dir_fd not open),

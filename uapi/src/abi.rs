@@ -702,8 +702,13 @@ pub struct VmsCloneFootprint {
     pub evict_held: u64,
     /// The swap file's size in bytes (its highest page written).
     pub swap_bytes: u64,
+    /// Of `evicted`, the pages the kernel's memory reclaim asked for (the
+    /// `vms-clones` shrinker), in total: under host memory pressure any
+    /// clone with a swap file gives its cold private pages to it, whatever
+    /// its limit.
+    pub shrunk: u64,
     /// 0.
-    pub reserved: [u64; 8],
+    pub reserved: [u64; 7],
 }
 
 const _: () = assert!(core::mem::size_of::<VmsCloneFootprint>() == 128);
@@ -716,7 +721,8 @@ const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, read_back) == 32)
 const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, evict_errors) == 40);
 const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, evict_held) == 48);
 const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, swap_bytes) == 56);
-const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, reserved) == 64);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, shrunk) == 64);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, reserved) == 72);
 
 impl VmsCloneFootprint {
     /// All counters zero.
@@ -730,7 +736,8 @@ impl VmsCloneFootprint {
             evict_errors: 0,
             evict_held: 0,
             swap_bytes: 0,
-            reserved: [0; 8],
+            shrunk: 0,
+            reserved: [0; 7],
         }
     }
 }

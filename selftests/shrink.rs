@@ -1,0 +1,344 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! shrink: under host memory pressure the kernel takes private pages back
+//! from clones that have a swap file, whatever their limit, through the
+//! `vms-clones` shrinker; the pages come back when used (issue 18).
+//!
+//! - `drop_caches`: two clones of one image each write 1024 pages; one
+//!   has a swap file and no limit, the other neither. Writing 2 to
+//!   `/proc/sys/vm/drop_caches` runs every shrinker: the first clone's
+//!   pages go to its swap file (`shrunk`, `evicted`), the second keeps
+//!   all of its own. Then the guest and the VMM read every page of both.
+//! - `kswapd`: a clone with a swap file writes 64 MiB; a process then
+//!   takes anonymous memory until little is left, so that kswapd and
+//!   direct reclaim run. The clone gives pages back; the guest then reads
+//!   every page it wrote.
+//! - `races`: a vCPU reads and writes every page and a VMM thread writes
+//!   and reads back tokens through two mappings (`token_race`), while the
+//!   main thread runs `drop_caches` and takes snapshots, and a limit of
+//!   64 pages comes and goes. Freed pages sit in the debug quarantine.
+//! - `close_while_shrinking`: clones with swap files close while another
+//!   thread runs `drop_caches` without pause: a clone's drop waits for the
+//!   shrinker's worker, which may be evicting from it.
+//!
+//! Swap files go in `$VMS_IMAGE_DIR` (a disk in `scripts/bench`), else
+//! /tmp. Skips if `/dev/vms` or `/dev/kvm` is missing, or without root
+//! (`drop_caches`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vms_selftests::guest::{self, Outcome, Walk};
+use vms_selftests::knob::Quarantine;
+use vms_selftests::ksft::{self, Test, Watchdog};
+use vms_selftests::kvm;
+use vms_selftests::race::{token_race, RaceSpec};
+use vms_selftests::vms::{
+    image_create, image_dir, image_snapshot, require_vms_and_kvm, unique_name, vm_with_clone,
+    vms_open, CloneMap, ImageFile, VmsClone, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
+};
+use vms_selftests::{test_assert, test_assert_eq};
+
+const PAGES: u64 = 2048;
+const WRITTEN: u64 = 1024;
+const FIRST: u32 = 0x0c00_0000;
+
+/// Run every shrinker once (`drop_caches` 2: slab objects only).
+fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "2\n").expect("write /proc/sys/vm/drop_caches");
+}
+
+/// The VMM reads value `first + p` at byte 0 of page `p` and its
+/// complement at byte 2048, for every page of `pages`.
+#[track_caller]
+fn vmm_reads_values(map: &CloneMap, pages: std::ops::Range<u64>, first: u32) {
+    for p in pages {
+        let (lo, hi) = (map.read_u32(p * PAGE_SIZE), map.read_u32(p * PAGE_SIZE + HI_OFFSET));
+        let want = first.wrapping_add(p as u32);
+        test_assert!(
+            lo == want && hi == !want,
+            "VMM read of page {p}: {lo:#010x}/{hi:#010x}, expected {want:#010x}/{:#010x}",
+            !want
+        );
+    }
+}
+
+/// Run shrinkers until `clone` gave at least `want` pages to them, for at
+/// most `limit`; returns how many it gave.
+fn shrink_until(clone: &VmsClone, want: u64, limit: Duration) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        drop_caches();
+        let shrunk = clone.footprint().shrunk;
+        if shrunk >= want || t0.elapsed() > limit {
+            return shrunk;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn drop_caches_test() {
+    let dev = vms_open();
+    let name = unique_name("shrink");
+    let file = ImageFile::with_pattern(&name, PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let swappable = image.clone_create();
+    let kept = image.clone_create();
+    let (map_s, map_k) = (swappable.map(), kept.map());
+    let mut vm_s = vm_with_clone(&kvm, &swappable, &map_s, 1);
+    let mut vm_k = vm_with_clone(&kvm, &kept, &map_k, 1);
+    // A swap file, no limit: only memory pressure evicts.
+    swappable.set_limit(0, Some(&image_dir()));
+
+    let writes = Walk::values(CLONE_GPA, WRITTEN, FIRST);
+    guest::run(&mut vm_s, 0, &guest::write(&writes));
+    guest::run(&mut vm_k, 0, &guest::write(&writes));
+    let f = swappable.footprint();
+    test_assert_eq!((f.resident, f.evicted, f.shrunk), (WRITTEN, 0, 0), "no limit: nothing evicted yet");
+
+    // The clock passes every page twice at most: once to make it old,
+    // once to take it.
+    let shrunk = shrink_until(&swappable, WRITTEN / 2, Duration::from_secs(30));
+    let f = swappable.footprint();
+    ksft::ksft_print_msg(&format!("after drop_caches: {f:?}"));
+    test_assert!(shrunk >= WRITTEN / 2, "the shrinker took {shrunk} of {WRITTEN} pages in 30 s");
+    test_assert_eq!(f.evicted, f.shrunk, "no limit: every eviction was the shrinker's");
+    test_assert_eq!(f.resident + f.swapped, WRITTEN, "every written page is in memory or swapped");
+    test_assert_eq!(f.evict_errors, 0);
+    test_assert_eq!(swappable.stats().private_pages, f.resident);
+    let fk = kept.footprint();
+    test_assert_eq!((fk.resident, fk.evicted, fk.shrunk), (WRITTEN, 0, 0), "a clone without a swap file keeps its pages");
+
+    guest::run(&mut vm_s, 0, &guest::read_check(&writes));
+    guest::run(&mut vm_k, 0, &guest::read_check(&writes));
+    let rest = Walk::pattern(CLONE_GPA + WRITTEN * PAGE_SIZE, WRITTEN, PAGES - WRITTEN);
+    guest::run(&mut vm_s, 0, &guest::read_check(&rest));
+    let f = swappable.footprint();
+    test_assert!(f.read_back >= shrunk, "{} read back of {shrunk} shrunk", f.read_back);
+    // Out again, then back through the VMM's faults.
+    shrink_until(&swappable, f.shrunk + WRITTEN / 2, Duration::from_secs(30));
+    vmm_reads_values(&map_s, 0..WRITTEN, FIRST);
+    vmm_reads_values(&map_k, 0..WRITTEN, FIRST);
+    let f = swappable.footprint();
+    ksft::ksft_print_msg(&format!("after the checks: {f:?}"));
+    test_assert_eq!(f.resident + f.swapped, WRITTEN);
+    test_assert_eq!(f.evict_errors, 0);
+    drop((vm_s, vm_k, map_s, map_k, swappable, kept));
+    image.delete();
+}
+
+/// Kibibytes of `field` in /proc/meminfo.
+fn meminfo_kib(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/meminfo"))
+}
+
+const KSWAPD_PAGES: u64 = 16384;
+
+fn kswapd() {
+    let dev = vms_open();
+    let name = unique_name("shrink_kswapd");
+    let file = ImageFile::with_pattern(&name, KSWAPD_PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), KSWAPD_PAGES * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+    clone.set_limit(0, Some(&image_dir()));
+    let writes = Walk::values(CLONE_GPA, KSWAPD_PAGES, FIRST);
+    guest::run(&mut vm, 0, &guest::write(&writes));
+    // Twice, so the clock's next pass finds them old.
+    guest::run(&mut vm, 0, &guest::read_check(&writes));
+
+    // Another process (this binary, `--hog`) takes anonymous memory until
+    // little is free, and holds it: the kernel reclaims (kswapd, direct
+    // reclaim). It is the OOM killer's first choice, should it come to
+    // that; the clone's pages count for nothing in `MemAvailable`.
+    let _dog = Watchdog::start("kswapd", Duration::from_secs(240));
+    let start = meminfo_kib("MemAvailable");
+    let t0 = Instant::now();
+    let mut hog = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        .arg("--hog")
+        .spawn()
+        .expect("start the memory hog");
+    let mut hog_status = None;
+    while clone.footprint().shrunk == 0 && t0.elapsed() < Duration::from_secs(90) && hog_status.is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+        hog_status = hog.try_wait().expect("wait for the hog");
+    }
+    let low_free = meminfo_kib("MemFree");
+    let f = clone.footprint();
+    let _ = hog.kill();
+    let _ = hog.wait();
+    ksft::ksft_print_msg(&format!(
+        "MemAvailable {} MiB at the start, MemFree {} MiB at the end, after {:.1} s (hog: {}); {f:?}",
+        start / 1024,
+        low_free / 1024,
+        t0.elapsed().as_secs_f64(),
+        hog_status.map_or("running".to_owned(), |s| s.to_string()),
+    ));
+    test_assert!(f.shrunk > 0, "memory pressure took no page from the clone");
+    test_assert_eq!(f.resident + f.swapped, KSWAPD_PAGES);
+    test_assert_eq!(f.evict_errors, 0);
+    guest::run(&mut vm, 0, &guest::read_check(&writes));
+    drop((vm, map, clone));
+    image.delete();
+}
+
+const RACE_PAGES: u64 = 256;
+const RACE: RaceSpec =
+    RaceSpec { pages: RACE_PAGES, time: Duration::from_secs(40), rounds: 20, pause: Duration::from_millis(20) };
+const SNAPSHOTS: usize = 6;
+const QUARANTINE: u32 = 64;
+
+fn races() {
+    let dev = vms_open();
+    let name = unique_name("shrink_race");
+    let file = ImageFile::with_pattern(&name, RACE_PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), RACE_PAGES * PAGE_SIZE, 0);
+    let quarantine = Quarantine::start(QUARANTINE);
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let other = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+    clone.set_limit(0, Some(&image_dir()));
+    let mut lives = Vec::new();
+    let _dog = Watchdog::start("shrink races", Duration::from_secs(240));
+    let mut n = 0u32;
+    let r = token_race(&mut vm, &map, &other, RACE, |_| None, || {
+        n += 1;
+        drop_caches();
+        if n.is_multiple_of(7) {
+            clone.set_limit(if n.is_multiple_of(2) { 64 } else { 0 }, None);
+        }
+        if n.is_multiple_of(5) && lives.len() < SNAPSHOTS {
+            lives.push(image_snapshot(&dev, &unique_name("shrink_race_live"), &clone));
+        }
+        true
+    });
+    let f = clone.footprint();
+    ksft::ksft_print_msg(&format!(
+        "{} snapshots, {} guest passes, {} VMM rounds; {f:?}",
+        lives.len(),
+        r.passes,
+        r.vmm_rounds,
+    ));
+    test_assert!(matches!(r.guest, Outcome::Done), "the guest saw a wrong page: {}", guest::describe(&r.guest));
+    test_assert!(r.vmm.is_none(), "the VMM: {}", r.vmm.unwrap_or_default());
+    test_assert!(r.passes > 0, "the guest never finished a pass");
+    test_assert!(r.vmm_rounds > 0, "the VMM thread never finished a round");
+    test_assert!(f.shrunk > 0 && f.read_back > 0, "the shrinker evicted nothing that came back");
+    test_assert_eq!(f.evict_errors, 0);
+    drop((vm, map, other, clone));
+    for live in lives.into_iter().rev() {
+        live.delete();
+    }
+    let changed = quarantine.changed();
+    ksft::ksft_print_msg(&format!("quarantine: {changed} pages changed while free"));
+    test_assert_eq!(changed, 0, "pages changed in the quarantine (see the kernel log)");
+    drop(quarantine);
+    image.delete();
+}
+
+fn close_while_shrinking() {
+    let dev = vms_open();
+    let name = unique_name("shrink_close");
+    let file = ImageFile::with_pattern(&name, RACE_PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), RACE_PAGES * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let _dog = Watchdog::start("close while shrinking", Duration::from_secs(240));
+    let stop = Arc::new(AtomicBool::new(false));
+    let shrinker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                drop_caches();
+                n += 1;
+            }
+            n
+        })
+    };
+    let writes = Walk::values(CLONE_GPA, RACE_PAGES, FIRST);
+    let mut shrunk = 0;
+    for _ in 0..20 {
+        let clone = image.clone_create();
+        let map = clone.map();
+        let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+        clone.set_limit(0, Some(&image_dir()));
+        guest::run(&mut vm, 0, &guest::write(&writes));
+        guest::run(&mut vm, 0, &guest::read_check(&writes));
+        shrunk += clone.footprint().shrunk;
+        drop((vm, map, clone));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let calls = shrinker.join().expect("the drop_caches thread");
+    ksft::ksft_print_msg(&format!("20 clones closed; {calls} drop_caches; {shrunk} pages shrunk"));
+    test_assert!(shrunk > 0, "the shrinker took nothing from 20 clones");
+    image.delete();
+}
+
+/// The memory hog of `kswapd`, in its own process: takes anonymous memory
+/// while more than `min_free_kbytes` is free (below the zones' low
+/// watermarks, where kswapd wakes), in chunks of half what is free above
+/// that (filled by the kernel: `MAP_POPULATE`), touching what it holds
+/// meanwhile, until killed.
+fn hog() -> ! {
+    std::fs::write("/proc/self/oom_score_adj", "1000\n").expect("oom_score_adj");
+    let min_free: u64 = std::fs::read_to_string("/proc/sys/vm/min_free_kbytes")
+        .expect("min_free_kbytes")
+        .trim()
+        .parse()
+        .expect("min_free_kbytes");
+    let mut held: Vec<(*mut u8, usize)> = Vec::new();
+    loop {
+        let free = meminfo_kib("MemFree");
+        if free > min_free {
+            let len = (((free - min_free) / 2) << 10).clamp(4 << 20, 256 << 20) as usize;
+            // SAFETY: a new anonymous mapping, kept until the process dies.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED, "mmap");
+            held.push((p.cast(), len));
+        } else {
+            for &(p, len) in &held {
+                for off in (0..len).step_by(4096) {
+                    // SAFETY: inside the mapping.
+                    unsafe { p.add(off).write_volatile(1) };
+                }
+            }
+        }
+    }
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--hog") {
+        hog();
+    }
+    ksft::init();
+    require_vms_and_kvm();
+    // SAFETY: geteuid() reads the process's credentials, nothing else.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || std::fs::metadata("/proc/sys/vm/drop_caches").is_err() {
+        ksft::skip("needs root to write /proc/sys/vm/drop_caches");
+    }
+    ksft::run(&[
+        Test::new("drop_caches", drop_caches_test),
+        Test::new("kswapd", kswapd),
+        Test::new("races", races),
+        Test::new("close_while_shrinking", close_while_shrinking),
+    ]);
+}
