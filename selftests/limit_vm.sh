@@ -18,6 +18,10 @@
 # - a live image of the clone (the snapshot reads every swapped page back
 #   first) holds the file: a clone of it without a limit reads the same
 #   checksum;
+# - a clone with `--swap-dir` and no limit keeps what it writes until
+#   the host reclaims (`drop_caches` runs the vms-clones shrinker): its
+#   pages then go to the swap file (footprint.shrunk) and come back with
+#   the same checksum;
 # - bad input: a swap directory that does not exist, a regular file, a
 #   read-only file system, a file size limit (ulimit -f) below the
 #   guest's memory: a clear error, and no VM left running.
@@ -35,7 +39,7 @@ finish() {
 }
 vx() { timeout 120 "$vmsctl" exec "$1" --timeout 100 -- "$2"; }
 cleanup() {
-	for v in lp l-1 m-1 bad; do "$vmsctl" stop $v >/dev/null 2>&1; done
+	for v in lp l-1 m-1 s-1 bad; do "$vmsctl" stop $v >/dev/null 2>&1; done
 	"$vmsctl" live-image delete limg2 >/dev/null 2>&1
 	"$vmsctl" live-image delete limg >/dev/null 2>&1
 	vm_cleanup
@@ -119,6 +123,28 @@ else
 	fail "live-image create of the clone with swapped pages"
 fi
 "$vmsctl" stop l-1 >/dev/null 2>&1
+
+# A swap file and no limit: only host memory pressure evicts.
+if out=$("$vmsctl" live-image start limg --name-prefix s --swap-dir "$swap" 2>&1); then
+	ok "a clone starts with --swap-dir and no limit"
+	h3=$(vx s-1 'dd if=/dev/urandom of=/run/big bs=1M count=32 2>/dev/null && sha256sum /run/big')
+	before=$(field s-1 footprint.evicted)
+	shrunk=None
+	for _ in $(seq 30); do
+		echo 2 >/proc/sys/vm/drop_caches
+		shrunk=$(field s-1 footprint.shrunk)
+		[ "$shrunk" != None ] && [ "$shrunk" -gt 4096 ] && break
+		sleep 1
+	done
+	msg "evicted before drop_caches: $before; shrunk after: $shrunk"
+	check "no limit: nothing evicted before the host reclaims" test "$before" = None
+	check "drop_caches took its pages ($shrunk shrunk)" test "$shrunk" != None -a "${shrunk/None/0}" -gt 4096
+	check "they come back with the same checksum" test -n "$h3" -a "$(vx s-1 'sha256sum /run/big')" = "$h3"
+	"$vmsctl" stop s-1 >/dev/null 2>&1
+else
+	msg "$out"
+	fail "a clone starts with --swap-dir and no limit"
+fi
 
 # Bad swap directories: a clear error, no VM.
 refused() {

@@ -90,8 +90,8 @@ enum LiveCommand {
         /// Limit each clone's private memory in RAM (see run --mem-limit).
         #[arg(long, value_name = "SIZE", value_parser = crate::args::parse_size_arg)]
         mem_limit: Option<u64>,
-        /// Where the clones' swap files go (see run --swap-dir).
-        #[arg(long, value_name = "DIR", requires = "mem_limit")]
+        /// Give each clone a swap file in DIR (see run --swap-dir).
+        #[arg(long, value_name = "DIR")]
         swap_dir: Option<PathBuf>,
     },
     /// Record running clone VM's working set (the pages it has used since

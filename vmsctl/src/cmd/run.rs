@@ -120,11 +120,13 @@ pub struct RunArgs {
     /// that it only reads are shared and do not count.
     #[arg(long, value_name = "SIZE", value_parser = crate::args::parse_size_arg, conflicts_with_all = ["no_vms", "baseline"])]
     mem_limit: Option<u64>,
-    /// Where --mem-limit's swap file goes: a directory on a disk (tmpfs
-    /// would keep the pages in RAM). The file has no name and goes with
-    /// the VM.
-    #[arg(long, value_name = "DIR", default_value = "/var/tmp", requires = "mem_limit")]
-    swap_dir: PathBuf,
+    /// Give the clone a swap file in DIR (default with --mem-limit:
+    /// /var/tmp), a directory on a disk (tmpfs would keep the pages in
+    /// RAM). The file has no name and goes with the VM. With a swap file,
+    /// the host kernel can also take the clone's cold private pages when
+    /// it runs short of memory (the vms-clones shrinker), limit or not.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["no_vms", "baseline"])]
+    swap_dir: Option<PathBuf>,
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
@@ -236,6 +238,9 @@ pub struct RunArgs {
 }
 
 /// How long a command run with --exec-after-ready may take.
+/// `--swap-dir` when only `--mem-limit` is given.
+const DEFAULT_SWAP_DIR: &str = "/var/tmp";
+
 const EXEC_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the guest may take to power off when asked to.
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
@@ -916,24 +921,26 @@ fn guest_ram(args: &RunArgs, size: u64) -> Result<(GuestRam, Memory)> {
     let clone = vms
         .clone_create(&image.to_abi())
         .with_context(|| format!("creating a clone of image {image}"))?;
-    if let Some(limit) = args.mem_limit {
+    let swap_dir = args.swap_dir.clone().or_else(|| args.mem_limit.map(|_| PathBuf::from(DEFAULT_SWAP_DIR)));
+    if let Some(swap_dir) = swap_dir {
+        let what = if args.mem_limit.is_some() { "--mem-limit" } else { "--swap-dir" };
         // The module's writes to the swap file count against this
         // process's RLIMIT_FSIZE: past it, SIGXFSZ would kill the VM.
         let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: `rl` is a valid, writable `struct rlimit`.
         if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut rl) } == 0 && rl.rlim_cur < size {
             bail!(
-                "--mem-limit: the file size limit (ulimit -f, {} bytes) is below the guest's memory ({}): \
+                "{what}: the file size limit (ulimit -f, {} bytes) is below the guest's memory ({}): \
                  the swap file could not hold it",
                 rl.rlim_cur,
                 format_size(size)
             );
         }
-        let dir = std::fs::File::open(&args.swap_dir)
-            .with_context(|| format!("--swap-dir {}", args.swap_dir.display()))?;
+        let dir = std::fs::File::open(&swap_dir).with_context(|| format!("--swap-dir {}", swap_dir.display()))?;
+        let limit = args.mem_limit.map_or(0, |l| l.div_ceil(PAGE_SIZE));
         clone
-            .set_limit(limit.div_ceil(PAGE_SIZE), Some(std::os::fd::AsFd::as_fd(&dir)))
-            .with_context(|| format!("--mem-limit: a swap file in {}", args.swap_dir.display()))?;
+            .set_limit(limit, Some(std::os::fd::AsFd::as_fd(&dir)))
+            .with_context(|| format!("{what}: a swap file in {}", swap_dir.display()))?;
     }
     let map = clone.map(size).with_context(|| format!("mapping the clone of image {image}"))?;
     let addr = NonNull::new(map.as_ptr()).context("clone mapped at 0")?;
@@ -1284,8 +1291,9 @@ fn status_json(running: &RunningVm, memory: &Memory, info: &Info) -> serde_json:
             "io_errors": c.io_errors,
             "resets": c.resets,
         })),
-        // Only for a clone with a limit (and a module that has it).
-        "footprint": memory.clone.as_ref().and_then(|c| c.footprint().ok()).filter(|f| f.limit != 0 || f.swapped != 0).map(|f| serde_json::json!({
+        // Only for a clone with a limit or one that evicted (and a module
+        // that has it).
+        "footprint": memory.clone.as_ref().and_then(|c| c.footprint().ok()).filter(|f| f.limit != 0 || f.swapped != 0 || f.evicted != 0).map(|f| serde_json::json!({
             "limit_pages": f.limit,
             "resident": f.resident,
             "swapped": f.swapped,
@@ -1293,6 +1301,7 @@ fn status_json(running: &RunningVm, memory: &Memory, info: &Info) -> serde_json:
             "read_back": f.read_back,
             "evict_errors": f.evict_errors,
             "evict_held": f.evict_held,
+            "shrunk": f.shrunk,
             "swap_bytes": f.swap_bytes,
         })),
     })

@@ -23,9 +23,10 @@ running VM with the counters of its memory (a vms clone):
   ZERO      faults answered with the shared zero page
   STREAMED  image pages this VM caused to be read from the image's file
   COW       private copies made on first write
-  SWAPPED   for a VM with --mem-limit, its private pages in its swap file
-            now (--json: \"footprint\", with the limit, the pages in
-            memory, evicted and read back in all, and failed writes)
+  SWAPPED   for a VM with --mem-limit or --swap-dir, its private pages in
+            its swap file now (--json: \"footprint\", with the limit, the
+            pages in memory, evicted (\"shrunk\": of those, under host
+            memory pressure) and read back in all, and failed writes)
   DISK      the disk file the VM writes, as allocated on the host (for a
             clone, its own copy-on-write overlay: what it wrote)
   PREFETCH  for a clone that prefetched its live image's working set
