@@ -3,7 +3,9 @@
 //! `vms-bench memory`: host memory used by N clones of one image, all
 //! alive at once, each of which read 90% of the image's pages and wrote
 //! the other 10%: free memory (`MemFree` plus the per-CPU free lists)
-//! before the first clone and after the last one ran.
+//! before the first clone and after the last one ran. Also vms clones
+//! with a limit (1% of the image) and a swap file each, and how many
+//! clones of each kind a fixed memory budget holds (issue 18's density).
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use vms_selftests::guest::{self, Walk};
 use vms_selftests::host::{mem_free, mem_free_settle};
 use vms_selftests::kvm::{vm_create_pm32, Vm};
 use vms_selftests::test_assert_eq;
-use vms_selftests::vms::{image_create, unique_name, ImageFile, CLONE_GPA, PAGE_SIZE};
+use vms_selftests::vms::{image_create, image_dir, unique_name, ImageFile, CLONE_GPA, PAGE_SIZE};
 
 use crate::diag::Watchdog;
 use crate::faults::walk_limit;
@@ -28,17 +30,27 @@ enum How {
     /// VMs whose guests touch nothing: what the VMs cost by themselves.
     VmOnly,
     Vms,
+    /// vms clones with a limit of [`LIMIT_PERMILLE`] of the image's pages
+    /// and a swap file in `image_dir()` each.
+    VmsLimited,
     UffdCopy,
     FilePrivate,
 }
 
-const HOWS: [How; 4] = [How::VmOnly, How::Vms, How::UffdCopy, How::FilePrivate];
+const HOWS: [How; 5] = [How::VmOnly, How::Vms, How::VmsLimited, How::UffdCopy, How::FilePrivate];
+
+/// The limited clones' limit, in thousandths of the image's pages.
+const LIMIT_PERMILLE: u64 = 10;
+
+/// The budget of the density table.
+const BUDGET: u64 = 1 << 30;
 
 impl How {
     fn name(self) -> &'static str {
         match self {
             How::VmOnly => "VMs only (guest touches nothing)",
             How::Vms => "vms clones of one image",
+            How::VmsLimited => "vms clones, limit 1% of the image, swap file",
             How::UffdCopy => "uffd MISSING + UFFDIO_COPY",
             How::FilePrivate => "MAP_PRIVATE of the image file",
         }
@@ -47,7 +59,7 @@ impl How {
     fn backend(self) -> Backend {
         match self {
             How::VmOnly => Backend::AnonFresh,
-            How::Vms => Backend::VmsWarm,
+            How::Vms | How::VmsLimited => Backend::VmsWarm,
             How::UffdCopy => Backend::UffdMissing,
             How::FilePrivate => Backend::FilePrivate,
         }
@@ -104,8 +116,10 @@ const MIB: f64 = 1024.0 * 1024.0;
 fn measure(env: &Env, how: How, n: usize, file: &ImageFile, size: u64) -> Point {
     let pages = size / PAGE_SIZE;
     let (read, written) = (pages * 9 / 10, pages - pages * 9 / 10);
+    let vms = matches!(how, How::Vms | How::VmsLimited);
+    let limit = (pages * LIMIT_PERMILLE / 1000).max(1);
     // vms: a new image, so that its cache counts.
-    let image = (how == How::Vms).then(|| {
+    let image = vms.then(|| {
         let name = unique_name("bench-mem");
         image_create(&env.dev, &name, file.file(), size, 0)
     });
@@ -123,6 +137,9 @@ fn measure(env: &Env, how: How, n: usize, file: &ImageFile, size: u64) -> Point 
         let mut backing = Backing::new(&src, how.backend(), 1);
         let mut vm = vm_create_pm32(&env.kvm);
         backing.attach(&mut vm, SLOT, GPA);
+        if how == How::VmsLimited {
+            backing.clone().expect("a clone").set_limit(limit, Some(&image_dir()));
+        }
         vm.add_vcpu_pm32(0, guest::code_gpa(0));
         let watchdog = Watchdog::start(&format!("{}, clone {i}", how.name()), walk_limit());
         if how == How::VmOnly {
@@ -160,8 +177,17 @@ fn measure(env: &Env, how: How, n: usize, file: &ImageFile, size: u64) -> Point 
         pt.cached = is.cached_pages - is.file_pages + is.vmm_copies;
         test_assert_eq!(is.cached_pages, pages, "{is:?}");
         for (i, (_, b)) in guests.iter().enumerate() {
-            let cs = b.clone().expect("a clone").stats();
-            test_assert_eq!(cs.private_pages, written, "clone {i}: {cs:?}");
+            let c = b.clone().expect("a clone");
+            let cs = c.stats();
+            if how == How::VmsLimited {
+                // The limit, plus the fault in flight and the VMM's own.
+                let f = c.footprint();
+                assert!(f.resident <= limit + 2, "clone {i}: {f:?}");
+                test_assert_eq!(f.resident + f.swapped, written, "clone {i}: {f:?}");
+                test_assert_eq!(f.evict_errors, 0, "clone {i}: {f:?}");
+            } else {
+                test_assert_eq!(cs.private_pages, written, "clone {i}: {cs:?}");
+            }
             test_assert_eq!(cs.io_errors, 0, "clone {i}: {cs:?}");
             pt.private += cs.private_pages;
         }
@@ -201,7 +227,7 @@ fn figure(p: &Params, points: &[Vec<Point>]) -> Figure {
         for (hi, &how) in HOWS.iter().enumerate() {
             let pt = points[ci][hi];
             let m = marginal(ci, hi);
-            let vms = how == How::Vms;
+            let vms = matches!(how, How::Vms | How::VmsLimited);
             t.row(vec![
                 n.to_string(),
                 how.name().into(),
@@ -247,6 +273,10 @@ fn figure(p: &Params, points: &[Vec<Point>]) -> Figure {
          image cache maps the file's own page-cache pages where the file has them (on \
          tmpfs, always) instead of copies: *image cache MiB* counts only the pages vms \
          owns there.\n\
+         - **vms clones, limit 1% of the image, swap file**: the same, each clone with a \
+         limit of 1% of the image's pages (`VMS_CLONE_SET_LIMIT`) and a swap file in \
+         `$VMS_IMAGE_DIR` (a disk in `scripts/bench`; on tmpfs the swapped pages would \
+         stay in memory): its writes past the limit go to the file.\n\
          - **uffd MISSING + UFFDIO_COPY**: every page a clone touches is copied into its \
          own anonymous memory, read or written.\n\
          - **MAP_PRIVATE of the image file**: reads share the file's page cache (the tmpfs \
@@ -279,6 +309,43 @@ fn figure(p: &Params, points: &[Vec<Point>]) -> Figure {
                 "missed"
             }
         ));
+    }
+
+    // Density: how many clones a budget holds, from the last two points.
+    if p.clones.len() >= 2 {
+        let last = p.clones.len() - 1;
+        let mut d = Table::new(&["backend", "MiB per added clone", "MiB shared (intercept)", "clones in 1 GiB", "÷ MAP_PRIVATE"]);
+        let fits = |hi: usize| -> Option<(f64, f64, u64)> {
+            let m = marginal(last, hi)?;
+            let base = points[last][hi].used as f64 - m * p.clones[last] as f64;
+            (m > 0.0).then(|| (m, base, ((BUDGET as f64 - base.max(0.0)) / m).max(0.0) as u64))
+        };
+        let private = HOWS.iter().position(|&h| h == How::FilePrivate).expect("MAP_PRIVATE");
+        let base_fit = fits(private).map(|f| f.2);
+        for (hi, &how) in HOWS.iter().enumerate() {
+            if how == How::VmOnly {
+                continue;
+            }
+            let Some((m, base, n)) = fits(hi) else { continue };
+            d.row(vec![
+                how.name().into(),
+                num(m / MIB),
+                num(base / MIB),
+                n.to_string(),
+                base_fit.filter(|&b| b > 0).map_or("".into(), |b| ratio(n as f64 / b as f64)),
+            ]);
+        }
+        md.push_str(&format!(
+            "\n### Density (issue 18)\n\n\
+             How many such clones (each its VM included) fit in 1 GiB of host memory, \
+             derived from the two largest clone counts ({} and {}): the shared part is \
+             what the line through them gives for 0 clones (the image cache, for vms), \
+             the rest is divided by the cost of an added clone. Derived, not measured \
+             by filling the budget.\n\n",
+            p.clones[last - 1],
+            p.clones[last]
+        ));
+        md.push_str(&d.markdown());
     }
 
     let sections = p
