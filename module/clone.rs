@@ -120,9 +120,9 @@ const YOUNG: u8 = 8;
 const EVICT_BATCH: usize = 64;
 /// Stage-2 faults that skip eviction after one that could not evict.
 const EVICT_BACKOFF: u32 = 1024;
-/// Milliseconds the shrinker's worker leaves a clone alone after an
-/// eviction of it that could not evict: its zaps would cost the guest
-/// faults for nothing.
+/// Milliseconds the worker (for the shrinker, or clones over their
+/// limits) leaves a clone alone after an eviction of it that could not
+/// evict: its zaps would cost the guest faults for nothing.
 const PRESSURE_BACKOFF_MS: i64 = 1000;
 
 /// A private page on its way to the swap file, or in it (`State::out`).
@@ -175,8 +175,8 @@ struct State {
     /// makes the faulting vCPU retry, so one that frees nothing must not
     /// run at every fault.
     evict_skip: u32,
-    /// As `evict_skip`, for the shrinker's worker: when (`ktime_get()`, ms)
-    /// it may evict again.
+    /// As `evict_skip`, for the worker (for the shrinker, or a clone over
+    /// its limit): when (`ktime_get()`, ms) it may evict again.
     pressure_after: i64,
     /// The last read-back that failed: page, eviction and error, for the
     /// retry of its VMM fault to fail with (see [`MayRead::Again`]).
@@ -458,6 +458,9 @@ enum Why {
     /// The shrinker ([`reclaim`]), for up to this many pages, limit or
     /// not: never waits.
     Pressure(usize),
+    /// The worker, for a clone over its limit that a VMM fault took there
+    /// ([`ffi::reclaim_kick`]): never waits.
+    Over,
 }
 
 /// An eviction runs while this lives (`VmClone::evicting`).
@@ -488,6 +491,10 @@ impl Drop for Resident<'_> {
         let mut st = self.0.state.lock();
         st.evict_holds -= 1;
         self.0.publish(&st);
+        // A snapshot that failed after reading pages back.
+        if st.over_limit() {
+            ffi::reclaim_kick();
+        }
     }
 }
 
@@ -743,12 +750,12 @@ impl VmClone {
     /// `None` if there was nothing to do or nothing could go (`Some(0)`:
     /// the clock only made pages old, and the next call may evict). From a
     /// stage-2 fault, it backs off for [`EVICT_BACKOFF`] faults after an
-    /// eviction that could not evict; faults and the shrinker do nothing
+    /// eviction that could not evict; faults and the worker do nothing
     /// while another eviction runs; the ioctl waits for that one.
     fn evict(&self, why: Why) -> Result<Option<usize>> {
         let wanted = |st: &State| match why {
             Why::Pressure(_) => st.may_evict() && st.private.used() > st.writeback,
-            Why::Fault | Why::Limit => st.over_limit(),
+            Why::Fault | Why::Limit | Why::Over => st.over_limit(),
         };
         {
             let mut st = self.state.lock();
@@ -759,7 +766,7 @@ impl VmClone {
                 st.evict_skip -= 1;
                 return Ok(None);
             }
-            if matches!(why, Why::Pressure(_)) && ffi::now_ms() < st.pressure_after {
+            if matches!(why, Why::Pressure(_) | Why::Over) && ffi::now_ms() < st.pressure_after {
                 return Ok(None);
             }
         }
@@ -782,7 +789,7 @@ impl VmClone {
             }
             let want = match why {
                 Why::Pressure(n) => n.min(st.staying()).clamp(1, EVICT_BATCH),
-                Why::Fault | Why::Limit => {
+                Why::Fault | Why::Limit | Why::Over => {
                     let over = st.staying() - st.limit;
                     // A little below the limit, so that the next faults do
                     // not each evict a page.
@@ -863,7 +870,7 @@ impl VmClone {
     /// for the same reason wait ([`EVICT_BACKOFF`], [`PRESSURE_BACKOFF_MS`]).
     fn back_off(&self, st: &mut State, why: Why) {
         match why {
-            Why::Pressure(_) => st.pressure_after = ffi::now_ms() + PRESSURE_BACKOFF_MS,
+            Why::Pressure(_) | Why::Over => st.pressure_after = ffi::now_ms() + PRESSURE_BACKOFF_MS,
             Why::Fault | Why::Limit => st.evict_skip = EVICT_BACKOFF,
         }
     }
@@ -1265,6 +1272,12 @@ impl VmClone {
             let mut st = self.state.lock();
             match self.resolve(&mut st, idx, write, VMM)? {
                 Resolved::Page { page, .. } => {
+                    // This fault may have taken the clone over its limit,
+                    // and may not evict: the worker will (unless it is
+                    // backing off from this clone).
+                    if st.over_limit() && ffi::now_ms() >= st.pressure_after {
+                        ffi::reclaim_kick();
+                    }
                     // Possibly a shared page: lock it before `state` goes,
                     // so a copy made after this waits in `retire` until it
                     // is mapped. For a write to a new private page, mm
@@ -1753,12 +1766,22 @@ impl PinnedDrop for VmClone {
     }
 }
 
-/// The shrinker's worker ([`ffi::Reclaim`]): memory reclaim asked for
-/// pages; evict cold private pages of clones with a swap file, one batch
-/// from each in turn, until the clock has looked at as many pages as were
-/// asked for, or a whole round of clones had nothing to give. Their limits
-/// do not matter: a clone under its limit gives pages too.
+/// The worker ([`ffi::Reclaim`]): first what memory reclaim asked for
+/// (the shrinker): cold private pages of clones with a swap file, one
+/// batch from each in turn, until the clock has looked at as many pages as
+/// were asked for, or a whole round of clones had nothing to give; their
+/// limits do not matter, a clone under its limit gives pages too. Then, if
+/// a VMM fault took a clone over its limit ([`ffi::reclaim_kick`]),
+/// clones down to their limits ([`reclaim_over`]).
 pub(crate) fn reclaim(r: &ffi::Reclaim) {
+    reclaim_pressure(r);
+    if ffi::reclaim_kicked() {
+        reclaim_over(r);
+    }
+}
+
+/// The shrinker's ask (see [`reclaim`]).
+fn reclaim_pressure(r: &ffi::Reclaim) {
     let mut idle = 0;
     loop {
         let want = ffi::reclaim_wanted();
@@ -1788,6 +1811,36 @@ pub(crate) fn reclaim(r: &ffi::Reclaim) {
         ffi::reclaim_done(batch, freed);
         ffi::cond_resched();
     }
+}
+
+/// Rounds of [`reclaim_over`] before it queues itself again.
+const OVER_ROUNDS: usize = 64;
+
+/// Clones that VMM faults took over their limits (each clone with a limit
+/// has a swap file, so is listed): rounds of one batch from each listed
+/// clone (a clone's drop waits for one batch at most), until two rounds
+/// in a row free nothing (the first may only make pages old). A pass
+/// still freeing after [`OVER_ROUNDS`] rounds asks for another, so that
+/// clones reach their limits without more faults.
+fn reclaim_over(r: &ffi::Reclaim) {
+    let mut dry = 0;
+    for _ in 0..OVER_ROUNDS {
+        let (mut seen, mut clones, mut freed) = (0, 1, 0);
+        while seen < clones {
+            let Some((done, live)) = r.with_next(|c| c.evict(Why::Over)) else { return };
+            if let Ok(Some(n)) = done {
+                freed += n;
+            }
+            clones = live;
+            seen += 1;
+            ffi::cond_resched();
+        }
+        dry = if freed == 0 { dry + 1 } else { 0 };
+        if dry == 2 {
+            return;
+        }
+    }
+    ffi::reclaim_kick();
 }
 
 fn inval(msg: &str) -> Result<isize> {

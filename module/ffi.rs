@@ -16,7 +16,7 @@
 use crate::clone::{MayRead, MmapFault, VmClone};
 use crate::{abi, dev};
 use core::ptr::{addr_of_mut, null_mut, NonNull};
-use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use kernel::c_str;
 use kernel::bindings;
 use kernel::error::{from_err_ptr, from_result, to_result};
@@ -1155,6 +1155,9 @@ static RECLAIMABLE: AtomicUsize = AtomicUsize::new(0);
 static RECLAIM_WANT: AtomicUsize = AtomicUsize::new(0);
 /// Pages the worker freed that no reclaimer has been credited with yet.
 static RECLAIM_FREED: AtomicUsize = AtomicUsize::new(0);
+/// A VMM fault took a clone over its limit: the worker evicts clones down
+/// to their limits ([`reclaim_kick`]).
+static RECLAIM_OVER: AtomicBool = AtomicBool::new(false);
 /// The module's [`Reclaim`], from its start to its stop; clones that go
 /// leave its list through it.
 static RECLAIM: AtomicPtr<Reclaim> = AtomicPtr::new(null_mut());
@@ -1321,8 +1324,10 @@ impl Drop for ReclaimRegistration {
         // SAFETY: registered in `start`; this waits for running callbacks,
         // and none is called after it.
         unsafe { bindings::shrinker_free(r.shrinker) };
-        // SAFETY: made in `start`; nothing queues work any more (only the
-        // shrinker did); this waits for the queued work, and its reference.
+        // SAFETY: made in `start`; nothing queues work any more (the
+        // shrinker is gone, and so is every clone, whose faults and the
+        // worker itself queue it); this waits for the queued work, and its
+        // reference.
         unsafe { bindings::destroy_workqueue(r.queue) };
         let own = RECLAIM.swap(null_mut(), Ordering::AcqRel);
         RECLAIM_WANT.store(0, Ordering::Relaxed);
@@ -1416,17 +1421,8 @@ unsafe extern "C" fn reclaim_scan(_s: *mut bindings::shrinker, sc: *mut bindings
     let cap = RECLAIMABLE.load(Ordering::Relaxed);
     let _ = RECLAIM_WANT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_add(nr).min(cap)));
     let want = RECLAIM_WANT.load(Ordering::Relaxed);
-    let r = RECLAIM.load(Ordering::Acquire);
-    if !r.is_null() && want > 0 {
-        // SAFETY: from `Arc::into_raw`, given back only after
-        // `shrinker_free` has waited for this call.
-        let r = unsafe { ArcBorrow::from_raw(r) };
-        let work: Arc<Reclaim> = r.into();
-        // SAFETY: the queue lives while the shrinker does (as above).
-        let q = unsafe { kernel::workqueue::Queue::from_raw(r.queue) };
-        // Already queued: the reference comes back and goes (not the last:
-        // the registration holds one).
-        let _ = q.enqueue(work);
+    if want > 0 {
+        queue_reclaim();
     }
     let mut credit = 0;
     let _ = RECLAIM_FREED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
@@ -1446,6 +1442,43 @@ unsafe extern "C" fn reclaim_scan(_s: *mut bindings::shrinker, sc: *mut bindings
         return SHRINK_STOP;
     }
     credit as c_ulong
+}
+
+/// Queue the worker, unless it is queued already. From the shrinker's
+/// callbacks, or from a clone's fault.
+fn queue_reclaim() {
+    let r = RECLAIM.load(Ordering::Acquire);
+    if r.is_null() {
+        return;
+    }
+    // SAFETY: from `Arc::into_raw`, given back only after `shrinker_free`
+    // has waited for the callbacks and every clone is gone (so no clone
+    // fault runs either).
+    let r = unsafe { ArcBorrow::from_raw(r) };
+    let work: Arc<Reclaim> = r.into();
+    // SAFETY: the queue lives as long (as above).
+    let q = unsafe { kernel::workqueue::Queue::from_raw(r.queue) };
+    // Already queued: the reference comes back and goes (not the last: the
+    // registration holds one).
+    let _ = q.enqueue(work);
+}
+
+/// Have the worker evict clones down to their limits: a fault of the
+/// VMM's mapping took one over it, and may not evict itself (it holds
+/// `mmap_lock`, which a swap file's writers take under their inode lock
+/// when they fault on user memory).
+pub(crate) fn reclaim_kick() {
+    // A load first: a fault of an over-limit clone kicks at every fault
+    // until the worker has run.
+    if !RECLAIM_OVER.load(Ordering::Relaxed) && !RECLAIM_OVER.swap(true, Ordering::AcqRel) {
+        queue_reclaim();
+    }
+}
+
+/// Whether a fault asked the worker to bring clones down to their limits
+/// since the last call.
+pub(crate) fn reclaim_kicked() -> bool {
+    RECLAIM_OVER.swap(false, Ordering::AcqRel)
 }
 
 /// `SHRINK_STOP` (`~0UL`; bindgen makes it an `i32`).

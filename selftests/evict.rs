@@ -22,6 +22,11 @@
 //!   image's word 0 throughout and the VMM its own latest token; freed
 //!   pages sit in the debug quarantine, whose sentinel a write through a
 //!   stale stage-2 or VMM mapping would change (a splat).
+//! - `vmm_writes_past_its_limit`: with no VM at all, the VMM writes 512
+//!   pages of a clone with a 64-page limit through its mapping. Its faults
+//!   may not evict (they hold `mmap_lock`) but ask the module's worker,
+//!   which brings the clone back to its limit within seconds; every page
+//!   then reads back through the mapping.
 //! - `bad_input`: nonzero flags or reserved, a limit without a swap file:
 //!   EINVAL; a swap directory fd that is not open: EBADF; a regular file:
 //!   ENOTDIR; a second swap file: EEXIST. A limit of 0 needs no file.
@@ -222,6 +227,36 @@ fn races() {
     image.delete();
 }
 
+fn vmm_writes_past_its_limit() {
+    const PAGES_W: u64 = 512;
+    const LIMIT_W: u64 = 64;
+    let dev = vms_open();
+    let name = unique_name("evict_vmm");
+    let file = ImageFile::with_pattern(&name, PAGES_W, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES_W * PAGE_SIZE, 0);
+    let clone = image.clone_create();
+    let map = clone.map();
+    clone.set_limit(LIMIT_W, Some(&image_dir()));
+    for p in 0..PAGES_W {
+        let v = GUEST_FIRST.wrapping_add(p as u32);
+        map.write_u32(p * PAGE_SIZE, v);
+        map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
+    }
+    let t0 = std::time::Instant::now();
+    let mut f = clone.footprint();
+    while f.resident > LIMIT_W && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+        f = clone.footprint();
+    }
+    ksft::ksft_print_msg(&format!("{:.2} s after the writes: {f:?}", t0.elapsed().as_secs_f64()));
+    test_assert!(f.resident <= LIMIT_W, "{} pages in memory 20 s after the VMM's writes, limit {LIMIT_W}", f.resident);
+    test_assert_eq!(f.resident + f.swapped, PAGES_W);
+    test_assert_eq!(f.evict_errors, 0);
+    vmm_reads_values(&map, 0..PAGES_W, GUEST_FIRST);
+    drop((map, clone));
+    image.delete();
+}
+
 fn bad_input() {
     let dev = vms_open();
     let name = unique_name("evict_bad");
@@ -264,6 +299,7 @@ fn main() {
         Test::new("guest_writes_4x_its_limit", guest_writes_4x_its_limit),
         Test::new("snapshot_and_reset", snapshot_and_reset),
         Test::new("races", races),
+        Test::new("vmm_writes_past_its_limit", vmm_writes_past_its_limit),
         Test::new("bad_input", bad_input),
     ]);
 }

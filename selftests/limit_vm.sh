@@ -95,8 +95,9 @@ limit=$(field l-1 footprint.limit_pages) resident=$(field l-1 footprint.resident
 swapped=$(field l-1 footprint.swapped) evicted=$(field l-1 footprint.evicted)
 read_back=$(field l-1 footprint.read_back) errors=$(field l-1 footprint.evict_errors)
 msg "footprint: limit $limit pages, $resident in memory, $swapped swapped, $evicted evicted, $read_back read back, $errors errors"
-# Faults of the VMM's mapping (its devices, the agent) never evict: a
-# little room above the limit.
+# Faults of the VMM's mapping (its devices, the agent) never evict
+# themselves (the worker does, moments later): a little room above the
+# limit.
 check "the clone's memory stays near its limit ($resident of $limit pages)" \
 	test "$limit" = 2048 -a "$resident" -le $((2048 + 256))
 check "the rest went to the swap file and came back ($swapped swapped, $read_back read back)" \

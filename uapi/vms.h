@@ -473,8 +473,9 @@ struct vms_clone_footprint {
  * page's stage-2 and VMM mappings to see whether it is used again). The
  * limit holds at the guest's stage-2 faults, which evict before they
  * allocate, and this call evicts down to a lowered limit before it
- * returns; faults of the VMM's mapping never wait for a write (they may
- * take the clone past its limit until the next stage-2 fault). A page
+ * returns; faults of the VMM's mapping never wait for a write (one that
+ * takes the clone past its limit has the module's worker evict it back
+ * down, moments later). A page
  * that someone holds (a pin for I/O, kvm_vcpu_map()) is not evicted, and
  * a failed write keeps the page: the clone may stay above its limit, but
  * never fails for it (after an eviction that could not evict, the next
