@@ -37,14 +37,14 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use vms_selftests::guest::{self, Outcome, Walk};
+use vms_selftests::guest::{self, Walk};
 use vms_selftests::knob::Quarantine;
 use vms_selftests::ksft::{self, check, Test, Watchdog};
 use vms_selftests::kvm;
 use vms_selftests::race::{token_race, RaceSpec};
 use vms_selftests::vms::{
     image_create, image_dir, image_snapshot, require_vms_and_kvm, unique_name, vm_with_clone,
-    vms_open, CloneMap, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
+    vms_open, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 use vms_uapi::VmsCloneLimit;
@@ -57,21 +57,6 @@ const LIMIT: u64 = 256;
 /// Faults in flight past the limit: one vCPU, one page each.
 const SLACK: u64 = 1;
 const GUEST_FIRST: u32 = 0x0a00_0000;
-
-/// The VMM reads value `first + p` at byte 0 of page `p` and its
-/// complement at byte 2048, for every page of `pages`.
-#[track_caller]
-fn vmm_reads_values(map: &CloneMap, pages: std::ops::Range<u64>, first: u32) {
-    for p in pages {
-        let (lo, hi) = (map.read_u32(p * PAGE_SIZE), map.read_u32(p * PAGE_SIZE + HI_OFFSET));
-        let want = first.wrapping_add(p as u32);
-        test_assert!(
-            lo == want && hi == !want,
-            "VMM read of page {p}: {lo:#010x}/{hi:#010x}, expected {want:#010x}/{:#010x}",
-            !want
-        );
-    }
-}
 
 fn guest_writes_4x_its_limit() {
     let dev = vms_open();
@@ -106,7 +91,7 @@ fn guest_writes_4x_its_limit() {
 
     // And from the VMM: swapped pages come back through its faults.
     let before = f.read_back;
-    vmm_reads_values(&map, 0..WRITTEN, GUEST_FIRST);
+    map.check_values(0..WRITTEN, GUEST_FIRST);
     let f = clone.footprint();
     ksft::ksft_print_msg(&format!("after the VMM's check: {f:?}"));
     test_assert!(f.read_back > before, "the VMM read nothing back");
@@ -156,7 +141,7 @@ fn snapshot_and_reset() {
     let other_map = other.map();
     let mut vm2 = vm_with_clone(&kvm, &other, &other_map, 1);
     guest::run(&mut vm2, 0, &guest::read_check(&writes));
-    vmm_reads_values(&other_map, 0..512, GUEST_FIRST);
+    other_map.check_values(0..512, GUEST_FIRST);
     drop((vm2, other_map, other));
 
     // The first clone writes again (over its limit), then resets.
@@ -167,7 +152,7 @@ fn snapshot_and_reset() {
     let f = clone.footprint();
     test_assert_eq!((f.resident, f.swapped), (0, 0), "the reset dropped every page");
     guest::run(&mut vm, 0, &guest::read_check(&writes));
-    vmm_reads_values(&map, 0..512, GUEST_FIRST);
+    map.check_values(0..512, GUEST_FIRST);
     drop((vm, map, clone));
     live.delete();
     image.delete();
@@ -210,20 +195,14 @@ fn races() {
         r.passes,
         r.vmm_rounds,
     ));
-    test_assert!(matches!(r.guest, Outcome::Done), "the guest saw a wrong page: {}", guest::describe(&r.guest));
-    test_assert!(r.vmm.is_none(), "the VMM: {}", r.vmm.unwrap_or_default());
-    test_assert!(r.passes > 0, "the guest never finished a pass");
-    test_assert!(r.vmm_rounds > 0, "the VMM thread never finished a round");
+    r.assert_clean();
     test_assert!(f.evicted > 0 && f.read_back > 0, "nothing was evicted and read back");
     test_assert_eq!(f.evict_errors, 0);
     drop((vm, map, other, clone));
     for live in lives.into_iter().rev() {
         live.delete();
     }
-    let changed = quarantine.changed();
-    ksft::ksft_print_msg(&format!("quarantine: {changed} pages changed while free"));
-    test_assert_eq!(changed, 0, "pages changed in the quarantine (see the kernel log)");
-    drop(quarantine);
+    quarantine.assert_unchanged();
     image.delete();
 }
 
@@ -252,7 +231,7 @@ fn vmm_writes_past_its_limit() {
     test_assert!(f.resident <= LIMIT_W, "{} pages in memory 20 s after the VMM's writes, limit {LIMIT_W}", f.resident);
     test_assert_eq!(f.resident + f.swapped, PAGES_W);
     test_assert_eq!(f.evict_errors, 0);
-    vmm_reads_values(&map, 0..PAGES_W, GUEST_FIRST);
+    map.check_values(0..PAGES_W, GUEST_FIRST);
     drop((map, clone));
     image.delete();
 }

@@ -29,14 +29,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vms_selftests::guest::{self, Outcome, Walk};
+use vms_selftests::guest::{self, Walk};
 use vms_selftests::knob::Quarantine;
 use vms_selftests::ksft::{self, Test, Watchdog};
 use vms_selftests::kvm;
 use vms_selftests::race::{token_race, RaceSpec};
 use vms_selftests::vms::{
     image_create, image_dir, image_snapshot, require_vms_and_kvm, unique_name, vm_with_clone,
-    vms_open, CloneMap, ImageFile, VmsClone, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
+    vms_open, ImageFile, VmsClone, CLONE_GPA, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 
@@ -47,21 +47,6 @@ const FIRST: u32 = 0x0c00_0000;
 /// Run every shrinker once (`drop_caches` 2: slab objects only).
 fn drop_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "2\n").expect("write /proc/sys/vm/drop_caches");
-}
-
-/// The VMM reads value `first + p` at byte 0 of page `p` and its
-/// complement at byte 2048, for every page of `pages`.
-#[track_caller]
-fn vmm_reads_values(map: &CloneMap, pages: std::ops::Range<u64>, first: u32) {
-    for p in pages {
-        let (lo, hi) = (map.read_u32(p * PAGE_SIZE), map.read_u32(p * PAGE_SIZE + HI_OFFSET));
-        let want = first.wrapping_add(p as u32);
-        test_assert!(
-            lo == want && hi == !want,
-            "VMM read of page {p}: {lo:#010x}/{hi:#010x}, expected {want:#010x}/{:#010x}",
-            !want
-        );
-    }
 }
 
 /// Run shrinkers until `clone` gave at least `want` pages to them, for at
@@ -119,8 +104,8 @@ fn drop_caches_test() {
     test_assert!(f.read_back >= shrunk, "{} read back of {shrunk} shrunk", f.read_back);
     // Out again, then back through the VMM's faults.
     shrink_until(&swappable, f.shrunk + WRITTEN / 2, Duration::from_secs(30));
-    vmm_reads_values(&map_s, 0..WRITTEN, FIRST);
-    vmm_reads_values(&map_k, 0..WRITTEN, FIRST);
+    map_s.check_values(0..WRITTEN, FIRST);
+    map_k.check_values(0..WRITTEN, FIRST);
     let f = swappable.footprint();
     ksft::ksft_print_msg(&format!("after the checks: {f:?}"));
     test_assert_eq!(f.resident + f.swapped, WRITTEN);
@@ -228,20 +213,14 @@ fn races() {
         r.passes,
         r.vmm_rounds,
     ));
-    test_assert!(matches!(r.guest, Outcome::Done), "the guest saw a wrong page: {}", guest::describe(&r.guest));
-    test_assert!(r.vmm.is_none(), "the VMM: {}", r.vmm.unwrap_or_default());
-    test_assert!(r.passes > 0, "the guest never finished a pass");
-    test_assert!(r.vmm_rounds > 0, "the VMM thread never finished a round");
+    r.assert_clean();
     test_assert!(f.shrunk > 0 && f.read_back > 0, "the shrinker evicted nothing that came back");
     test_assert_eq!(f.evict_errors, 0);
     drop((vm, map, other, clone));
     for live in lives.into_iter().rev() {
         live.delete();
     }
-    let changed = quarantine.changed();
-    ksft::ksft_print_msg(&format!("quarantine: {changed} pages changed while free"));
-    test_assert_eq!(changed, 0, "pages changed in the quarantine (see the kernel log)");
-    drop(quarantine);
+    quarantine.assert_unchanged();
     image.delete();
 }
 

@@ -141,6 +141,15 @@ impl Quarantine {
     pub fn changed(&self) -> u32 {
         self.bad.as_ref().map_or(0, |(b, before)| b.get() - before)
     }
+
+    /// Prints how many quarantined pages changed, asserts none did, and
+    /// empties the quarantine.
+    #[track_caller]
+    pub fn assert_unchanged(self) {
+        let changed = self.changed();
+        ksft::ksft_print_msg(&format!("quarantine: {changed} pages changed while free"));
+        crate::test_assert_eq!(changed, 0, "pages changed in the quarantine (see the kernel log)");
+    }
 }
 
 impl Drop for Quarantine {

@@ -37,6 +37,22 @@ pub struct RaceResult {
     pub vmm_rounds: u64,
 }
 
+impl RaceResult {
+    /// Asserts that neither side saw a wrong page and both finished at
+    /// least one round.
+    #[track_caller]
+    pub fn assert_clean(&self) {
+        crate::test_assert!(
+            matches!(self.guest, Outcome::Done),
+            "the guest saw a wrong page: {}",
+            guest::describe(&self.guest)
+        );
+        crate::test_assert!(self.vmm.is_none(), "the VMM: {}", self.vmm.clone().unwrap_or_default());
+        crate::test_assert!(self.passes > 0, "the guest never finished a pass");
+        crate::test_assert!(self.vmm_rounds > 0, "the VMM thread never finished a round");
+    }
+}
+
 /// What a [`token_race`] runs over, and for how long.
 #[derive(Debug, Clone, Copy)]
 pub struct RaceSpec {

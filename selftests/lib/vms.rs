@@ -821,6 +821,22 @@ impl CloneMap {
         unsafe { p.read_volatile() }
     }
 
+    /// Asserts that page `p` of `pages` holds `first + p` at byte 0 and
+    /// its complement at [`HI_OFFSET`] (what [`guest::Walk::values`]
+    /// writes), reading through this mapping.
+    #[track_caller]
+    pub fn check_values(&self, pages: std::ops::Range<u64>, first: u32) {
+        for p in pages {
+            let (lo, hi) = (self.read_u32(p * PAGE_SIZE), self.read_u32(p * PAGE_SIZE + HI_OFFSET));
+            let want = first.wrapping_add(p as u32);
+            crate::test_assert!(
+                lo == want && hi == !want,
+                "VMM read of page {p}: {lo:#010x}/{hi:#010x}, expected {want:#010x}/{:#010x}",
+                !want
+            );
+        }
+    }
+
     /// Writes `v` to the u32 at clone byte `off` (4-byte aligned).
     #[track_caller]
     pub fn write_u32(&self, off: u64, v: u32) {
