@@ -38,10 +38,9 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use vms_selftests::guest::{self, Walk};
-use vms_selftests::knob::Quarantine;
-use vms_selftests::ksft::{self, check, Test, Watchdog};
+use vms_selftests::ksft::{self, check, Test};
 use vms_selftests::kvm;
-use vms_selftests::race::{token_race, RaceSpec};
+use vms_selftests::race::eviction_race;
 use vms_selftests::vms::{
     image_create, image_dir, image_snapshot, require_vms_and_kvm, unique_name, vm_with_clone,
     vms_open, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
@@ -158,52 +157,12 @@ fn snapshot_and_reset() {
     image.delete();
 }
 
-const RACE_PAGES: u64 = 256;
-const RACE: RaceSpec =
-    RaceSpec { pages: RACE_PAGES, time: Duration::from_secs(40), rounds: 20, pause: Duration::from_millis(20) };
-const SNAPSHOTS: usize = 6;
-const QUARANTINE: u32 = 64;
-
 fn races() {
-    let dev = vms_open();
-    let name = unique_name("evict_race");
-    let file = ImageFile::with_pattern(&name, RACE_PAGES, 0);
-    let image = image_create(&dev, &name, file.file(), RACE_PAGES * PAGE_SIZE, 0);
-    let quarantine = Quarantine::start(QUARANTINE);
-    let kvm = kvm::open_kvm();
-    let clone = image.clone_create();
-    let map = clone.map();
-    let other = clone.map();
-    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
-    clone.set_limit(16, Some(&image_dir()));
-    let mut lives = Vec::new();
-    let _dog = Watchdog::start("evict races", Duration::from_secs(240));
-    let mut n = 0u32;
-    // No reset here: the VMM must read back exactly its token.
-    let r = token_race(&mut vm, &map, &other, RACE, |_| None, || {
-        n += 1;
+    let f = eviction_race("evict_race", 16, |n, clone| {
         clone.set_limit(if n.is_multiple_of(2) { 16 } else { 64 }, None);
-        if n.is_multiple_of(5) && lives.len() < SNAPSHOTS {
-            lives.push(image_snapshot(&dev, &unique_name("evict_race_live"), &clone));
-        }
-        true
     });
-    let f = clone.footprint();
-    ksft::ksft_print_msg(&format!(
-        "{} snapshots, {} guest passes, {} VMM rounds; {f:?}",
-        lives.len(),
-        r.passes,
-        r.vmm_rounds,
-    ));
-    r.assert_clean();
     test_assert!(f.evicted > 0 && f.read_back > 0, "nothing was evicted and read back");
     test_assert_eq!(f.evict_errors, 0);
-    drop((vm, map, other, clone));
-    for live in lives.into_iter().rev() {
-        live.delete();
-    }
-    quarantine.assert_unchanged();
-    image.delete();
 }
 
 fn vmm_writes_past_its_limit() {

@@ -30,12 +30,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vms_selftests::guest::{self, Walk};
-use vms_selftests::knob::Quarantine;
 use vms_selftests::ksft::{self, Test, Watchdog};
 use vms_selftests::kvm;
-use vms_selftests::race::{token_race, RaceSpec};
+use vms_selftests::race::{eviction_race, EVICTION_RACE_PAGES};
 use vms_selftests::vms::{
-    image_create, image_dir, image_snapshot, require_vms_and_kvm, unique_name, vm_with_clone,
+    image_create, image_dir, require_vms_and_kvm, unique_name, vm_with_clone,
     vms_open, ImageFile, VmsClone, CLONE_GPA, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
@@ -174,61 +173,22 @@ fn kswapd() {
     image.delete();
 }
 
-const RACE_PAGES: u64 = 256;
-const RACE: RaceSpec =
-    RaceSpec { pages: RACE_PAGES, time: Duration::from_secs(40), rounds: 20, pause: Duration::from_millis(20) };
-const SNAPSHOTS: usize = 6;
-const QUARANTINE: u32 = 64;
-
 fn races() {
-    let dev = vms_open();
-    let name = unique_name("shrink_race");
-    let file = ImageFile::with_pattern(&name, RACE_PAGES, 0);
-    let image = image_create(&dev, &name, file.file(), RACE_PAGES * PAGE_SIZE, 0);
-    let quarantine = Quarantine::start(QUARANTINE);
-    let kvm = kvm::open_kvm();
-    let clone = image.clone_create();
-    let map = clone.map();
-    let other = clone.map();
-    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
-    clone.set_limit(0, Some(&image_dir()));
-    let mut lives = Vec::new();
-    let _dog = Watchdog::start("shrink races", Duration::from_secs(240));
-    let mut n = 0u32;
-    let r = token_race(&mut vm, &map, &other, RACE, |_| None, || {
-        n += 1;
+    let f = eviction_race("shrink_race", 0, |n, clone| {
         drop_caches();
         if n.is_multiple_of(7) {
             clone.set_limit(if n.is_multiple_of(2) { 64 } else { 0 }, None);
         }
-        if n.is_multiple_of(5) && lives.len() < SNAPSHOTS {
-            lives.push(image_snapshot(&dev, &unique_name("shrink_race_live"), &clone));
-        }
-        true
     });
-    let f = clone.footprint();
-    ksft::ksft_print_msg(&format!(
-        "{} snapshots, {} guest passes, {} VMM rounds; {f:?}",
-        lives.len(),
-        r.passes,
-        r.vmm_rounds,
-    ));
-    r.assert_clean();
     test_assert!(f.shrunk > 0 && f.read_back > 0, "the shrinker evicted nothing that came back");
     test_assert_eq!(f.evict_errors, 0);
-    drop((vm, map, other, clone));
-    for live in lives.into_iter().rev() {
-        live.delete();
-    }
-    quarantine.assert_unchanged();
-    image.delete();
 }
 
 fn close_while_shrinking() {
     let dev = vms_open();
     let name = unique_name("shrink_close");
-    let file = ImageFile::with_pattern(&name, RACE_PAGES, 0);
-    let image = image_create(&dev, &name, file.file(), RACE_PAGES * PAGE_SIZE, 0);
+    let file = ImageFile::with_pattern(&name, EVICTION_RACE_PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), EVICTION_RACE_PAGES * PAGE_SIZE, 0);
     let kvm = kvm::open_kvm();
     let _dog = Watchdog::start("close while shrinking", Duration::from_secs(240));
     let stop = Arc::new(AtomicBool::new(false));
@@ -243,7 +203,7 @@ fn close_while_shrinking() {
             n
         })
     };
-    let writes = Walk::values(CLONE_GPA, RACE_PAGES, FIRST);
+    let writes = Walk::values(CLONE_GPA, EVICTION_RACE_PAGES, FIRST);
     let mut shrunk = 0;
     for _ in 0..20 {
         let clone = image.clone_create();

@@ -21,9 +21,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::guest::{self, Outcome, Walk};
-use crate::ksft::check;
-use crate::kvm::{vcpu_set_entry, Vm};
-use crate::vms::{pattern_word, CloneMap, CLONE_GPA, PAGE_SIZE};
+use crate::knob::Quarantine;
+use crate::ksft::{self, check, Watchdog};
+use crate::kvm::{self, vcpu_set_entry, Vm};
+use crate::vms::{
+    image_create, image_dir, image_snapshot, pattern_word, unique_name, vm_with_clone, vms_open, CloneMap,
+    ImageFile, VmsClone, CLONE_GPA, PAGE_SIZE,
+};
+use vms_uapi::VmsCloneFootprint;
 
 /// How a [`token_race`] ended.
 #[derive(Debug)]
@@ -136,4 +141,62 @@ pub fn token_race(
         passes: passes.load(Ordering::SeqCst),
         vmm_rounds: vmm_rounds.load(Ordering::SeqCst),
     }
+}
+
+/// The clone pages of an [`eviction_race`].
+pub const EVICTION_RACE_PAGES: u64 = 256;
+
+/// A [`token_race`] over a clone with a swap file and a limit of `limit`
+/// pages (0: none), with the debug quarantine on, for 40 s or 20 rounds;
+/// between pauses, `stir(round, clone)` (a new limit, `drop_caches`...),
+/// and every 5th round a snapshot (6 at most), whose clones of the live
+/// image are never started. Asserts that neither side saw a wrong page
+/// and no freed page changed, and returns the clone's footprint at the
+/// end of the race. Names start with `prefix`.
+#[track_caller]
+pub fn eviction_race(prefix: &str, limit: u64, mut stir: impl FnMut(u32, &VmsClone)) -> VmsCloneFootprint {
+    const SPEC: RaceSpec = RaceSpec {
+        pages: EVICTION_RACE_PAGES,
+        time: Duration::from_secs(40),
+        rounds: 20,
+        pause: Duration::from_millis(20),
+    };
+    let dev = vms_open();
+    let name = unique_name(prefix);
+    let file = ImageFile::with_pattern(&name, EVICTION_RACE_PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), EVICTION_RACE_PAGES * PAGE_SIZE, 0);
+    let quarantine = Quarantine::start(64);
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let other = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+    clone.set_limit(limit, Some(&image_dir()));
+    let mut lives = Vec::new();
+    let _dog = Watchdog::start(&format!("{prefix} races"), Duration::from_secs(240));
+    let mut n = 0u32;
+    // No reset here: the VMM must read back exactly its token.
+    let r = token_race(&mut vm, &map, &other, SPEC, |_| None, || {
+        n += 1;
+        stir(n, &clone);
+        if n.is_multiple_of(5) && lives.len() < 6 {
+            lives.push(image_snapshot(&dev, &unique_name(&format!("{prefix}_live")), &clone));
+        }
+        true
+    });
+    let f = clone.footprint();
+    ksft::ksft_print_msg(&format!(
+        "{} snapshots, {} guest passes, {} VMM rounds; {f:?}",
+        lives.len(),
+        r.passes,
+        r.vmm_rounds,
+    ));
+    r.assert_clean();
+    drop((vm, map, other, clone));
+    for live in lives.into_iter().rev() {
+        live.delete();
+    }
+    quarantine.assert_unchanged();
+    image.delete();
+    f
 }
