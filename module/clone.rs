@@ -418,9 +418,6 @@ pub(crate) struct VmClone {
     /// What this clone adds to the shrinker's count
     /// ([`State::reclaimable`], published by [`VmClone::publish`]).
     reclaimable: AtomicUsize,
-    /// The clone is on the shrinker's list ([`ffi::reclaim_add`]): its
-    /// drop must leave it.
-    reclaim_listed: AtomicBool,
     /// Work to leave the VM was queued (`ffi::queue_leave`): releasing a
     /// clone file or a name waits for the queue, so that the work's
     /// reference is gone before theirs.
@@ -540,7 +537,6 @@ impl VmClone {
                 stats,
                 limit: AtomicUsize::new(0),
                 reclaimable: AtomicUsize::new(0),
-                reclaim_listed: AtomicBool::new(false),
                 evicting: AtomicBool::new(false),
                 leave_queued: AtomicBool::new(false),
             }? Error),
@@ -754,7 +750,7 @@ impl VmClone {
     /// while another eviction runs; the ioctl waits for that one.
     fn evict(&self, why: Why) -> Result<Option<usize>> {
         let wanted = |st: &State| match why {
-            Why::Pressure(_) => st.may_evict() && st.private.used() > st.writeback,
+            Why::Pressure(_) => st.may_evict() && st.staying() > 0,
             Why::Fault | Why::Limit | Why::Over => st.over_limit(),
         };
         {
@@ -1477,9 +1473,9 @@ impl VmClone {
         let swap = swap.map(|s| Arc::new(s, GFP_KERNEL)).transpose()?;
         if swap.is_some() {
             // Before the file is the clone's: a clone with a swap file is
-            // always on the list (it stays there until it goes).
+            // always on the list (it stays there until it goes), which is
+            // how its drop knows to leave it.
             ffi::reclaim_add(self)?;
-            self.reclaim_listed.store(true, Relaxed);
         }
         {
             let mut st = self.state.lock();
@@ -1746,9 +1742,10 @@ impl VmClone {
 #[pinned_drop]
 impl PinnedDrop for VmClone {
     fn drop(self: Pin<&mut Self>) {
-        // Off the shrinker's list first, waiting for its worker to be done
-        // with this clone.
-        if self.reclaim_listed.load(Relaxed) {
+        // Off the shrinker's list first (a clone with a swap file is on
+        // it), waiting for its worker to be done with this clone.
+        let listed = self.state.lock().swap.is_some();
+        if listed {
             ffi::reclaim_forget(&self);
         }
         // Unregister from KVM (which waits for vCPUs inside our fault

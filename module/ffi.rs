@@ -1217,7 +1217,8 @@ pub(crate) struct Reclaim {
 }
 
 // SAFETY: the queue and the shrinker are C objects made for use from any
-// thread; they are freed only in `stop`, after which nothing uses them.
+// thread; they are freed only in `ReclaimRegistration::drop`, after which
+// nothing uses them.
 unsafe impl Send for Reclaim {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for Reclaim {}
@@ -1419,8 +1420,9 @@ unsafe extern "C" fn reclaim_scan(_s: *mut bindings::shrinker, sc: *mut bindings
     // SAFETY: the kernel passes a live control for the call.
     let nr = unsafe { (*sc).nr_to_scan } as usize;
     let cap = RECLAIMABLE.load(Ordering::Relaxed);
-    let _ = RECLAIM_WANT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_add(nr).min(cap)));
-    let want = RECLAIM_WANT.load(Ordering::Relaxed);
+    let ask = |w: usize| w.saturating_add(nr).min(cap);
+    let (Ok(w) | Err(w)) = RECLAIM_WANT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(ask(w)));
+    let want = ask(w);
     if want > 0 {
         queue_reclaim();
     }
