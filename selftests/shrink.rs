@@ -49,17 +49,31 @@ fn drop_caches() {
 }
 
 /// Run shrinkers until `clone` gave at least `want` pages to them, for at
-/// most `limit`; returns how many it gave.
+/// most `limit`; then wait until the module's worker, which evicts after
+/// `drop_caches` returns, has stopped evicting from it (its footprint
+/// stays the same for 300 ms, at most 10 s more), so that what the test
+/// reads next is one state. Returns how many pages the clone gave.
 fn shrink_until(clone: &VmsClone, want: u64, limit: Duration) -> u64 {
     let t0 = Instant::now();
     loop {
         drop_caches();
         let shrunk = clone.footprint().shrunk;
         if shrunk >= want || t0.elapsed() > limit {
-            return shrunk;
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let t1 = Instant::now();
+    let mut last = clone.footprint();
+    while t1.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = clone.footprint();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last.shrunk
 }
 
 fn drop_caches_test() {
