@@ -1815,25 +1815,25 @@ const OVER_ROUNDS: usize = 64;
 
 /// Clones that VMM faults took over their limits (each clone with a limit
 /// has a swap file, so is listed): rounds of one batch from each listed
-/// clone (a clone's drop waits for one batch at most), until two rounds
-/// in a row free nothing (the first may only make pages old). A pass
-/// still freeing after [`OVER_ROUNDS`] rounds asks for another, so that
-/// clones reach their limits without more faults.
+/// clone (a clone's drop waits for one batch at most), until a round in
+/// which no clone had anything to do: every one at its limit, backing off
+/// (its pages all held), or evicting already. A batch that only made
+/// pages old (`Some(0)`: the clock looks at a few hundred pages per call,
+/// and a VMM's fresh pages are all young) is work done, not a dry round:
+/// the next round takes them. A pass still busy after [`OVER_ROUNDS`]
+/// rounds asks for another, so that clones reach their limits without
+/// more faults.
 fn reclaim_over(r: &ffi::Reclaim) {
-    let mut dry = 0;
     for _ in 0..OVER_ROUNDS {
-        let (mut seen, mut clones, mut freed) = (0, 1, 0);
+        let (mut seen, mut clones, mut busy) = (0, 1, false);
         while seen < clones {
             let Some((done, live)) = r.with_next(|c| c.evict(Why::Over)) else { return };
-            if let Ok(Some(n)) = done {
-                freed += n;
-            }
+            busy |= matches!(done, Ok(Some(_)));
             clones = live;
             seen += 1;
             ffi::cond_resched();
         }
-        dry = if freed == 0 { dry + 1 } else { 0 };
-        if dry == 2 {
+        if !busy {
             return;
         }
     }

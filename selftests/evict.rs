@@ -27,6 +27,18 @@
 //!   may not evict (they hold `mmap_lock`) but ask the module's worker,
 //!   which brings the clone back to its limit within seconds; every page
 //!   then reads back through the mapping.
+//! - `vmm_writes_far_past_its_limit`: the same with 8,192 pages, 128x the
+//!   limit, and no access after the writes: more than one pass of the
+//!   worker's clock, most of which only makes pages old, so the worker
+//!   must go on until the clone is at its limit, with no fault to kick it
+//!   (it stopped with thousands of pages over the limit before 2026-12-05).
+//! - `young_pages_far_past_the_limit`: the VMM writes 8,192 pages with a
+//!   swap file and no limit, then a limit of 64 pages is set and the
+//!   ioctl's eviction cut short by signals (EINTR: the limit stays), so
+//!   the clone is far over its limit with young pages and no eviction
+//!   running; one VMM fault then kicks the worker, which must bring the
+//!   clone to its limit past the pages it only made old (it stopped after
+//!   two such rounds before 2026-12-05).
 //! - `bad_input`: nonzero flags or reserved, a limit without a swap file:
 //!   EINVAL; a swap directory fd that is not open: EBADF; a regular file:
 //!   ENOTDIR; a second swap file: EEXIST. A limit of 0 needs no file.
@@ -166,31 +178,123 @@ fn races() {
 }
 
 fn vmm_writes_past_its_limit() {
-    const PAGES_W: u64 = 512;
-    const LIMIT_W: u64 = 64;
+    vmm_writes(512, 64);
+}
+
+/// Far past it: one pass of the worker's clock (a few hundred pages per
+/// clone and round) only makes the VMM's pages old; the worker must go
+/// on until the clone is at its limit, with no fault to kick it again.
+fn vmm_writes_far_past_its_limit() {
+    vmm_writes(8192, 64);
+}
+
+/// The VMM writes `pages` pages of a clone with a limit of `limit` (its
+/// faults may not evict) and then touches none: the worker brings the
+/// clone to its limit within 20 s.
+fn vmm_writes(pages: u64, limit: u64) {
     let dev = vms_open();
     let name = unique_name("evict_vmm");
-    let file = ImageFile::with_pattern(&name, PAGES_W, 0);
-    let image = image_create(&dev, &name, file.file(), PAGES_W * PAGE_SIZE, 0);
+    let file = ImageFile::with_pattern(&name, pages, 0);
+    let image = image_create(&dev, &name, file.file(), pages * PAGE_SIZE, 0);
     let clone = image.clone_create();
     let map = clone.map();
-    clone.set_limit(LIMIT_W, Some(&image_dir()));
-    for p in 0..PAGES_W {
+    clone.set_limit(limit, Some(&image_dir()));
+    for p in 0..pages {
         let v = GUEST_FIRST.wrapping_add(p as u32);
         map.write_u32(p * PAGE_SIZE, v);
         map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
     }
     let t0 = std::time::Instant::now();
     let mut f = clone.footprint();
-    while f.resident > LIMIT_W && t0.elapsed() < Duration::from_secs(20) {
+    while f.resident > limit && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(50));
         f = clone.footprint();
     }
     ksft::ksft_print_msg(&format!("{:.2} s after the writes: {f:?}", t0.elapsed().as_secs_f64()));
-    test_assert!(f.resident <= LIMIT_W, "{} pages in memory 20 s after the VMM's writes, limit {LIMIT_W}", f.resident);
-    test_assert_eq!(f.resident + f.swapped, PAGES_W);
+    test_assert!(f.resident <= limit, "{} pages in memory 20 s after the VMM's writes, limit {limit}", f.resident);
+    test_assert_eq!(f.resident + f.swapped, pages);
     test_assert_eq!(f.evict_errors, 0);
-    map.check_values(0..PAGES_W, GUEST_FIRST);
+    map.check_values(0..pages, GUEST_FIRST);
+    drop((map, clone));
+    image.delete();
+}
+
+extern "C" fn on_signal(_: libc::c_int) {}
+
+/// A clone left far over its limit with only young pages: the VMM wrote
+/// 8,192 pages with a swap file and no limit (young: resolved since the
+/// clock last passed), then `VMS_CLONE_SET_LIMIT` to 64 pages was cut
+/// short by a signal (EINTR: the limit is set, the eviction stopped).
+/// One VMM fault then kicks the worker, and nothing else comes: it must
+/// go on past the pages its first rounds only made old.
+fn young_pages_far_past_the_limit() {
+    const PAGES_Y: u64 = 8192;
+    const LIMIT_Y: u64 = 64;
+    let dev = vms_open();
+    let name = unique_name("evict_young");
+    let file = ImageFile::with_pattern(&name, PAGES_Y, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES_Y * PAGE_SIZE, 0);
+    let clone = image.clone_create();
+    let map = clone.map();
+    clone.set_limit(0, Some(&image_dir()));
+    for p in 0..PAGES_Y {
+        let v = GUEST_FIRST.wrapping_add(p as u32);
+        map.write_u32(p * PAGE_SIZE, v);
+        map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
+    }
+    // SAFETY: a handler that does nothing, without SA_RESTART, so that the
+    // ioctl returns EINTR.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let r = std::thread::scope(|sc| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (clone, done) = (&clone, &done);
+        let h = sc.spawn(move || {
+            // SAFETY: this thread's own id.
+            tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
+            let arg = VmsCloneLimit { limit: LIMIT_Y, swap_dir_fd: -1, ..VmsCloneLimit::zeroed() };
+            let r = clone.__set_limit(&arg);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        });
+        let t = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: the thread is alive until `done`; a signal to it only
+            // interrupts its ioctl.
+            unsafe { libc::pthread_kill(t as libc::pthread_t, libc::SIGUSR2) };
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        h.join().unwrap()
+    });
+    let f0 = clone.footprint();
+    ksft::ksft_print_msg(&format!("VMS_CLONE_SET_LIMIT: {r:?}; {f0:?}"));
+    if r.is_ok() || f0.resident <= LIMIT_Y + 2048 {
+        ksft::ksft_print_msg("the signal came too late to leave the clone far over its limit");
+    }
+    test_assert_eq!(f0.limit, LIMIT_Y, "an interrupted VMS_CLONE_SET_LIMIT sets the limit");
+    // One VMM fault: the last page's mapping dropped, then read.
+    let last = (PAGES_Y - 1) * PAGE_SIZE;
+    // SAFETY: one page of our own mapping; only its page-table entry goes.
+    let r = unsafe { libc::madvise(map.ptr_at(last).cast(), PAGE_SIZE as usize, libc::MADV_DONTNEED) };
+    test_assert_eq!(r, 0, "madvise(MADV_DONTNEED)");
+    let _ = map.read_u32(last);
+    let t0 = std::time::Instant::now();
+    let mut f = clone.footprint();
+    while f.resident > LIMIT_Y && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+        f = clone.footprint();
+    }
+    ksft::ksft_print_msg(&format!("{:.2} s after one VMM fault: {f:?}", t0.elapsed().as_secs_f64()));
+    test_assert!(f.resident <= LIMIT_Y, "{} pages in memory 20 s after the kick, limit {LIMIT_Y}", f.resident);
+    test_assert_eq!(f.resident + f.swapped, PAGES_Y);
+    test_assert_eq!(f.evict_errors, 0);
+    map.check_values(0..PAGES_Y, GUEST_FIRST);
     drop((map, clone));
     image.delete();
 }
@@ -238,6 +342,8 @@ fn main() {
         Test::new("snapshot_and_reset", snapshot_and_reset),
         Test::new("races", races),
         Test::new("vmm_writes_past_its_limit", vmm_writes_past_its_limit),
+        Test::new("vmm_writes_far_past_its_limit", vmm_writes_far_past_its_limit),
+        Test::new("young_pages_far_past_the_limit", young_pages_far_past_the_limit),
         Test::new("bad_input", bad_input),
     ]);
 }
