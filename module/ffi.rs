@@ -16,7 +16,7 @@
 use crate::clone::{MayRead, MmapFault, VmClone};
 use crate::{abi, dev};
 use core::ptr::{addr_of_mut, null_mut, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use kernel::c_str;
 use kernel::bindings;
 use kernel::error::{from_err_ptr, from_result, to_result};
@@ -1155,6 +1155,20 @@ static RECLAIMABLE: AtomicUsize = AtomicUsize::new(0);
 static RECLAIM_WANT: AtomicUsize = AtomicUsize::new(0);
 /// Pages the worker freed that no reclaimer has been credited with yet.
 static RECLAIM_FREED: AtomicUsize = AtomicUsize::new(0);
+/// When the shrinker was last asked ([`now_ms`]): an ask that no scan
+/// renewed within [`ASK_TTL_MS`] is forgotten, with the credit.
+static RECLAIM_ASKED: AtomicI64 = AtomicI64::new(0);
+/// How long an ask of the shrinker stands without another scan. Reclaim
+/// that still needs memory scans again (kswapd on each pass of its loop,
+/// direct reclaim on each retry); one that stopped has found memory or
+/// given up, and evicting on for it would only empty clones after the
+/// pressure is gone.
+const ASK_TTL_MS: i64 = 1000;
+/// The most the shrinker's asks add up to (4 eviction batches): under
+/// pressure the worker falls behind (it writes files, reclaim only counts),
+/// and an ask that piled up while it did would be evicted on after the
+/// pressure went. Reclaim that still needs memory keeps it topped up.
+const ASK_MAX: usize = 256;
 /// A VMM fault took a clone over its limit: the worker evicts clones down
 /// to their limits ([`reclaim_kick`]).
 static RECLAIM_OVER: AtomicBool = AtomicBool::new(false);
@@ -1387,8 +1401,16 @@ pub(crate) fn reclaimable_set(old: usize, new: usize) {
     }
 }
 
-/// Pages the shrinker asked for that the worker has not looked at yet.
+/// Pages the shrinker asked for that the worker has not looked at yet; 0
+/// once no scan renewed the ask for [`ASK_TTL_MS`], which then forgets it
+/// and what was freed for it. (A scan racing with that loses its ask, not
+/// its memory: a reclaimer that still needs some scans again.)
 pub(crate) fn reclaim_wanted() -> usize {
+    if now_ms() - RECLAIM_ASKED.load(Ordering::Relaxed) > ASK_TTL_MS {
+        RECLAIM_WANT.store(0, Ordering::Relaxed);
+        RECLAIM_FREED.store(0, Ordering::Relaxed);
+        return 0;
+    }
     RECLAIM_WANT.load(Ordering::Relaxed)
 }
 
@@ -1413,35 +1435,40 @@ struct ReclaimState {
 }
 
 /// Record the ask, queue the worker, and report what the worker freed
-/// since the last scans (up to the ask), crediting it to this reclaimer:
-/// see [`Reclaim`]. Once the ask reaches what clones hold, `SHRINK_STOP`:
-/// asking for more batches would change nothing.
+/// since the last scans (up to the ask), crediting it to this reclaimer
+/// if it counts what it reclaimed (`drop_caches` does not, and leaves the
+/// credit to one that does): see [`Reclaim`].
+///
+/// Never `SHRINK_STOP`: `do_shrink_slab()` defers what a stopped scan left
+/// (up to twice the count) to the next reclaim, which would ask for it
+/// again on top of its own; each call here is cheap, and the ask stays
+/// capped at what clones hold and at [`ASK_MAX`].
 unsafe extern "C" fn reclaim_scan(_s: *mut bindings::shrinker, sc: *mut bindings::shrink_control) -> c_ulong {
     // SAFETY: the kernel passes a live control for the call.
     let nr = unsafe { (*sc).nr_to_scan } as usize;
-    let cap = RECLAIMABLE.load(Ordering::Relaxed);
+    let cap = RECLAIMABLE.load(Ordering::Relaxed).min(ASK_MAX);
+    RECLAIM_ASKED.store(now_ms(), Ordering::Relaxed);
     let ask = |w: usize| w.saturating_add(nr).min(cap);
     let (Ok(w) | Err(w)) = RECLAIM_WANT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(ask(w)));
-    let want = ask(w);
-    if want > 0 {
+    if ask(w) > 0 {
         queue_reclaim();
     }
-    let mut credit = 0;
-    let _ = RECLAIM_FREED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
-        credit = f.min(nr);
-        Some(f - credit)
-    });
     // SAFETY: `current` is live; its `reclaim_state` is null or the
     // reclaimer's own, live for the reclaim this scan is part of.
+    let rs = unsafe { (*bindings::get_current()).reclaim_state.cast::<ReclaimState>() };
+    let mut credit = 0;
+    if !rs.is_null() {
+        let _ = RECLAIM_FREED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+            credit = f.min(nr);
+            Some(f - credit)
+        });
+    }
+    // SAFETY: as above; the kernel passes a live control for the call.
     unsafe {
-        let rs = (*bindings::get_current()).reclaim_state.cast::<ReclaimState>();
-        if credit > 0 && !rs.is_null() {
+        if credit > 0 {
             (*rs).reclaimed += credit as c_ulong;
         }
         (*sc).nr_scanned = nr as c_ulong;
-    }
-    if want >= cap && credit == 0 {
-        return SHRINK_STOP;
     }
     credit as c_ulong
 }
@@ -1482,9 +1509,6 @@ pub(crate) fn reclaim_kick() {
 pub(crate) fn reclaim_kicked() -> bool {
     RECLAIM_OVER.swap(false, Ordering::AcqRel)
 }
-
-/// `SHRINK_STOP` (`~0UL`; bindgen makes it an `i32`).
-const SHRINK_STOP: c_ulong = c_ulong::MAX;
 
 // ---------------------------------------------------------------------------
 // Clone files: ioctl, mmap and the VMM's page faults

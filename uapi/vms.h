@@ -487,7 +487,7 @@ struct vms_clone_footprint {
  * no limit), also gives cold private pages to the host's memory reclaim
  * (the "vms-clones" shrinker, vms_clone_footprint.shrunk): kswapd and
  * direct reclaim ask for a share, and "echo 2 > /proc/sys/vm/drop_caches"
- * for all of them. Its swapped pages are then as above (EIO to ptrace).
+ * for all of them (an ask stands for a second unless renewed). Its swapped pages are then as above (EIO to ptrace).
  * VMS_IMAGE_SNAPSHOT reads every swapped page back first; VMS_CLONE_RESET
  * drops them. Return: 0, or EINVAL (flags or reserved not 0; a
  * nonzero @limit and no swap file), EBADF (@swap_dir_fd not open),
