@@ -674,7 +674,7 @@ impl VmClone {
         let n = self.npages;
         let mut picked: KVec<(usize, PageRef)> = KVec::new();
         let mut zaps: KVec<(usize, usize)> = KVec::new();
-        let (mut steps, mut visits) = (0, 0);
+        let (mut steps, mut visits, mut nomem) = (0, 0, false);
         while picked.len() < want && steps < 2 * n && visits < 8 * want + 64 {
             let idx = st.hand % n;
             if idx % LEAF_PAGES == 0 && !st.private.leaf_present(idx) {
@@ -702,11 +702,13 @@ impl VmClone {
                 Some((first, len)) if *first + *len == idx => *len += 1,
                 _ => {
                     if zaps.push((idx, 1), GFP_KERNEL).is_err() {
+                        nomem = true;
                         break;
                     }
                 }
             }
             if !st.take_young(idx) && picked.push((idx, page), GFP_KERNEL).is_err() {
+                nomem = true;
                 break;
             }
         }
@@ -716,7 +718,9 @@ impl VmClone {
         // Order the reference counts after the cleared PTEs, against
         // GUP-fast's reference-then-recheck (as in `snapshot`).
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        let stuck = picked.is_empty() && steps >= 2 * n;
+        // Out of memory for the lists: as stuck (backs off), not as a
+        // turn that only made pages old (which the worker would retry).
+        let stuck = picked.is_empty() && (steps >= 2 * n || nomem);
         st.seq += 1;
         let seq = st.seq;
         let Ok(mut kept) = KVec::with_capacity(picked.len(), GFP_KERNEL) else {
@@ -858,6 +862,12 @@ impl VmClone {
         if freed == 0 && (logged || !synced) {
             self.back_off(&mut st, why);
             return Ok(None);
+        }
+        // A fault evicts one batch; while it did, the worker found the
+        // clone busy and may have stopped: if the clone is still over its
+        // limit, the worker goes on.
+        if why == Why::Fault && st.over_limit() {
+            ffi::reclaim_kick();
         }
         Ok(Some(freed))
     }
@@ -1495,14 +1505,22 @@ impl VmClone {
             self.publish(&st);
         }
         // Down to the new limit, one batch at a time, until it is reached
-        // or nothing more can go.
-        while self.evict(Why::Limit)?.is_some() {
-            if ffi::signal_pending() {
+        // or nothing more can go. Cut short by a signal, the limit stays
+        // and the worker goes on (no fault may come to kick it).
+        loop {
+            let interrupted = match self.evict(Why::Limit) {
+                Ok(Some(_)) => ffi::signal_pending(),
+                Ok(None) => return Ok(0),
+                Err(_) => true,
+            };
+            if interrupted {
+                if self.state.lock().over_limit() {
+                    ffi::reclaim_kick();
+                }
                 return Err(ERESTARTSYS);
             }
             ffi::cond_resched();
         }
-        Ok(0)
     }
 
     fn footprint(&self) -> abi::VmsCloneFootprint {
@@ -1817,7 +1835,10 @@ const OVER_ROUNDS: usize = 64;
 /// has a swap file, so is listed): rounds of one batch from each listed
 /// clone (a clone's drop waits for one batch at most), until a round in
 /// which no clone had anything to do: every one at its limit, backing off
-/// (its pages all held), or evicting already. A batch that only made
+/// (its pages all held), or evicting already (a fault's eviction that
+/// leaves its clone over the limit kicks again, as does an interrupted
+/// `VMS_CLONE_SET_LIMIT`). The shrinker's ask goes first in each round.
+/// A batch that only made
 /// pages old (`Some(0)`: the clock looks at a few hundred pages per call,
 /// and a VMM's fresh pages are all young) is work done, not a dry round:
 /// the next round takes them. A pass still busy after [`OVER_ROUNDS`]
@@ -1825,6 +1846,8 @@ const OVER_ROUNDS: usize = 64;
 /// more faults.
 fn reclaim_over(r: &ffi::Reclaim) {
     for _ in 0..OVER_ROUNDS {
+        // The shrinker's ask first: reclaim is waiting for it.
+        reclaim_pressure(r);
         let (mut seen, mut clones, mut busy) = (0, 1, false);
         while seen < clones {
             let Some((done, live)) = r.with_next(|c| c.evict(Why::Over)) else { return };

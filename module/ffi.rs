@@ -1447,7 +1447,13 @@ unsafe extern "C" fn reclaim_scan(_s: *mut bindings::shrinker, sc: *mut bindings
     // SAFETY: the kernel passes a live control for the call.
     let nr = unsafe { (*sc).nr_to_scan } as usize;
     let cap = RECLAIMABLE.load(Ordering::Relaxed).min(ASK_MAX);
-    RECLAIM_ASKED.store(now_ms(), Ordering::Relaxed);
+    let now = now_ms();
+    if now - RECLAIM_ASKED.swap(now, Ordering::Relaxed) > ASK_TTL_MS {
+        // The first scan of new pressure: what the last left (an ask, or
+        // a credit nobody took) is stale.
+        RECLAIM_WANT.store(0, Ordering::Relaxed);
+        RECLAIM_FREED.store(0, Ordering::Relaxed);
+    }
     let ask = |w: usize| w.saturating_add(nr).min(cap);
     let (Ok(w) | Err(w)) = RECLAIM_WANT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(ask(w)));
     if ask(w) > 0 {
