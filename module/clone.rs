@@ -165,6 +165,10 @@ struct State {
     swap: Option<Arc<SwapFile>>,
     /// The clock's hand: the clone page it looks at next.
     hand: usize,
+    /// Pages the hand made old since it last picked one: past twice the
+    /// private pages in memory, every page was used again before the hand
+    /// came back (a working set above the limit), and the clock is stuck.
+    aged: usize,
     /// Eviction is off while this is above 0 (a snapshot reading every
     /// page back, [`VmClone::hold_resident`]).
     evict_holds: u32,
@@ -284,6 +288,7 @@ impl State {
         self.writeback = 0;
         self.swapped = 0;
         self.read_failure = None;
+        self.aged = 0;
     }
 
     /// Whether no page of the [`LEAF_PAGES`] from `idx` (a multiple of
@@ -521,6 +526,7 @@ impl VmClone {
                         limit: 0,
                         swap: None,
                         hand: 0,
+                        aged: 0,
                         evict_holds: 0,
                         seq: 0,
                         evict_skip: 0,
@@ -707,9 +713,13 @@ impl VmClone {
                     }
                 }
             }
-            if !st.take_young(idx) && picked.push((idx, page), GFP_KERNEL).is_err() {
+            if st.take_young(idx) {
+                st.aged += 1;
+            } else if picked.push((idx, page), GFP_KERNEL).is_err() {
                 nomem = true;
                 break;
+            } else {
+                st.aged = 0;
             }
         }
         for &(first, len) in zaps.iter() {
@@ -720,7 +730,7 @@ impl VmClone {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         // Out of memory for the lists: as stuck (backs off), not as a
         // turn that only made pages old (which the worker would retry).
-        let stuck = picked.is_empty() && (steps >= 2 * n || nomem);
+        let stuck = picked.is_empty() && (steps >= 2 * n || nomem || st.aged > 2 * st.staying());
         st.seq += 1;
         let seq = st.seq;
         let Ok(mut kept) = KVec::with_capacity(picked.len(), GFP_KERNEL) else {
@@ -753,6 +763,22 @@ impl VmClone {
     /// eviction that could not evict; faults and the worker do nothing
     /// while another eviction runs; the ioctl waits for that one.
     fn evict(&self, why: Why) -> Result<Option<usize>> {
+        let r = self.evict_batch(why);
+        // A fault evicts one batch (or only makes pages old); while it
+        // ran, the worker found the clone busy and may have stopped. With
+        // the eviction over (`Evicting` dropped, or the worker could find
+        // it busy again), if the clone is still over its limit the worker
+        // goes on, unless it is backing off from this clone.
+        if why == Why::Fault && matches!(r, Ok(Some(_))) {
+            let st = self.state.lock();
+            if st.over_limit() && ffi::now_ms() >= st.pressure_after {
+                ffi::reclaim_kick();
+            }
+        }
+        r
+    }
+
+    fn evict_batch(&self, why: Why) -> Result<Option<usize>> {
         let wanted = |st: &State| match why {
             Why::Pressure(_) => st.may_evict() && st.staying() > 0,
             Why::Fault | Why::Limit | Why::Over => st.over_limit(),
@@ -863,12 +889,6 @@ impl VmClone {
             self.back_off(&mut st, why);
             return Ok(None);
         }
-        // A fault evicts one batch; while it did, the worker found the
-        // clone busy and may have stopped: if the clone is still over its
-        // limit, the worker goes on.
-        if why == Why::Fault && st.over_limit() {
-            ffi::reclaim_kick();
-        }
         Ok(Some(freed))
     }
 
@@ -879,6 +899,13 @@ impl VmClone {
             Why::Pressure(_) | Why::Over => st.pressure_after = ffi::now_ms() + PRESSURE_BACKOFF_MS,
             Why::Fault | Why::Limit => st.evict_skip = EVICT_BACKOFF,
         }
+    }
+
+    /// Whether the clone is over its limit but the worker leaves it alone
+    /// for now (after an eviction that could not evict).
+    fn over_but_backing_off(&self) -> bool {
+        let st = self.state.lock();
+        st.over_limit() && ffi::now_ms() < st.pressure_after
     }
 
     /// Evict if the clone is over its limit (a stage-2 fault, before it
@@ -1101,6 +1128,7 @@ impl VmClone {
             let _ = table.set(idx, Cached::Page(page));
         }
         st.private = keep;
+        st.aged = 0;
         self.publish(&st);
         *image.lock_cache() = table;
         image.clones.fetch_add(1, Relaxed);
@@ -1505,21 +1533,24 @@ impl VmClone {
             self.publish(&st);
         }
         // Down to the new limit, one batch at a time, until it is reached
-        // or nothing more can go. Cut short by a signal, the limit stays
-        // and the worker goes on (no fault may come to kick it).
+        // or nothing more can go (every page held: a pin, a page in a
+        // pipe). Stopped over the limit by either, or cut short by a
+        // signal, the limit stays and the worker goes on (no fault may
+        // come to kick it), retrying while pages are held.
         loop {
-            let interrupted = match self.evict(Why::Limit) {
-                Ok(Some(_)) => ffi::signal_pending(),
-                Ok(None) => return Ok(0),
-                Err(_) => true,
-            };
-            if interrupted {
-                if self.state.lock().over_limit() {
-                    ffi::reclaim_kick();
+            let r = match self.evict(Why::Limit) {
+                Ok(Some(_)) if ffi::signal_pending() => Err(ERESTARTSYS),
+                Ok(Some(_)) => {
+                    ffi::cond_resched();
+                    continue;
                 }
-                return Err(ERESTARTSYS);
+                Ok(None) => Ok(0),
+                Err(e) => Err(e),
+            };
+            if self.state.lock().over_limit() {
+                ffi::reclaim_kick();
             }
-            ffi::cond_resched();
+            return r;
         }
     }
 
@@ -1848,15 +1879,26 @@ fn reclaim_over(r: &ffi::Reclaim) {
     for _ in 0..OVER_ROUNDS {
         // The shrinker's ask first: reclaim is waiting for it.
         reclaim_pressure(r);
-        let (mut seen, mut clones, mut busy) = (0, 1, false);
+        let (mut seen, mut clones, mut busy, mut waiting) = (0, 1, false, false);
         while seen < clones {
-            let Some((done, live)) = r.with_next(|c| c.evict(Why::Over)) else { return };
+            let Some(((done, backing_off), live)) = r.with_next(|c| {
+                let done = c.evict(Why::Over);
+                let backing_off = matches!(done, Ok(None)) && c.over_but_backing_off();
+                (done, backing_off)
+            }) else {
+                return;
+            };
             busy |= matches!(done, Ok(Some(_)));
+            waiting |= backing_off;
             clones = live;
             seen += 1;
             ffi::cond_resched();
         }
         if !busy {
+            if waiting {
+                // Nothing else would come back for them.
+                ffi::reclaim_retry(PRESSURE_BACKOFF_MS as u32 + 10);
+            }
             return;
         }
     }

@@ -1258,7 +1258,10 @@ impl Reclaim {
     pub(crate) fn start() -> Result<ReclaimRegistration> {
         let flags = bindings::wq_flags_WQ_MEM_RECLAIM | bindings::wq_flags_WQ_UNBOUND;
         // SAFETY: a constant format without arguments.
-        let queue = unsafe { bindings::alloc_workqueue(c"vms_reclaim".as_ptr().cast(), flags, 1) };
+        // Two at once: the worker, and a retry waiting out a back-off
+        // ([`reclaim_retry`]); the worker itself never runs twice at once
+        // (one work item).
+        let queue = unsafe { bindings::alloc_workqueue(c"vms_reclaim".as_ptr().cast(), flags, 2) };
         if queue.is_null() {
             return Err(ENOMEM);
         }
@@ -1507,6 +1510,33 @@ pub(crate) fn reclaim_kick() {
     // until the worker has run.
     if !RECLAIM_OVER.load(Ordering::Relaxed) && !RECLAIM_OVER.swap(true, Ordering::AcqRel) {
         queue_reclaim();
+    }
+}
+
+/// A retry of [`reclaim_kick`] is waiting ([`reclaim_retry`]).
+static RECLAIM_RETRY: AtomicBool = AtomicBool::new(false);
+
+/// Kick the worker again in `ms` milliseconds: a clone over its limit is
+/// backing off (its pages were all held, or all used again before the
+/// clock came back), and no fault may come to kick it once that ends. One
+/// retry waits at a time, on the reclaim queue (whose drop waits for it);
+/// without memory for it, none (the next fault kicks).
+pub(crate) fn reclaim_retry(ms: u32) {
+    let r = RECLAIM.load(Ordering::Acquire);
+    if r.is_null() || RECLAIM_RETRY.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // SAFETY: `RECLAIM` and its queue live until the registration's drop,
+    // which destroys the queue (waiting for this retry) before either goes;
+    // only the worker calls this, and the drop stops it first.
+    let q = unsafe { kernel::workqueue::Queue::from_raw((*r).queue) };
+    let spawned = q.try_spawn(GFP_KERNEL, move || {
+        msleep(ms);
+        RECLAIM_RETRY.store(false, Ordering::Release);
+        reclaim_kick();
+    });
+    if spawned.is_err() {
+        RECLAIM_RETRY.store(false, Ordering::Release);
     }
 }
 

@@ -40,6 +40,16 @@
 //!   which must bring the clone to its limit past the pages it only made
 //!   old (before 2026-12-05 nothing handed over, and the worker stopped
 //!   after two rounds of such pages).
+//! - `hot_vmm_set_then_quiet`: the VMM writes 2,048 pages at a 64-page
+//!   limit over and over for 3 s (a thrash: in the test VM every page is
+//!   evicted and read back on each pass), then stops: the clone is at its
+//!   limit within 20 s, and every page holds its last value.
+//! - `held_pages_then_released`: 512 written pages, each held by a pipe
+//!   (`vmsplice`), when the limit is lowered to 64: nothing can go, and
+//!   the ioctl returns with the clone over its limit; the pipes are then
+//!   read, and with no fault after, the worker (kicked by the ioctl,
+//!   backing off while the pages were held) comes back on its own and
+//!   brings the clone to its limit within 20 s.
 //! - `bad_input`: nonzero flags or reserved, a limit without a swap file:
 //!   EINVAL; a swap directory fd that is not open: EBADF; a regular file:
 //!   ENOTDIR; a second swap file: EEXIST. A limit of 0 needs no file.
@@ -294,6 +304,126 @@ fn young_pages_far_past_the_limit() {
     image.delete();
 }
 
+/// The VMM keeps writing 2,048 pages of a clone with a 64-page limit for
+/// 3 s (a working set 32x the limit), then stops: with no fault after,
+/// the clone is at its limit within 20 s, and every page holds its last
+/// value.
+fn hot_vmm_set_then_quiet() {
+    const PAGES_H: u64 = 2048;
+    const LIMIT_H: u64 = 64;
+    let dev = vms_open();
+    let name = unique_name("evict_hot");
+    let file = ImageFile::with_pattern(&name, PAGES_H, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES_H * PAGE_SIZE, 0);
+    let clone = image.clone_create();
+    let map = clone.map();
+    clone.set_limit(LIMIT_H, Some(&image_dir()));
+    let t0 = std::time::Instant::now();
+    let mut passes = 0u32;
+    while t0.elapsed() < Duration::from_secs(3) {
+        for p in 0..PAGES_H {
+            let v = GUEST_FIRST.wrapping_add(p as u32).wrapping_add(passes);
+            map.write_u32(p * PAGE_SIZE, v);
+        }
+        passes += 1;
+    }
+    let busy = clone.footprint();
+    let t1 = std::time::Instant::now();
+    let mut f = clone.footprint();
+    while f.resident > LIMIT_H && t1.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+        f = clone.footprint();
+    }
+    ksft::ksft_print_msg(&format!(
+        "{passes} passes over {PAGES_H} pages in 3 s: {busy:?}; {:.2} s after the last: {f:?}",
+        t1.elapsed().as_secs_f64()
+    ));
+    test_assert!(f.resident <= LIMIT_H, "{} pages in memory 20 s after the VMM stopped, limit {LIMIT_H}", f.resident);
+    test_assert_eq!(f.resident + f.swapped, PAGES_H);
+    test_assert_eq!(f.evict_errors, 0);
+    for p in 0..PAGES_H {
+        let want = GUEST_FIRST.wrapping_add(p as u32).wrapping_add(passes - 1);
+        test_assert_eq!(map.read_u32(p * PAGE_SIZE), want, "page {p}");
+    }
+    drop((map, clone));
+    image.delete();
+}
+
+/// Pages held while the limit is lowered: the VMM writes 512 pages, then
+/// puts every one into pipes with `vmsplice` (a pipe holds a reference to
+/// each page until it is read), then `VMS_CLONE_SET_LIMIT` to 64 pages
+/// can evict nothing and returns, the clone over its limit. The pipes are
+/// then read, and no fault comes: the worker, kicked by the ioctl and
+/// backing off while the pages were held, must come back on its own.
+fn held_pages_then_released() {
+    const PAGES_P: u64 = 512;
+    const LIMIT_P: u64 = 64;
+    /// Pages per pipe (1 MiB, the default `pipe-max-size`).
+    const PER_PIPE: u64 = 256;
+    let dev = vms_open();
+    let name = unique_name("evict_held");
+    let file = ImageFile::with_pattern(&name, PAGES_P, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES_P * PAGE_SIZE, 0);
+    let clone = image.clone_create();
+    let map = clone.map();
+    clone.set_limit(0, Some(&image_dir()));
+    for p in 0..PAGES_P {
+        let v = GUEST_FIRST.wrapping_add(p as u32);
+        map.write_u32(p * PAGE_SIZE, v);
+        map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
+    }
+    let mut pipes = Vec::new();
+    for first in (0..PAGES_P).step_by(PER_PIPE as usize) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        test_assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        // SAFETY: plain fcntl on our own pipe.
+        let size = unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, (PER_PIPE * PAGE_SIZE) as libc::c_int) };
+        test_assert!(size >= (PER_PIPE * PAGE_SIZE) as libc::c_int, "F_SETPIPE_SZ: {size}");
+        let iov: Vec<libc::iovec> = (first..first + PER_PIPE)
+            .map(|p| libc::iovec { iov_base: map.ptr_at(p * PAGE_SIZE).cast(), iov_len: PAGE_SIZE as usize })
+            .collect();
+        // SAFETY: the iovecs point into our own mapping, live meanwhile.
+        let n = unsafe { libc::vmsplice(fds[1], iov.as_ptr(), iov.len(), 0) };
+        test_assert_eq!(n, (PER_PIPE * PAGE_SIZE) as isize, "vmsplice");
+        pipes.push(fds);
+    }
+    clone.set_limit(LIMIT_P, None);
+    let f0 = clone.footprint();
+    for fds in &pipes {
+        let mut buf = vec![0u8; (PER_PIPE * PAGE_SIZE) as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            // SAFETY: reads into our own buffer.
+            let n = unsafe { libc::read(fds[0], buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+            test_assert!(n > 0, "read the pipe");
+            got += n as usize;
+        }
+        // SAFETY: our own descriptors, closed once.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let mut f = clone.footprint();
+    while f.resident > LIMIT_P && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+        f = clone.footprint();
+    }
+    ksft::ksft_print_msg(&format!(
+        "with the pages held: {f0:?}; {:.2} s after they were let go: {f:?}",
+        t0.elapsed().as_secs_f64()
+    ));
+    test_assert!(f0.resident > LIMIT_P, "held pages were evicted ({} in memory)", f0.resident);
+    test_assert!(f.resident <= LIMIT_P, "{} pages in memory 20 s after they were let go, limit {LIMIT_P}", f.resident);
+    test_assert_eq!(f.resident + f.swapped, PAGES_P);
+    test_assert_eq!(f.evict_errors, 0);
+    map.check_values(0..PAGES_P, GUEST_FIRST);
+    drop((map, clone));
+    image.delete();
+}
+
 fn bad_input() {
     let dev = vms_open();
     let name = unique_name("evict_bad");
@@ -339,6 +469,8 @@ fn main() {
         Test::new("vmm_writes_past_its_limit", vmm_writes_past_its_limit),
         Test::new("vmm_writes_far_past_its_limit", vmm_writes_far_past_its_limit),
         Test::new("young_pages_far_past_the_limit", young_pages_far_past_the_limit),
+        Test::new("hot_vmm_set_then_quiet", hot_vmm_set_then_quiet),
+        Test::new("held_pages_then_released", held_pages_then_released),
         Test::new("bad_input", bad_input),
     ]);
 }
