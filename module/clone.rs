@@ -124,6 +124,9 @@ const EVICT_BACKOFF: u32 = 1024;
 /// limits) leaves a clone alone after an eviction of it that could not
 /// evict: its zaps would cost the guest faults for nothing.
 const PRESSURE_BACKOFF_MS: i64 = 1000;
+/// The longest such back-off, after consecutive evictions that could not
+/// evict (each doubles it; one that frees a page ends the doubling).
+const PRESSURE_BACKOFF_MAX_MS: i64 = 32_000;
 
 /// A private page on its way to the swap file, or in it (`State::out`).
 /// The number is the eviction's: see the module doc.
@@ -182,6 +185,8 @@ struct State {
     /// As `evict_skip`, for the worker (for the shrinker, or a clone over
     /// its limit): when (`ktime_get()`, ms) it may evict again.
     pressure_after: i64,
+    /// The last such back-off (0 after an eviction that freed a page).
+    backoff_ms: i64,
     /// The last read-back that failed: page, eviction and error, for the
     /// retry of its VMM fault to fail with (see [`MayRead::Again`]).
     read_failure: Option<(usize, u64, Error)>,
@@ -531,6 +536,7 @@ impl VmClone {
                         seq: 0,
                         evict_skip: 0,
                         pressure_after: 0,
+                        backoff_ms: 0,
                         read_failure: None,
                         image,
                     },
@@ -751,6 +757,10 @@ impl VmClone {
             let _ = kept.push((idx, page), GFP_KERNEL);
         }
         let stuck = stuck || (found > 0 && kept.is_empty());
+        if stuck {
+            // The next verdict needs two fresh turns of young pages.
+            st.aged = 0;
+        }
         (kept, stuck)
     }
 
@@ -880,6 +890,9 @@ impl VmClone {
             }
             freed += 1;
         }
+        if freed > 0 {
+            st.backoff_ms = 0;
+        }
         self.publish(&st);
         self.stats.evicted.fetch_add(freed as u64, Relaxed);
         if let Why::Pressure(_) = why {
@@ -896,16 +909,21 @@ impl VmClone {
     /// for the same reason wait ([`EVICT_BACKOFF`], [`PRESSURE_BACKOFF_MS`]).
     fn back_off(&self, st: &mut State, why: Why) {
         match why {
-            Why::Pressure(_) | Why::Over => st.pressure_after = ffi::now_ms() + PRESSURE_BACKOFF_MS,
+            Why::Pressure(_) | Why::Over => {
+                // Doubling while it stays stuck (a page held for long), so
+                // that the worker's retries of it cost little.
+                st.backoff_ms = (st.backoff_ms * 2).clamp(PRESSURE_BACKOFF_MS, PRESSURE_BACKOFF_MAX_MS);
+                st.pressure_after = ffi::now_ms() + st.backoff_ms;
+            }
             Why::Fault | Why::Limit => st.evict_skip = EVICT_BACKOFF,
         }
     }
 
-    /// Whether the clone is over its limit but the worker leaves it alone
-    /// for now (after an eviction that could not evict).
-    fn over_but_backing_off(&self) -> bool {
+    /// If the clone is over its limit but the worker leaves it alone for
+    /// now (after an eviction that could not evict): until when.
+    fn over_but_backing_off(&self) -> Option<i64> {
         let st = self.state.lock();
-        st.over_limit() && ffi::now_ms() < st.pressure_after
+        (st.over_limit() && ffi::now_ms() < st.pressure_after).then_some(st.pressure_after)
     }
 
     /// Evict if the clone is over its limit (a stage-2 fault, before it
@@ -1879,25 +1897,29 @@ fn reclaim_over(r: &ffi::Reclaim) {
     for _ in 0..OVER_ROUNDS {
         // The shrinker's ask first: reclaim is waiting for it.
         reclaim_pressure(r);
-        let (mut seen, mut clones, mut busy, mut waiting) = (0, 1, false, false);
+        let (mut seen, mut clones, mut busy) = (0, 1, false);
+        // The first end of a back-off from a clone over its limit.
+        let mut retry: Option<i64> = None;
         while seen < clones {
-            let Some(((done, backing_off), live)) = r.with_next(|c| {
+            let Some(((done, until), live)) = r.with_next(|c| {
                 let done = c.evict(Why::Over);
-                let backing_off = matches!(done, Ok(None)) && c.over_but_backing_off();
-                (done, backing_off)
+                let until = if matches!(done, Ok(None)) { c.over_but_backing_off() } else { None };
+                (done, until)
             }) else {
                 return;
             };
             busy |= matches!(done, Ok(Some(_)));
-            waiting |= backing_off;
+            if let Some(t) = until {
+                retry = Some(retry.map_or(t, |r| r.min(t)));
+            }
             clones = live;
             seen += 1;
             ffi::cond_resched();
         }
         if !busy {
-            if waiting {
+            if let Some(t) = retry {
                 // Nothing else would come back for them.
-                ffi::reclaim_retry(PRESSURE_BACKOFF_MS as u32 + 10);
+                ffi::reclaim_retry_at(t + 10);
             }
             return;
         }

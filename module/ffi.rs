@@ -1226,8 +1226,25 @@ pub(crate) struct Reclaim {
     idle: kernel::sync::CondVar,
     #[pin]
     work: kernel::workqueue::Work<Reclaim>,
+    /// Kicks the worker when a back-off from a clone over its limit ends
+    /// ([`reclaim_retry_at`]).
+    #[pin]
+    retry: Opaque<bindings::timer_list>,
     queue: *mut bindings::workqueue_struct,
     shrinker: *mut bindings::shrinker,
+}
+
+/// The lockdep class of [`Reclaim::retry`] (a timer's callback is tracked
+/// as a lock); lockdep wants a static key.
+struct TimerKey(core::cell::UnsafeCell<bindings::lock_class_key>);
+// SAFETY: only lockdep uses it, through the pointer, under its own locks.
+unsafe impl Sync for TimerKey {}
+// SAFETY: all zeroes is a valid `lock_class_key` (a static one is so).
+static RETRY_KEY: TimerKey = TimerKey(core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() }));
+
+/// The retry timer's callback (softirq): kick the worker.
+unsafe extern "C" fn reclaim_retry_fire(_t: *mut bindings::timer_list) {
+    reclaim_kick();
 }
 
 // SAFETY: the queue and the shrinker are C objects made for use from any
@@ -1258,10 +1275,7 @@ impl Reclaim {
     pub(crate) fn start() -> Result<ReclaimRegistration> {
         let flags = bindings::wq_flags_WQ_MEM_RECLAIM | bindings::wq_flags_WQ_UNBOUND;
         // SAFETY: a constant format without arguments.
-        // Two at once: the worker, and a retry waiting out a back-off
-        // ([`reclaim_retry`]); the worker itself never runs twice at once
-        // (one work item).
-        let queue = unsafe { bindings::alloc_workqueue(c"vms_reclaim".as_ptr().cast(), flags, 2) };
+        let queue = unsafe { bindings::alloc_workqueue(c"vms_reclaim".as_ptr().cast(), flags, 1) };
         if queue.is_null() {
             return Err(ENOMEM);
         }
@@ -1277,6 +1291,17 @@ impl Reclaim {
                 list <- kernel::new_mutex!(ReclaimList { slots: KVec::new(), next: 0 }, "vms_reclaim_list"),
                 idle <- kernel::new_condvar!("vms_reclaim_idle"),
                 work <- kernel::new_work!("vms_reclaim"),
+                // SAFETY: `slot` is the timer's place, pinned with the
+                // rest; the name and the key are static.
+                retry <- Opaque::ffi_init(|slot| unsafe {
+                    bindings::init_timer_key(
+                        slot,
+                        Some(reclaim_retry_fire),
+                        0,
+                        c"vms_reclaim_retry".as_ptr().cast(),
+                        RETRY_KEY.0.get(),
+                    )
+                }),
                 queue,
                 shrinker,
             }),
@@ -1342,10 +1367,14 @@ impl Drop for ReclaimRegistration {
         // SAFETY: registered in `start`; this waits for running callbacks,
         // and none is called after it.
         unsafe { bindings::shrinker_free(r.shrinker) };
+        // SAFETY: initialised in `start`; this waits for a running
+        // callback, and arming it after (the worker, still draining below)
+        // does nothing.
+        unsafe { bindings::timer_shutdown_sync(r.retry.get()) };
         // SAFETY: made in `start`; nothing queues work any more (the
-        // shrinker is gone, and so is every clone, whose faults and the
-        // worker itself queue it); this waits for the queued work, and its
-        // reference.
+        // shrinker and the timer are gone, and so is every clone, whose
+        // faults and the worker itself queue it); this waits for the
+        // queued work, and its reference.
         unsafe { bindings::destroy_workqueue(r.queue) };
         let own = RECLAIM.swap(null_mut(), Ordering::AcqRel);
         RECLAIM_WANT.store(0, Ordering::Relaxed);
@@ -1513,30 +1542,23 @@ pub(crate) fn reclaim_kick() {
     }
 }
 
-/// A retry of [`reclaim_kick`] is waiting ([`reclaim_retry`]).
-static RECLAIM_RETRY: AtomicBool = AtomicBool::new(false);
-
-/// Kick the worker again in `ms` milliseconds: a clone over its limit is
-/// backing off (its pages were all held, or all used again before the
-/// clock came back), and no fault may come to kick it once that ends. One
-/// retry waits at a time, on the reclaim queue (whose drop waits for it);
-/// without memory for it, none (the next fault kicks).
-pub(crate) fn reclaim_retry(ms: u32) {
+/// Kick the worker at `when` ([`now_ms`]), or sooner if the timer is set
+/// sooner already: a clone over its limit is backing off (its pages were
+/// all held, or all used again before the clock came back), and no fault
+/// may come to kick it once that ends. From the worker.
+pub(crate) fn reclaim_retry_at(when: i64) {
     let r = RECLAIM.load(Ordering::Acquire);
-    if r.is_null() || RECLAIM_RETRY.swap(true, Ordering::AcqRel) {
+    if r.is_null() {
         return;
     }
-    // SAFETY: `RECLAIM` and its queue live until the registration's drop,
-    // which destroys the queue (waiting for this retry) before either goes;
-    // only the worker calls this, and the drop stops it first.
-    let q = unsafe { kernel::workqueue::Queue::from_raw((*r).queue) };
-    let spawned = q.try_spawn(GFP_KERNEL, move || {
-        msleep(ms);
-        RECLAIM_RETRY.store(false, Ordering::Release);
-        reclaim_kick();
-    });
-    if spawned.is_err() {
-        RECLAIM_RETRY.store(false, Ordering::Release);
+    let ms = (when - now_ms()).clamp(1, 3_600_000) as c_uint;
+    // SAFETY: `RECLAIM` and its timer live until the registration's drop,
+    // which shuts the timer down first (after which this does nothing);
+    // `jiffies` is read once, as `READ_ONCE` would.
+    unsafe {
+        let expires = core::ptr::read_volatile(core::ptr::addr_of!(bindings::jiffies))
+            .wrapping_add(bindings::__msecs_to_jiffies(ms));
+        bindings::timer_reduce((*r).retry.get(), expires);
     }
 }
 

@@ -479,8 +479,8 @@ struct vms_clone_footprint {
  * that someone holds (a pin for I/O, kvm_vcpu_map()) is not evicted, and
  * a failed write keeps the page: the clone may stay above its limit, but
  * never fails for it (after an eviction that could not evict, the next
- * 1024 stage-2 faults do not try, and the module's worker tries again a
- * second later). If this call stops above the limit (a signal: EINTR;
+ * 1024 stage-2 faults do not try, and the module's worker tries again
+ * 1 s later, then 2, 4, ... up to 32 s while nothing can go). If this call stops above the limit (a signal: EINTR;
  * pages held: 0), the limit stays and the worker goes on. A page that cannot be read back fails
  * the access (the vCPU exits with EFAULT, the VMM gets SIGBUS), never a
  * wrong page; so does an access that cannot wait for the read (ptrace,
