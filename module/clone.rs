@@ -185,7 +185,8 @@ struct State {
     /// As `evict_skip`, for the worker (for the shrinker, or a clone over
     /// its limit): when (`ktime_get()`, ms) it may evict again.
     pressure_after: i64,
-    /// The last such back-off (0 after an eviction that freed a page).
+    /// The worker's last back-off from this clone over its limit, which
+    /// doubles (0 after an eviction that freed a page).
     backoff_ms: i64,
     /// The last read-back that failed: page, eviction and error, for the
     /// retry of its VMM fault to fail with (see [`MayRead::Again`]).
@@ -263,6 +264,17 @@ impl State {
     /// is stored, or the clone serves no memslot). A clone being dropped,
     /// or registering, has SPTEs that no zap of ours reaches: KVM keeps no
     /// page reference for them, so a page freed then would stay mapped.
+    /// Have the worker bring this clone (over its limit) down: now, or
+    /// when the worker's back-off from it ends (a timer: no fault may come
+    /// then).
+    fn kick_worker(&self) {
+        if ffi::now_ms() >= self.pressure_after {
+            ffi::reclaim_kick();
+        } else {
+            ffi::reclaim_retry_at(self.pressure_after + 10);
+        }
+    }
+
     fn over_limit(&self) -> bool {
         self.limit != 0 && self.may_evict() && self.staying() > self.limit
     }
@@ -287,13 +299,16 @@ impl State {
     }
 
     /// Forget every eviction: in flight ones are cancelled (their pages
-    /// stay), swapped pages are dropped.
+    /// stay), swapped pages are dropped, and so are the back-offs.
     fn forget_out(&mut self) {
         self.out.drain(|_, _| ());
         self.writeback = 0;
         self.swapped = 0;
         self.read_failure = None;
         self.aged = 0;
+        self.backoff_ms = 0;
+        self.pressure_after = 0;
+        self.evict_skip = 0;
     }
 
     /// Whether no page of the [`LEAF_PAGES`] from `idx` (a multiple of
@@ -781,8 +796,8 @@ impl VmClone {
         // goes on, unless it is backing off from this clone.
         if why == Why::Fault && matches!(r, Ok(Some(_))) {
             let st = self.state.lock();
-            if st.over_limit() && ffi::now_ms() >= st.pressure_after {
-                ffi::reclaim_kick();
+            if st.over_limit() {
+                st.kick_worker();
             }
         }
         r
@@ -891,7 +906,9 @@ impl VmClone {
             freed += 1;
         }
         if freed > 0 {
+            // It can evict again: no reason to leave it alone.
             st.backoff_ms = 0;
+            st.pressure_after = 0;
         }
         self.publish(&st);
         self.stats.evicted.fetch_add(freed as u64, Relaxed);
@@ -909,11 +926,20 @@ impl VmClone {
     /// for the same reason wait ([`EVICT_BACKOFF`], [`PRESSURE_BACKOFF_MS`]).
     fn back_off(&self, st: &mut State, why: Why) {
         match why {
-            Why::Pressure(_) | Why::Over => {
+            // The shrinker's scans come as the kernel needs memory: a
+            // second is enough, and a longer one would keep cold pages
+            // from a reclaim that needs them.
+            Why::Pressure(_) => st.pressure_after = ffi::now_ms() + PRESSURE_BACKOFF_MS,
+            Why::Over => {
                 // Doubling while it stays stuck (a page held for long), so
-                // that the worker's retries of it cost little.
+                // that the worker's timed retries of it cost little; from
+                // a second again once the last back-off is long over.
+                let now = ffi::now_ms();
+                if now > st.pressure_after + st.backoff_ms {
+                    st.backoff_ms = 0;
+                }
                 st.backoff_ms = (st.backoff_ms * 2).clamp(PRESSURE_BACKOFF_MS, PRESSURE_BACKOFF_MAX_MS);
-                st.pressure_after = ffi::now_ms() + st.backoff_ms;
+                st.pressure_after = now + st.backoff_ms;
             }
             Why::Fault | Why::Limit => st.evict_skip = EVICT_BACKOFF,
         }
@@ -1327,8 +1353,8 @@ impl VmClone {
                     // This fault may have taken the clone over its limit,
                     // and may not evict: the worker will (unless it is
                     // backing off from this clone).
-                    if st.over_limit() && ffi::now_ms() >= st.pressure_after {
-                        ffi::reclaim_kick();
+                    if st.over_limit() {
+                        st.kick_worker();
                     }
                     // Possibly a shared page: lock it before `state` goes,
                     // so a copy made after this waits in `retire` until it
@@ -1547,6 +1573,8 @@ impl VmClone {
             }
             st.limit = usize::try_from(l.limit).unwrap_or(usize::MAX);
             st.evict_skip = 0;
+            st.backoff_ms = 0;
+            st.pressure_after = 0;
             self.limit.store(st.limit, Relaxed);
             self.publish(&st);
         }

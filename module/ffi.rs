@@ -1545,7 +1545,8 @@ pub(crate) fn reclaim_kick() {
 /// Kick the worker at `when` ([`now_ms`]), or sooner if the timer is set
 /// sooner already: a clone over its limit is backing off (its pages were
 /// all held, or all used again before the clock came back), and no fault
-/// may come to kick it once that ends. From the worker.
+/// may come to kick it once that ends. From process context, with any
+/// lock of ours held (the timer's base lock only).
 pub(crate) fn reclaim_retry_at(when: i64) {
     let r = RECLAIM.load(Ordering::Acquire);
     if r.is_null() {

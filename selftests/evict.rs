@@ -358,8 +358,6 @@ fn hot_vmm_set_then_quiet() {
 fn held_pages_then_released() {
     const PAGES_P: u64 = 512;
     const LIMIT_P: u64 = 64;
-    /// Pages per pipe (1 MiB, the default `pipe-max-size`).
-    const PER_PIPE: u64 = 256;
     let dev = vms_open();
     let name = unique_name("evict_held");
     let file = ImageFile::with_pattern(&name, PAGES_P, 0);
@@ -372,39 +370,10 @@ fn held_pages_then_released() {
         map.write_u32(p * PAGE_SIZE, v);
         map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
     }
-    let mut pipes = Vec::new();
-    for first in (0..PAGES_P).step_by(PER_PIPE as usize) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors.
-        test_assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
-        // SAFETY: plain fcntl on our own pipe.
-        let size = unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, (PER_PIPE * PAGE_SIZE) as libc::c_int) };
-        test_assert!(size >= (PER_PIPE * PAGE_SIZE) as libc::c_int, "F_SETPIPE_SZ: {size}");
-        let iov: Vec<libc::iovec> = (first..first + PER_PIPE)
-            .map(|p| libc::iovec { iov_base: map.ptr_at(p * PAGE_SIZE).cast(), iov_len: PAGE_SIZE as usize })
-            .collect();
-        // SAFETY: the iovecs point into our own mapping, live meanwhile.
-        let n = unsafe { libc::vmsplice(fds[1], iov.as_ptr(), iov.len(), 0) };
-        test_assert_eq!(n, (PER_PIPE * PAGE_SIZE) as isize, "vmsplice");
-        pipes.push(fds);
-    }
+    let pipes = map.hold_in_pipes(0..PAGES_P);
     clone.set_limit(LIMIT_P, None);
     let f0 = clone.footprint();
-    for fds in &pipes {
-        let mut buf = vec![0u8; (PER_PIPE * PAGE_SIZE) as usize];
-        let mut got = 0;
-        while got < buf.len() {
-            // SAFETY: reads into our own buffer.
-            let n = unsafe { libc::read(fds[0], buf[got..].as_mut_ptr().cast(), buf.len() - got) };
-            test_assert!(n > 0, "read the pipe");
-            got += n as usize;
-        }
-        // SAFETY: our own descriptors, closed once.
-        unsafe {
-            libc::close(fds[0]);
-            libc::close(fds[1]);
-        }
-    }
+    pipes.release();
     let t0 = std::time::Instant::now();
     let mut f = clone.footprint();
     while f.resident > LIMIT_P && t0.elapsed() < Duration::from_secs(20) {

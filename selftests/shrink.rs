@@ -23,6 +23,13 @@
 //! - `close_while_shrinking`: clones with swap files close while another
 //!   thread runs `drop_caches` without pause: a clone's drop waits for the
 //!   shrinker's worker, which may be evicting from it.
+//! - `over_limit_while_backing_off`: 200 pages of a clone with a 256-page
+//!   limit are held in pipes (`vmsplice`) while `drop_caches` asks the
+//!   shrinker for them, which finds them held and backs off from the
+//!   clone; in that second the VMM writes 300 more pages (its faults do
+//!   not kick a worker that is backing off), the pipes are read, and
+//!   nothing touches the clone after: the worker must come back when the
+//!   back-off ends and bring the clone to its limit within 20 s.
 //!
 //! Swap files go in `$VMS_IMAGE_DIR` (a disk in `scripts/bench`), else
 //! /tmp. Skips if `/dev/vms` or `/dev/kvm` is missing, or without root
@@ -38,7 +45,7 @@ use vms_selftests::kvm;
 use vms_selftests::race::{eviction_race, EVICTION_RACE_PAGES};
 use vms_selftests::vms::{
     image_create, image_dir, require_vms_and_kvm, unique_name, vm_with_clone,
-    vms_open, ImageFile, VmsClone, CLONE_GPA, PAGE_SIZE,
+    vms_open, ImageFile, VmsClone, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 
@@ -224,6 +231,60 @@ fn races() {
     test_assert_eq!(f.evict_errors, 0);
 }
 
+/// The VMM takes a clone over its limit while the worker backs off from
+/// it for the shrinker: 200 pages under a 256-page limit, held in pipes,
+/// so the shrinker's eviction (`drop_caches`) can take none and backs off;
+/// in that second the VMM writes 300 more (its faults do not kick the
+/// worker, which is backing off), then the pipes are read and nothing
+/// touches the clone: the worker must come back when the back-off ends.
+fn over_limit_while_backing_off() {
+    const PAGES_B: u64 = 1024;
+    const LIMIT_B: u64 = 256;
+    let dev = vms_open();
+    let name = unique_name("shrink_backoff");
+    let file = ImageFile::with_pattern(&name, PAGES_B, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES_B * PAGE_SIZE, 0);
+    let clone = image.clone_create();
+    let map = clone.map();
+    clone.set_limit(LIMIT_B, Some(&image_dir()));
+    let write = |pages: std::ops::Range<u64>| {
+        for p in pages {
+            let v = FIRST.wrapping_add(p as u32);
+            map.write_u32(p * PAGE_SIZE, v);
+            map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
+        }
+    };
+    write(0..200);
+    let pipes = map.hold_in_pipes(0..200);
+    let t0 = Instant::now();
+    while clone.footprint().evict_held == 0 && t0.elapsed() < Duration::from_secs(10) {
+        drop_caches();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = clone.footprint();
+    write(200..500);
+    let written = t0.elapsed();
+    pipes.release();
+    let t1 = Instant::now();
+    let mut f = clone.footprint();
+    while f.resident > LIMIT_B && t1.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+        f = clone.footprint();
+    }
+    ksft::ksft_print_msg(&format!(
+        "shrinker held off: {held:?}; 300 more written {:.2} s after the first drop_caches; {:.2} s after the pipes were read: {f:?}",
+        written.as_secs_f64(),
+        t1.elapsed().as_secs_f64()
+    ));
+    test_assert!(held.evict_held > 0, "the shrinker found no held page");
+    test_assert!(f.resident <= LIMIT_B, "{} pages in memory 20 s after, limit {LIMIT_B}", f.resident);
+    test_assert_eq!(f.resident + f.swapped, 500);
+    test_assert_eq!(f.evict_errors, 0);
+    map.check_values(0..500, FIRST);
+    drop((map, clone));
+    image.delete();
+}
+
 fn close_while_shrinking() {
     let dev = vms_open();
     let name = unique_name("shrink_close");
@@ -319,5 +380,6 @@ fn main() {
         Test::new("kswapd", kswapd),
         Test::new("races", races),
         Test::new("close_while_shrinking", close_while_shrinking),
+        Test::new("over_limit_while_backing_off", over_limit_while_backing_off),
     ]);
 }

@@ -845,6 +845,36 @@ impl CloneMap {
         unsafe { p.write_volatile(v) }
     }
 
+    /// Holds a reference to each page of `pages` (clone page numbers) in
+    /// pipes, with `vmsplice` (a pipe keeps each page until it is read):
+    /// pages someone holds, which eviction must leave alone. Asserts that
+    /// it worked. The references go with [`PagePipes::release`].
+    #[track_caller]
+    pub fn hold_in_pipes(&self, pages: std::ops::Range<u64>) -> PagePipes {
+        /// Pages per pipe (1 MiB, the default `pipe-max-size`).
+        const PER_PIPE: u64 = 256;
+        let mut pipes = Vec::new();
+        let mut first = pages.start;
+        while first < pages.end {
+            let n = PER_PIPE.min(pages.end - first);
+            let mut fds = [0; 2];
+            // SAFETY: `fds` has room for the two descriptors.
+            crate::test_assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+            pipes.push(fds);
+            // SAFETY: fcntl on our own pipe.
+            let size = unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, (PER_PIPE * PAGE_SIZE) as libc::c_int) };
+            crate::test_assert!(size >= (n * PAGE_SIZE) as libc::c_int, "F_SETPIPE_SZ: {size}");
+            let iov: Vec<libc::iovec> = (first..first + n)
+                .map(|p| libc::iovec { iov_base: self.ptr_at(p * PAGE_SIZE).cast(), iov_len: PAGE_SIZE as usize })
+                .collect();
+            // SAFETY: the iovecs point into this mapping, live meanwhile.
+            let got = unsafe { libc::vmsplice(fds[1], iov.as_ptr(), iov.len(), 0) };
+            crate::test_assert_eq!(got, (n * PAGE_SIZE) as isize, "vmsplice");
+            first += n;
+        }
+        PagePipes(pipes)
+    }
+
     /// Write-faults the mapping's first `len` bytes in, in the kernel
     /// (`MADV_POPULATE_WRITE`): every page of them becomes private, with
     /// one fault each and no access from user space. Asserts that it
@@ -1024,4 +1054,38 @@ pub fn require_vms_and_kvm() {
     drop(vms_open());
     let kvm = crate::kvm::open_kvm();
     drop(crate::kvm::vm_create(&kvm));
+}
+
+/// Pipes that hold references to clone pages ([`CloneMap::hold_in_pipes`]).
+pub struct PagePipes(Vec<[libc::c_int; 2]>);
+
+impl PagePipes {
+    /// Reads the pipes empty (their pages' references go) and closes them.
+    #[track_caller]
+    pub fn release(self) {
+        for fds in &self.0 {
+            let mut buf = vec![0u8; 1 << 20];
+            // SAFETY: nonblocking reads into our own buffer until empty.
+            unsafe { libc::fcntl(fds[0], libc::F_SETFL, libc::O_NONBLOCK) };
+            loop {
+                // SAFETY: reads into our own buffer.
+                let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PagePipes {
+    fn drop(&mut self) {
+        for fds in &self.0 {
+            // SAFETY: our own descriptors, closed once.
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+        }
+    }
 }
