@@ -182,11 +182,12 @@ struct State {
     /// makes the faulting vCPU retry, so one that frees nothing must not
     /// run at every fault.
     evict_skip: u32,
-    /// As `evict_skip`, for the worker (for the shrinker, or a clone over
-    /// its limit): when (`ktime_get()`, ms) it may evict again.
+    /// As `evict_skip`, for the shrinker's worker: when (`ktime_get()`,
+    /// ms) it may evict again.
     pressure_after: i64,
-    /// The worker's last back-off from this clone over its limit, which
-    /// doubles (0 after an eviction that freed a page).
+    /// As `pressure_after`, for the worker bringing the clone down to its
+    /// limit; its last back-off (`backoff_ms`) doubles while it stays stuck.
+    over_after: i64,
     backoff_ms: i64,
     /// The last read-back that failed: page, eviction and error, for the
     /// retry of its VMM fault to fail with (see [`MayRead::Again`]).
@@ -259,22 +260,22 @@ impl State {
         self.private.used() - self.writeback
     }
 
+    /// Have the worker bring this clone (over its limit) down: now, or
+    /// when the worker's back-off from it ends (a timer: no fault may come
+    /// then).
+    fn kick_worker(&self) {
+        if ffi::now_ms() >= self.over_after {
+            ffi::reclaim_kick();
+        } else {
+            ffi::reclaim_retry_at(self.over_after + 10);
+        }
+    }
+
     /// Whether the clone holds more private pages than its limit, and may
     /// evict: only while KVM's mappings of its pages can be zapped (the VM
     /// is stored, or the clone serves no memslot). A clone being dropped,
     /// or registering, has SPTEs that no zap of ours reaches: KVM keeps no
     /// page reference for them, so a page freed then would stay mapped.
-    /// Have the worker bring this clone (over its limit) down: now, or
-    /// when the worker's back-off from it ends (a timer: no fault may come
-    /// then).
-    fn kick_worker(&self) {
-        if ffi::now_ms() >= self.pressure_after {
-            ffi::reclaim_kick();
-        } else {
-            ffi::reclaim_retry_at(self.pressure_after + 10);
-        }
-    }
-
     fn over_limit(&self) -> bool {
         self.limit != 0 && self.may_evict() && self.staying() > self.limit
     }
@@ -307,6 +308,7 @@ impl State {
         self.read_failure = None;
         self.aged = 0;
         self.backoff_ms = 0;
+        self.over_after = 0;
         self.pressure_after = 0;
         self.evict_skip = 0;
     }
@@ -551,6 +553,7 @@ impl VmClone {
                         seq: 0,
                         evict_skip: 0,
                         pressure_after: 0,
+                        over_after: 0,
                         backoff_ms: 0,
                         read_failure: None,
                         image,
@@ -791,9 +794,9 @@ impl VmClone {
         let r = self.evict_batch(why);
         // A fault evicts one batch (or only makes pages old); while it
         // ran, the worker found the clone busy and may have stopped. With
-        // the eviction over (`Evicting` dropped, or the worker could find
-        // it busy again), if the clone is still over its limit the worker
-        // goes on, unless it is backing off from this clone.
+        // the eviction over (`Evicting` dropped), if the clone is still
+        // over its limit the worker goes on (or comes back when its
+        // back-off ends), should no fault follow.
         if why == Why::Fault && matches!(r, Ok(Some(_))) {
             let st = self.state.lock();
             if st.over_limit() {
@@ -817,7 +820,12 @@ impl VmClone {
                 st.evict_skip -= 1;
                 return Ok(None);
             }
-            if matches!(why, Why::Pressure(_) | Why::Over) && ffi::now_ms() < st.pressure_after {
+            let after = match why {
+                Why::Pressure(_) => st.pressure_after,
+                Why::Over => st.over_after,
+                Why::Fault | Why::Limit => 0,
+            };
+            if ffi::now_ms() < after {
                 return Ok(None);
             }
         }
@@ -906,9 +914,14 @@ impl VmClone {
             freed += 1;
         }
         if freed > 0 {
-            // It can evict again: no reason to leave it alone.
+            // It can evict again: the doubling ends, and the back-offs
+            // last a second at most (not 0: a clone with held pages and a
+            // few free ones would have the worker zap the held ones at
+            // every such eviction).
+            let soon = ffi::now_ms() + PRESSURE_BACKOFF_MS;
             st.backoff_ms = 0;
-            st.pressure_after = 0;
+            st.over_after = st.over_after.min(soon);
+            st.pressure_after = st.pressure_after.min(soon);
         }
         self.publish(&st);
         self.stats.evicted.fetch_add(freed as u64, Relaxed);
@@ -935,11 +948,11 @@ impl VmClone {
                 // that the worker's timed retries of it cost little; from
                 // a second again once the last back-off is long over.
                 let now = ffi::now_ms();
-                if now > st.pressure_after + st.backoff_ms {
+                if now > st.over_after + st.backoff_ms {
                     st.backoff_ms = 0;
                 }
                 st.backoff_ms = (st.backoff_ms * 2).clamp(PRESSURE_BACKOFF_MS, PRESSURE_BACKOFF_MAX_MS);
-                st.pressure_after = now + st.backoff_ms;
+                st.over_after = now + st.backoff_ms;
             }
             Why::Fault | Why::Limit => st.evict_skip = EVICT_BACKOFF,
         }
@@ -949,7 +962,7 @@ impl VmClone {
     /// now (after an eviction that could not evict): until when.
     fn over_but_backing_off(&self) -> Option<i64> {
         let st = self.state.lock();
-        (st.over_limit() && ffi::now_ms() < st.pressure_after).then_some(st.pressure_after)
+        (st.over_limit() && ffi::now_ms() < st.over_after).then_some(st.over_after)
     }
 
     /// Evict if the clone is over its limit (a stage-2 fault, before it
@@ -1316,6 +1329,14 @@ impl VmClone {
             let idx = a.first + rel;
             match self.resolve(&mut st, idx, write, STAGE2)? {
                 Resolved::Page { page, private } => {
+                    // Over the limit while this clone's faults do not
+                    // evict (one could not): the worker does, or comes
+                    // back when its back-off ends, should no fault follow.
+                    // Not otherwise: the next fault evicts, and a worker
+                    // evicting meanwhile makes faults skip eviction.
+                    if st.evict_skip > 0 && st.over_limit() {
+                        st.kick_worker();
+                    }
                     drop(st);
                     // Served (KVM may still retry it).
                     self.stats.faults.fetch_add(1, Relaxed);
@@ -1574,7 +1595,7 @@ impl VmClone {
             st.limit = usize::try_from(l.limit).unwrap_or(usize::MAX);
             st.evict_skip = 0;
             st.backoff_ms = 0;
-            st.pressure_after = 0;
+            st.over_after = 0;
             self.limit.store(st.limit, Relaxed);
             self.publish(&st);
         }
@@ -1691,6 +1712,10 @@ impl VmClone {
             st.registering = false;
         }
         self.publish(&st);
+        // Evictions wait for the VM to be stored (`may_evict`).
+        if st.over_limit() {
+            st.kick_worker();
+        }
         Ok(0)
     }
 
@@ -1809,6 +1834,9 @@ impl VmClone {
         let mut st = self.state.lock();
         st.registering = false;
         self.publish(&st);
+        if st.over_limit() {
+            st.kick_worker();
+        }
     }
 
     fn stats(&self) -> abi::VmsCloneStats {

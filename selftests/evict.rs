@@ -50,6 +50,11 @@
 //!   read, and with no fault after, the worker (kicked by the ioctl,
 //!   backing off while the pages were held) comes back on its own and
 //!   brings the clone to its limit within 20 s.
+//! - `guest_over_limit_with_pages_held`: the VMM writes 256 pages at a
+//!   256-page limit and holds them in pipes; the guest writes 16 more, and
+//!   its faults' evictions find only held pages and back off; the pipes
+//!   are read and nothing touches the clone after: the worker, told by
+//!   those faults, brings it to its limit within 20 s.
 //! - `bad_input`: nonzero flags or reserved, a limit without a swap file:
 //!   EINVAL; a swap directory fd that is not open: EBADF; a regular file:
 //!   ENOTDIR; a second swap file: EEXIST. A limit of 0 needs no file.
@@ -393,6 +398,53 @@ fn held_pages_then_released() {
     image.delete();
 }
 
+/// A guest takes its clone over the limit while every older private page
+/// is held: the VMM writes 256 pages (at its 256-page limit, not over
+/// it), holds them in pipes, and the guest writes 16 more. The faults' evictions find only held pages and back
+/// off; the pipes are then read and nothing touches the clone: the worker
+/// must have been told, and come back when its back-off ends.
+fn guest_over_limit_with_pages_held() {
+    const PAGES_G: u64 = 512;
+    const LIMIT_G: u64 = 256;
+    const MORE: u64 = 16;
+    let dev = vms_open();
+    let name = unique_name("evict_guest_held");
+    let file = ImageFile::with_pattern(&name, PAGES_G, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES_G * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+    clone.set_limit(LIMIT_G, Some(&image_dir()));
+    for p in 0..LIMIT_G {
+        let v = GUEST_FIRST.wrapping_add(p as u32);
+        map.write_u32(p * PAGE_SIZE, v);
+        map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
+    }
+    let pipes = map.hold_in_pipes(0..LIMIT_G);
+    let more = Walk::values(CLONE_GPA + LIMIT_G * PAGE_SIZE, MORE, GUEST_FIRST.wrapping_add(LIMIT_G as u32));
+    guest::run(&mut vm, 0, &guest::write(&more));
+    let f0 = clone.footprint();
+    pipes.release();
+    let t0 = std::time::Instant::now();
+    let mut f = clone.footprint();
+    while f.resident > LIMIT_G && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+        f = clone.footprint();
+    }
+    ksft::ksft_print_msg(&format!(
+        "after the guest's writes: {f0:?}; {:.2} s after the pipes were read: {f:?}",
+        t0.elapsed().as_secs_f64()
+    ));
+    test_assert!(f0.resident > LIMIT_G, "the guest's faults evicted held pages ({} in memory)", f0.resident);
+    test_assert!(f.resident <= LIMIT_G, "{} pages in memory 20 s after, limit {LIMIT_G}", f.resident);
+    test_assert_eq!(f.resident + f.swapped, LIMIT_G + MORE);
+    test_assert_eq!(f.evict_errors, 0);
+    map.check_values(0..LIMIT_G + MORE, GUEST_FIRST);
+    drop((vm, map, clone));
+    image.delete();
+}
+
 fn bad_input() {
     let dev = vms_open();
     let name = unique_name("evict_bad");
@@ -440,6 +492,7 @@ fn main() {
         Test::new("young_pages_far_past_the_limit", young_pages_far_past_the_limit),
         Test::new("hot_vmm_set_then_quiet", hot_vmm_set_then_quiet),
         Test::new("held_pages_then_released", held_pages_then_released),
+        Test::new("guest_over_limit_with_pages_held", guest_over_limit_with_pages_held),
         Test::new("bad_input", bad_input),
     ]);
 }
