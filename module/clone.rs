@@ -914,12 +914,13 @@ impl VmClone {
             freed += 1;
         }
         if freed > 0 {
-            // It can evict again: the doubling ends, and the back-offs
-            // last a second at most (not 0: a clone with held pages and a
-            // few free ones would have the worker zap the held ones at
-            // every such eviction).
+            // It can evict again: the doubling ends, its faults evict
+            // again, and the workers' back-offs end within a second (not
+            // at once: a clone with held pages and a few free ones would
+            // have the worker zap the held ones at every such eviction).
             let soon = ffi::now_ms() + PRESSURE_BACKOFF_MS;
             st.backoff_ms = 0;
+            st.evict_skip = 0;
             st.over_after = st.over_after.min(soon);
             st.pressure_after = st.pressure_after.min(soon);
         }
@@ -954,7 +955,14 @@ impl VmClone {
                 st.backoff_ms = (st.backoff_ms * 2).clamp(PRESSURE_BACKOFF_MS, PRESSURE_BACKOFF_MAX_MS);
                 st.over_after = now + st.backoff_ms;
             }
-            Why::Fault | Why::Limit => st.evict_skip = EVICT_BACKOFF,
+            Why::Fault | Why::Limit => {
+                st.evict_skip = EVICT_BACKOFF;
+                // Its faults stop evicting: the worker does, or comes back
+                // when its back-off ends, should no fault follow.
+                if st.over_limit() {
+                    st.kick_worker();
+                }
+            }
         }
     }
 
@@ -1689,7 +1697,7 @@ impl VmClone {
             match ffi::Vm::attach(a.vm_fd, self) {
                 Ok(vm) => Some(vm),
                 Err(e) => {
-                    self.state.lock().registering = false;
+                    self.end_registering(&mut self.state.lock());
                     pr_info!("VMS_CLONE_ATTACH: cannot attach to vm fd {}: error {}\n", a.vm_fd, e.to_errno());
                     return Err(e);
                 }
@@ -1703,20 +1711,29 @@ impl VmClone {
             drop(st);
             if vm.is_some() {
                 drop(vm);
-                self.state.lock().registering = false;
+                self.end_registering(&mut self.state.lock());
             }
             return Err(e.into());
         }
         if vm.is_some() {
             st.vm = vm;
-            st.registering = false;
+            self.end_registering(&mut st);
+        } else {
+            self.publish(&st);
         }
-        self.publish(&st);
-        // Evictions wait for the VM to be stored (`may_evict`).
+        Ok(0)
+    }
+
+    /// The provider is registered and its VM stored, or unregistered, or
+    /// registering failed: evictions may run again (`may_evict`), and any
+    /// that a fault, a limit or the worker skipped meanwhile, while the
+    /// clone did not count as over its limit, happen now.
+    fn end_registering(&self, st: &mut State) {
+        st.registering = false;
+        self.publish(st);
         if st.over_limit() {
             st.kick_worker();
         }
-        Ok(0)
     }
 
     /// KVM asks whether a new memslot of the VM in `claim`, whose host
@@ -1831,12 +1848,7 @@ impl VmClone {
         };
         // Unregistering waits for vCPUs, which may wait for `state`.
         drop(vm);
-        let mut st = self.state.lock();
-        st.registering = false;
-        self.publish(&st);
-        if st.over_limit() {
-            st.kick_worker();
-        }
+        self.end_registering(&mut self.state.lock());
     }
 
     fn stats(&self) -> abi::VmsCloneStats {

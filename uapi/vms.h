@@ -475,21 +475,23 @@ struct vms_clone_footprint {
  * allocate, and this call evicts down to a lowered limit before it
  * returns; faults of the VMM's mapping never wait for a write (one that
  * takes the clone past its limit has the module's worker evict it back
- * down, moments later). A page
- * that someone holds (a pin for I/O, kvm_vcpu_map()) is not evicted, and
- * a failed write keeps the page: the clone may stay above its limit, but
- * never fails for it (after an eviction that could not evict, the next
- * 1024 stage-2 faults do not try, and the module's worker tries again
- * 1 s later, then 2, 4, ... up to 32 s while nothing can go). If this call stops above the limit (a signal: EINTR;
- * pages held: 0), the limit stays and the worker goes on. A page that cannot be read back fails
- * the access (the vCPU exits with EFAULT, the VMM gets SIGBUS), never a
- * wrong page; so does an access that cannot wait for the read (ptrace,
- * /proc/PID/mem) to a swapped page.
+ * down, moments later). A page that someone holds (a pin for I/O,
+ * kvm_vcpu_map(), a pipe) is not evicted, and a failed write keeps the
+ * page: the clone may stay above its limit, but never fails for it (after
+ * an eviction that could not evict, the next 1024 stage-2 faults do not
+ * try, and the module's worker tries again 1 s later, then 2, 4, ... up
+ * to 32 s while nothing can go). If this call stops above the limit (a
+ * signal: EINTR; pages held: 0), the limit stays and the worker goes on.
+ * A page that cannot be read back fails the access (the vCPU exits with
+ * EFAULT, the VMM gets SIGBUS), never a wrong page; so does an access
+ * that cannot wait for the read (ptrace, /proc/PID/mem) to a swapped
+ * page.
  * A clone with a swap file, whatever its limit (0 too: a swap file and
  * no limit), also gives cold private pages to the host's memory reclaim
  * (the "vms-clones" shrinker, vms_clone_footprint.shrunk): kswapd and
  * direct reclaim ask for a share, and "echo 2 > /proc/sys/vm/drop_caches"
- * for all of them (an ask stands for a second unless renewed). Its swapped pages are then as above (EIO to ptrace).
+ * for all of them (an ask stands for a second unless renewed). Its
+ * swapped pages are then as above (EIO to ptrace).
  * VMS_IMAGE_SNAPSHOT reads every swapped page back first; VMS_CLONE_RESET
  * drops them. Return: 0, or EINVAL (flags or reserved not 0; a
  * nonzero @limit and no swap file), EBADF (@swap_dir_fd not open),
