@@ -792,14 +792,16 @@ impl VmClone {
     /// while another eviction runs; the ioctl waits for that one.
     fn evict(&self, why: Why) -> Result<Option<usize>> {
         let r = self.evict_batch(why);
-        // A fault evicts one batch (or only makes pages old); while it
-        // ran, the worker found the clone busy and may have stopped. With
-        // the eviction over (`Evicting` dropped), if the clone is still
-        // over its limit the worker goes on (or comes back when its
-        // back-off ends), should no fault follow.
-        if why == Why::Fault && matches!(r, Ok(Some(_))) {
+        // A fault evicted one batch, only made pages old, or could not
+        // evict and made the next faults skip eviction; while it ran, the
+        // worker found the clone busy and may have stopped. With the
+        // eviction over (`Evicting` dropped: the worker could find it busy
+        // again), if the clone is still over its limit the worker goes on
+        // (or comes back when its back-off ends), should no fault follow.
+        if why == Why::Fault {
             let st = self.state.lock();
-            if st.over_limit() {
+            let ran = matches!(r, Ok(Some(_))) || st.evict_skip == EVICT_BACKOFF;
+            if ran && st.over_limit() {
                 st.kick_worker();
             }
         }
@@ -955,14 +957,9 @@ impl VmClone {
                 st.backoff_ms = (st.backoff_ms * 2).clamp(PRESSURE_BACKOFF_MS, PRESSURE_BACKOFF_MAX_MS);
                 st.over_after = now + st.backoff_ms;
             }
-            Why::Fault | Why::Limit => {
-                st.evict_skip = EVICT_BACKOFF;
-                // Its faults stop evicting: the worker does, or comes back
-                // when its back-off ends, should no fault follow.
-                if st.over_limit() {
-                    st.kick_worker();
-                }
-            }
+            // Its faults stop evicting; `evict` tells the worker, once
+            // this eviction is over (the ioctl kicks it itself).
+            Why::Fault | Why::Limit => st.evict_skip = EVICT_BACKOFF,
         }
     }
 
