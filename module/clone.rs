@@ -791,24 +791,26 @@ impl VmClone {
     /// eviction that could not evict; faults and the worker do nothing
     /// while another eviction runs; the ioctl waits for that one.
     fn evict(&self, why: Why) -> Result<Option<usize>> {
-        let r = self.evict_batch(why);
+        let backed_off = core::cell::Cell::new(false);
+        let r = self.evict_batch(why, &backed_off);
         // A fault evicted one batch, only made pages old, or could not
         // evict and made the next faults skip eviction; while it ran, the
         // worker found the clone busy and may have stopped. With the
         // eviction over (`Evicting` dropped: the worker could find it busy
         // again), if the clone is still over its limit the worker goes on
         // (or comes back when its back-off ends), should no fault follow.
-        if why == Why::Fault {
+        if why == Why::Fault && (matches!(r, Ok(Some(_))) || backed_off.get()) {
             let st = self.state.lock();
-            let ran = matches!(r, Ok(Some(_))) || st.evict_skip == EVICT_BACKOFF;
-            if ran && st.over_limit() {
+            if st.over_limit() {
                 st.kick_worker();
             }
         }
         r
     }
 
-    fn evict_batch(&self, why: Why) -> Result<Option<usize>> {
+    /// [`evict`](Self::evict) without the hand-over; `backed_off` is set
+    /// if this call backed off.
+    fn evict_batch(&self, why: Why, backed_off: &core::cell::Cell<bool>) -> Result<Option<usize>> {
         let wanted = |st: &State| match why {
             Why::Pressure(_) => st.may_evict() && st.staying() > 0,
             Why::Fault | Why::Limit | Why::Over => st.over_limit(),
@@ -862,6 +864,7 @@ impl VmClone {
             if picked.is_empty() {
                 if stuck {
                     self.back_off(&mut st, why);
+                    backed_off.set(true);
                     return Ok(None);
                 }
                 return Ok(Some(0));
@@ -933,6 +936,7 @@ impl VmClone {
         }
         if freed == 0 && (logged || !synced) {
             self.back_off(&mut st, why);
+            backed_off.set(true);
             return Ok(None);
         }
         Ok(Some(freed))
