@@ -71,7 +71,7 @@ use vms_selftests::kvm;
 use vms_selftests::race::eviction_race;
 use vms_selftests::vms::{
     image_create, image_dir, image_snapshot, require_vms_and_kvm, unique_name, vm_with_clone,
-    vms_open, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
+    vms_open, ImageFile, CLONE_GPA, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 use vms_uapi::VmsCloneLimit;
@@ -215,18 +215,9 @@ fn vmm_writes(pages: u64, limit: u64) {
     let clone = image.clone_create();
     let map = clone.map();
     clone.set_limit(limit, Some(&image_dir()));
-    for p in 0..pages {
-        let v = GUEST_FIRST.wrapping_add(p as u32);
-        map.write_u32(p * PAGE_SIZE, v);
-        map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
-    }
-    let t0 = std::time::Instant::now();
-    let mut f = clone.footprint();
-    while f.resident > limit && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-        f = clone.footprint();
-    }
-    ksft::ksft_print_msg(&format!("{:.2} s after the writes: {f:?}", t0.elapsed().as_secs_f64()));
+    map.write_values(0..pages, GUEST_FIRST);
+    let (f, secs) = clone.wait_resident_at_most(limit, Duration::from_secs(20));
+    ksft::ksft_print_msg(&format!("{:.2} s after the writes: {f:?}", secs));
     test_assert!(f.resident <= limit, "{} pages in memory 20 s after the VMM's writes, limit {limit}", f.resident);
     test_assert_eq!(f.resident + f.swapped, pages);
     test_assert_eq!(f.evict_errors, 0);
@@ -253,11 +244,7 @@ fn young_pages_far_past_the_limit() {
     let clone = image.clone_create();
     let map = clone.map();
     clone.set_limit(0, Some(&image_dir()));
-    for p in 0..PAGES_Y {
-        let v = GUEST_FIRST.wrapping_add(p as u32);
-        map.write_u32(p * PAGE_SIZE, v);
-        map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
-    }
+    map.write_values(0..PAGES_Y, GUEST_FIRST);
     // SAFETY: a handler that does nothing, without SA_RESTART, so that the
     // ioctl returns EINTR.
     unsafe {
@@ -294,13 +281,8 @@ fn young_pages_far_past_the_limit() {
     }
     test_assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EINTR));
     test_assert_eq!(f0.limit, LIMIT_Y, "an interrupted VMS_CLONE_SET_LIMIT sets the limit");
-    let t0 = std::time::Instant::now();
-    let mut f = clone.footprint();
-    while f.resident > LIMIT_Y && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-        f = clone.footprint();
-    }
-    ksft::ksft_print_msg(&format!("{:.2} s after the ioctl: {f:?}", t0.elapsed().as_secs_f64()));
+    let (f, secs) = clone.wait_resident_at_most(LIMIT_Y, Duration::from_secs(20));
+    ksft::ksft_print_msg(&format!("{:.2} s after the ioctl: {f:?}", secs));
     test_assert!(f.resident <= LIMIT_Y, "{} pages in memory 20 s after the ioctl, limit {LIMIT_Y}", f.resident);
     test_assert_eq!(f.resident + f.swapped, PAGES_Y);
     test_assert_eq!(f.evict_errors, 0);
@@ -333,15 +315,10 @@ fn hot_vmm_set_then_quiet() {
         passes += 1;
     }
     let busy = clone.footprint();
-    let t1 = std::time::Instant::now();
-    let mut f = clone.footprint();
-    while f.resident > LIMIT_H && t1.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-        f = clone.footprint();
-    }
+    let (f, secs) = clone.wait_resident_at_most(LIMIT_H, Duration::from_secs(20));
     ksft::ksft_print_msg(&format!(
         "{passes} passes over {PAGES_H} pages in 3 s: {busy:?}; {:.2} s after the last: {f:?}",
-        t1.elapsed().as_secs_f64()
+        secs
     ));
     test_assert!(f.resident <= LIMIT_H, "{} pages in memory 20 s after the VMM stopped, limit {LIMIT_H}", f.resident);
     test_assert_eq!(f.resident + f.swapped, PAGES_H);
@@ -370,24 +347,15 @@ fn held_pages_then_released() {
     let clone = image.clone_create();
     let map = clone.map();
     clone.set_limit(0, Some(&image_dir()));
-    for p in 0..PAGES_P {
-        let v = GUEST_FIRST.wrapping_add(p as u32);
-        map.write_u32(p * PAGE_SIZE, v);
-        map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
-    }
+    map.write_values(0..PAGES_P, GUEST_FIRST);
     let pipes = map.hold_in_pipes(0..PAGES_P);
     clone.set_limit(LIMIT_P, None);
     let f0 = clone.footprint();
     pipes.release();
-    let t0 = std::time::Instant::now();
-    let mut f = clone.footprint();
-    while f.resident > LIMIT_P && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-        f = clone.footprint();
-    }
+    let (f, secs) = clone.wait_resident_at_most(LIMIT_P, Duration::from_secs(20));
     ksft::ksft_print_msg(&format!(
         "with the pages held: {f0:?}; {:.2} s after they were let go: {f:?}",
-        t0.elapsed().as_secs_f64()
+        secs
     ));
     test_assert!(f0.resident > LIMIT_P, "held pages were evicted ({} in memory)", f0.resident);
     test_assert!(f.resident <= LIMIT_P, "{} pages in memory 20 s after they were let go, limit {LIMIT_P}", f.resident);
@@ -400,9 +368,10 @@ fn held_pages_then_released() {
 
 /// A guest takes its clone over the limit while every older private page
 /// is held: the VMM writes 256 pages (at its 256-page limit, not over
-/// it), holds them in pipes, and the guest writes 16 more. The faults' evictions find only held pages and back
-/// off; the pipes are then read and nothing touches the clone: the worker
-/// must have been told, and come back when its back-off ends.
+/// it), holds them in pipes, and the guest writes 16 more. The faults'
+/// evictions find only held pages and back off; the pipes are then read
+/// and nothing touches the clone: the worker must have been told, and
+/// come back when its back-off ends.
 fn guest_over_limit_with_pages_held() {
     const PAGES_G: u64 = 512;
     const LIMIT_G: u64 = 256;
@@ -416,25 +385,16 @@ fn guest_over_limit_with_pages_held() {
     let map = clone.map();
     let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
     clone.set_limit(LIMIT_G, Some(&image_dir()));
-    for p in 0..LIMIT_G {
-        let v = GUEST_FIRST.wrapping_add(p as u32);
-        map.write_u32(p * PAGE_SIZE, v);
-        map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
-    }
+    map.write_values(0..LIMIT_G, GUEST_FIRST);
     let pipes = map.hold_in_pipes(0..LIMIT_G);
     let more = Walk::values(CLONE_GPA + LIMIT_G * PAGE_SIZE, MORE, GUEST_FIRST.wrapping_add(LIMIT_G as u32));
     guest::run(&mut vm, 0, &guest::write(&more));
     let f0 = clone.footprint();
     pipes.release();
-    let t0 = std::time::Instant::now();
-    let mut f = clone.footprint();
-    while f.resident > LIMIT_G && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-        f = clone.footprint();
-    }
+    let (f, secs) = clone.wait_resident_at_most(LIMIT_G, Duration::from_secs(20));
     ksft::ksft_print_msg(&format!(
         "after the guest's writes: {f0:?}; {:.2} s after the pipes were read: {f:?}",
-        t0.elapsed().as_secs_f64()
+        secs
     ));
     test_assert!(f0.resident > LIMIT_G, "the guest's faults evicted held pages ({} in memory)", f0.resident);
     test_assert!(f.resident <= LIMIT_G, "{} pages in memory 20 s after, limit {LIMIT_G}", f.resident);

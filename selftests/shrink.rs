@@ -45,7 +45,7 @@ use vms_selftests::kvm;
 use vms_selftests::race::{eviction_race, EVICTION_RACE_PAGES};
 use vms_selftests::vms::{
     image_create, image_dir, require_vms_and_kvm, unique_name, vm_with_clone,
-    vms_open, ImageFile, VmsClone, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
+    vms_open, ImageFile, VmsClone, CLONE_GPA, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 
@@ -247,14 +247,7 @@ fn over_limit_while_backing_off() {
     let clone = image.clone_create();
     let map = clone.map();
     clone.set_limit(LIMIT_B, Some(&image_dir()));
-    let write = |pages: std::ops::Range<u64>| {
-        for p in pages {
-            let v = FIRST.wrapping_add(p as u32);
-            map.write_u32(p * PAGE_SIZE, v);
-            map.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
-        }
-    };
-    write(0..200);
+    map.write_values(0..200, FIRST);
     let pipes = map.hold_in_pipes(0..200);
     let t0 = Instant::now();
     while clone.footprint().evict_held == 0 && t0.elapsed() < Duration::from_secs(10) {
@@ -262,19 +255,14 @@ fn over_limit_while_backing_off() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let held = clone.footprint();
-    write(200..500);
+    map.write_values(200..500, FIRST);
     let written = t0.elapsed();
     pipes.release();
-    let t1 = Instant::now();
-    let mut f = clone.footprint();
-    while f.resident > LIMIT_B && t1.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-        f = clone.footprint();
-    }
+    let (f, secs) = clone.wait_resident_at_most(LIMIT_B, Duration::from_secs(20));
     ksft::ksft_print_msg(&format!(
         "shrinker held off: {held:?}; 300 more written {:.2} s after the first drop_caches; {:.2} s after the pipes were read: {f:?}",
         written.as_secs_f64(),
-        t1.elapsed().as_secs_f64()
+        secs
     ));
     test_assert!(held.evict_held > 0, "the shrinker found no held page");
     test_assert!(f.resident <= LIMIT_B, "{} pages in memory 20 s after, limit {LIMIT_B}", f.resident);

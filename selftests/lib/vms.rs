@@ -661,6 +661,21 @@ impl VmsClone {
         check(self.__set_limit(&arg), "VMS_CLONE_SET_LIMIT");
     }
 
+    /// Waits, for at most `within`, until the clone has at most `limit`
+    /// private pages in memory (an eviction by the module's worker, which
+    /// nothing here kicks); returns its footprint then and the seconds it
+    /// took.
+    #[track_caller]
+    pub fn wait_resident_at_most(&self, limit: u64, within: std::time::Duration) -> (VmsCloneFootprint, f64) {
+        let t0 = std::time::Instant::now();
+        let mut f = self.footprint();
+        while f.resident > limit && t0.elapsed() < within {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            f = self.footprint();
+        }
+        (f, t0.elapsed().as_secs_f64())
+    }
+
     /// Its limit and swap counters (`VMS_CLONE_FOOTPRINT`), asserting that
     /// it worked.
     #[track_caller]
@@ -834,6 +849,17 @@ impl CloneMap {
                 "VMM read of page {p}: {lo:#010x}/{hi:#010x}, expected {want:#010x}/{:#010x}",
                 !want
             );
+        }
+    }
+
+    /// Writes, through this mapping, what [`check_values`](Self::check_values)
+    /// expects of `pages`: `first + p` at the start of page `p`, its
+    /// complement at `HI_OFFSET`.
+    pub fn write_values(&self, pages: std::ops::Range<u64>, first: u32) {
+        for p in pages {
+            let v = first.wrapping_add(p as u32);
+            self.write_u32(p * PAGE_SIZE, v);
+            self.write_u32(p * PAGE_SIZE + HI_OFFSET, !v);
         }
     }
 
