@@ -7,6 +7,10 @@
 #   guest's web server answers the host), against
 # - clone start to the first HTTP answer (vmsctl run --image of a live
 #   image of that VM until the clone answers on its own address);
+# - and two more clones of the same live image, started one after the
+#   other in an order that alternates from run to run: one that prefetches
+#   the working set recorded from the first clone once it answered
+#   (vmsctl live-image record, issue 18), one that does not;
 # and, after the last run, the memory one clone owns after serving 100
 # requests, against the parent's (the pages of its live image).
 #
@@ -67,7 +71,14 @@ first_answer() {
 }
 . "$(dirname "$0")/lib.sh"
 
-boots=() clones=() ratios=() boot_ready=() clone_ready=()
+boots=() clones=() ratios=() boot_ready=() clone_ready=() pre=() nopre=() pratios=() pmiss=()
+# start_clone NAME ID IMAGE ARGS...: ms from the start to its first answer.
+start_clone() {
+	local t0
+	t0=$(now_ms)
+	"$V" run --name "$1" --image "$3" --id "$2" --detach "${@:4}" >/dev/null
+	first_answer "10.0.2.$((16 + $2))" "$t0" "$1"
+}
 for r in $(seq 1 "$runs"); do
 	# shellcheck disable=SC2046
 	args=$(boot_args "$r")
@@ -96,6 +107,21 @@ for r in $(seq 1 "$runs"); do
 	c=$(first_answer "10.0.2.$((16 + r))" "$t0" "c$r")
 	echo "run $r: boot: ready ${boot_ready[-1]} ms, first answer $b ms; clone: ready ${clone_ready[-1]} ms, first answer $c ms" >&2
 	boots+=("$b") clones+=("$c") ratios+=("$(awk -v b="$b" -v c="$c" 'BEGIN { printf "%.1f", b / c }')")
+	# The first clone's working set, then a clone with it and one without,
+	# each stopped before the next starts (one emulated CPU).
+	"$V" live-image record "c$r" >&2
+	for k in 0 1; do
+		if [ $(((r + k) % 2)) = 0 ]; then
+			p=$(start_clone "p$r" $((40 + r)) "img$r")
+			pmiss+=("$("$V" list --json | python3 -c "import json,sys; print(next(v['prefetch']['misses'] for v in json.load(sys.stdin) if v['name']=='p$r'))")")
+			"$V" stop "p$r" >/dev/null
+		else
+			n=$(start_clone "n$r" $((70 + r)) "img$r" --no-prefetch)
+			"$V" stop "n$r" >/dev/null
+		fi
+	done
+	echo "run $r: second clones: with prefetch $p ms (${pmiss[-1]} pages missed), without $n ms" >&2
+	pre+=("$p") nopre+=("$n") pratios+=("$(awk -v b="$b" -v c="$p" 'BEGIN { printf "%.1f", b / c }')")
 	if [ "$r" != "$runs" ]; then
 		"$V" stop "c$r" >/dev/null
 		"$V" stop "b$r" >/dev/null
@@ -129,6 +155,11 @@ image=$(python3 -c "import json,sys; print(next(i['cached_pages'] for i in json.
 	echo "| clone start to ready | $runs | $(printf '%s\n' "${clone_ready[@]}" | median_spread %.0f) |"
 	echo "| clone start to the first HTTP answer | $runs | $(printf '%s\n' "${clones[@]}" | median_spread %.0f) |"
 	echo "| boot ÷ clone, per run | $runs | $(printf '%s\n' "${ratios[@]}" | median_spread %.1fx) |"
+	echo "| a second clone, with the first one's working set prefetched, to the first HTTP answer | $runs | $(printf '%s\n' "${pre[@]}" | median_spread %.0f) |"
+	echo "| a second clone without prefetch, to the first HTTP answer | $runs | $(printf '%s\n' "${nopre[@]}" | median_spread %.0f) |"
+	echo "| boot ÷ the prefetching clone, per run | $runs | $(printf '%s\n' "${pratios[@]}" | median_spread %.1fx) |"
+	echo
+	echo "The prefetching clones used $(printf '%s ' "${pmiss[@]}")pages outside the recorded set (per run)."
 	echo
 	echo "Memory: the parent's live image holds $image pages ($((image * 4 / 1024)) MiB). The clone"
 	echo "owned $before private pages when it first answered and $after ($((after * 4)) KiB) after"
