@@ -1200,7 +1200,8 @@ impl VmClone {
         image.clones.fetch_add(1, Relaxed);
         st.image.children.fetch_add(1, Relaxed);
         let old = core::mem::replace(&mut st.image, image.clone());
-        old.clones.fetch_sub(1, Relaxed);
+        // After its `children` went up (`Release`: see `Image::idle`).
+        old.clones.fetch_sub(1, core::sync::atomic::Ordering::Release);
         Ok(image)
     }
 
@@ -1891,7 +1892,13 @@ impl PinnedDrop for VmClone {
         let vm = self.state.lock().vm.take();
         drop(vm);
         let mut st = self.state.lock();
-        st.image.clones.fetch_sub(1, Relaxed);
+        // After the unregistering above and the VMM's mappings (which
+        // held our file): the image's pages are mapped by nobody through
+        // this clone any more, and reclaim may drop them once no clone
+        // uses the image (`Release`: see `Image::idle`).
+        if st.image.clones.fetch_sub(1, core::sync::atomic::Ordering::Release) == 1 {
+            ffi::image_left_idle();
+        }
         // KVM maps none of them any more; the VMM's mappings are gone
         // (they hold the clone's file). The debug quarantine may keep them.
         st.private.drain(|_, page| ffi::release_private(page));
@@ -1913,8 +1920,17 @@ pub(crate) fn reclaim(r: &ffi::Reclaim) {
     }
 }
 
-/// The shrinker's ask (see [`reclaim`]).
+/// The shrinker's ask (see [`reclaim`]): idle images' caches first (their
+/// pages go back without a write), then clones with a swap file.
 fn reclaim_pressure(r: &ffi::Reclaim) {
+    let want = ffi::reclaim_wanted();
+    if ffi::images_to_reclaim(want) {
+        match ffi::with_registry(|reg| crate::dev::reclaim_images(reg, want)) {
+            Some(Some((n, freed))) if n > 0 => ffi::reclaim_done(n, freed),
+            Some(None) => ffi::images_recount_later(),
+            _ => (),
+        }
+    }
     let mut idle = 0;
     loop {
         let want = ffi::reclaim_wanted();

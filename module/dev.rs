@@ -4,7 +4,9 @@
 //! Rust. [`ffi`](crate::ffi) turns the C `unlocked_ioctl` call into
 //! [`ioctl`] and the `Result` back into an errno.
 //!
-//! Lock order: `Registry::images` -> a clone's `state` (snapshot only). An
+//! Lock order: `Registry::images` -> a clone's `state` (snapshot only);
+//! `Registry::images` -> an image's `cache` (the reclaim worker, which
+//! only tries `images`, see [`reclaim_images`]). An
 //! image's `clones` and `children` counts change under `images`, so delete
 //! cannot race with clone creation or a snapshot. `Registry::named` ->
 //! the misc core's `misc_mtx` (registering and removing a clone's device);
@@ -16,6 +18,7 @@ use crate::ffi::{self, FileRef, ImageFile, PageRef, PAGE_SIZE};
 use crate::image::{ffi_name, Backing, Image};
 use core::sync::atomic::Ordering::Relaxed;
 use kernel::new_mutex;
+use kernel::c_str;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::uaccess::{UserPtr, UserSlice};
@@ -30,11 +33,14 @@ pub(crate) const MODULE_VERSION: &str = "0.4.0";
 /// streams only; a random miss still reads just its page.
 const IMAGE_READAHEAD_PAGES: u32 = ((2 << 20) / PAGE_SIZE) as u32;
 
+/// The lockdep class of [`Registry::images`].
+static IMAGES_KEY: ffi::LockKey = ffi::LockKey::new();
+
 /// The named images, sorted by name.
 #[pin_data]
 pub(crate) struct Registry {
     #[pin]
-    images: Mutex<KVec<Arc<Image>>>,
+    images: ffi::TryMutex<KVec<Arc<Image>>>,
     /// The named clones (`VMS_CLONE_NAME`); a removed one leaves `None`.
     #[pin]
     named: Mutex<KVec<Option<Pin<KBox<ffi::NamedClone>>>>>,
@@ -46,7 +52,7 @@ impl Registry {
     pub(crate) fn new() -> Result<impl PinInit<Self, Error>> {
         let zero = PageRef::alloc_zeroed()?;
         Ok(try_pin_init!(Registry {
-            images <- new_mutex!(KVec::new(), "vms_images"),
+            images <- ffi::TryMutex::new(KVec::new(), c_str!("vms_images"), &IMAGES_KEY),
             named <- new_mutex!(KVec::new(), "vms_named_clones"),
             zero,
         }? Error))
@@ -202,6 +208,38 @@ fn image_snapshot(reg: &Registry, arg: UserPtr) -> Result<isize> {
     insert(&mut images, pos, image)
 }
 
+/// Tell the shrinker how many pages idle images could give back now
+/// ([`Image::droppable`]). Called under the registry lock whenever a count
+/// it reads goes up there or a delete took an image away, and by the
+/// reclaim worker, which a clone's drop queues when it leaves its image
+/// idle (a drop does not take the registry lock).
+fn recount_idle(images: &KVec<Arc<Image>>) {
+    ffi::idle_image_pages_set(images.iter().map(|i| i.droppable()).sum());
+}
+
+/// The reclaim worker's share for images: recount what idle images hold
+/// (a clone's drop may have left one idle) and, if memory reclaim asked
+/// for `want` pages, drop up to that many from idle images' caches, the
+/// first image with something to give first. Returns the pages dropped
+/// and how many of them were freed (see [`Image::drop_cached`]).
+/// `None` if the registry was busy: its holders allocate memory, and may
+/// be in direct reclaim, waiting for what the worker frees from clones
+/// (which it then goes on to do).
+pub(crate) fn reclaim_images(reg: &Registry, want: usize) -> Option<(usize, usize)> {
+    let images = reg.images.try_lock()?;
+    let (mut n, mut freed) = (0, 0);
+    for image in images.iter() {
+        if n >= want {
+            break;
+        }
+        let (d, f) = image.drop_cached(want - n);
+        n += d;
+        freed += f;
+    }
+    recount_idle(&images);
+    Some((n, freed))
+}
+
 fn find(images: &KVec<Arc<Image>>, name: &[u8; abi::VMS_NAME_LEN]) -> Result<usize> {
     images.binary_search_by(|i| i.name().cmp(name)).map_err(|_| ENOENT)
 }
@@ -248,6 +286,7 @@ fn image_info(reg: &Registry, arg: UserPtr, delete: bool) -> Result<isize> {
             parent.children.fetch_sub(1, Relaxed);
         }
         let old = core::mem::replace(&mut *images, kept);
+        recount_idle(&images);
         drop(images);
         drop(old);
         return Ok(0);
@@ -283,14 +322,18 @@ fn clone_create(reg: &Registry, arg: UserPtr) -> Result<isize> {
     let image = {
         let images = reg.images.lock();
         let image = images[find(&images, &name)?].clone();
-        // Counted under the registry lock, so delete sees it.
+        // Counted under the registry lock, so delete sees it, and so does
+        // reclaim: the image's cache stays from here on.
         image.clones.fetch_add(1, Relaxed);
+        recount_idle(&images);
         image
     };
     let clone = match VmClone::new(image.clone()) {
         Ok(c) => c,
         Err(e) => {
-            image.clones.fetch_sub(1, Relaxed);
+            if image.clones.fetch_sub(1, Relaxed) == 1 {
+                ffi::image_left_idle();
+            }
             return Err(e);
         }
     };

@@ -166,6 +166,94 @@ impl PinnedDrop for MiscDevice {
 }
 
 // ---------------------------------------------------------------------------
+// A mutex that can be tried
+
+/// A static lockdep class, for C objects that lockdep tracks as locks
+/// (a timer's callback, a [`TryMutex`]); lockdep wants a static key.
+pub(crate) struct LockKey(core::cell::UnsafeCell<bindings::lock_class_key>);
+// SAFETY: only lockdep uses it, through the pointer, under its own locks.
+unsafe impl Sync for LockKey {}
+
+impl LockKey {
+    pub(crate) const fn new() -> Self {
+        // SAFETY: all zeroes is a valid `lock_class_key` (a static one is
+        // so).
+        LockKey(core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() }))
+    }
+}
+
+/// A mutex (`struct mutex`) that can also be tried: 6.12's
+/// `kernel::sync::Mutex` has no `try_lock`, and the reclaim worker must
+/// not wait for a lock whose holders allocate memory (they may be in
+/// direct reclaim, waiting for what the worker would free).
+#[pin_data]
+pub(crate) struct TryMutex<T> {
+    #[pin]
+    mutex: Opaque<bindings::mutex>,
+    data: core::cell::UnsafeCell<T>,
+}
+
+// SAFETY: the data is reached only through a guard, which the mutex makes
+// exclusive; it moves between threads with the mutex.
+unsafe impl<T: Send> Send for TryMutex<T> {}
+// SAFETY: as for `Send`: `&TryMutex` gives `&mut T` only to the holder.
+unsafe impl<T: Send> Sync for TryMutex<T> {}
+
+impl<T> TryMutex<T> {
+    /// A mutex over `data`, of lockdep class `key`, named `name`.
+    pub(crate) fn new(data: T, name: &'static CStr, key: &'static LockKey) -> impl PinInit<Self> {
+        pin_init!(TryMutex {
+            // SAFETY: `slot` is the mutex's place, pinned with the rest;
+            // the name and the key are static.
+            mutex <- Opaque::ffi_init(|slot| unsafe {
+                bindings::__mutex_init(slot, name.as_char_ptr(), key.0.get())
+            }),
+            data: core::cell::UnsafeCell::new(data),
+        })
+    }
+
+    /// Take the mutex, sleeping until it is free.
+    pub(crate) fn lock(&self) -> TryMutexGuard<'_, T> {
+        // SAFETY: initialised in `new`; unlocked by the guard's drop, in
+        // this task (the guard is not `Send`).
+        unsafe { bindings::mutex_lock(self.mutex.get()) };
+        TryMutexGuard(self, core::marker::PhantomData)
+    }
+
+    /// Take the mutex if it is free; `None` if someone holds it.
+    pub(crate) fn try_lock(&self) -> Option<TryMutexGuard<'_, T>> {
+        // SAFETY: as in `lock`.
+        let got = unsafe { bindings::mutex_trylock(self.mutex.get()) } != 0;
+        got.then(|| TryMutexGuard(self, core::marker::PhantomData))
+    }
+}
+
+/// A held [`TryMutex`]: unlocks when dropped, in the task that locked it.
+pub(crate) struct TryMutexGuard<'a, T>(&'a TryMutex<T>, core::marker::PhantomData<*mut ()>);
+
+impl<T> core::ops::Deref for TryMutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the mutex is held, so nobody else reaches the data.
+        unsafe { &*self.0.data.get() }
+    }
+}
+
+impl<T> core::ops::DerefMut for TryMutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, and `&mut self` makes this one exclusive.
+        unsafe { &mut *self.0.data.get() }
+    }
+}
+
+impl<T> Drop for TryMutexGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: locked by this task when the guard was made.
+        unsafe { bindings::mutex_unlock(self.0.mutex.get()) };
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Pages
 
 /// A reference to a `struct page`: a page vms allocated (order 0), or one
@@ -1151,6 +1239,16 @@ pub(crate) fn spawn(f: impl FnOnce() + Send + 'static) -> Result {
 /// them now (each clone adds its own through [`reclaimable_set`]): the
 /// shrinker's count. A hint: the worker checks each clone under its lock.
 static RECLAIMABLE: AtomicUsize = AtomicUsize::new(0);
+/// Cached pages of images that no clone and no live image uses, which
+/// the worker can drop ([`crate::dev::reclaim_images`]): the rest of the
+/// shrinker's count. Set under the registry lock.
+static IDLE_IMAGE_PAGES: AtomicUsize = AtomicUsize::new(0);
+/// A clone's drop may have left its image idle: the worker recounts.
+static IDLE_RECOUNT: AtomicBool = AtomicBool::new(false);
+/// The image registry, for the worker: published once the module's
+/// device is registered, withdrawn (and the worker flushed) before it
+/// goes.
+static REGISTRY: AtomicPtr<dev::Registry> = AtomicPtr::new(null_mut());
 /// Pages the shrinker asked for that the worker has not yet looked at.
 static RECLAIM_WANT: AtomicUsize = AtomicUsize::new(0);
 /// Pages the worker freed that no reclaimer has been credited with yet.
@@ -1236,11 +1334,7 @@ pub(crate) struct Reclaim {
 
 /// The lockdep class of [`Reclaim::retry`] (a timer's callback is tracked
 /// as a lock); lockdep wants a static key.
-struct TimerKey(core::cell::UnsafeCell<bindings::lock_class_key>);
-// SAFETY: only lockdep uses it, through the pointer, under its own locks.
-unsafe impl Sync for TimerKey {}
-// SAFETY: all zeroes is a valid `lock_class_key` (a static one is so).
-static RETRY_KEY: TimerKey = TimerKey(core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() }));
+static RETRY_KEY: LockKey = LockKey::new();
 
 /// The retry timer's callback (softirq): kick the worker.
 unsafe extern "C" fn reclaim_retry_fire(_t: *mut bindings::timer_list) {
@@ -1424,6 +1518,69 @@ pub(crate) fn reclaim_forget(clone: &VmClone) {
     }
 }
 
+/// What idle images' caches hold now (see [`IDLE_IMAGE_PAGES`]).
+pub(crate) fn idle_image_pages_set(n: usize) {
+    IDLE_IMAGE_PAGES.store(n, Ordering::Relaxed);
+}
+
+/// A clone's drop left its image without clones: have the worker count
+/// the image's cache as reclaimable (the drop takes no registry lock).
+pub(crate) fn image_left_idle() {
+    IDLE_RECOUNT.store(true, Ordering::Release);
+    queue_reclaim();
+}
+
+/// Whether the worker should look at images: reclaim asked for `want`
+/// pages and idle images hold some, or a clone's drop left an image idle
+/// since the last call.
+pub(crate) fn images_to_reclaim(want: usize) -> bool {
+    (want > 0 && IDLE_IMAGE_PAGES.load(Ordering::Relaxed) > 0) || IDLE_RECOUNT.swap(false, Ordering::AcqRel)
+}
+
+/// The worker could not look at images (the registry was busy): the next
+/// run recounts them.
+pub(crate) fn images_recount_later() {
+    IDLE_RECOUNT.store(true, Ordering::Release);
+}
+
+/// Let the worker reach the registry of `dev` (registered, and pinned
+/// until [`registry_withdraw`]).
+pub(crate) fn registry_publish(dev: &MiscDevice) {
+    REGISTRY.store(core::ptr::from_ref(&dev.registry).cast_mut(), Ordering::Release);
+}
+
+/// Before the registry goes: the worker stops using it. Flushes the
+/// worker, so that a run that found it published has ended; a later run
+/// (queued by the timer, or a clone's drop) finds it withdrawn.
+pub(crate) fn registry_withdraw() {
+    REGISTRY.swap(null_mut(), Ordering::SeqCst);
+    IDLE_IMAGE_PAGES.store(0, Ordering::Relaxed);
+    // Against a run queued just now: `flush_work` reads the work's state
+    // without a lock when it was never queued, and that read must not
+    // pass the store above (a run it then misses reads the pointer after
+    // it).
+    core::sync::atomic::fence(Ordering::SeqCst);
+    let r = RECLAIM.load(Ordering::Acquire);
+    if !r.is_null() {
+        // SAFETY: `RECLAIM` is live until the registration's drop, which
+        // comes after this (the module's drop); its work item was
+        // initialised in `start`. `flush_work` waits for a running
+        // instance and may sleep, as the module's drop may.
+        unsafe {
+            bindings::flush_work(kernel::workqueue::Work::<Reclaim>::raw_get(core::ptr::addr_of!((*r).work)));
+        }
+    }
+}
+
+/// Call `f` on the registry, if it is published. For the worker only
+/// (which [`registry_withdraw`] flushes).
+pub(crate) fn with_registry<R>(f: impl FnOnce(&dev::Registry) -> R) -> Option<R> {
+    let reg = REGISTRY.load(Ordering::Acquire);
+    // SAFETY: published from a pinned, live registry; withdrawn before it
+    // goes, and the withdrawal waits for the worker, the only caller.
+    (!reg.is_null()).then(|| f(unsafe { &*reg }))
+}
+
 /// A clone that held `old` reclaimable pages holds `new` now.
 pub(crate) fn reclaimable_set(old: usize, new: usize) {
     if new >= old {
@@ -1454,8 +1611,13 @@ pub(crate) fn reclaim_done(n: usize, freed: usize) {
     }
 }
 
+/// What clones with a swap file and idle images could give back.
+fn reclaimable() -> usize {
+    RECLAIMABLE.load(Ordering::Relaxed).saturating_add(IDLE_IMAGE_PAGES.load(Ordering::Relaxed))
+}
+
 unsafe extern "C" fn reclaim_count(_s: *mut bindings::shrinker, _sc: *mut bindings::shrink_control) -> c_ulong {
-    RECLAIMABLE.load(Ordering::Relaxed) as c_ulong
+    reclaimable() as c_ulong
 }
 
 /// `struct reclaim_state` (include/linux/swap.h), which the bindings leave
@@ -1478,7 +1640,7 @@ struct ReclaimState {
 unsafe extern "C" fn reclaim_scan(_s: *mut bindings::shrinker, sc: *mut bindings::shrink_control) -> c_ulong {
     // SAFETY: the kernel passes a live control for the call.
     let nr = unsafe { (*sc).nr_to_scan } as usize;
-    let cap = RECLAIMABLE.load(Ordering::Relaxed).min(ASK_MAX);
+    let cap = reclaimable().min(ASK_MAX);
     let now = now_ms();
     if now - RECLAIM_ASKED.swap(now, Ordering::Relaxed) > ASK_TTL_MS {
         // The first scan of new pressure: what the last left (an ask, or

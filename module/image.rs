@@ -29,8 +29,12 @@
 //!   image's `File` entries are its parent's, and so is their `vmm`: one
 //!   copy per file page across all levels (see `Image::vmm_copy`).
 //!
-//! A page never leaves the cache while the image lives: the image is
-//! immutable, so there is nothing to invalidate.
+//! A page leaves the cache only while no clone and no live image uses the
+//! image, and only if the image has a file to read it from again: memory
+//! reclaim drops such pages ([`Image::drop_cached`], under the registry
+//! lock, which keeps clones and live images from coming meanwhile). While
+//! anything uses the image its entries never change: the image is
+//! immutable, and clones map its pages without references of their own.
 //!
 //! Locking: `cache` is a leaf lock. File reads happen without it (a
 //! filesystem's read may take the inode lock, and a task holding that may
@@ -41,7 +45,7 @@
 use crate::ffi::{ImageFile, PageRef, PAGE_SIZE};
 use crate::table::PageTable;
 use crate::abi;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::{Acquire, Relaxed}};
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
@@ -74,6 +78,19 @@ pub(crate) enum Source {
     File,
 }
 
+/// An image's counters (see `abi::VmsImageStats`).
+#[derive(Default)]
+struct Counts {
+    cached_pages: AtomicU64,
+    file_pages: AtomicU64,
+    vmm_copies: AtomicU64,
+    zero_pages: AtomicU64,
+    streamed: AtomicU64,
+    read_errors: AtomicU64,
+    /// Pages reclaim dropped from the cache ([`Image::drop_cached`]).
+    dropped: AtomicU64,
+}
+
 #[pin_data]
 pub(crate) struct Image {
     name: [u8; abi::VMS_NAME_LEN],
@@ -87,12 +104,9 @@ pub(crate) struct Image {
     pub(crate) clones: AtomicU64,
     /// Live images layered on this one (changed under the registry lock).
     pub(crate) children: AtomicU64,
-    cached_pages: AtomicU64,
-    file_pages: AtomicU64,
-    vmm_copies: AtomicU64,
-    zero_pages: AtomicU64,
-    streamed: AtomicU64,
-    read_errors: AtomicU64,
+    n: Counts,
+    /// Where the next [`Image::drop_cached`] goes on from.
+    drop_from: AtomicUsize,
     /// The error of the last attempt to bring each page into the cache,
     /// for pages whose last attempt failed and that are not cached: a
     /// retried VMM fault returns it instead of reading again (see
@@ -147,12 +161,8 @@ impl Image {
             cache <- new_mutex!(table, "vms_image_cache"),
             clones: AtomicU64::new(0),
             children: AtomicU64::new(0),
-            cached_pages: AtomicU64::new(pages),
-            file_pages: AtomicU64::new(0),
-            vmm_copies: AtomicU64::new(0),
-            zero_pages: AtomicU64::new(0),
-            streamed: AtomicU64::new(0),
-            read_errors: AtomicU64::new(0),
+            n: Counts { cached_pages: AtomicU64::new(pages), ..Counts::default() },
+            drop_from: AtomicUsize::new(0),
             failed <- new_mutex!(failed, "vms_image_failed"),
         }? Error))
     }
@@ -228,7 +238,7 @@ impl Image {
                     let copy = PageRef::alloc()?;
                     copy.copy_from(page);
                     *vmm = Some(copy.clone());
-                    self.vmm_copies.fetch_add(1, Relaxed);
+                    self.n.vmm_copies.fetch_add(1, Relaxed);
                     return Ok(copy);
                 }
             }
@@ -295,20 +305,20 @@ impl Image {
         if let Some(found) = Self::lookup(&cache, idx, &self.zero) {
             return Ok(found);
         }
-        self.streamed.fetch_add(1, Relaxed);
+        self.n.streamed.fetch_add(1, Relaxed);
         self.forget_failure(&cache, idx);
         if zero {
             cache.set(idx, Cached::Zero)?;
-            self.zero_pages.fetch_add(1, Relaxed);
+            self.n.zero_pages.fetch_add(1, Relaxed);
             return Ok((self.zero.clone(), Source::Zero, true));
         }
         if source == Source::File {
             cache.set(idx, Cached::File { page: page.clone(), vmm: None })?;
-            self.file_pages.fetch_add(1, Relaxed);
+            self.n.file_pages.fetch_add(1, Relaxed);
         } else {
             cache.set(idx, Cached::Page(page.clone()))?;
         }
-        self.cached_pages.fetch_add(1, Relaxed);
+        self.n.cached_pages.fetch_add(1, Relaxed);
         Ok((page, source, true))
     }
 
@@ -327,7 +337,7 @@ impl Image {
 
     /// Count and log a failed read of page `idx`; the error for the fault.
     fn read_error(&self, idx: usize, pos: u64, e: Error) -> Error {
-        self.read_errors.fetch_add(1, Relaxed);
+        self.n.read_errors.fetch_add(1, Relaxed);
         pr_warn!(
             "image {}: reading page {} at file offset {}: error {}\n",
             ffi_name(&self.name),
@@ -393,19 +403,92 @@ impl Image {
         Ok((page, source, streamed))
     }
 
+    /// Whether no clone and no live image uses the image. Read under the
+    /// registry lock, under which both counts go up; they go down under
+    /// it too, except a clone's `clones`, which its drop gives back once
+    /// KVM and every VMM mapping stopped mapping its pages (`Acquire`
+    /// pairs with that `Release`).
+    fn idle(&self) -> bool {
+        self.clones.load(Acquire) == 0 && self.children.load(Acquire) == 0
+    }
+
+    /// Pages [`drop_cached`](Self::drop_cached) would drop now: every
+    /// cached page of an idle image made from a file. (Zero pages cost
+    /// nothing; a live image's own pages are in no file, and its other
+    /// entries are its parent's pages, which the parent keeps.)
+    pub(crate) fn droppable(&self) -> usize {
+        match self.backing {
+            Backing::File { .. } if self.idle() => self.n.cached_pages.load(Relaxed) as usize,
+            _ => 0,
+        }
+    }
+
+    /// Memory reclaim: drop up to `max` cached pages of an idle image made
+    /// from a file (nothing if it is not), going on from where the last
+    /// call stopped; a later clone streams them again. Returns how many
+    /// entries went, and how many pages that freed: ours that nobody
+    /// else held (a live image being deleted may still hold some; a `File`
+    /// entry's page is the page cache's, which reclaim then takes as any
+    /// other, and its VMM copy is ours).
+    ///
+    /// Called with the registry lock held, under which the image is idle
+    /// (`droppable`) and stays so: no clone or live image comes, and none
+    /// maps these pages (a clone's stage 2 and VMM mappings went before
+    /// its count did), so the pages go with their last mapping gone. A
+    /// read for a clone that has gone (a VMM fault's, with its lock
+    /// released) may still store a page meanwhile, under `cache`; nothing
+    /// maps it. May sleep (between leaves).
+    pub(crate) fn drop_cached(&self, max: usize) -> (usize, usize) {
+        if self.droppable() == 0 {
+            return (0, 0);
+        }
+        let n = core::cell::Cell::new(0);
+        let (mut freed, mut files, mut copies) = (0, 0, 0);
+        let mut drop_entry = |_, e: Cached| {
+            n.set(n.get() + 1);
+            let ours = match &e {
+                Cached::File { vmm, .. } => {
+                    files += 1;
+                    copies += u64::from(vmm.is_some());
+                    vmm.as_ref()
+                }
+                Cached::Page(p) => Some(p),
+                Cached::Zero => None,
+            };
+            freed += usize::from(ours.is_some_and(|p| p.ref_count() == 1));
+        };
+        let keep = |e: &Cached| !matches!(e, Cached::Zero);
+        let mut cache = self.cache.lock();
+        let start = self.drop_from.load(Relaxed).min(self.npages);
+        // From the last stop to the end, then from the start to it.
+        let mut next = cache.take_where(start, self.npages, max, keep, &mut drop_entry);
+        if next == self.npages {
+            next = cache.take_where(0, start, max - n.get(), keep, &mut drop_entry);
+        }
+        self.drop_from.store(next, Relaxed);
+        drop(cache);
+        let n = n.get();
+        self.n.cached_pages.fetch_sub(n as u64, Relaxed);
+        self.n.file_pages.fetch_sub(files, Relaxed);
+        self.n.vmm_copies.fetch_sub(copies, Relaxed);
+        self.n.dropped.fetch_add(n as u64, Relaxed);
+        (n, freed)
+    }
+
     pub(crate) fn stats(&self) -> abi::VmsImageStats {
         abi::VmsImageStats {
             size: (self.npages * PAGE_SIZE) as u64,
             clones: self.clones.load(Relaxed),
-            cached_pages: self.cached_pages.load(Relaxed),
-            zero_pages: self.zero_pages.load(Relaxed),
-            streamed: self.streamed.load(Relaxed),
-            read_errors: self.read_errors.load(Relaxed),
+            cached_pages: self.n.cached_pages.load(Relaxed),
+            zero_pages: self.n.zero_pages.load(Relaxed),
+            streamed: self.n.streamed.load(Relaxed),
+            read_errors: self.n.read_errors.load(Relaxed),
             generation: self.generation,
             children: self.children.load(Relaxed),
             parent: self.parent().map_or([0; abi::VMS_NAME_LEN], |p| p.name),
-            file_pages: self.file_pages.load(Relaxed),
-            vmm_copies: self.vmm_copies.load(Relaxed),
+            file_pages: self.n.file_pages.load(Relaxed),
+            vmm_copies: self.n.vmm_copies.load(Relaxed),
+            dropped: self.n.dropped.load(Relaxed),
             ..abi::VmsImageStats::zeroed()
         }
     }

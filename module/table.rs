@@ -134,6 +134,57 @@ impl<T> PageTable<T> {
         self.used = 0;
     }
 
+    /// Take out up to `max` entries of `from..end` for which `pick` says
+    /// so, in index order, passing each to `f`; frees every leaf (and
+    /// middle node) that this leaves empty. Returns where a next call
+    /// should go on from (`end` once it got there). Looks at every entry
+    /// of each leaf it passes (entries `pick` leaves count against no
+    /// bound), skips absent leaves, and gives the CPU up after each leaf,
+    /// as [`drain`](Self::drain) does.
+    pub(crate) fn take_where(
+        &mut self,
+        from: usize,
+        end: usize,
+        max: usize,
+        mut pick: impl FnMut(&T) -> bool,
+        mut f: impl FnMut(usize, T),
+    ) -> usize {
+        let end = end.min(self.len);
+        let mut idx = from;
+        let mut taken = 0;
+        while idx < end && taken < max {
+            let (i, j) = (idx / (LEAF * MID), idx / LEAF % MID);
+            let Some(mid) = self.top[i].as_mut() else {
+                idx = (i + 1) * LEAF * MID;
+                continue;
+            };
+            if let Some(leaf) = mid[j].as_mut() {
+                let stop = ((idx / LEAF + 1) * LEAF).min(end);
+                while idx < stop && taken < max {
+                    let slot = &mut leaf[idx % LEAF];
+                    if slot.as_ref().is_some_and(&mut pick) {
+                        if let Some(v) = slot.take() {
+                            self.used -= 1;
+                            taken += 1;
+                            f(idx, v);
+                        }
+                    }
+                    idx += 1;
+                }
+                if leaf.iter().all(|e| e.is_none()) {
+                    mid[j] = None;
+                }
+            } else {
+                idx = (idx / LEAF + 1) * LEAF;
+            }
+            if mid.iter().all(|l| l.is_none()) {
+                self.top[i] = None;
+            }
+            ffi::cond_resched();
+        }
+        idx.min(end)
+    }
+
     /// The leaf holding `idx` (< `len`), allocated if missing.
     fn leaf(&mut self, idx: usize) -> Result<&mut Leaf<T>> {
         let mid = &mut self.top[idx / (LEAF * MID)];

@@ -56,6 +56,8 @@ impl kernel::Module for Vms {
             ffi::MiscDevice::register(c_str!("vms"), dev::Registry::new()?),
             GFP_KERNEL,
         )?;
+        // The shrinker's worker drops idle images' caches.
+        ffi::registry_publish(&dev);
         // Knobs for tests; the module works without them.
         let debug = ffi::DebugFs::create();
         // Memslots that map a clone are served from it without the VMM
@@ -74,11 +76,13 @@ impl kernel::Module for Vms {
 impl Drop for Vms {
     fn drop(&mut self) {
         // No new claims; then the queued work, which may hold the last
-        // references to clones; then the registry: the last clones it
+        // references to clones; then the registry (once the shrinker's
+        // worker no longer uses it): the last clones it
         // holds free their pages into the quarantine, which then drains
         // once the shrinker, which no clone needs any more, has stopped.
         drop(self.claimer.take());
         drop(self.queue.take());
+        ffi::registry_withdraw();
         drop(self.dev.take());
         drop(self.reclaim.take());
         ffi::drain_quarantine();

@@ -30,6 +30,19 @@
 //!   not kick a worker that is backing off), the pipes are read, and
 //!   nothing touches the clone after: the worker must come back when the
 //!   back-off ends and bring the clone to its limit within 20 s.
+//! - `idle_image`: an image made from a file whose cache holds every
+//!   page (a clone's guest read them all, its VMM 16 of them, which made
+//!   copies) keeps its cache while the clone lives, whatever the
+//!   shrinker is asked; once the clone is gone, `drop_caches` empties it
+//!   (`dropped`, and no VMM copy left), and a new clone's guest and VMM
+//!   read the image's bytes again, streamed anew.
+//! - `idle_parent_of_live_image`: an image a live image is layered on
+//!   keeps its cache with no clone left, until the live image is deleted;
+//!   then it gives it back, and a new clone reads the image.
+//! - `idle_image_races`: clones of one image come and go, each reading
+//!   every page (guest and VMM), with the image idle between them, while
+//!   another thread runs `drop_caches` without pause: the cache is dropped
+//!   between clones, never under one.
 //!
 //! Swap files go in `$VMS_IMAGE_DIR` (a disk in `scripts/bench`), else
 //! /tmp. Skips if `/dev/vms` or `/dev/kvm` is missing, or without root
@@ -44,9 +57,10 @@ use vms_selftests::ksft::{self, Test, Watchdog};
 use vms_selftests::kvm;
 use vms_selftests::race::{eviction_race, EVICTION_RACE_PAGES};
 use vms_selftests::vms::{
-    image_create, image_dir, require_vms_and_kvm, unique_name, vm_with_clone,
-    vms_open, ImageFile, VmsClone, CLONE_GPA, PAGE_SIZE,
+    image_create, image_dir, image_snapshot, pattern_page, require_vms_and_kvm, unique_name, vm_with_clone,
+    vms_open, Image, ImageFile, VmsClone, CLONE_GPA, PAGE_SIZE,
 };
+use vms_uapi::VmsImageStats;
 use vms_selftests::{test_assert, test_assert_eq};
 
 const PAGES: u64 = 2048;
@@ -311,6 +325,133 @@ fn close_while_shrinking() {
     image.delete();
 }
 
+/// Run `drop_caches` until `image`'s cache is empty, for at most 30 s.
+fn drop_until_empty(image: &Image) -> VmsImageStats {
+    let t0 = Instant::now();
+    loop {
+        let is = image.info();
+        if is.cached_pages == 0 || t0.elapsed() > Duration::from_secs(30) {
+            return is;
+        }
+        drop_caches();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A clone of `image` on `kvm` whose guest reads every page of it, and
+/// whose VMM reads pages 0..16 (making the image's VMM copies of them):
+/// all must be the image's pattern.
+fn read_through_clone(image: &Image, kvm: &kvm_ioctls::Kvm, pages: u64) -> VmsClone {
+    let clone = image.clone_create();
+    let map = clone.map();
+    let mut vm = vm_with_clone(kvm, &clone, &map, 1);
+    guest::run(&mut vm, 0, &guest::read_check(&Walk::pattern(CLONE_GPA, 0, pages)));
+    for p in 0..16 {
+        test_assert!(map.read_page(p) == pattern_page(p), "the VMM's view of page {p}");
+    }
+    drop((vm, map));
+    clone
+}
+
+fn idle_image() {
+    const N: u64 = 2048;
+    let dev = vms_open();
+    let name = unique_name("shrink_idle");
+    let file = ImageFile::with_pattern(&name, N, 0);
+    let image = image_create(&dev, &name, file.file(), N * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let clone = read_through_clone(&image, &kvm, N);
+    let is = image.info();
+    test_assert_eq!((is.cached_pages, is.vmm_copies, is.streamed), (N, 16, N), "{is:?}");
+    // Used: the shrinker leaves the cache alone.
+    for _ in 0..10 {
+        drop_caches();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let is = image.info();
+    test_assert_eq!((is.cached_pages, is.vmm_copies, is.dropped), (N, 16, 0), "a clone uses the image: {is:?}");
+    drop(clone);
+
+    let is = drop_until_empty(&image);
+    ksft::ksft_print_msg(&format!("idle, after drop_caches: {is:?}"));
+    test_assert_eq!((is.clones, is.cached_pages, is.file_pages, is.vmm_copies), (0, 0, 0, 0), "{is:?}");
+    test_assert_eq!(is.dropped, N);
+
+    // A new clone streams every page again and reads the image.
+    let clone = read_through_clone(&image, &kvm, N);
+    let is = image.info();
+    ksft::ksft_print_msg(&format!("read again: {is:?}"));
+    test_assert_eq!((is.cached_pages, is.vmm_copies, is.streamed), (N, 16, 2 * N), "{is:?}");
+    test_assert_eq!(clone.stats().streamed, N);
+    drop(clone);
+    image.delete();
+}
+
+/// A live image holds its parent: the parent keeps its cache while the
+/// live image exists, though no clone is left, and gives it back once the
+/// live image is deleted.
+fn idle_parent_of_live_image() {
+    const N: u64 = 512;
+    let dev = vms_open();
+    let name = unique_name("shrink_parent");
+    let file = ImageFile::with_pattern(&name, N, 0);
+    let image = image_create(&dev, &name, file.file(), N * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let clone = read_through_clone(&image, &kvm, N);
+    clone.map().write_values(0..8, FIRST);
+    let live = image_snapshot(&dev, &unique_name("shrink_live"), &clone);
+    drop(clone);
+    for _ in 0..10 {
+        drop_caches();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let is = image.info();
+    test_assert_eq!((is.clones, is.children, is.cached_pages, is.dropped), (0, 1, N, 0), "a live image is layered on it: {is:?}");
+    test_assert_eq!(live.info().dropped, 0, "a live image gives nothing back");
+    live.delete();
+    let is = drop_until_empty(&image);
+    ksft::ksft_print_msg(&format!("after the live image went: {is:?}"));
+    test_assert_eq!((is.children, is.cached_pages, is.vmm_copies, is.dropped), (0, 0, 0, N), "{is:?}");
+    drop(read_through_clone(&image, &kvm, N));
+    image.delete();
+}
+
+fn idle_image_races() {
+    const N: u64 = 1024;
+    let dev = vms_open();
+    let name = unique_name("shrink_idle_race");
+    let file = ImageFile::with_pattern(&name, N, 0);
+    let image = image_create(&dev, &name, file.file(), N * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let _dog = Watchdog::start("idle image races", Duration::from_secs(240));
+    let stop = Arc::new(AtomicBool::new(false));
+    let shrinker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                drop_caches();
+                n += 1;
+            }
+            n
+        })
+    };
+    for i in 0..30u64 {
+        drop(read_through_clone(&image, &kvm, N));
+        // Idle for a while now and then, so that the worker drops.
+        std::thread::sleep(Duration::from_millis(if i % 3 == 0 { 200 } else { 1 }));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let calls = shrinker.join().expect("the drop_caches thread");
+    let is = image.info();
+    ksft::ksft_print_msg(&format!("30 clones; {calls} drop_caches; {is:?}"));
+    test_assert!(is.dropped > 0, "nothing was dropped between clones");
+    test_assert_eq!(is.read_errors, 0);
+    image.delete();
+}
+
 /// The memory hog of `kswapd`, in its own process: takes anonymous memory
 /// while more than `min_free_kbytes` is free (below the zones' low
 /// watermarks, where kswapd wakes), in chunks of half what is free above
@@ -369,5 +510,8 @@ fn main() {
         Test::new("races", races),
         Test::new("close_while_shrinking", close_while_shrinking),
         Test::new("over_limit_while_backing_off", over_limit_while_backing_off),
+        Test::new("idle_image", idle_image),
+        Test::new("idle_parent_of_live_image", idle_parent_of_live_image),
+        Test::new("idle_image_races", idle_image_races),
     ]);
 }

@@ -140,8 +140,14 @@ struct vms_image_create {
  * @file_pages:	of @cached_pages, those that are the image file's own
  *		page-cache pages, mapped by clones instead of a copy (they cost
  *		no memory beyond the page cache).
- * @vmm_copies:	copies of such pages made for VMMs' mappings of clones (a
- *		VMM never maps a page-cache page itself); each costs a page.
+ * @vmm_copies:	copies of such pages that the cache holds for VMMs'
+ *		mappings of clones (a VMM never maps a page-cache page itself);
+ *		each costs a page.
+ * @dropped:	pages the image's cache gave back under host memory pressure
+ *		(the "vms-clones" shrinker) while no clone and no live image
+ *		used the image; a later clone streams them again (@streamed).
+ *		It was reserved[0] until 2026-12-05 (same ABI version): older
+ *		modules report 0 here.
  * @reserved:	0.
  */
 struct vms_image_stats {
@@ -156,7 +162,8 @@ struct vms_image_stats {
 	__u8 parent[VMS_NAME_LEN];
 	__u64 file_pages;
 	__u64 vmm_copies;
-	__u64 reserved[2];
+	__u64 dropped;
+	__u64 reserved[1];
 };
 
 /**

@@ -270,11 +270,18 @@ pub struct VmsImageStats {
     /// pages, mapped by clones instead of a copy (they cost no memory
     /// beyond the page cache).
     pub file_pages: u64,
-    /// Copies of such pages made for VMMs' mappings of clones (a VMM never
-    /// maps a page-cache page itself); each costs a page.
+    /// Copies of such pages that the cache holds for VMMs' mappings of
+    /// clones (a VMM never maps a page-cache page itself); each costs a
+    /// page.
     pub vmm_copies: u64,
+    /// Pages the image's cache gave back under host memory pressure (the
+    /// `vms-clones` shrinker) while no clone and no live image used the
+    /// image; a later clone streams them again (`streamed`). It was
+    /// `reserved[0]` until 2026-12-05 (same ABI version): older modules
+    /// report 0 here.
+    pub dropped: u64,
     /// 0.
-    pub reserved: [u64; 2],
+    pub reserved: [u64; 1],
 }
 
 const _: () = assert!(core::mem::size_of::<VmsImageStats>() == 128);
@@ -290,7 +297,8 @@ const _: () = assert!(core::mem::offset_of!(VmsImageStats, children) == 56);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, parent) == 64);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, file_pages) == 96);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, vmm_copies) == 104);
-const _: () = assert!(core::mem::offset_of!(VmsImageStats, reserved) == 112);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, dropped) == 112);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, reserved) == 120);
 
 impl VmsImageStats {
     /// All counters zero.
@@ -307,7 +315,8 @@ impl VmsImageStats {
             parent: [0; VMS_NAME_LEN],
             file_pages: 0,
             vmm_copies: 0,
-            reserved: [0; 2],
+            dropped: 0,
+            reserved: [0; 1],
         }
     }
 }

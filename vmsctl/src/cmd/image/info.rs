@@ -21,8 +21,11 @@ in struct vms_image_stats of vms.h:
   cached_pages  pages read from the file and held in the image's cache
   file_pages    of those, the file's own page-cache pages, which clones map
                 instead of a copy (no memory beyond the page cache)
-  vmm_copies    copies of such pages made for VMMs' mappings of clones
+  vmm_copies    copies of such pages held for VMMs' mappings of clones
                 (a VMM never maps a page-cache page itself)
+  dropped       pages the cache gave back under host memory pressure while
+                no clone and no live image used the image (a later clone
+                streams them again)
   zero_pages    pages found all-zero, served by the shared zero page
   streamed      pages read from the file (cached or zero) since creation
   read_errors   failed reads of the file

@@ -93,8 +93,10 @@ pub struct ImageReport {
     pub cached_pages: u64,
     /// Of those, the file's own page-cache pages (no copy).
     pub file_pages: u64,
-    /// Copies of such pages made for VMMs' mappings.
+    /// Copies of such pages held for VMMs' mappings.
     pub vmm_copies: u64,
+    /// Pages given back under memory pressure while nothing used the image.
+    pub dropped: u64,
     /// Pages found all-zero.
     pub zero_pages: u64,
     /// Pages read from the file since creation.
@@ -119,6 +121,7 @@ impl ImageReport {
             cached_pages: s.cached_pages,
             file_pages: s.file_pages,
             vmm_copies: s.vmm_copies,
+            dropped: s.dropped,
             zero_pages: s.zero_pages,
             streamed: s.streamed,
             read_errors: s.read_errors,
@@ -147,6 +150,7 @@ impl ImageReport {
             ("cached_pages", pages(self.cached_pages)),
             ("file_pages", pages(self.file_pages)),
             ("vmm_copies", pages(self.vmm_copies)),
+            ("dropped", self.dropped.to_string()),
             ("zero_pages", self.zero_pages.to_string()),
             ("streamed", self.streamed.to_string()),
             ("read_errors", self.read_errors.to_string()),
@@ -227,6 +231,7 @@ mod tests {
             cached_pages: cached,
             file_pages: cached - 1,
             vmm_copies: 1,
+            dropped: 0,
             zero_pages: 0,
             streamed: cached,
             read_errors: 0,
@@ -271,6 +276,7 @@ clones        1
 cached_pages  3 (12K)
 file_pages    2 (8K)
 vmm_copies    1 (4K)
+dropped       0
 zero_pages    0
 streamed      3
 read_errors   0
