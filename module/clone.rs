@@ -347,7 +347,8 @@ pub(crate) enum MayRead {
     /// A retry (`TRIED`) that may retry again: as [`First`](Self::First),
     /// unless the page's last attempt failed (`Image::failure`): then the
     /// fault fails with its error (SIGBUS, or OOM for ENOMEM). A page
-    /// read without error stays in the image's cache (entries never go),
+    /// read without error stays in the image's cache (entries go only
+    /// while no clone uses the image, and this fault's clone does),
     /// so the retry after a good read finds it, and after a bad read
     /// fails: retries end, unless the failure could not be marked (no
     /// memory for the mark; then it reads again). A transient error is
@@ -1920,6 +1921,10 @@ pub(crate) fn reclaim(r: &ffi::Reclaim) {
     }
 }
 
+/// Milliseconds before the worker tries the registry lock again after it
+/// found it held.
+const IMAGES_RETRY_MS: i64 = 50;
+
 /// The shrinker's ask (see [`reclaim`]): idle images' caches first (their
 /// pages go back without a write), then clones with a swap file.
 fn reclaim_pressure(r: &ffi::Reclaim) {
@@ -1927,7 +1932,15 @@ fn reclaim_pressure(r: &ffi::Reclaim) {
     if ffi::images_to_reclaim(want) {
         match ffi::with_registry(|reg| crate::dev::reclaim_images(reg, want)) {
             Some(Some((n, freed))) if n > 0 => ffi::reclaim_done(n, freed),
-            Some(None) => ffi::images_recount_later(),
+            // The registry was busy: try again shortly (nothing else may
+            // come to count an image a clone's drop left idle).
+            Some(None) => {
+                ffi::images_recount_later();
+                ffi::reclaim_retry_at(ffi::now_ms() + IMAGES_RETRY_MS);
+            }
+            // Not published yet (the device is registered first) or any
+            // more: whoever comes next counts.
+            None => ffi::images_recount_later(),
             _ => (),
         }
     }

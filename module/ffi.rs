@@ -1547,6 +1547,9 @@ pub(crate) fn images_recount_later() {
 /// until [`registry_withdraw`]).
 pub(crate) fn registry_publish(dev: &MiscDevice) {
     REGISTRY.store(core::ptr::from_ref(&dev.registry).cast_mut(), Ordering::Release);
+    // A clone of an image may have come and gone since the device was
+    // registered, and its drop's count was left for this.
+    image_left_idle();
 }
 
 /// Before the registry goes: the worker stops using it. Flushes the
@@ -1554,7 +1557,6 @@ pub(crate) fn registry_publish(dev: &MiscDevice) {
 /// (queued by the timer, or a clone's drop) finds it withdrawn.
 pub(crate) fn registry_withdraw() {
     REGISTRY.swap(null_mut(), Ordering::SeqCst);
-    IDLE_IMAGE_PAGES.store(0, Ordering::Relaxed);
     // Against a run queued just now: `flush_work` reads the work's state
     // without a lock when it was never queued, and that read must not
     // pass the store above (a run it then misses reads the pointer after
@@ -1570,6 +1572,8 @@ pub(crate) fn registry_withdraw() {
             bindings::flush_work(kernel::workqueue::Work::<Reclaim>::raw_get(core::ptr::addr_of!((*r).work)));
         }
     }
+    // After the flush: a run that counted images is over.
+    IDLE_IMAGE_PAGES.store(0, Ordering::Relaxed);
 }
 
 /// Call `f` on the registry, if it is published. For the worker only

@@ -78,6 +78,13 @@ pub(crate) enum Source {
     File,
 }
 
+/// The most entries one pass of [`Image::drop_cached`] looks at (16
+/// leaves; a call makes two passes at most): the registry lock is held
+/// meanwhile, and a mostly-zero image has few entries to drop among many.
+/// A call that stops there drops less than asked; the rest of the ask
+/// goes to clones, and the next ask goes on where this one stopped.
+const DROP_LOOK: usize = 8192;
+
 /// An image's counters (see `abi::VmsImageStats`).
 #[derive(Default)]
 struct Counts {
@@ -225,7 +232,9 @@ impl Image {
     fn vmm_copy(&self, idx: usize) -> Result<PageRef> {
         let parent = {
             let mut cache = self.cache.lock();
-            // Entries never change: only a `File` entry gets here.
+            // Entries do not change while a clone or a live image uses
+            // the image (the caller's does): only a `File` entry gets
+            // here.
             let Some(Cached::File { page, vmm }) = cache.get_mut(idx) else {
                 return Err(EINVAL);
             };
@@ -244,7 +253,8 @@ impl Image {
             }
         };
         // The parent holds a `File` entry for the page too (ours came from
-        // it, and entries never go), so it gives its copy.
+        // it, and a parent with a live image on it keeps its entries), so
+        // it gives its copy.
         let Some((copy, _)) = parent.cached(idx, true)? else {
             return Err(EINVAL);
         };
@@ -413,9 +423,10 @@ impl Image {
     }
 
     /// Pages [`drop_cached`](Self::drop_cached) would drop now: every
-    /// cached page of an idle image made from a file. (Zero pages cost
-    /// nothing; a live image's own pages are in no file, and its other
-    /// entries are its parent's pages, which the parent keeps.)
+    /// cached page of an idle image made from a file. (Zero entries take
+    /// no page, only their share of the table, which stays; a live
+    /// image's own pages are in no file, and its other entries are its
+    /// parent's pages, which the parent keeps.)
     pub(crate) fn droppable(&self) -> usize {
         match self.backing {
             Backing::File { .. } if self.idle() => self.n.cached_pages.load(Relaxed) as usize,
@@ -461,9 +472,9 @@ impl Image {
         let mut cache = self.cache.lock();
         let start = self.drop_from.load(Relaxed).min(self.npages);
         // From the last stop to the end, then from the start to it.
-        let mut next = cache.take_where(start, self.npages, max, keep, &mut drop_entry);
+        let mut next = cache.take_where(start, self.npages, max, DROP_LOOK, keep, &mut drop_entry);
         if next == self.npages {
-            next = cache.take_where(0, start, max - n.get(), keep, &mut drop_entry);
+            next = cache.take_where(0, start, max - n.get(), DROP_LOOK, keep, &mut drop_entry);
         }
         self.drop_from.store(next, Relaxed);
         drop(cache);

@@ -136,49 +136,53 @@ impl<T> PageTable<T> {
 
     /// Take out up to `max` entries of `from..end` for which `pick` says
     /// so, in index order, passing each to `f`; frees every leaf (and
-    /// middle node) that this leaves empty. Returns where a next call
-    /// should go on from (`end` once it got there). Looks at every entry
-    /// of each leaf it passes (entries `pick` leaves count against no
-    /// bound), skips absent leaves, and gives the CPU up after each leaf,
-    /// as [`drain`](Self::drain) does.
+    /// middle node) that this leaves empty. Looks at `look` entries at
+    /// most (an absent leaf counts as one, an absent middle node as none)
+    /// and gives the CPU up after each leaf, as [`drain`](Self::drain)
+    /// does. Returns where a
+    /// next call should go on from (`end` once it got there).
     pub(crate) fn take_where(
         &mut self,
         from: usize,
         end: usize,
         max: usize,
+        look: usize,
         mut pick: impl FnMut(&T) -> bool,
         mut f: impl FnMut(usize, T),
     ) -> usize {
         let end = end.min(self.len);
         let mut idx = from;
-        let mut taken = 0;
-        while idx < end && taken < max {
+        let (mut taken, mut looked) = (0, 0);
+        while idx < end && taken < max && looked < look {
             let (i, j) = (idx / (LEAF * MID), idx / LEAF % MID);
             let Some(mid) = self.top[i].as_mut() else {
                 idx = (i + 1) * LEAF * MID;
                 continue;
             };
-            if let Some(leaf) = mid[j].as_mut() {
-                let stop = ((idx / LEAF + 1) * LEAF).min(end);
-                while idx < stop && taken < max {
-                    let slot = &mut leaf[idx % LEAF];
-                    if slot.as_ref().is_some_and(&mut pick) {
-                        if let Some(v) = slot.take() {
-                            self.used -= 1;
-                            taken += 1;
-                            f(idx, v);
-                        }
-                    }
-                    idx += 1;
-                }
-                if leaf.iter().all(|e| e.is_none()) {
-                    mid[j] = None;
-                }
-            } else {
+            let Some(leaf) = mid[j].as_mut() else {
+                // An absent leaf counts as one entry looked at.
+                looked += 1;
                 idx = (idx / LEAF + 1) * LEAF;
+                continue;
+            };
+            let stop = ((idx / LEAF + 1) * LEAF).min(end);
+            while idx < stop && taken < max && looked < look {
+                looked += 1;
+                let slot = &mut leaf[idx % LEAF];
+                if slot.as_ref().is_some_and(&mut pick) {
+                    if let Some(v) = slot.take() {
+                        self.used -= 1;
+                        taken += 1;
+                        f(idx, v);
+                    }
+                }
+                idx += 1;
             }
-            if mid.iter().all(|l| l.is_none()) {
-                self.top[i] = None;
+            if leaf.iter().all(|e| e.is_none()) {
+                mid[j] = None;
+                if mid.iter().all(|l| l.is_none()) {
+                    self.top[i] = None;
+                }
             }
             ffi::cond_resched();
         }
