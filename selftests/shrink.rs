@@ -72,6 +72,34 @@ fn drop_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "2\n").expect("write /proc/sys/vm/drop_caches");
 }
 
+/// A thread that runs `drop_caches` without pause until stopped.
+struct DropCachesLoop {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl DropCachesLoop {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                drop_caches();
+                n += 1;
+            }
+            n
+        });
+        DropCachesLoop { stop, thread }
+    }
+
+    /// Stop the thread; how many times it ran `drop_caches`.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the drop_caches thread")
+    }
+}
+
 /// Run shrinkers until `clone` gave at least `want` pages to them, for at
 /// most `limit`; then wait until the module's worker, which evicts after
 /// `drop_caches` returns, has stopped evicting from it (its footprint
@@ -294,18 +322,7 @@ fn close_while_shrinking() {
     let image = image_create(&dev, &name, file.file(), EVICTION_RACE_PAGES * PAGE_SIZE, 0);
     let kvm = kvm::open_kvm();
     let _dog = Watchdog::start("close while shrinking", Duration::from_secs(240));
-    let stop = Arc::new(AtomicBool::new(false));
-    let shrinker = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                drop_caches();
-                n += 1;
-            }
-            n
-        })
-    };
+    let shrinker = DropCachesLoop::start();
     let writes = Walk::values(CLONE_GPA, EVICTION_RACE_PAGES, FIRST);
     let mut shrunk = 0;
     for _ in 0..20 {
@@ -318,8 +335,7 @@ fn close_while_shrinking() {
         shrunk += clone.footprint().shrunk;
         drop((vm, map, clone));
     }
-    stop.store(true, Ordering::Relaxed);
-    let calls = shrinker.join().expect("the drop_caches thread");
+    let calls = shrinker.stop();
     ksft::ksft_print_msg(&format!("20 clones closed; {calls} drop_caches; {shrunk} pages shrunk"));
     test_assert!(shrunk > 0, "the shrinker took nothing from 20 clones");
     image.delete();
@@ -426,25 +442,13 @@ fn idle_image_races() {
     let image = image_create(&dev, &name, file.file(), N * PAGE_SIZE, 0);
     let kvm = kvm::open_kvm();
     let _dog = Watchdog::start("idle image races", Duration::from_secs(240));
-    let stop = Arc::new(AtomicBool::new(false));
-    let shrinker = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                drop_caches();
-                n += 1;
-            }
-            n
-        })
-    };
+    let shrinker = DropCachesLoop::start();
     for i in 0..30u64 {
         drop(read_through_clone(&image, &kvm, N));
         // Idle for a while now and then, so that the worker drops.
         std::thread::sleep(Duration::from_millis(if i % 3 == 0 { 200 } else { 1 }));
     }
-    stop.store(true, Ordering::Relaxed);
-    let calls = shrinker.join().expect("the drop_caches thread");
+    let calls = shrinker.stop();
     let is = image.info();
     ksft::ksft_print_msg(&format!("30 clones; {calls} drop_caches; {is:?}"));
     test_assert!(is.dropped > 0, "nothing was dropped between clones");
