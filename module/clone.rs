@@ -260,10 +260,14 @@ impl State {
         self.private.used() - self.writeback
     }
 
-    /// Have the worker bring this clone (over its limit) down: now, or
-    /// when the worker's back-off from it ends (a timer: no fault may come
-    /// then).
-    fn kick_worker(&self) {
+    /// If the clone is over its limit, have the worker bring it down: now,
+    /// or when the worker's back-off from it ends (a timer: no fault may
+    /// come then). For whoever may not evict, or stopped evicting, with
+    /// the clone possibly still over its limit.
+    fn hand_over(&self) {
+        if !self.over_limit() {
+            return;
+        }
         if ffi::now_ms() >= self.over_after {
             ffi::reclaim_kick();
         } else {
@@ -517,9 +521,7 @@ impl Drop for Resident<'_> {
         st.evict_holds -= 1;
         self.0.publish(&st);
         // A snapshot that failed after reading pages back.
-        if st.over_limit() {
-            ffi::reclaim_kick();
-        }
+        st.hand_over();
     }
 }
 
@@ -801,10 +803,7 @@ impl VmClone {
         // again), if the clone is still over its limit the worker goes on
         // (or comes back when its back-off ends), should no fault follow.
         if why == Why::Fault && (matches!(r, Ok(Some(_))) || backed_off.get()) {
-            let st = self.state.lock();
-            if st.over_limit() {
-                st.kick_worker();
-            }
+            self.state.lock().hand_over();
         }
         r
     }
@@ -962,8 +961,9 @@ impl VmClone {
                 st.backoff_ms = (st.backoff_ms * 2).clamp(PRESSURE_BACKOFF_MS, PRESSURE_BACKOFF_MAX_MS);
                 st.over_after = now + st.backoff_ms;
             }
-            // Its faults stop evicting; `evict` tells the worker, once
-            // this eviction is over (the ioctl kicks it itself).
+            // Its faults stop evicting; `evict` hands the clone over to
+            // the worker once this eviction is over (the ioctl does so
+            // itself).
             Why::Fault | Why::Limit => st.evict_skip = EVICT_BACKOFF,
         }
     }
@@ -1345,8 +1345,8 @@ impl VmClone {
                     // back when its back-off ends, should no fault follow.
                     // Not otherwise: the next fault evicts, and a worker
                     // evicting meanwhile makes faults skip eviction.
-                    if st.evict_skip > 0 && st.over_limit() {
-                        st.kick_worker();
+                    if st.evict_skip > 0 {
+                        st.hand_over();
                     }
                     drop(st);
                     // Served (KVM may still retry it).
@@ -1385,9 +1385,7 @@ impl VmClone {
                     // This fault may have taken the clone over its limit,
                     // and may not evict: the worker will (unless it is
                     // backing off from this clone).
-                    if st.over_limit() {
-                        st.kick_worker();
-                    }
+                    st.hand_over();
                     // Possibly a shared page: lock it before `state` goes,
                     // so a copy made after this waits in `retire` until it
                     // is mapped. For a write to a new private page, mm
@@ -1625,9 +1623,7 @@ impl VmClone {
                 Ok(None) => Ok(0),
                 Err(e) => Err(e),
             };
-            if self.state.lock().over_limit() {
-                ffi::reclaim_kick();
-            }
+            self.state.lock().hand_over();
             return r;
         }
     }
@@ -1734,9 +1730,7 @@ impl VmClone {
     fn end_registering(&self, st: &mut State) {
         st.registering = false;
         self.publish(st);
-        if st.over_limit() {
-            st.kick_worker();
-        }
+        st.hand_over();
     }
 
     /// KVM asks whether a new memslot of the VM in `claim`, whose host
@@ -1907,17 +1901,20 @@ impl PinnedDrop for VmClone {
     }
 }
 
-/// The worker ([`ffi::Reclaim`]): first what memory reclaim asked for
-/// (the shrinker): cold private pages of clones with a swap file, one
-/// batch from each in turn, until the clock has looked at as many pages as
-/// were asked for, or a whole round of clones had nothing to give; their
-/// limits do not matter, a clone under its limit gives pages too. Then, if
-/// a VMM fault took a clone over its limit ([`ffi::reclaim_kick`]),
-/// clones down to their limits ([`reclaim_over`]).
+/// The worker ([`ffi::Reclaim`]): what memory reclaim asked for (the
+/// shrinker, [`reclaim_pressure`]): idle images' caches, then cold private
+/// pages of clones with a swap file, one batch from each in turn, until
+/// the clock has looked at as many pages as were asked for, or a whole
+/// round of clones had nothing to give; their limits do not matter, a
+/// clone under its limit gives pages too. If a clone was handed over
+/// ([`ffi::reclaim_kick`]: a VMM fault took it over its limit, or an
+/// eviction stopped with it over), clones down to their limits
+/// ([`reclaim_over`]), which serves the shrinker's ask first in each round.
 pub(crate) fn reclaim(r: &ffi::Reclaim) {
-    reclaim_pressure(r);
     if ffi::reclaim_kicked() {
         reclaim_over(r);
+    } else {
+        reclaim_pressure(r);
     }
 }
 
@@ -1983,14 +1980,14 @@ const OVER_ROUNDS: usize = 64;
 /// clone (a clone's drop waits for one batch at most), until a round in
 /// which no clone had anything to do: every one at its limit, backing off
 /// (its pages all held), or evicting already (a fault's eviction that
-/// leaves its clone over the limit kicks again, as does an interrupted
-/// `VMS_CLONE_SET_LIMIT`). The shrinker's ask goes first in each round.
-/// A batch that only made
-/// pages old (`Some(0)`: the clock looks at a few hundred pages per call,
-/// and a VMM's fresh pages are all young) is work done, not a dry round:
-/// the next round takes them. A pass still busy after [`OVER_ROUNDS`]
-/// rounds asks for another, so that clones reach their limits without
-/// more faults.
+/// leaves its clone over the limit hands it over again, as does an
+/// interrupted `VMS_CLONE_SET_LIMIT`: a kick, or the retry timer while
+/// the clone is backed off). The shrinker's ask goes first in each round.
+/// A batch that only made pages old (`Some(0)`: the clock looks at a few
+/// hundred pages per call, and a VMM's fresh pages are all young) is work
+/// done, not a dry round: the next round takes them. A pass still busy
+/// after [`OVER_ROUNDS`] rounds asks for another, so that clones reach
+/// their limits without more faults.
 fn reclaim_over(r: &ffi::Reclaim) {
     for _ in 0..OVER_ROUNDS {
         // The shrinker's ask first: reclaim is waiting for it.

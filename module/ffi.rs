@@ -1471,8 +1471,7 @@ impl Drop for ReclaimRegistration {
         // queued work, and its reference.
         unsafe { bindings::destroy_workqueue(r.queue) };
         let own = RECLAIM.swap(null_mut(), Ordering::AcqRel);
-        RECLAIM_WANT.store(0, Ordering::Relaxed);
-        RECLAIM_FREED.store(0, Ordering::Relaxed);
+        forget_ask();
         if !own.is_null() {
             // SAFETY: from `Arc::into_raw` in `start`; nothing uses the
             // pointer any more (no clone is left, the shrinker is gone).
@@ -1526,7 +1525,7 @@ pub(crate) fn idle_image_pages_set(n: usize) {
 /// A clone's drop left its image without clones: have the worker count
 /// the image's cache as reclaimable (the drop takes no registry lock).
 pub(crate) fn image_left_idle() {
-    IDLE_RECOUNT.store(true, Ordering::Release);
+    images_recount_later();
     queue_reclaim();
 }
 
@@ -1600,11 +1599,17 @@ pub(crate) fn reclaimable_set(old: usize, new: usize) {
 /// its memory: a reclaimer that still needs some scans again.)
 pub(crate) fn reclaim_wanted() -> usize {
     if now_ms() - RECLAIM_ASKED.load(Ordering::Relaxed) > ASK_TTL_MS {
-        RECLAIM_WANT.store(0, Ordering::Relaxed);
-        RECLAIM_FREED.store(0, Ordering::Relaxed);
+        forget_ask();
         return 0;
     }
     RECLAIM_WANT.load(Ordering::Relaxed)
+}
+
+/// Forget the shrinker's ask and what was freed for it: stale (no scan
+/// renewed it for [`ASK_TTL_MS`]), or the registration is going.
+fn forget_ask() {
+    RECLAIM_WANT.store(0, Ordering::Relaxed);
+    RECLAIM_FREED.store(0, Ordering::Relaxed);
 }
 
 /// The worker looked at `n` pages of what was asked, and freed `freed`.
@@ -1649,8 +1654,7 @@ unsafe extern "C" fn reclaim_scan(_s: *mut bindings::shrinker, sc: *mut bindings
     if now - RECLAIM_ASKED.swap(now, Ordering::Relaxed) > ASK_TTL_MS {
         // The first scan of new pressure: what the last left (an ask, or
         // a credit nobody took) is stale.
-        RECLAIM_WANT.store(0, Ordering::Relaxed);
-        RECLAIM_FREED.store(0, Ordering::Relaxed);
+        forget_ask();
     }
     let ask = |w: usize| w.saturating_add(nr).min(cap);
     let (Ok(w) | Err(w)) = RECLAIM_WANT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(ask(w)));
