@@ -144,11 +144,17 @@ struct vms_image_create {
  *		mappings of clones (a VMM never maps a page-cache page itself);
  *		each costs a page.
  * @dropped:	pages the image's cache gave back under host memory pressure
- *		(the "vms-clones" shrinker) while no clone and no live image
- *		used the image; a later clone streams them again (@streamed).
- *		It was reserved[0] until 2026-12-05 (same ABI version): older
+ *		(the "vms-clones" shrinker): pages of an image made from a file
+ *		with no live image on it, which no clone mapped then; a later
+ *		fault streams them again (@streamed). It was reserved[0] until
+ *		2026-12-05 (same ABI version): older modules report 0 here.
+ *		Until 2026-12-06 only images no clone used gave pages back.
+ * @unmapped:	pages the image's cache took back from clones that mapped
+ *		them, under the same pressure: zapped from those clones' stage
+ *		2, and dropped if no clone mapped them again before reclaim
+ *		came back to them. Counted once per clone. It was the last
+ *		reserved word until 2026-12-06 (same ABI version): older
  *		modules report 0 here.
- * @reserved:	0.
  */
 struct vms_image_stats {
 	__u64 size;
@@ -163,7 +169,7 @@ struct vms_image_stats {
 	__u64 file_pages;
 	__u64 vmm_copies;
 	__u64 dropped;
-	__u64 reserved[1];
+	__u64 unmapped;
 };
 
 /**

@@ -275,13 +275,18 @@ pub struct VmsImageStats {
     /// page.
     pub vmm_copies: u64,
     /// Pages the image's cache gave back under host memory pressure (the
-    /// `vms-clones` shrinker) while no clone and no live image used the
-    /// image; a later clone streams them again (`streamed`). It was
-    /// `reserved[0]` until 2026-12-05 (same ABI version): older modules
-    /// report 0 here.
+    /// `vms-clones` shrinker): pages of an image made from a file with no
+    /// live image on it, which no clone mapped then; a later fault
+    /// streams them again (`streamed`). It was `reserved[0]` until
+    /// 2026-12-05 (same ABI version): older modules report 0 here. Until
+    /// 2026-12-06 only images no clone used gave pages back.
     pub dropped: u64,
-    /// 0.
-    pub reserved: [u64; 1],
+    /// Pages the image's cache took back from clones that mapped them,
+    /// under the same pressure: zapped from those clones' stage 2, and
+    /// dropped if no clone mapped them again before reclaim came back to
+    /// them. Counted once per clone. It was the last reserved word until
+    /// 2026-12-06 (same ABI version): older modules report 0 here.
+    pub unmapped: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<VmsImageStats>() == 128);
@@ -298,7 +303,7 @@ const _: () = assert!(core::mem::offset_of!(VmsImageStats, parent) == 64);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, file_pages) == 96);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, vmm_copies) == 104);
 const _: () = assert!(core::mem::offset_of!(VmsImageStats, dropped) == 112);
-const _: () = assert!(core::mem::offset_of!(VmsImageStats, reserved) == 120);
+const _: () = assert!(core::mem::offset_of!(VmsImageStats, unmapped) == 120);
 
 impl VmsImageStats {
     /// All counters zero.
@@ -316,7 +321,7 @@ impl VmsImageStats {
             file_pages: 0,
             vmm_copies: 0,
             dropped: 0,
-            reserved: [0; 1],
+            unmapped: 0,
         }
     }
 }

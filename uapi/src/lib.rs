@@ -159,7 +159,7 @@ mod tests {
         assert_layout!(VmsImageStats, 128, {
             size: 0, clones: 8, cached_pages: 16, zero_pages: 24, streamed: 32,
             read_errors: 40, generation: 48, children: 56, parent: 64, file_pages: 96,
-            vmm_copies: 104, dropped: 112, reserved: 120,
+            vmm_copies: 104, dropped: 112, unmapped: 120,
         });
         assert_layout!(VmsImageInfo, 168, { name: 0, flags: 32, pad: 36, stats: 40 });
         assert_layout!(VmsImageList, 56, { index: 0, flags: 4, name: 8, reserved: 40 });

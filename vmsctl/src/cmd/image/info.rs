@@ -23,9 +23,12 @@ in struct vms_image_stats of vms.h:
                 instead of a copy (no memory beyond the page cache)
   vmm_copies    copies of such pages held for VMMs' mappings of clones
                 (a VMM never maps a page-cache page itself)
-  dropped       pages the cache gave back under host memory pressure while
-                no clone and no live image used the image (a later clone
-                streams them again)
+  dropped       pages the cache gave back under host memory pressure (an
+                image made from a file, with no live image on it: pages no
+                clone mapped then; a later fault streams them again)
+  unmapped      pages the cache took back from clones that mapped them,
+                under the same pressure (unmapped from their stage 2, and
+                dropped unless mapped again before reclaim came back)
   zero_pages    pages found all-zero, served by the shared zero page
   streamed      pages read from the file (cached or zero) since creation
   read_errors   failed reads of the file

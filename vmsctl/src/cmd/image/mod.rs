@@ -95,8 +95,10 @@ pub struct ImageReport {
     pub file_pages: u64,
     /// Copies of such pages held for VMMs' mappings.
     pub vmm_copies: u64,
-    /// Pages given back under memory pressure while nothing used the image.
+    /// Pages given back under memory pressure.
     pub dropped: u64,
+    /// Pages taken back from clones that mapped them, under pressure.
+    pub unmapped: u64,
     /// Pages found all-zero.
     pub zero_pages: u64,
     /// Pages read from the file since creation.
@@ -122,6 +124,7 @@ impl ImageReport {
             file_pages: s.file_pages,
             vmm_copies: s.vmm_copies,
             dropped: s.dropped,
+            unmapped: s.unmapped,
             zero_pages: s.zero_pages,
             streamed: s.streamed,
             read_errors: s.read_errors,
@@ -151,6 +154,7 @@ impl ImageReport {
             ("file_pages", pages(self.file_pages)),
             ("vmm_copies", pages(self.vmm_copies)),
             ("dropped", self.dropped.to_string()),
+            ("unmapped", self.unmapped.to_string()),
             ("zero_pages", self.zero_pages.to_string()),
             ("streamed", self.streamed.to_string()),
             ("read_errors", self.read_errors.to_string()),
@@ -232,6 +236,7 @@ mod tests {
             file_pages: cached - 1,
             vmm_copies: 1,
             dropped: 0,
+            unmapped: 0,
             zero_pages: 0,
             streamed: cached,
             read_errors: 0,
@@ -277,6 +282,7 @@ cached_pages  3 (12K)
 file_pages    2 (8K)
 vmm_copies    1 (4K)
 dropped       0
+unmapped      0
 zero_pages    0
 streamed      3
 read_errors   0
