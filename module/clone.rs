@@ -75,6 +75,7 @@ use crate::table::{PageTable, LEAF_PAGES};
 use crate::abi;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use kernel::new_mutex;
+use kernel::c_str;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::uaccess::{UserPtr, UserSlice};
@@ -104,7 +105,8 @@ struct SlotClaim {
     lapsed: bool,
 }
 
-/// In `State::mapped`: a shared page of this clone page went to stage 2.
+/// In `State::mapped`: a shared page of this clone page went to stage 2
+/// (cleared where image reclaim zapped it since: [`reclaim_image`]).
 const STAGE2: u8 = 1;
 /// In `State::mapped`: a shared page of this clone page went to the VMM.
 const VMM: u8 = 2;
@@ -145,8 +147,9 @@ struct State {
     slots: KVec<Attachment>,
     private: PageTable<PageRef>,
     /// Who may map a shared page of each clone page ([`STAGE2`], [`VMM`]),
-    /// and which pages the clone used ([`USED`]); never cleared, so it can
-    /// only say too much.
+    /// and which pages the clone used ([`USED`]); never cleared but by
+    /// image reclaim after it zapped a page from stage 2, so it can only
+    /// say too much.
     mapped: PageTable<u8>,
     /// No memory was left for a mark in `mapped`: assume every page is
     /// mapped by everyone.
@@ -351,11 +354,13 @@ pub(crate) enum MayRead {
     /// A retry (`TRIED`) that may retry again: as [`First`](Self::First),
     /// unless the page's last attempt failed (`Image::failure`): then the
     /// fault fails with its error (SIGBUS, or OOM for ENOMEM). A page
-    /// read without error stays in the image's cache (entries go only
-    /// while no clone uses the image, and this fault's clone does),
-    /// so the retry after a good read finds it, and after a bad read
-    /// fails: retries end, unless the failure could not be marked (no
-    /// memory for the mark; then it reads again). A transient error is
+    /// read without error stays in the image's cache for a while (it is
+    /// stored referenced, and image reclaim drops only pages nobody
+    /// referenced for a pass interval, `Image::reclaim_pass`), so the
+    /// retry after a good read finds it, and after a bad read fails:
+    /// retries end, unless the failure could not be marked (no memory for
+    /// the mark; then it reads again), or reclaim came by twice between
+    /// the read and the retry (then it reads again). A transient error is
     /// not read again by the retry (`filemap_fault` reads once more): the
     /// next fault on the page reads it again.
     Again,
@@ -426,10 +431,15 @@ struct Stats {
     shrunk: AtomicU64,
 }
 
+/// The lockdep class of [`VmClone::state`].
+static STATE_KEY: ffi::LockKey = ffi::LockKey::new();
+
 #[pin_data(PinnedDrop)]
 pub(crate) struct VmClone {
+    /// A [`ffi::TryMutex`]: image reclaim does not wait for it
+    /// ([`reclaim_image`]).
     #[pin]
-    state: Mutex<State>,
+    state: ffi::TryMutex<State>,
     /// Serialises attaching (which registers with KVM) without `state`.
     #[pin]
     attach: Mutex<()>,
@@ -442,6 +452,13 @@ pub(crate) struct VmClone {
     evicting: AtomicBool,
     pub(crate) provider: ffi::Provider,
     pub(crate) mapping: Mapping,
+    /// The address of the image the clone was made of: the only image
+    /// whose pages it may map without a live image on that image
+    /// (`snapshot` layers a new one on its image). The clone keeps it alive
+    /// (through `State::image` and its parents), so no other image has
+    /// this address while the clone lives. For [`reclaim_image`], which
+    /// reads it without `state`.
+    origin: usize,
     npages: usize,
     stats: Arc<Stats>,
     /// `State::limit`, read without `state` by stage-2 faults, which take
@@ -530,13 +547,14 @@ impl VmClone {
     /// raised for it.
     pub(crate) fn new(image: Arc<Image>) -> Result<Arc<Self>> {
         let npages = image.npages();
+        let origin = core::ptr::from_ref::<Image>(&*image) as usize;
         let private = PageTable::new(npages)?;
         let mapped = PageTable::new(npages)?;
         let out = PageTable::new(npages)?;
         let stats = Arc::new(Stats::default(), GFP_KERNEL)?;
         Arc::pin_init(
             try_pin_init!(VmClone {
-                state <- new_mutex!(
+                state <- ffi::TryMutex::new(
                     State {
                         vm: None,
                         registering: false,
@@ -561,11 +579,13 @@ impl VmClone {
                         read_failure: None,
                         image,
                     },
-                    "vms_clone_state"
+                    c_str!("vms_clone_state"),
+                    &STATE_KEY
                 ),
                 attach <- new_mutex!((), "vms_clone_attach"),
                 provider: ffi::Provider::new(),
                 mapping: Mapping::none(),
+                origin,
                 npages,
                 stats,
                 limit: AtomicUsize::new(0),
@@ -616,7 +636,7 @@ impl VmClone {
         // page at every image level (image.rs), so a snapshot between a
         // VMM fault and the copy does not change the page `retire` locks.
         let for_vmm = if write { st.marks(idx) & VMM != 0 } else { by == VMM };
-        let Some((src, source)) = st.image.cached(idx, for_vmm)? else {
+        let Some((src, source)) = st.image.cached(idx, for_vmm, by == VMM && !write)? else {
             return Ok(Resolved::Uncached(st.image.clone()));
         };
         if !write {
@@ -677,16 +697,53 @@ impl VmClone {
     /// Zap clone pages `first..first + n` from stage 2 in every memslot
     /// and from the VMM's mappings.
     fn zap(&self, st: &State, first: usize, n: usize) {
-        if let Some(vm) = &st.vm {
-            for a in st.slots.iter() {
-                let Some(base) = a.base_gfn else { continue };
-                let (lo, hi) = (first.max(a.first), (first + n).min(a.first + a.npages));
-                if lo < hi {
-                    vm.invalidate(base + (lo - a.first) as u64, base + (hi - a.first) as u64);
+        self.invalidate_stage2_range(st, first, n);
+        self.mapping.unmap_pages(first, n);
+    }
+
+    /// Image reclaim ([`reclaim_image`]): zap from stage 2 the pages of
+    /// `idxs` (ascending, perhaps repeated) that the clone may map from its
+    /// image, by runs, clearing their [`STAGE2`] marks; how many it zapped.
+    fn zap_image_pages(&self, mut st: ffi::TryMutexGuard<'_, State>, idxs: impl Iterator<Item = usize>) -> usize {
+        let (mut n, mut run): (usize, Option<(usize, usize)>) = (0, None);
+        for idx in idxs {
+            if run.is_some_and(|(first, k)| idx < first + k) {
+                continue;
+            }
+            // The clone's own page there, in memory or swapped: no page of
+            // the image is mapped for it.
+            if st.private.get(idx).is_some() || st.out.get(idx).is_some() || st.marks(idx) & STAGE2 == 0 {
+                continue;
+            }
+            if let Some(m) = st.mapped.get_mut(idx) {
+                *m &= !STAGE2;
+            }
+            n += 1;
+            run = match run {
+                Some((first, k)) if first + k == idx => Some((first, k + 1)),
+                Some((first, k)) => {
+                    self.invalidate_stage2_range(&st, first, k);
+                    Some((idx, 1))
                 }
+                None => Some((idx, 1)),
+            };
+        }
+        if let Some((first, k)) = run {
+            self.invalidate_stage2_range(&st, first, k);
+        }
+        n
+    }
+
+    /// Zap clone pages `first..first + n` from stage 2 in every memslot.
+    fn invalidate_stage2_range(&self, st: &State, first: usize, n: usize) {
+        let Some(vm) = &st.vm else { return };
+        for a in st.slots.iter() {
+            let Some(base) = a.base_gfn else { continue };
+            let (lo, hi) = (first.max(a.first), (first + n).min(a.first + a.npages));
+            if lo < hi {
+                vm.invalidate(base + (lo - a.first) as u64, base + (hi - a.first) as u64);
             }
         }
-        self.mapping.unmap_pages(first, n);
     }
 
     /// The clock, under `state` in an eviction (`evicting`): up to `want` private pages
@@ -815,6 +872,18 @@ impl VmClone {
             Why::Pressure(_) => st.may_evict() && st.staying() > 0,
             Why::Fault | Why::Limit | Why::Over => st.over_limit(),
         };
+        // Every clone is on the worker's list: one that has nothing for it
+        // (no swap file, or no limit) is not waited for. Both hints are
+        // published under `state`; a stale one skips a clone that just
+        // got something, which the next ask or kick finds.
+        let nothing = match why {
+            Why::Pressure(_) => self.reclaimable.load(Relaxed) == 0,
+            Why::Over => self.limit.load(Relaxed) == 0,
+            Why::Fault | Why::Limit => false,
+        };
+        if nothing {
+            return Ok(None);
+        }
         {
             let mut st = self.state.lock();
             if !wanted(&st) {
@@ -971,6 +1040,11 @@ impl VmClone {
     /// If the clone is over its limit but the worker leaves it alone for
     /// now (after an eviction that could not evict): until when.
     fn over_but_backing_off(&self) -> Option<i64> {
+        // Every clone is on the worker's list: one without a limit is
+        // never over it, and is not waited for.
+        if self.limit.load(Relaxed) == 0 {
+            return None;
+        }
         let st = self.state.lock();
         (st.over_limit() && ffi::now_ms() < st.over_after).then_some(st.over_after)
     }
@@ -1201,7 +1275,9 @@ impl VmClone {
         image.clones.fetch_add(1, Relaxed);
         st.image.children.fetch_add(1, Relaxed);
         let old = core::mem::replace(&mut st.image, image.clone());
-        // After its `children` went up (`Release`: see `Image::idle`).
+        // Under the registry lock, as its `children` went up: reclaim
+        // (which holds it) never sees the clone counted twice or not at
+        // all.
         old.clones.fetch_sub(1, core::sync::atomic::Ordering::Release);
         Ok(image)
     }
@@ -1583,12 +1659,6 @@ impl VmClone {
             })?),
         };
         let swap = swap.map(|s| Arc::new(s, GFP_KERNEL)).transpose()?;
-        if swap.is_some() {
-            // Before the file is the clone's: a clone with a swap file is
-            // always on the list (it stays there until it goes), which is
-            // how its drop knows to leave it.
-            ffi::reclaim_add(self)?;
-        }
         {
             let mut st = self.state.lock();
             if swap.is_some() && st.swap.is_some() {
@@ -1874,12 +1944,10 @@ impl VmClone {
 #[pinned_drop]
 impl PinnedDrop for VmClone {
     fn drop(self: Pin<&mut Self>) {
-        // Off the shrinker's list first (a clone with a swap file is on
-        // it), waiting for its worker to be done with this clone.
-        let listed = self.state.lock().swap.is_some();
-        if listed {
-            ffi::reclaim_forget(&self);
-        }
+        // Off the shrinker's list first (every clone is on it, from
+        // `VMS_CLONE_CREATE`), waiting for its worker to be done with this
+        // clone.
+        ffi::reclaim_forget(&self);
         // Unregister from KVM (which waits for vCPUs inside our fault
         // handler, so `state` must not be held) before any page goes.
         // Until it has, KVM may still call `stage2_fault`, which finds no
@@ -1889,11 +1957,9 @@ impl PinnedDrop for VmClone {
         let mut st = self.state.lock();
         // After the unregistering above and the VMM's mappings (which
         // held our file): the image's pages are mapped by nobody through
-        // this clone any more, and reclaim may drop them once no clone
-        // uses the image (`Release`: see `Image::idle`).
-        if st.image.clones.fetch_sub(1, core::sync::atomic::Ordering::Release) == 1 {
-            ffi::image_left_idle();
-        }
+        // this clone any more (`Release`: reclaim frees pages the clone
+        // may have mapped once the count says it is gone).
+        st.image.clones.fetch_sub(1, core::sync::atomic::Ordering::Release);
         // KVM maps none of them any more; the VMM's mappings are gone
         // (they hold the clone's file). The debug quarantine may keep them.
         st.private.drain(|_, page| ffi::release_private(page));
@@ -1902,7 +1968,7 @@ impl PinnedDrop for VmClone {
 }
 
 /// The worker ([`ffi::Reclaim`]): what memory reclaim asked for (the
-/// shrinker, [`reclaim_pressure`]): idle images' caches, then cold private
+/// shrinker, [`reclaim_pressure`]): images' caches, then cold private
 /// pages of clones with a swap file, one batch from each in turn, until
 /// the clock has looked at as many pages as were asked for, or a whole
 /// round of clones had nothing to give; their limits do not matter, a
@@ -1922,22 +1988,17 @@ pub(crate) fn reclaim(r: &ffi::Reclaim) {
 /// found it held.
 const IMAGES_RETRY_MS: i64 = 50;
 
-/// The shrinker's ask (see [`reclaim`]): idle images' caches first (their
+/// The shrinker's ask (see [`reclaim`]): images' caches first (their
 /// pages go back without a write), then clones with a swap file.
 fn reclaim_pressure(r: &ffi::Reclaim) {
     let want = ffi::reclaim_wanted();
     if ffi::images_to_reclaim(want) {
-        match ffi::with_registry(|reg| crate::dev::reclaim_images(reg, want)) {
-            Some(Some((n, freed))) if n > 0 => ffi::reclaim_done(n, freed),
-            // The registry was busy: try again shortly (nothing else may
-            // come to count an image a clone's drop left idle).
-            Some(None) => {
-                ffi::images_recount_later();
-                ffi::reclaim_retry_at(ffi::now_ms() + IMAGES_RETRY_MS);
-            }
+        match ffi::with_registry(|reg| crate::dev::reclaim_images(reg, r, want)) {
+            Some(Some((n, freed))) if n > 0 || freed > 0 => ffi::reclaim_done(n, freed),
+            // The registry was busy: try again shortly.
+            Some(None) => ffi::reclaim_retry_at(ffi::now_ms() + IMAGES_RETRY_MS),
             // Not published yet (the device is registered first) or any
-            // more: whoever comes next counts.
-            None => ffi::images_recount_later(),
+            // more, or nothing dropped: the clones' turn.
             _ => (),
         }
     }
@@ -1959,24 +2020,121 @@ fn reclaim_pressure(r: &ffi::Reclaim) {
             }
             _ => {
                 idle += 1;
-                0
+                if idle >= clones {
+                    // Nothing to give: forget this ask (not later ones).
+                    ffi::reclaim_done(want, 0);
+                    return;
+                }
+                // Not charged to the ask: every clone is listed, and most
+                // may have no swap file.
+                ffi::cond_resched();
+                continue;
             }
         };
-        if idle >= clones {
-            // Nothing to give: forget this ask (not later ones).
-            ffi::reclaim_done(want, freed);
-            return;
-        }
         ffi::reclaim_done(batch, freed);
         ffi::cond_resched();
     }
 }
 
+/// Entries of an image's cache that one [`reclaim_image`] looks at, at
+/// most, in each of its two runs (see [`Image::reclaim_pass`]).
+const IMAGE_LOOK: usize = 2048;
+
+/// Memory reclaim of the cache of `image`, which [`Image::may_drop`]
+/// (the caller holds the registry lock, under which that stays so): drop
+/// up to `max` cached pages that no clone of the image resolved since the
+/// last pass, and zap from the clones' stage 2 the pages they resolved
+/// since, so that their next access faults again: a clock whose reference
+/// bit is the image's `REF` flag, which every resolve sets and each pass
+/// clears, and whose zap makes a page's use visible again (see
+/// [`Image::reclaim_pass`], which also says which pages stay). A fault on
+/// a dropped page streams it again (from the file's page cache, most
+/// often). Returns the pages dropped and freed; `None` if a clone of the
+/// image is being made or dropped (the count of the image's clones is not
+/// the number listed), or without memory.
+///
+/// The pass takes the pages out of the cache first, so that no fault can
+/// find them any more, then zaps them (and the referenced ones) from
+/// every clone made of the image (`origin`: a clone uses only the image it
+/// was made of, or a live image on that image, which `may_drop` rules
+/// out), one clone at a time under its `state`: a page a clone's fault
+/// resolved carries the clone's [`STAGE2`] mark, set under `state` before
+/// the fault returns it, and the zap bumps KVM's invalidation sequence, so
+/// a fault that holds such a page retries instead of installing it. The
+/// list's lock, held throughout, keeps the clones from going; the
+/// registry lock keeps new ones from coming. Only then do the pages go
+/// (patches/0009: the provider may let go of a page once no `get_page` can
+/// return it and the invalidation has returned). A clone whose `state` is
+/// held (tried only: the worker must not wait behind a reset or a fault in
+/// direct reclaim, with the list's lock, which clones' drops wait for), or
+/// whose stage 2 no zap of ours reaches (registering, or leaving a VM),
+/// keeps them alive: they are retired in the image, with their indices,
+/// until a later pass has zapped every clone.
+///
+/// Lock order: registry `images` -> the reclaim list -> image `cache` ->
+/// image `flags` (the pass's first half) ; registry `images` -> the
+/// reclaim list -> clone `state` (tried).
+pub(crate) fn reclaim_image(r: &ffi::Reclaim, image: &Arc<Image>, max: usize) -> Option<(usize, usize)> {
+    let addr = core::ptr::from_ref::<Image>(&**image) as usize;
+    let gfp = GFP_NOWAIT | __GFP_NOWARN;
+    r.with_all(|clones| {
+        let count = image.clones.load(core::sync::atomic::Ordering::Acquire) as usize;
+        let mut users = KVec::with_capacity(count, gfp).ok()?;
+        for c in clones.filter(|c| c.origin == addr) {
+            if users.len() == count {
+                return None;
+            }
+            // Within the capacity: no allocation.
+            users.push(c, gfp).ok()?;
+        }
+        // A clone counted and not yet listed (being made), or gone from
+        // the list and still counted (its drop may not have unregistered
+        // from KVM yet): not every clone that may map the pages is here.
+        if users.len() != count {
+            return None;
+        }
+        // Pages an earlier pass could not zap from every clone: again, and
+        // nothing new goes until they went (so at most `max` wait).
+        let retired = image.retired();
+        let max = if retired > 0 { 0 } else { max };
+        let mut idxs = KVec::with_capacity(IMAGE_LOOK + max + retired, gfp).ok()?;
+        let pass = image.reclaim_pass(max, IMAGE_LOOK, users.is_empty()).ok()?;
+        for &i in Iterator::chain(pass.zap.iter(), pass.gone.iter().map(|g| &g.0)) {
+            // Within the capacity (the pass's lists are as long as `look`
+            // and `max` at most): no allocation.
+            let _ = idxs.push(i, gfp);
+        }
+        let mut all = image.retired_idxs(&mut idxs);
+        // By index, for runs; a retired page may be listed twice.
+        idxs.sort_unstable();
+        let mut unmapped = 0;
+        for c in users.iter() {
+            let Some(st) = c.state.try_lock() else {
+                all = false;
+                continue;
+            };
+            let zappable = st.vm.is_some() || (st.slots.is_empty() && !st.registering);
+            if !zappable || !Arc::ptr_eq(&st.image, image) {
+                all = false;
+                continue;
+            }
+            unmapped += c.zap_image_pages(st, idxs.iter().copied());
+        }
+        image.count_unmapped(unmapped);
+        let n = pass.gone.len();
+        if !all {
+            image.retire(pass.gone);
+            return Some((n, 0));
+        }
+        Some((n, image.forget_gone(pass.gone)))
+    })
+}
+
 /// Rounds of [`reclaim_over`] before it queues itself again.
 const OVER_ROUNDS: usize = 64;
 
-/// Clones that VMM faults took over their limits (each clone with a limit
-/// has a swap file, so is listed): rounds of one batch from each listed
+/// Clones that VMM faults took over their limits (every clone is listed;
+/// those without a limit are passed over): rounds of one batch from each listed
 /// clone (a clone's drop waits for one batch at most), until a round in
 /// which no clone had anything to do: every one at its limit, backing off
 /// (its pages all held), or evicting already (a fault's eviction that

@@ -5,8 +5,9 @@
 //! [`ioctl`] and the `Result` back into an errno.
 //!
 //! Lock order: `Registry::images` -> a clone's `state` (snapshot only);
-//! `Registry::images` -> an image's `cache` (the reclaim worker, which
-//! only tries `images`, see [`reclaim_images`]). An
+//! `Registry::images` -> the reclaim list -> an image's `cache`, and
+//! `Registry::images` -> the reclaim list -> clones' `state` (tried): the
+//! reclaim worker, which only tries `images` (see [`reclaim_images`]). An
 //! image's `clones` and `children` counts change under `images`, so delete
 //! cannot race with clone creation or a snapshot. `Registry::named` ->
 //! the misc core's `misc_mtx` (registering and removing a clone's device);
@@ -46,6 +47,9 @@ pub(crate) struct Registry {
     named: Mutex<KVec<Option<Pin<KBox<ffi::NamedClone>>>>>,
     /// The one zero page every image serves its all-zero pages with.
     zero: PageRef,
+    /// The image the reclaim worker looks at first next time (an index,
+    /// modulo the number of images): asks go round the images.
+    reclaim_next: core::sync::atomic::AtomicUsize,
 }
 
 impl Registry {
@@ -55,6 +59,7 @@ impl Registry {
             images <- ffi::TryMutex::new(KVec::new(), c_str!("vms_images"), &IMAGES_KEY),
             named <- new_mutex!(KVec::new(), "vms_named_clones"),
             zero,
+            reclaim_next: core::sync::atomic::AtomicUsize::new(0),
         }? Error))
     }
 }
@@ -208,35 +213,40 @@ fn image_snapshot(reg: &Registry, arg: UserPtr) -> Result<isize> {
     insert(&mut images, pos, image)
 }
 
-/// Tell the shrinker how many pages idle images could give back now
-/// ([`Image::droppable`]). Called under the registry lock whenever a count
-/// it reads goes up there or a delete took an image away, and by the
-/// reclaim worker, which a clone's drop queues when it leaves its image
-/// idle (a drop does not take the registry lock).
-fn recount_idle(images: &KVec<Arc<Image>>) {
-    ffi::idle_image_pages_set(images.iter().map(|i| i.droppable()).sum());
-}
-
-/// The reclaim worker's share for images: recount what idle images hold
-/// (a clone's drop may have left one idle) and, if memory reclaim asked
-/// for `want` pages, drop up to that many from idle images' caches, the
-/// first image with something to give first. Returns the pages dropped
-/// and how many of them were freed (see [`Image::drop_cached`]).
-/// `None` if the registry was busy: its holders allocate memory, and may
-/// be in direct reclaim, waiting for what the worker frees from clones
-/// (which it then goes on to do).
-pub(crate) fn reclaim_images(reg: &Registry, want: usize) -> Option<(usize, usize)> {
+/// The reclaim worker's share for images: if memory reclaim asked for
+/// `want` pages, drop up to that many from the caches of images made from
+/// a file (see [`crate::clone::reclaim_image`], which also unmaps pages
+/// from clones for a later call to drop), going round the images from
+/// where the last call stopped. Returns the pages dropped and
+/// how many of them were freed (see [`Image::reclaim_pass`]). `None` if the
+/// registry was busy: its holders allocate memory, and may be in direct
+/// reclaim, waiting for what the worker frees from clones (which it then
+/// goes on to do).
+pub(crate) fn reclaim_images(reg: &Registry, r: &ffi::Reclaim, want: usize) -> Option<(usize, usize)> {
     let images = reg.images.try_lock()?;
     let (mut n, mut freed) = (0, 0);
-    for image in images.iter() {
+    let count = images.len();
+    let first = reg.reclaim_next.load(Relaxed);
+    // Round the images: the next call starts after the first one this
+    // one looked at (or where it stopped, if it stopped before that).
+    reg.reclaim_next.store(first.wrapping_add(1), Relaxed);
+    for k in 0..count {
+        let i = (first + k) % count;
         if n >= want {
+            reg.reclaim_next.store(i, Relaxed);
             break;
         }
-        let (d, f) = image.drop_cached(want - n);
-        n += d;
-        freed += f;
+        let image = &images[i];
+        if !image.may_drop() {
+            continue;
+        }
+        // A clone of it being made or dropped: the next image, and the
+        // next ask.
+        if let Some((d, f)) = crate::clone::reclaim_image(r, image, want - n) {
+            n += d;
+            freed += f;
+        }
     }
-    recount_idle(&images);
     Some((n, freed))
 }
 
@@ -286,7 +296,6 @@ fn image_info(reg: &Registry, arg: UserPtr, delete: bool) -> Result<isize> {
             parent.children.fetch_sub(1, Relaxed);
         }
         let old = core::mem::replace(&mut *images, kept);
-        recount_idle(&images);
         drop(images);
         drop(old);
         return Ok(0);
@@ -323,21 +332,21 @@ fn clone_create(reg: &Registry, arg: UserPtr) -> Result<isize> {
         let images = reg.images.lock();
         let image = images[find(&images, &name)?].clone();
         // Counted under the registry lock, so delete sees it, and so does
-        // reclaim: the image's cache stays from here on.
+        // reclaim, which leaves the image's cache alone until it finds the
+        // clone on its list.
         image.clones.fetch_add(1, Relaxed);
-        recount_idle(&images);
         image
     };
     let clone = match VmClone::new(image.clone()) {
         Ok(c) => c,
         Err(e) => {
-            if image.clones.fetch_sub(1, Relaxed) == 1 {
-                ffi::image_left_idle();
-            }
+            image.clones.fetch_sub(1, Relaxed);
             return Err(e);
         }
     };
-    // From here the clone's drop gives the count back.
+    // From here the clone's drop gives the count back (and leaves the
+    // list).
+    ffi::reclaim_add(&clone)?;
     Ok(ffi::new_clone_fd(clone)? as isize)
 }
 

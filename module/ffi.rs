@@ -1239,12 +1239,11 @@ pub(crate) fn spawn(f: impl FnOnce() + Send + 'static) -> Result {
 /// them now (each clone adds its own through [`reclaimable_set`]): the
 /// shrinker's count. A hint: the worker checks each clone under its lock.
 static RECLAIMABLE: AtomicUsize = AtomicUsize::new(0);
-/// Cached pages of images that no clone and no live image uses, which
-/// the worker can drop ([`crate::dev::reclaim_images`]): the rest of the
-/// shrinker's count. Set under the registry lock.
-static IDLE_IMAGE_PAGES: AtomicUsize = AtomicUsize::new(0);
-/// A clone's drop may have left its image idle: the worker recounts.
-static IDLE_RECOUNT: AtomicBool = AtomicBool::new(false);
+/// Cached pages of images made from a file, which the worker may drop
+/// where no clone maps them ([`crate::dev::reclaim_images`]): the rest of
+/// the shrinker's count. A hint: it includes the pages of images with a
+/// live image on them, which stay ([`crate::image::Image::may_drop`]).
+static IMAGE_PAGES: AtomicUsize = AtomicUsize::new(0);
 /// The image registry, for the worker: published once the module's
 /// device is registered, withdrawn (and the worker flushed) before it
 /// goes.
@@ -1455,6 +1454,20 @@ impl Reclaim {
     }
 }
 
+impl Reclaim {
+    /// Call `f` with every clone of the list, with the list's lock held,
+    /// which keeps them from going (a clone's drop leaves the list first).
+    /// For the worker, which looks at an image's clones together
+    /// ([`crate::clone::reclaim_image`]).
+    pub(crate) fn with_all<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &VmClone>) -> R) -> R {
+        let l = self.list.lock();
+        // SAFETY: a clone in the list is live until it leaves the list,
+        // which takes the lock held here.
+        let mut clones = l.slots.iter().filter(|s| !s.clone.is_null()).map(|s| unsafe { &*s.clone });
+        f(&mut clones)
+    }
+}
+
 impl Drop for ReclaimRegistration {
     fn drop(&mut self) {
         let r = &self.0;
@@ -1480,7 +1493,9 @@ impl Drop for ReclaimRegistration {
     }
 }
 
-/// Put `clone` (which has a swap file) on the reclaim list, once.
+/// Put `clone` on the reclaim list, once: every clone is on it from its
+/// creation (`VMS_CLONE_CREATE`) until its drop, so that the worker finds
+/// the clones of an image, and those with a swap file.
 pub(crate) fn reclaim_add(clone: &VmClone) -> Result {
     let r = RECLAIM.load(Ordering::Acquire);
     if r.is_null() {
@@ -1517,38 +1532,26 @@ pub(crate) fn reclaim_forget(clone: &VmClone) {
     }
 }
 
-/// What idle images' caches hold now (see [`IDLE_IMAGE_PAGES`]).
-pub(crate) fn idle_image_pages_set(n: usize) {
-    IDLE_IMAGE_PAGES.store(n, Ordering::Relaxed);
+/// Images made from a file cached `n` more pages (see [`IMAGE_PAGES`]).
+pub(crate) fn image_pages_add(n: usize) {
+    IMAGE_PAGES.fetch_add(n, Ordering::Relaxed);
 }
 
-/// A clone's drop left its image without clones: have the worker count
-/// the image's cache as reclaimable (the drop takes no registry lock).
-pub(crate) fn image_left_idle() {
-    images_recount_later();
-    queue_reclaim();
+/// Images made from a file dropped `n` cached pages, or went with them.
+pub(crate) fn image_pages_sub(n: usize) {
+    IMAGE_PAGES.fetch_sub(n, Ordering::Relaxed);
 }
 
 /// Whether the worker should look at images: reclaim asked for `want`
-/// pages and idle images hold some, or a clone's drop left an image idle
-/// since the last call.
+/// pages and images made from a file cache some.
 pub(crate) fn images_to_reclaim(want: usize) -> bool {
-    (want > 0 && IDLE_IMAGE_PAGES.load(Ordering::Relaxed) > 0) || IDLE_RECOUNT.swap(false, Ordering::AcqRel)
-}
-
-/// The worker could not look at images (the registry was busy): the next
-/// run recounts them.
-pub(crate) fn images_recount_later() {
-    IDLE_RECOUNT.store(true, Ordering::Release);
+    want > 0 && IMAGE_PAGES.load(Ordering::Relaxed) > 0
 }
 
 /// Let the worker reach the registry of `dev` (registered, and pinned
 /// until [`registry_withdraw`]).
 pub(crate) fn registry_publish(dev: &MiscDevice) {
     REGISTRY.store(core::ptr::from_ref(&dev.registry).cast_mut(), Ordering::Release);
-    // A clone of an image may have come and gone since the device was
-    // registered, and its drop's count was left for this.
-    image_left_idle();
 }
 
 /// Before the registry goes: the worker stops using it. Flushes the
@@ -1571,8 +1574,6 @@ pub(crate) fn registry_withdraw() {
             bindings::flush_work(kernel::workqueue::Work::<Reclaim>::raw_get(core::ptr::addr_of!((*r).work)));
         }
     }
-    // After the flush: a run that counted images is over.
-    IDLE_IMAGE_PAGES.store(0, Ordering::Relaxed);
 }
 
 /// Call `f` on the registry, if it is published. For the worker only
@@ -1620,9 +1621,10 @@ pub(crate) fn reclaim_done(n: usize, freed: usize) {
     }
 }
 
-/// What clones with a swap file and idle images could give back.
+/// What clones with a swap file and images made from a file could give
+/// back.
 fn reclaimable() -> usize {
-    RECLAIMABLE.load(Ordering::Relaxed).saturating_add(IDLE_IMAGE_PAGES.load(Ordering::Relaxed))
+    RECLAIMABLE.load(Ordering::Relaxed).saturating_add(IMAGE_PAGES.load(Ordering::Relaxed))
 }
 
 unsafe extern "C" fn reclaim_count(_s: *mut bindings::shrinker, _sc: *mut bindings::shrink_control) -> c_ulong {

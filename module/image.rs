@@ -29,23 +29,28 @@
 //!   image's `File` entries are its parent's, and so is their `vmm`: one
 //!   copy per file page across all levels (see `Image::vmm_copy`).
 //!
-//! A page leaves the cache only while no clone and no live image uses the
-//! image, and only if the image has a file to read it from again: memory
-//! reclaim drops such pages ([`Image::drop_cached`], under the registry
-//! lock, which keeps clones and live images from coming meanwhile). While
-//! anything uses the image its entries never change: the image is
-//! immutable, and clones map its pages without references of their own.
+//! A page leaves the cache only under memory reclaim, only if the image
+//! has a file to read it from again and no live image on it (whose
+//! entries would share the page), never once a VMM was given it, and only
+//! if no clone resolved it since reclaim last came by
+//! ([`Image::reclaim_pass`], with the registry lock held, which keeps
+//! clones and live images from coming; the caller then zaps it from every
+//! clone's stage 2 before the page goes: see
+//! [`crate::clone::reclaim_image`]). Otherwise the entries never change:
+//! the image is immutable, and clones map its pages without references of
+//! their own.
 //!
-//! Locking: `cache` is a leaf lock. File reads happen without it (a
+//! Locking: under `cache` only `failed` and `flags` are taken, which are
+//! leaves. File reads happen without it (a
 //! filesystem's read may take the inode lock, and a task holding that may
 //! fault on a clone mapping: lockdep caught the cycle with an image file on
 //! 9p). A live image asks its parent with its own `cache` released, so two
 //! never nest.
 
-use crate::ffi::{ImageFile, PageRef, PAGE_SIZE};
+use crate::ffi::{self, ImageFile, PageRef, PAGE_SIZE};
 use crate::table::PageTable;
 use crate::abi;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::{Acquire, Relaxed}};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::{Acquire, Relaxed}};
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
@@ -54,6 +59,20 @@ pub(crate) enum Cached {
     Zero,
     Page(PageRef),
     File { page: PageRef, vmm: Option<PageRef> },
+}
+
+impl Cached {
+    /// Whether letting go of the entry frees a page: ours, that nobody
+    /// else holds (a `File` entry's page is the page cache's, which
+    /// reclaim then takes as any other; its VMM copy is ours).
+    pub(crate) fn frees(&self) -> bool {
+        let ours = match self {
+            Cached::File { vmm, .. } => vmm.as_ref(),
+            Cached::Page(p) => Some(p),
+            Cached::Zero => None,
+        };
+        ours.is_some_and(|p| p.ref_count() == 1)
+    }
 }
 
 /// Where an image's pages come from.
@@ -78,12 +97,6 @@ pub(crate) enum Source {
     File,
 }
 
-/// The most entries one pass of [`Image::drop_cached`] looks at (16
-/// leaves; a call makes two passes at most): the registry lock is held
-/// meanwhile, and a mostly-zero image has few entries to drop among many.
-/// A call that stops there drops less than asked; the rest of the ask
-/// goes to clones, and the next ask goes on where this one stopped.
-const DROP_LOOK: usize = 8192;
 
 /// An image's counters (see `abi::VmsImageStats`).
 #[derive(Default)]
@@ -94,11 +107,38 @@ struct Counts {
     zero_pages: AtomicU64,
     streamed: AtomicU64,
     read_errors: AtomicU64,
-    /// Pages reclaim dropped from the cache ([`Image::drop_cached`]).
+    /// Pages reclaim dropped from the cache ([`Image::reclaim_pass`]).
     dropped: AtomicU64,
+    /// Pages reclaim unmapped from clones so that it could drop them.
+    unmapped: AtomicU64,
 }
 
-#[pin_data]
+/// In `Image::flags`: a clone resolved the page since reclaim last came
+/// by (or it was stored since).
+const REF: u8 = 1;
+/// In `Image::flags`: the page (or, for a `File` entry, its VMM copy) went
+/// to a VMM's mapping, which holds it without our knowing when it lets
+/// go: the entry stays.
+const VMM: u8 = 2;
+
+/// Milliseconds between two passes of reclaim over an image that clones
+/// use: a page goes only once it went unreferenced that long at least, and
+/// clones pay for a pass's zaps (a fault for each page they use again) at
+/// most that often.
+const PASS_MS: i64 = 250;
+
+/// What one [`Image::reclaim_pass`] found.
+pub(crate) struct Pass {
+    /// Entries referenced since the last pass: they stay, and lose the
+    /// reference; the caller zaps them from the clones' stage 2, so that
+    /// the next access faults and references them again.
+    pub(crate) zap: KVec<usize>,
+    /// Entries that left the cache (not referenced since the last pass):
+    /// the caller zaps them from the clones' stage 2, then lets them go.
+    pub(crate) gone: KVec<(usize, Cached)>,
+}
+
+#[pin_data(PinnedDrop)]
 pub(crate) struct Image {
     name: [u8; abi::VMS_NAME_LEN],
     backing: Backing,
@@ -112,7 +152,7 @@ pub(crate) struct Image {
     /// Live images layered on this one (changed under the registry lock).
     pub(crate) children: AtomicU64,
     n: Counts,
-    /// Where the next [`Image::drop_cached`] goes on from.
+    /// Where the next [`Image::reclaim_pass`] goes on from.
     drop_from: AtomicUsize,
     /// The error of the last attempt to bring each page into the cache,
     /// for pages whose last attempt failed and that are not cached: a
@@ -121,6 +161,20 @@ pub(crate) struct Image {
     /// first), so a page is never both cached and marked here.
     #[pin]
     failed: Mutex<PageTable<Error>>,
+    /// [`REF`] and [`VMM`] per cached page, for images reclaim may drop
+    /// from ([`may_drop`](Self::may_drop)). Changed only with `cache` held
+    /// (taken first).
+    #[pin]
+    flags: Mutex<PageTable<u8>>,
+    /// A [`VMM`] flag could not be stored: reclaim leaves the image alone
+    /// until no clone uses it. Set and read with `cache` and `flags` held.
+    vmm_lost: AtomicBool,
+    /// When ([`ffi::now_ms`]) reclaim last passed over the cache.
+    last_pass: AtomicI64,
+    /// Pages reclaim took out of the cache whose zaps did not reach every
+    /// clone (see [`retire`](Self::retire)).
+    #[pin]
+    retired: Mutex<KVec<(usize, Cached)>>,
 }
 
 impl Image {
@@ -159,6 +213,7 @@ impl Image {
         zero: PageRef,
     ) -> Result<impl PinInit<Self, Error>> {
         let failed = PageTable::new(npages)?;
+        let flags = PageTable::new(npages)?;
         Ok(try_pin_init!(Image {
             name,
             backing,
@@ -171,6 +226,10 @@ impl Image {
             n: Counts { cached_pages: AtomicU64::new(pages), ..Counts::default() },
             drop_from: AtomicUsize::new(0),
             failed <- new_mutex!(failed, "vms_image_failed"),
+            flags <- new_mutex!(flags, "vms_image_flags"),
+            vmm_lost: AtomicBool::new(false),
+            last_pass: AtomicI64::new(0),
+            retired <- new_mutex!(KVec::new(), "vms_image_retired"),
         }? Error))
     }
 
@@ -202,11 +261,16 @@ impl Image {
     /// file's page-cache page: a `File` entry then gives the VMM copy of
     /// it (see `vmm_copy`), made now if no VMM needed it
     /// before (which can fail with ENOMEM).
-    pub(crate) fn cached(&self, idx: usize, for_vmm: bool) -> Result<Option<(PageRef, Source)>> {
+    /// `maps_vmm`: the page goes to a VMM's mapping now (not a copy-on-write
+    /// source), which keeps it in the cache for good ([`VMM`]).
+    pub(crate) fn cached(&self, idx: usize, for_vmm: bool, maps_vmm: bool) -> Result<Option<(PageRef, Source)>> {
         let cache = self.cache.lock();
+        if matches!(cache.get(idx), Some(Cached::Page(_) | Cached::File { .. })) {
+            self.flag(&cache, idx, if maps_vmm { REF | VMM } else { REF });
+        }
         if for_vmm && matches!(cache.get(idx), Some(Cached::File { .. })) {
             drop(cache);
-            return Ok(Some((self.vmm_copy(idx)?, Source::Cache)));
+            return Ok(self.vmm_copy(idx)?.map(|copy| (copy, Source::Cache)));
         }
         Ok(match Self::lookup(&cache, idx, &self.zero) {
             Some((page, source, _)) => Some((page, source)),
@@ -229,17 +293,19 @@ impl Image {
     /// its own, a fault that resolved the parent's copy before a snapshot
     /// would not be waited for, and would map the parent's copy after the
     /// copy-on-write: a stale view of a page the guest has written.
-    fn vmm_copy(&self, idx: usize) -> Result<PageRef> {
+    ///
+    /// `None` if the entry went meanwhile (`cached` found it and set its
+    /// `REF`, which keeps it for a pass of reclaim at least; a copy-on-write
+    /// source of a clone whose marks are lost has no `VMM` to keep it for
+    /// good): the caller reads it again.
+    fn vmm_copy(&self, idx: usize) -> Result<Option<PageRef>> {
         let parent = {
             let mut cache = self.cache.lock();
-            // Entries do not change while a clone or a live image uses
-            // the image (the caller's does): only a `File` entry gets
-            // here.
             let Some(Cached::File { page, vmm }) = cache.get_mut(idx) else {
-                return Err(EINVAL);
+                return Ok(None);
             };
             if let Some(copy) = vmm {
-                return Ok(copy.clone());
+                return Ok(Some(copy.clone()));
             }
             match self.parent() {
                 Some(parent) => parent,
@@ -248,14 +314,14 @@ impl Image {
                     copy.copy_from(page);
                     *vmm = Some(copy.clone());
                     self.n.vmm_copies.fetch_add(1, Relaxed);
-                    return Ok(copy);
+                    return Ok(Some(copy));
                 }
             }
         };
         // The parent holds a `File` entry for the page too (ours came from
         // it, and a parent with a live image on it keeps its entries), so
         // it gives its copy.
-        let Some((copy, _)) = parent.cached(idx, true)? else {
+        let Some((copy, _)) = parent.cached(idx, true, true)? else {
             return Err(EINVAL);
         };
         let mut cache = self.cache.lock();
@@ -265,7 +331,7 @@ impl Image {
                 *vmm = Some(copy.clone());
             }
         }
-        Ok(copy)
+        Ok(Some(copy))
     }
 
     /// The page `idx` (for stage 2), streamed from the file if it is not
@@ -329,6 +395,9 @@ impl Image {
             cache.set(idx, Cached::Page(page.clone()))?;
         }
         self.n.cached_pages.fetch_add(1, Relaxed);
+        ffi::image_pages_add(1);
+        // Young: the fault that read it resolves it next.
+        self.flag(&cache, idx, REF);
         Ok((page, source, true))
     }
 
@@ -413,77 +482,187 @@ impl Image {
         Ok((page, source, streamed))
     }
 
-    /// Whether no clone and no live image uses the image. Read under the
-    /// registry lock, under which both counts go up; they go down under
-    /// it too, except a clone's `clones`, which its drop gives back once
-    /// KVM and every VMM mapping stopped mapping its pages (`Acquire`
-    /// pairs with that `Release`).
-    fn idle(&self) -> bool {
-        self.clones.load(Acquire) == 0 && self.children.load(Acquire) == 0
+    /// Whether memory reclaim may drop pages of the cache
+    /// ([`reclaim_pass`](Self::reclaim_pass)): the image is made from a file
+    /// (a live image's own pages are in no file; its other entries are its
+    /// parent's pages) and no live image is layered on it (whose entries
+    /// share its pages). Read under the registry lock, under which
+    /// `children` changes.
+    pub(crate) fn may_drop(&self) -> bool {
+        matches!(self.backing, Backing::File { .. }) && self.children.load(Acquire) == 0
     }
 
-    /// Pages [`drop_cached`](Self::drop_cached) would drop now: every
-    /// cached page of an idle image made from a file. (Zero entries take
-    /// no page, only their share of the table, which stays; a live
-    /// image's own pages are in no file, and its other entries are its
-    /// parent's pages, which the parent keeps.)
-    pub(crate) fn droppable(&self) -> usize {
-        match self.backing {
-            Backing::File { .. } if self.idle() => self.n.cached_pages.load(Relaxed) as usize,
-            _ => 0,
+    /// Set `bits` in page `idx`'s flags, with `cache` (held) caching it,
+    /// if reclaim may drop from the image. Without memory for the flag the
+    /// page looks cold, and may be dropped and streamed again; except a
+    /// `VMM` flag, which must not be lost: the image is then no longer
+    /// reclaimed (`vmm_lost`).
+    fn flag(&self, _cache: &PageTable<Cached>, idx: usize, bits: u8) {
+        if !matches!(self.backing, Backing::File { .. }) {
+            return;
+        }
+        let mut flags = self.flags.lock();
+        let old = flags.get(idx).copied().unwrap_or(0);
+        if old & bits != bits && flags.set(idx, old | bits).is_err() && bits & VMM != 0 {
+            self.vmm_lost.store(true, Relaxed);
         }
     }
 
-    /// Memory reclaim: drop up to `max` cached pages of an idle image made
-    /// from a file (nothing if it is not), going on from where the last
-    /// call stopped; a later clone streams them again. Returns how many
-    /// entries went, and how many pages that freed: ours that nobody
-    /// else held (a live image being deleted may still hold some; a `File`
-    /// entry's page is the page cache's, which reclaim then takes as any
-    /// other, and its VMM copy is ours).
+    /// Memory reclaim, the image's half of a pass (see
+    /// [`crate::clone::reclaim_image`]): look at up to `look` entries of
+    /// the cache (in each of at most two runs: from where the last pass
+    /// stopped to the end, then from the start), and take out of the cache
+    /// up to `max` pages no clone resolved since the last pass (nor since
+    /// they were stored); pages resolved since lose their [`REF`] and are
+    /// listed to be zapped from the clones' stage 2, so that the next
+    /// access faults and references them again. Zero entries (no page)
+    /// and entries a VMM was given ([`VMM`]) stay. `idle`: no clone uses
+    /// the image (none maps its pages: a clone's VMM mappings and stage 2
+    /// went before its count did), so every page goes, flags or not. A
+    /// later fault streams a page that went again. An image that clones
+    /// use gets a pass every [`PASS_MS`] at most (an empty one otherwise).
     ///
-    /// Called with the registry lock held, under which the image is idle
-    /// (`droppable`) and stays so: no clone or live image comes, and none
-    /// maps these pages (a clone's stage 2 and VMM mappings went before
-    /// its count did), so the pages go with their last mapping gone. A
-    /// read for a clone that has gone (a VMM fault's, with its lock
-    /// released) may still store a page meanwhile, under `cache`; nothing
-    /// maps it. May sleep (between leaves).
-    pub(crate) fn drop_cached(&self, max: usize) -> (usize, usize) {
-        if self.droppable() == 0 {
-            return (0, 0);
+    /// Only where [`may_drop`](Self::may_drop) says so, with the registry
+    /// lock held (no clone and no live image comes). A page taken out can
+    /// no longer be found (by `cached` or `page`), but clones may still
+    /// map it in stage 2 (a fault resolved it before the last pass, or
+    /// resolved it before this one and is installing it now): the caller
+    /// holds the pages in [`Pass::gone`] until it has zapped them from
+    /// every clone, or [`retire`](Self::retire)s them. `Err` only without
+    /// memory for the lists, or to retire what goes (allocated without
+    /// waiting: the worker that calls this is memory reclaim's). May
+    /// sleep.
+    pub(crate) fn reclaim_pass(&self, max: usize, look: usize, idle: bool) -> Result<Pass> {
+        let gfp = GFP_NOWAIT | __GFP_NOWARN;
+        let mut pass = Pass { zap: KVec::with_capacity(look, gfp)?, gone: KVec::with_capacity(max, gfp)? };
+        // Room to retire what goes: `retire` cannot fail.
+        self.retired.lock().reserve(max, gfp)?;
+        if !self.may_drop() || (!idle && ffi::now_ms() - self.last_pass.load(Relaxed) < PASS_MS) {
+            return Ok(pass);
         }
-        let n = core::cell::Cell::new(0);
-        let (mut freed, mut files, mut copies) = (0, 0, 0);
-        let mut drop_entry = |_, e: Cached| {
-            n.set(n.get() + 1);
-            let ours = match &e {
-                Cached::File { vmm, .. } => {
-                    files += 1;
-                    copies += u64::from(vmm.is_some());
-                    vmm.as_ref()
-                }
-                Cached::Page(p) => Some(p),
-                Cached::Zero => None,
-            };
-            freed += usize::from(ours.is_some_and(|p| p.ref_count() == 1));
-        };
-        let keep = |e: &Cached| !matches!(e, Cached::Zero);
         let mut cache = self.cache.lock();
+        let mut flags = self.flags.lock();
+        if idle {
+            // No VMM maps a page of the image any more.
+            self.vmm_lost.store(false, Relaxed);
+        } else if self.vmm_lost.load(Relaxed) {
+            // Under both locks, under which `flag` sets it: no page that
+            // went to a VMM without its flag is taken.
+            return Ok(pass);
+        }
+        self.last_pass.store(ffi::now_ms(), Relaxed);
+        let zap = &mut pass.zap;
+        let mut pick = |idx: usize, e: &Cached| {
+            if matches!(e, Cached::Zero) {
+                return false;
+            }
+            if idle {
+                flags.take(idx);
+                return true;
+            }
+            let f = flags.get(idx).copied().unwrap_or(0);
+            if f & VMM != 0 {
+                return false;
+            }
+            if f & REF != 0 {
+                // Within its capacity: no allocation.
+                if zap.len() < zap.capacity() && zap.push(idx, GFP_KERNEL).is_ok() {
+                    flags.take(idx);
+                }
+                return false;
+            }
+            true
+        };
+        let gone = &mut pass.gone;
+        let taken = core::cell::Cell::new(0);
+        let mut take = |idx, e| {
+            taken.set(taken.get() + 1);
+            // Within its capacity (`max`, which `take_where` keeps to): no
+            // allocation. Were it full, the page would be leaked, never
+            // freed while a clone may map it.
+            if gone.len() < gone.capacity() {
+                let _ = gone.push((idx, e), GFP_KERNEL);
+            } else {
+                core::mem::forget(e);
+            }
+        };
         let start = self.drop_from.load(Relaxed).min(self.npages);
         // From the last stop to the end, then from the start to it.
-        let mut next = cache.take_where(start, self.npages, max, DROP_LOOK, keep, &mut drop_entry);
-        if next == self.npages {
-            next = cache.take_where(0, start, max - n.get(), DROP_LOOK, keep, &mut drop_entry);
+        let mut next = cache.take_where(start, self.npages, max, look, &mut pick, &mut take);
+        let n = taken.get();
+        if next == self.npages && n < max {
+            next = cache.take_where(0, start, max - n, look, &mut pick, &mut take);
         }
         self.drop_from.store(next, Relaxed);
+        drop(flags);
         drop(cache);
-        let n = n.get();
+        let (mut files, mut copies) = (0, 0);
+        for (_, e) in pass.gone.iter() {
+            if let Cached::File { vmm, .. } = e {
+                files += 1;
+                copies += u64::from(vmm.is_some());
+            }
+        }
+        let n = pass.gone.len();
         self.n.cached_pages.fetch_sub(n as u64, Relaxed);
         self.n.file_pages.fetch_sub(files, Relaxed);
         self.n.vmm_copies.fetch_sub(copies, Relaxed);
         self.n.dropped.fetch_add(n as u64, Relaxed);
-        (n, freed)
+        // `IMAGE_PAGES` still counts them: they go with
+        // [`forget_gone`](Self::forget_gone), or wait in `retired`.
+        Ok(pass)
+    }
+
+    /// Reclaim unmapped `n` pages of the image from clones.
+    pub(crate) fn count_unmapped(&self, n: usize) {
+        self.n.unmapped.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Keep pages a pass took out of the cache that clones may still map,
+    /// until a later pass has zapped every clone
+    /// ([`forget_gone`](Self::forget_gone)). They stay in the shrinker's
+    /// count meanwhile, so that reclaim comes back for them.
+    /// `gone` is the list of the last [`reclaim_pass`](Self::reclaim_pass),
+    /// which made room for it.
+    pub(crate) fn retire(&self, gone: KVec<(usize, Cached)>) {
+        let mut retired = self.retired.lock();
+        for g in gone {
+            if retired.len() < retired.capacity() {
+                // Within the room made: no allocation, cannot fail.
+                let _ = retired.push(g, GFP_KERNEL);
+            } else {
+                // Never: leaked rather than freed while a clone may map it.
+                core::mem::forget(g);
+            }
+        }
+    }
+
+    /// How many pages [`retire`](Self::retire) kept.
+    pub(crate) fn retired(&self) -> usize {
+        self.retired.lock().len()
+    }
+
+    /// Append the indices of the pages [`retire`](Self::retire) kept to
+    /// `idxs`; `false` if they did not all fit in its capacity.
+    pub(crate) fn retired_idxs(&self, idxs: &mut KVec<usize>) -> bool {
+        let retired = self.retired.lock();
+        for &(idx, _) in retired.iter() {
+            if idxs.len() == idxs.capacity() {
+                return false;
+            }
+            // Within the capacity: no allocation.
+            let _ = idxs.push(idx, GFP_KERNEL);
+        }
+        true
+    }
+
+    /// Let go of the pages a pass took out (`gone`) and of the retired
+    /// ones: the pass (of the worker, the only one to retire pages) zapped
+    /// them all from every clone. How many of them that frees.
+    pub(crate) fn forget_gone(&self, gone: KVec<(usize, Cached)>) -> usize {
+        let old = core::mem::replace(&mut *self.retired.lock(), KVec::new());
+        ffi::image_pages_sub(gone.len() + old.len());
+        Iterator::chain(gone.iter(), old.iter()).filter(|g| g.1.frees()).count()
     }
 
     pub(crate) fn stats(&self) -> abi::VmsImageStats {
@@ -500,7 +679,20 @@ impl Image {
             file_pages: self.n.file_pages.load(Relaxed),
             vmm_copies: self.n.vmm_copies.load(Relaxed),
             dropped: self.n.dropped.load(Relaxed),
+            unmapped: self.n.unmapped.load(Relaxed),
             ..abi::VmsImageStats::zeroed()
+        }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Image {
+    fn drop(self: Pin<&mut Self>) {
+        // What the shrinker counts goes with the image (its retired
+        // pages too: no clone is left to map them).
+        if matches!(self.backing, Backing::File { .. }) {
+            let retired = self.retired.lock().len();
+            ffi::image_pages_sub(self.n.cached_pages.load(Relaxed) as usize + retired);
         }
     }
 }

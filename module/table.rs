@@ -147,7 +147,7 @@ impl<T> PageTable<T> {
         end: usize,
         max: usize,
         look: usize,
-        mut pick: impl FnMut(&T) -> bool,
+        mut pick: impl FnMut(usize, &T) -> bool,
         mut f: impl FnMut(usize, T),
     ) -> usize {
         let end = end.min(self.len);
@@ -169,7 +169,7 @@ impl<T> PageTable<T> {
             while idx < stop && taken < max && looked < look {
                 looked += 1;
                 let slot = &mut leaf[idx % LEAF];
-                if slot.as_ref().is_some_and(&mut pick) {
+                if slot.as_ref().is_some_and(|v| pick(idx, v)) {
                     if let Some(v) = slot.take() {
                         self.used -= 1;
                         taken += 1;

@@ -56,7 +56,7 @@ impl kernel::Module for Vms {
             ffi::MiscDevice::register(c_str!("vms"), dev::Registry::new()?),
             GFP_KERNEL,
         )?;
-        // The shrinker's worker drops idle images' caches.
+        // The shrinker's worker drops pages of images' caches.
         ffi::registry_publish(&dev);
         // Knobs for tests; the module works without them.
         let debug = ffi::DebugFs::create();

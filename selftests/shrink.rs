@@ -9,7 +9,8 @@
 //!   `/proc/sys/vm/drop_caches` runs every shrinker: the first clone's
 //!   pages go to its swap file (`shrunk`, `evicted`), the second keeps
 //!   all of its own. Then the guest and the VMM read every page of both.
-//! - `kswapd`: a clone with a swap file writes 64 MiB; a process then
+//! - `kswapd`: a clone (of an empty image) with a swap file writes 64
+//!   MiB; a process then
 //!   takes anonymous memory until little is left, so that kswapd and
 //!   direct reclaim run. The clone gives pages back; once the process is
 //!   gone, it still has at least half its pages in memory, and the
@@ -32,10 +33,20 @@
 //!   back-off ends and bring the clone to its limit within 20 s.
 //! - `idle_image`: an image made from a file whose cache holds every
 //!   page (a clone's guest read them all, its VMM 16 of them, which made
-//!   copies) keeps its cache while the clone lives, whatever the
-//!   shrinker is asked; once the clone is gone, `drop_caches` empties it
+//!   copies); once the clone is gone, `drop_caches` empties it
 //!   (`dropped`, and no VMM copy left), and a new clone's guest and VMM
 //!   read the image's bytes again, streamed anew.
+//! - `used_image`: the same cache while the clone lives and its VM runs:
+//!   `drop_caches` takes back every page but the 16 the VMM mapped, first
+//!   unmapping the guest's (`unmapped`), then dropping them (`dropped`);
+//!   the guest then reads every page again, the image's bytes, streamed
+//!   anew, and so does the VMM.
+//! - `used_image_races`: four clones of one image, each with a vCPU that
+//!   reads every page, writes 64 of its own and reads them back, and a
+//!   VMM that reads one more page each round, 10 rounds, while another
+//!   thread runs `drop_caches` without pause: pages are unmapped from the
+//!   clones, dropped and streamed again under them, and every read finds
+//!   the image's bytes or the clone's own.
 //! - `idle_parent_of_live_image`: an image a live image is layered on
 //!   keeps its cache with no clone left, until the live image is deleted;
 //!   then it gives it back, and a new clone reads the image.
@@ -57,7 +68,7 @@ use vms_selftests::ksft::{self, Test, Watchdog};
 use vms_selftests::kvm;
 use vms_selftests::race::{eviction_race, EVICTION_RACE_PAGES};
 use vms_selftests::vms::{
-    image_create, image_dir, image_snapshot, pattern_page, require_vms_and_kvm, unique_name, vm_with_clone,
+    image_create, image_create_empty, image_dir, image_snapshot, pattern_page, require_vms_and_kvm, unique_name, vm_with_clone,
     vms_open, Image, ImageFile, VmsClone, CLONE_GPA, PAGE_SIZE,
 };
 use vms_uapi::VmsImageStats;
@@ -195,8 +206,10 @@ const AFTER_PRESSURE: u64 = 512;
 fn kswapd() {
     let dev = vms_open();
     let name = unique_name("shrink_kswapd");
-    let file = ImageFile::with_pattern(&name, KSWAPD_PAGES, 0);
-    let image = image_create(&dev, &name, file.file(), KSWAPD_PAGES * PAGE_SIZE, 0);
+    // Empty: an image made from a file would give its cache first (the
+    // pages its clone copied, no clone maps them), and the ask then goes
+    // to the clone only once that is gone (`used_image` tests the cache).
+    let image = image_create_empty(&dev, &name, KSWAPD_PAGES * PAGE_SIZE);
     let kvm = kvm::open_kvm();
     let clone = image.clone_create();
     let map = clone.map();
@@ -379,14 +392,6 @@ fn idle_image() {
     let clone = read_through_clone(&image, &kvm, N);
     let is = image.info();
     test_assert_eq!((is.cached_pages, is.vmm_copies, is.streamed), (N, 16, N), "{is:?}");
-    // Used: the shrinker leaves the cache alone.
-    for _ in 0..10 {
-        drop_caches();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let is = image.info();
-    test_assert_eq!((is.cached_pages, is.vmm_copies, is.dropped), (N, 16, 0), "a clone uses the image: {is:?}");
     drop(clone);
 
     let is = drop_until_empty(&image);
@@ -401,6 +406,97 @@ fn idle_image() {
     test_assert_eq!((is.cached_pages, is.vmm_copies, is.streamed), (N, 16, 2 * N), "{is:?}");
     test_assert_eq!(clone.stats().streamed, N);
     drop(clone);
+    image.delete();
+}
+
+/// Run `drop_caches` until `image`'s cache holds at most `left` pages, for
+/// at most 30 s.
+fn drop_until_at_most(image: &Image, left: u64) -> VmsImageStats {
+    let t0 = Instant::now();
+    loop {
+        let is = image.info();
+        if is.cached_pages <= left || t0.elapsed() > Duration::from_secs(30) {
+            return is;
+        }
+        drop_caches();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn used_image() {
+    const N: u64 = 2048;
+    let dev = vms_open();
+    let name = unique_name("shrink_used");
+    let file = ImageFile::with_pattern(&name, N, 0);
+    let image = image_create(&dev, &name, file.file(), N * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+    let all = Walk::pattern(CLONE_GPA, 0, N);
+    guest::run(&mut vm, 0, &guest::read_check(&all));
+    for p in 0..16 {
+        test_assert!(map.read_page(p) == pattern_page(p), "the VMM's view of page {p}");
+    }
+    let before = image.info();
+    test_assert_eq!((before.cached_pages, before.vmm_copies, before.streamed), (N, 16, N), "{before:?}");
+    // The guest's pages go (unmapped first, then dropped); the VMM's stay.
+    let is = drop_until_at_most(&image, 16);
+    ksft::ksft_print_msg(&format!("used, after drop_caches: {is:?}"));
+    test_assert_eq!((is.clones, is.cached_pages, is.vmm_copies), (1, 16, 16), "{is:?}");
+    test_assert_eq!((is.dropped, is.unmapped), (N - 16, N - 16), "{is:?}");
+    // Streamed again, under the same clone: the image's bytes.
+    guest::run(&mut vm, 0, &guest::read_check(&all));
+    for p in 0..32 {
+        test_assert!(map.read_page(p) == pattern_page(p), "the VMM's view of page {p}, again");
+    }
+    let again = image.info();
+    ksft::ksft_print_msg(&format!("read again: {again:?}"));
+    test_assert_eq!((again.cached_pages, again.streamed), (N, 2 * N - 16), "{again:?}");
+    test_assert_eq!(again.read_errors, 0);
+    drop((vm, map, clone));
+    image.delete();
+}
+
+fn used_image_races() {
+    const N: u64 = 1024;
+    const OWN: u64 = 64;
+    let dev = vms_open();
+    let name = unique_name("shrink_used_race");
+    let file = ImageFile::with_pattern(&name, N, 0);
+    let image = image_create(&dev, &name, file.file(), N * PAGE_SIZE, 0);
+    let _dog = Watchdog::start("used image races", Duration::from_secs(300));
+    let shrinker = DropCachesLoop::start();
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let clone = image.clone_create();
+            std::thread::spawn(move || {
+                let kvm = kvm::open_kvm();
+                let map = clone.map();
+                let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+                let shared = Walk::pattern(CLONE_GPA + OWN * PAGE_SIZE, OWN, N - OWN);
+                for round in 0..10u32 {
+                    guest::run(&mut vm, 0, &guest::read_check(&shared));
+                    let own = Walk::values(CLONE_GPA, OWN, FIRST + (t << 20) + (round << 12));
+                    guest::run(&mut vm, 0, &guest::write(&own));
+                    guest::run(&mut vm, 0, &guest::read_check(&own));
+                    let p = OWN + u64::from(round);
+                    test_assert!(map.read_page(p) == pattern_page(p), "clone {t}: the VMM's view of page {p}");
+                }
+                clone.stats()
+            })
+        })
+        .collect();
+    let stats: Vec<_> = threads.into_iter().map(|t| t.join().expect("a clone's thread")).collect();
+    let calls = shrinker.stop();
+    let is = image.info();
+    ksft::ksft_print_msg(&format!("4 clones, 10 rounds; {calls} drop_caches; {is:?}"));
+    for (t, s) in stats.iter().enumerate() {
+        ksft::ksft_print_msg(&format!("clone {t}: {s:?}"));
+    }
+    test_assert!(is.unmapped > 0 && is.dropped > 0, "nothing was taken back from the clones: {is:?}");
+    test_assert!(is.streamed > N, "nothing was streamed again: {is:?}");
+    test_assert_eq!(is.read_errors, 0);
     image.delete();
 }
 
@@ -515,6 +611,8 @@ fn main() {
         Test::new("close_while_shrinking", close_while_shrinking),
         Test::new("over_limit_while_backing_off", over_limit_while_backing_off),
         Test::new("idle_image", idle_image),
+        Test::new("used_image", used_image),
+        Test::new("used_image_races", used_image_races),
         Test::new("idle_parent_of_live_image", idle_parent_of_live_image),
         Test::new("idle_image_races", idle_image_races),
     ]);
