@@ -70,7 +70,7 @@
 //! migration never lock them).
 
 use crate::ffi::{self, LockedPage, Mapping, PageRef, SlotInfo, SwapFile, PAGE_SIZE};
-use crate::image::{Cached, Image, Source};
+use crate::image::{Cached, Image, Pass, Source};
 use crate::table::{PageTable, LEAF_PAGES};
 use crate::abi;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -2094,17 +2094,24 @@ pub(crate) fn reclaim_image(r: &ffi::Reclaim, image: &Arc<Image>, max: usize) ->
             return None;
         }
         // Pages an earlier pass could not zap from every clone: again, and
-        // nothing new goes until they went (so at most `max` wait).
+        // no pass until they went (so at most `max` wait, and freeing them
+        // needs no more than their list).
         let retired = image.retired();
-        let max = if retired > 0 { 0 } else { max };
-        let mut idxs = KVec::with_capacity(IMAGE_LOOK + max + retired, gfp).ok()?;
-        let pass = image.reclaim_pass(max, IMAGE_LOOK, users.is_empty()).ok()?;
+        let (max, look) = if retired > 0 { (0, 0) } else { (max, IMAGE_LOOK) };
+        let mut idxs = KVec::with_capacity(look + max + retired, gfp).ok()?;
+        let pass = if retired > 0 {
+            Pass { zap: KVec::new(), gone: KVec::new() }
+        } else {
+            image.reclaim_pass(max, look, users.is_empty()).ok()?
+        };
+        let mut all = true;
         for &i in Iterator::chain(pass.zap.iter(), pass.gone.iter().map(|g| &g.0)) {
             // Within the capacity (the pass's lists are as long as `look`
-            // and `max` at most): no allocation.
-            let _ = idxs.push(i, gfp);
+            // and `max` at most): no allocation. Were it to fail, the page
+            // would not be zapped: then it is retired, not put.
+            all &= idxs.push(i, gfp).is_ok();
         }
-        let mut all = image.retired_idxs(&mut idxs);
+        all &= image.retired_idxs(&mut idxs);
         // By index, for runs; a retired page may be listed twice.
         idxs.sort_unstable();
         let mut unmapped = 0;

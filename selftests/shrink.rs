@@ -356,15 +356,7 @@ fn close_while_shrinking() {
 
 /// Run `drop_caches` until `image`'s cache is empty, for at most 30 s.
 fn drop_until_empty(image: &Image) -> VmsImageStats {
-    let t0 = Instant::now();
-    loop {
-        let is = image.info();
-        if is.cached_pages == 0 || t0.elapsed() > Duration::from_secs(30) {
-            return is;
-        }
-        drop_caches();
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    drop_until_at_most(image, 0)
 }
 
 /// A clone of `image` on `kvm` whose guest reads every page of it, and
