@@ -1266,7 +1266,7 @@ impl VmClone {
                 }
                 None => page,
             };
-            let _ = table.set(idx, Cached::Page(page));
+            let _ = table.set(idx, Cached::page(page));
         }
         st.private = keep;
         st.aged = 0;
@@ -2071,8 +2071,8 @@ const IMAGE_LOOK: usize = 2048;
 /// keeps them alive: they are retired in the image, with their indices,
 /// until a later pass has zapped every clone.
 ///
-/// Lock order: registry `images` -> the reclaim list -> image `cache` ->
-/// image `flags` (the pass's first half) ; registry `images` -> the
+/// Lock order: registry `images` -> the reclaim list -> image `cache`
+/// (the pass's first half) ; registry `images` -> the
 /// reclaim list -> clone `state` (tried).
 pub(crate) fn reclaim_image(r: &ffi::Reclaim, image: &Arc<Image>, max: usize) -> Option<(usize, usize)> {
     let addr = core::ptr::from_ref::<Image>(&**image) as usize;

@@ -16,9 +16,9 @@
 //!   racing lookup stored it first (then that copy is used);
 //! - `Zero`: read and found all zero: served by the module's one zero page,
 //!   so it costs no memory;
-//! - `Page(page)`: read and kept; every clone maps this one page for
+//! - `Page { page, .. }`: read and kept; every clone maps this one page for
 //!   reading;
-//! - `File { page, vmm }`: the file's own page-cache page, referenced
+//! - `File { page, vmm, .. }`: the file's own page-cache page, referenced
 //!   instead of copied (when the file had it in its page cache, up to
 //!   date): every clone's stage 2 maps it for reading. It is never mapped
 //!   into a VMM's mapping (see [`FileRef::cached_page`]): the first VMM
@@ -36,39 +36,73 @@
 //! ([`Image::reclaim_pass`], with the registry lock held, which keeps
 //! clones and live images from coming; the caller then zaps it from every
 //! clone's stage 2 before the page goes: see
-//! [`crate::clone::reclaim_image`]). Otherwise the entries never change:
+//! [`crate::clone::reclaim_image`]). Otherwise the entries' pages never
+//! change (only their reclaim flags do):
 //! the image is immutable, and clones map its pages without references of
 //! their own.
 //!
-//! Locking: under `cache` only `failed` and `flags` are taken, which are
-//! leaves. File reads happen without it (a
-//! filesystem's read may take the inode lock, and a task holding that may
-//! fault on a clone mapping: lockdep caught the cycle with an image file on
-//! 9p). A live image asks its parent with its own `cache` released, so two
+//! Locking: under `cache` only `failed` is taken, which is a leaf. File
+//! reads happen without it (a filesystem's read may take the inode lock,
+//! and a task holding that may fault on a clone mapping: lockdep caught
+//! the cycle with an image file on 9p). A live image asks its parent with its own `cache` released, so two
 //! never nest.
 
 use crate::ffi::{self, ImageFile, PageRef, PAGE_SIZE};
 use crate::table::PageTable;
 use crate::abi;
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::{Acquire, Relaxed}};
+use core::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::{Acquire, Relaxed}};
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 
+/// An entry of an image's cache. `flags` ([`REF`], [`VMM`]) are for
+/// memory reclaim ([`Image::reclaim_pass`]); they live in the entry, so a
+/// fault that finds a page marks it under the one lock it takes, and
+/// marking cannot fail. (They fit in the tag's word: the entry stays 24
+/// bytes.)
 pub(crate) enum Cached {
     Zero,
-    Page(PageRef),
-    File { page: PageRef, vmm: Option<PageRef> },
+    Page { page: PageRef, flags: u8 },
+    File { page: PageRef, vmm: Option<PageRef>, flags: u8 },
 }
 
 impl Cached {
+    /// A page of ours, young (see [`REF`]): the fault that stores it
+    /// resolves it next.
+    pub(crate) fn page(page: PageRef) -> Self {
+        Cached::Page { page, flags: REF }
+    }
+
+    /// A page of the image file's page cache, young.
+    fn file(page: PageRef) -> Self {
+        Cached::File { page, vmm: None, flags: REF }
+    }
+
+    /// The entry's reclaim flags (none for a zero entry, which reclaim
+    /// leaves alone).
+    fn flags_mut(&mut self) -> Option<&mut u8> {
+        match self {
+            Cached::Zero => None,
+            Cached::Page { flags, .. } | Cached::File { flags, .. } => Some(flags),
+        }
+    }
+
+    /// The page as [`Image::page`] returns it (`zero` for a zero entry).
+    fn found(&self, zero: &PageRef) -> (PageRef, Source, bool) {
+        match self {
+            Cached::Zero => (zero.clone(), Source::Zero, false),
+            Cached::Page { page, .. } => (page.clone(), Source::Cache, false),
+            Cached::File { page, .. } => (page.clone(), Source::File, false),
+        }
+    }
+
     /// Whether letting go of the entry frees a page: ours, that nobody
     /// else holds (a `File` entry's page is the page cache's, which
     /// reclaim then takes as any other; its VMM copy is ours).
     pub(crate) fn frees(&self) -> bool {
         let ours = match self {
             Cached::File { vmm, .. } => vmm.as_ref(),
-            Cached::Page(p) => Some(p),
+            Cached::Page { page, .. } => Some(page),
             Cached::Zero => None,
         };
         ours.is_some_and(|p| p.ref_count() == 1)
@@ -113,12 +147,12 @@ struct Counts {
     unmapped: AtomicU64,
 }
 
-/// In `Image::flags`: a clone resolved the page since reclaim last came
-/// by (or it was stored since).
+/// In a [`Cached`] entry's flags: a clone resolved the page since reclaim
+/// last came by (or it was stored since).
 const REF: u8 = 1;
-/// In `Image::flags`: the page (or, for a `File` entry, its VMM copy) went
-/// to a VMM's mapping, which holds it without our knowing when it lets
-/// go: the entry stays.
+/// In a [`Cached`] entry's flags: the page (or, for a `File` entry, its
+/// VMM copy) went to a VMM's mapping, which holds it without our knowing
+/// when it lets go: the entry stays.
 const VMM: u8 = 2;
 
 /// Milliseconds between two passes of reclaim over an image that clones
@@ -161,14 +195,6 @@ pub(crate) struct Image {
     /// first), so a page is never both cached and marked here.
     #[pin]
     failed: Mutex<PageTable<Error>>,
-    /// [`REF`] and [`VMM`] per cached page, for images reclaim may drop
-    /// from ([`may_drop`](Self::may_drop)). Changed only with `cache` held
-    /// (taken first).
-    #[pin]
-    flags: Mutex<PageTable<u8>>,
-    /// A [`VMM`] flag could not be stored: reclaim leaves the image alone
-    /// until no clone uses it. Set and read with `cache` and `flags` held.
-    vmm_lost: AtomicBool,
     /// When ([`ffi::now_ms`]) reclaim last passed over the cache.
     last_pass: AtomicI64,
     /// Pages reclaim took out of the cache whose zaps did not reach every
@@ -213,7 +239,6 @@ impl Image {
         zero: PageRef,
     ) -> Result<impl PinInit<Self, Error>> {
         let failed = PageTable::new(npages)?;
-        let flags = PageTable::new(npages)?;
         Ok(try_pin_init!(Image {
             name,
             backing,
@@ -226,8 +251,6 @@ impl Image {
             n: Counts { cached_pages: AtomicU64::new(pages), ..Counts::default() },
             drop_from: AtomicUsize::new(0),
             failed <- new_mutex!(failed, "vms_image_failed"),
-            flags <- new_mutex!(flags, "vms_image_flags"),
-            vmm_lost: AtomicBool::new(false),
             last_pass: AtomicI64::new(0),
             retired <- new_mutex!(KVec::new(), "vms_image_retired"),
         }? Error))
@@ -264,21 +287,22 @@ impl Image {
     /// `maps_vmm`: the page goes to a VMM's mapping now (not a copy-on-write
     /// source), which keeps it in the cache for good ([`VMM`]).
     pub(crate) fn cached(&self, idx: usize, for_vmm: bool, maps_vmm: bool) -> Result<Option<(PageRef, Source)>> {
-        let cache = self.cache.lock();
-        if matches!(cache.get(idx), Some(Cached::Page(_) | Cached::File { .. })) {
-            self.flag(&cache, idx, if maps_vmm { REF | VMM } else { REF });
+        let mut cache = self.cache.lock();
+        let Some(entry) = cache.get_mut(idx) else {
+            let empty = idx < self.npages && matches!(self.backing, Backing::Empty);
+            return Ok(empty.then(|| (self.zero.clone(), Source::Zero)));
+        };
+        if let Some(flags) = entry.flags_mut() {
+            // Under `cache`, before a VMM can get the page: reclaim, which
+            // looks at the flag under `cache`, sees it.
+            *flags |= if maps_vmm { REF | VMM } else { REF };
         }
-        if for_vmm && matches!(cache.get(idx), Some(Cached::File { .. })) {
+        if for_vmm && matches!(entry, Cached::File { .. }) {
             drop(cache);
             return Ok(self.vmm_copy(idx)?.map(|copy| (copy, Source::Cache)));
         }
-        Ok(match Self::lookup(&cache, idx, &self.zero) {
-            Some((page, source, _)) => Some((page, source)),
-            None if idx < self.npages && matches!(self.backing, Backing::Empty) => {
-                Some((self.zero.clone(), Source::Zero))
-            }
-            None => None,
-        })
+        let (page, source, _) = entry.found(&self.zero);
+        Ok(Some((page, source)))
     }
 
     /// The VMM copy of page `idx`, which the cache holds as a `File` entry.
@@ -301,7 +325,7 @@ impl Image {
     fn vmm_copy(&self, idx: usize) -> Result<Option<PageRef>> {
         let parent = {
             let mut cache = self.cache.lock();
-            let Some(Cached::File { page, vmm }) = cache.get_mut(idx) else {
+            let Some(Cached::File { page, vmm, .. }) = cache.get_mut(idx) else {
                 return Ok(None);
             };
             if let Some(copy) = vmm {
@@ -389,15 +413,13 @@ impl Image {
             return Ok((self.zero.clone(), Source::Zero, true));
         }
         if source == Source::File {
-            cache.set(idx, Cached::File { page: page.clone(), vmm: None })?;
+            cache.set(idx, Cached::file(page.clone()))?;
             self.n.file_pages.fetch_add(1, Relaxed);
         } else {
-            cache.set(idx, Cached::Page(page.clone()))?;
+            cache.set(idx, Cached::page(page.clone()))?;
         }
         self.n.cached_pages.fetch_add(1, Relaxed);
         ffi::image_pages_add(1);
-        // Young: the fault that read it resolves it next.
-        self.flag(&cache, idx, REF);
         Ok((page, source, true))
     }
 
@@ -407,11 +429,7 @@ impl Image {
         idx: usize,
         zero: &PageRef,
     ) -> Option<(PageRef, Source, bool)> {
-        match cache.get(idx)? {
-            Cached::Zero => Some((zero.clone(), Source::Zero, false)),
-            Cached::Page(p) => Some((p.clone(), Source::Cache, false)),
-            Cached::File { page, .. } => Some((page.clone(), Source::File, false)),
-        }
+        Some(cache.get(idx)?.found(zero))
     }
 
     /// Count and log a failed read of page `idx`; the error for the fault.
@@ -474,8 +492,8 @@ impl Image {
             self.forget_failure(&cache, idx);
             let entry = match source {
                 Source::Zero => Cached::Zero,
-                Source::Cache => Cached::Page(page.clone()),
-                Source::File => Cached::File { page: page.clone(), vmm: None },
+                Source::Cache => Cached::page(page.clone()),
+                Source::File => Cached::file(page.clone()),
             };
             cache.set(idx, entry)?;
         }
@@ -490,22 +508,6 @@ impl Image {
     /// `children` changes.
     pub(crate) fn may_drop(&self) -> bool {
         matches!(self.backing, Backing::File { .. }) && self.children.load(Acquire) == 0
-    }
-
-    /// Set `bits` in page `idx`'s flags, with `cache` (held) caching it,
-    /// if reclaim may drop from the image. Without memory for the flag the
-    /// page looks cold, and may be dropped and streamed again; except a
-    /// `VMM` flag, which must not be lost: the image is then no longer
-    /// reclaimed (`vmm_lost`).
-    fn flag(&self, _cache: &PageTable<Cached>, idx: usize, bits: u8) {
-        if !matches!(self.backing, Backing::File { .. }) {
-            return;
-        }
-        let mut flags = self.flags.lock();
-        let old = flags.get(idx).copied().unwrap_or(0);
-        if old & bits != bits && flags.set(idx, old | bits).is_err() && bits & VMM != 0 {
-            self.vmm_lost.store(true, Relaxed);
-        }
     }
 
     /// Memory reclaim, the image's half of a pass (see
@@ -541,33 +543,24 @@ impl Image {
             return Ok(pass);
         }
         let mut cache = self.cache.lock();
-        let mut flags = self.flags.lock();
-        if idle {
-            // No VMM maps a page of the image any more.
-            self.vmm_lost.store(false, Relaxed);
-        } else if self.vmm_lost.load(Relaxed) {
-            // Under both locks, under which `flag` sets it: no page that
-            // went to a VMM without its flag is taken.
-            return Ok(pass);
-        }
         self.last_pass.store(ffi::now_ms(), Relaxed);
         let zap = &mut pass.zap;
-        let mut pick = |idx: usize, e: &Cached| {
-            if matches!(e, Cached::Zero) {
+        let mut pick = |idx: usize, e: &mut Cached| {
+            let Some(flags) = e.flags_mut() else {
+                // A zero entry: no page to give.
                 return false;
-            }
+            };
             if idle {
-                flags.take(idx);
+                // No VMM maps a page of the image any more.
                 return true;
             }
-            let f = flags.get(idx).copied().unwrap_or(0);
-            if f & VMM != 0 {
+            if *flags & VMM != 0 {
                 return false;
             }
-            if f & REF != 0 {
+            if *flags & REF != 0 {
                 // Within its capacity: no allocation.
                 if zap.len() < zap.capacity() && zap.push(idx, GFP_KERNEL).is_ok() {
-                    flags.take(idx);
+                    *flags &= !REF;
                 }
                 return false;
             }
@@ -594,7 +587,6 @@ impl Image {
             next = cache.take_where(0, start, max - n, look, &mut pick, &mut take);
         }
         self.drop_from.store(next, Relaxed);
-        drop(flags);
         drop(cache);
         let (mut files, mut copies) = (0, 0);
         for (_, e) in pass.gone.iter() {

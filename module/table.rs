@@ -135,7 +135,8 @@ impl<T> PageTable<T> {
     }
 
     /// Take out up to `max` entries of `from..end` for which `pick` says
-    /// so, in index order, passing each to `f`; frees every leaf (and
+    /// so (it may change an entry it leaves), in index order, passing each
+    /// to `f`; frees every leaf (and
     /// middle node) that this leaves empty. Looks at `look` entries at
     /// most (an absent leaf counts as one, an absent middle node as none)
     /// and gives the CPU up after each leaf, as [`drain`](Self::drain)
@@ -147,7 +148,7 @@ impl<T> PageTable<T> {
         end: usize,
         max: usize,
         look: usize,
-        mut pick: impl FnMut(usize, &T) -> bool,
+        mut pick: impl FnMut(usize, &mut T) -> bool,
         mut f: impl FnMut(usize, T),
     ) -> usize {
         let end = end.min(self.len);
@@ -169,7 +170,7 @@ impl<T> PageTable<T> {
             while idx < stop && taken < max && looked < look {
                 looked += 1;
                 let slot = &mut leaf[idx % LEAF];
-                if slot.as_ref().is_some_and(|v| pick(idx, v)) {
+                if slot.as_mut().is_some_and(|v| pick(idx, v)) {
                     if let Some(v) = slot.take() {
                         self.used -= 1;
                         taken += 1;
