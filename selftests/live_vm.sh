@@ -124,8 +124,13 @@ clones)
 	check "the guest reads /dev/hwrng from the VMM's virtio-rng (16 bytes, not all zero)" \
 		test "$rng" = virtio_rng.0 -a "${#bytes}" = 32 -a "$bytes" != 00000000000000000000000000000000
 	sleep 2 # let the guest's counter move
+	# The parent's uptime, read after the host time t_up: a clone's
+	# uptime goes on from the parent's at the pause, so it cannot be
+	# ahead of this by more than the host's time since.
+	t_up=$(date +%s%N)
 	before=$(vx parent 'cat /run/counter')
-	msg "parent counter before the image: $before"
+	up0=$(vx parent 'cut -d" " -f1 /proc/uptime')
+	msg "parent counter before the image: $before; uptime $up0 s"
 	if out=$("$vmsctl" live-image create parent img); then
 		msg "$out"
 		ok "live-image create"
@@ -166,16 +171,27 @@ clones)
 	fi
 
 	# Each clone resumed (counter continues), has its identity.
-	good=0
+	good=0 ahead=""
 	for i in $all; do
-		out=$(vx c-$i 'echo "$(hostname) $(cat /run/vms-id) $(cat /run/counter) $(cat /tmp/who)"')
+		out=$(vx c-$i 'echo "$(hostname) $(cat /run/vms-id) $(cat /run/counter) $(cat /tmp/who) $(cut -d" " -f1 /proc/uptime)"')
+		t1=$(date +%s%N)
 		msg "c-$i: $out"
-		read -r host id counter who <<<"$out"
+		read -r host id counter who up <<<"$out"
 		if [ "$host" = "c-$i" ] && [ "$id" = "$i" ] && [ "${counter:-0}" -ge "$before" ] && [ "$who" = parent ]; then
 			good=$((good + 1))
 		fi
+		# A clock that jumped at the resume: seconds ahead of the
+		# parent's uptime plus the host's time since (2 s of slack).
+		over=$(awk -v u="${up:-0}" -v u0="$up0" -v dt=$(( (t1 - t_up) / 1000000 )) \
+			'BEGIN { d = u - u0 - dt / 1000; if (d > 2) printf "%.1f", d }')
+		[ -z "$over" ] || ahead+=" c-$i(+${over} s)"
 	done
 	check "$N clones resumed with the parent's state and their own identity ($good/$N)" [ $good = "$N" ]
+	# KVM left a vCPU's TSC ratio 0 on a host whose TSC calibration moved
+	# after KVM loaded: the clone's kvmclock jumped ahead by about the
+	# parent VM's age (vmsctl now sets the rate on every vCPU;
+	# docs/ARCHITECTURE.md, "Known issues").
+	check "$N clones' uptime goes on from the parent's at the pause${ahead:+ (ahead:$ahead)}" [ -z "$ahead" ]
 	# Safe identity: the CRNG reseeded from host entropy before anything
 	# read it (every clone resumed with the parent's CRNG state: without
 	# the reseed they would hand out the same bytes), and the host's time.

@@ -246,9 +246,13 @@ impl Vm {
         let t2 = std::time::Instant::now();
         let vcpus = (0..cpus)
             .map(|id| {
-                vm_fd
+                let vcpu = vm_fd
                     .create_vcpu(u64::from(id))
-                    .with_context(|| format!("KVM_CREATE_VCPU {id}"))
+                    .with_context(|| format!("KVM_CREATE_VCPU {id}"))?;
+                // The host's rate, and KVM's scaling ratio with it (see
+                // `set_tsc_rate`); a restore asks for the saved rate.
+                state::set_tsc_rate(&vcpu, None);
+                Ok(vcpu)
             })
             .collect::<Result<Vec<_>>>()?;
         let setup = SetupTimes { kvm: t1 - t0, devices: t2 - t1, vcpus: t2.elapsed(), connect: Default::default() };
