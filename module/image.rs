@@ -37,15 +37,14 @@
 //! clones and live images from coming; the caller then zaps it from every
 //! clone's stage 2 before the page goes: see
 //! [`crate::clone::reclaim_image`]). Otherwise the entries' pages never
-//! change (only their reclaim flags do):
-//! the image is immutable, and clones map its pages without references of
-//! their own.
+//! change (only their reclaim flags do): the image is immutable, and
+//! clones map its pages without references of their own.
 //!
 //! Locking: under `cache` only `failed` is taken, which is a leaf. File
 //! reads happen without it (a filesystem's read may take the inode lock,
 //! and a task holding that may fault on a clone mapping: lockdep caught
-//! the cycle with an image file on 9p). A live image asks its parent with its own `cache` released, so two
-//! never nest.
+//! the cycle with an image file on 9p). A live image asks its parent with
+//! its own `cache` released, so two never nest.
 
 use crate::ffi::{self, ImageFile, PageRef, PAGE_SIZE};
 use crate::table::PageTable;

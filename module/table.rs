@@ -136,12 +136,11 @@ impl<T> PageTable<T> {
 
     /// Take out up to `max` entries of `from..end` for which `pick` says
     /// so (it may change an entry it leaves), in index order, passing each
-    /// to `f`; frees every leaf (and
-    /// middle node) that this leaves empty. Looks at `look` entries at
-    /// most (an absent leaf counts as one, an absent middle node as none)
-    /// and gives the CPU up after each leaf, as [`drain`](Self::drain)
-    /// does. Returns where a
-    /// next call should go on from (`end` once it got there).
+    /// to `f`; frees every leaf (and middle node) that this leaves empty.
+    /// Looks at `look` entries at most (an absent leaf counts as one, an
+    /// absent middle node as none) and gives the CPU up after each leaf, as
+    /// [`drain`](Self::drain) does. Returns where a next call should go on
+    /// from (`end` once it got there).
     pub(crate) fn take_where(
         &mut self,
         from: usize,
