@@ -2097,6 +2097,12 @@ pub(crate) fn reclaim_image(r: &ffi::Reclaim, image: &Arc<Image>, max: usize) ->
         // no pass until they went (so at most `max` wait, and freeing them
         // needs no more than their list).
         let retired = image.retired();
+        // Nothing to zap and no pass due (an image that clones use gets
+        // one every `PASS_MS`, and the worker comes by more often): no
+        // lists to allocate, no clone to lock.
+        if retired == 0 && !image.pass_due(users.is_empty()) {
+            return Some((0, 0));
+        }
         let (max, look) = if retired > 0 { (0, 0) } else { (max, IMAGE_LOOK) };
         let mut idxs = KVec::with_capacity(look + max + retired, gfp).ok()?;
         let pass = if retired > 0 {

@@ -534,13 +534,13 @@ impl Image {
     /// waiting: the worker that calls this is memory reclaim's). May
     /// sleep.
     pub(crate) fn reclaim_pass(&self, max: usize, look: usize, idle: bool) -> Result<Pass> {
+        if !self.pass_due(idle) {
+            return Ok(Pass { zap: KVec::new(), gone: KVec::new() });
+        }
         let gfp = GFP_NOWAIT | __GFP_NOWARN;
         let mut pass = Pass { zap: KVec::with_capacity(look, gfp)?, gone: KVec::with_capacity(max, gfp)? };
         // Room to retire what goes: `retire` cannot fail.
         self.retired.lock().reserve(max, gfp)?;
-        if !self.may_drop() || (!idle && ffi::now_ms() - self.last_pass.load(Relaxed) < PASS_MS) {
-            return Ok(pass);
-        }
         let mut cache = self.cache.lock();
         self.last_pass.store(ffi::now_ms(), Relaxed);
         let zap = &mut pass.zap;
@@ -602,6 +602,14 @@ impl Image {
         // `IMAGE_PAGES` still counts them: they go with
         // [`forget_gone`](Self::forget_gone), or wait in `retired`.
         Ok(pass)
+    }
+
+    /// Whether a [`reclaim_pass`](Self::reclaim_pass) would look at the
+    /// cache now: reclaim may drop from it, and no clone uses it (`idle`)
+    /// or the last pass was [`PASS_MS`] ago at least. Called by the worker
+    /// only, with the registry lock held.
+    pub(crate) fn pass_due(&self, idle: bool) -> bool {
+        self.may_drop() && (idle || ffi::now_ms() - self.last_pass.load(Relaxed) >= PASS_MS)
     }
 
     /// Reclaim unmapped `n` pages of the image from clones.
