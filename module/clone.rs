@@ -509,6 +509,10 @@ enum Why {
     Over,
 }
 
+/// A swap file's punch at a reset failed once: the next failures are not
+/// logged (a reset may come with every request).
+static PUNCH_WARNED: AtomicBool = AtomicBool::new(false);
+
 /// An eviction runs while this lives (`VmClone::evicting`).
 struct Evicting<'a>(&'a VmClone);
 
@@ -1306,10 +1310,24 @@ impl VmClone {
     /// Pages pinned for I/O (O_DIRECT, io_uring) or held by KVM
     /// (`kvm_vcpu_map()`) leave the clone with their pin: the writer
     /// finishes into a page nobody maps any more, freed when unpinned.
-    pub(crate) fn reset(&self) -> u64 {
-        // An eviction's write in flight finds its entries gone and keeps
-        // nothing; the next eviction of the same clone page waits for it
-        // (`evicting`), so its bytes are not overwritten by the old ones.
+    ///
+    /// No eviction runs while it does: it waits for one that runs (its
+    /// write in flight), and holds `evicting` until the swap file's blocks
+    /// are given back, after `state` is released (a file system's locks
+    /// do not nest inside `state`: a task holding them may fault on a
+    /// clone mapping). A page evicted meanwhile would otherwise be punched
+    /// away under its entry. `ERESTARTSYS` if a signal comes while it
+    /// waits; nothing was dropped then.
+    pub(crate) fn reset(&self) -> Result<u64> {
+        let running = loop {
+            if let Some(e) = Evicting::try_start(self) {
+                break e;
+            }
+            if ffi::signal_pending() {
+                return Err(ERESTARTSYS);
+            }
+            ffi::msleep(1);
+        };
         let mut st = self.state.lock();
         self.invalidate_stage2_all(&st);
         self.mapping.unmap_all();
@@ -1317,9 +1335,9 @@ impl VmClone {
         // GUP-fast's reference-then-recheck (as in `snapshot`).
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         let mut n = st.swapped as u64;
-        // Swapped pages go with their entries (the file keeps their bytes
-        // until the offsets are written again); evictions in flight are
-        // cancelled, and their pages go below.
+        // Swapped pages go with their entries, and their blocks below; a
+        // write that a snapshot cancelled may still be in flight (its
+        // eviction held `evicting`, so it ended before we started).
         st.forget_out();
         let mapping = &self.mapping;
         st.private.drain(|idx, page| {
@@ -1333,7 +1351,26 @@ impl VmClone {
         });
         self.publish(&st);
         self.stats.resets.fetch_add(1, Relaxed);
-        n
+        let swap = st.swap.clone();
+        drop(st);
+        if let Some(swap) = swap.filter(|f| f.disk_bytes() > 0) {
+            ffi::debug_delay(ffi::Delay::Punch);
+            // Unpunched (a file system without holes, or an error), the
+            // file keeps its blocks (`swap_disk_bytes` shows them) until
+            // the offsets are written again or the clone goes.
+            if let Err(e) = swap.punch_all() {
+                if !PUNCH_WARNED.swap(true, Relaxed) {
+                    pr_warn!("swap file: giving its blocks back at a reset failed: error {}\n", e.to_errno());
+                }
+            }
+        }
+        // Evictions skipped while we held the flag (faults, the worker,
+        // the shrinker's ask) may have left the clone over its limit, and
+        // no fault may come to kick the worker (a paused VM): as `evict`
+        // does after an eviction.
+        drop(running);
+        self.state.lock().hand_over();
+        Ok(n)
     }
 
     /// Unmap `old`, the page clone page `idx` had before it became private,
@@ -1579,7 +1616,7 @@ impl VmClone {
                 if arg != 0 {
                     return inval("VMS_CLONE_RESET: the argument must be 0");
                 }
-                self.reset();
+                self.reset()?;
                 Ok(0)
             }
             _ => Err(ENOTTY),
@@ -1711,6 +1748,7 @@ impl VmClone {
             evict_held: s.evict_held.load(Relaxed),
             shrunk: s.shrunk.load(Relaxed),
             swap_bytes: st.swap.as_ref().map_or(0, |f| f.size()),
+            swap_disk_bytes: st.swap.as_ref().map_or(0, |f| f.disk_bytes()),
             ..abi::VmsCloneFootprint::zeroed()
         }
     }

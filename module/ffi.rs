@@ -880,6 +880,40 @@ impl SwapFile {
     pub(crate) fn size(&self) -> u64 {
         self.file.size()
     }
+
+    /// Give every block of the file back to its file system (a hole over
+    /// the whole file, its size kept): its pages are all dropped (a
+    /// reset). The caller makes sure no write to it runs or starts until
+    /// this returns: a page written meanwhile could be punched away under
+    /// its entry. `Ok(false)` on a file system that cannot punch holes
+    /// (`EOPNOTSUPP`).
+    pub(crate) fn punch_all(&self) -> Result<bool> {
+        /// `FALLOC_FL_KEEP_SIZE` and `FALLOC_FL_PUNCH_HOLE`
+        /// (include/uapi/linux/falloc.h; not in the bindings).
+        const KEEP_SIZE_PUNCH_HOLE: c_int = 0x01 | 0x02;
+        let size = self.size();
+        if size == 0 {
+            return Ok(true);
+        }
+        // SAFETY: the file is live and open for writing (`O_RDWR`); no
+        // vms lock is held (the file system takes its own, and may
+        // allocate).
+        let r = unsafe {
+            bindings::vfs_fallocate(self.file.0.as_ptr(), KEEP_SIZE_PUNCH_HOLE, 0, size as bindings::loff_t)
+        };
+        if r == -(bindings::EOPNOTSUPP as c_int) {
+            return Ok(false);
+        }
+        to_result(r).map(|()| true)
+    }
+
+    /// The bytes the file takes on its file system: its allocated blocks.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        // SAFETY: the file and its inode are live while we hold the file;
+        // `inode_get_bytes` reads the block count under the inode's
+        // `i_lock`.
+        unsafe { bindings::inode_get_bytes(bindings::file_inode(self.file.0.as_ptr())) as u64 }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -2422,6 +2456,9 @@ static VMM_READ_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 /// Debug knob `vmm_map_delay_ms`: a VMM fault that returns a page sleeps
 /// this long with the page locked ([`Delay::Map`]).
 static VMM_MAP_DELAY_MS: AtomicU32 = AtomicU32::new(0);
+/// Debug knob `reset_punch_delay_ms`: a reset sleeps this long before it
+/// punches the swap file, with eviction held off ([`Delay::Punch`]).
+static RESET_PUNCH_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 /// Debug counter `vmm_delays` (read-only): sleeps begun at either point,
 /// so that a test knows when a fault is inside its window.
 static VMM_DELAYS: AtomicU32 = AtomicU32::new(0);
@@ -2442,9 +2479,10 @@ static QUARANTINE_BAD: AtomicU32 = AtomicU32::new(0);
 static PRIVATE_MOVABLE: AtomicU32 = AtomicU32::new(0);
 
 /// The files of `/sys/kernel/debug/vms`: name, mode, value.
-static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 9] = [
+static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 10] = [
     (c_str!("vmm_read_delay_ms"), 0o600, &VMM_READ_DELAY_MS),
     (c_str!("vmm_map_delay_ms"), 0o600, &VMM_MAP_DELAY_MS),
+    (c_str!("reset_punch_delay_ms"), 0o600, &RESET_PUNCH_DELAY_MS),
     (c_str!("vmm_delays"), 0o400, &VMM_DELAYS),
     (c_str!("quarantine_pages"), 0o600, &QUARANTINE_PAGES),
     (c_str!("quarantine_checked"), 0o400, &QUARANTINE_CHECKED),
@@ -2607,6 +2645,10 @@ pub(crate) enum Delay {
     /// The page to map is locked and the clone's `state` released; mm
     /// has not mapped it yet (`vmm_map_delay_ms`).
     Map,
+    /// A reset dropped the clone's pages and released `state`, and is
+    /// about to punch its swap file; no eviction may start
+    /// (`reset_punch_delay_ms`; not counted in `vmm_delays`).
+    Punch,
 }
 
 /// Sleep at `at` for as long as its knob says (0, the default: not at
@@ -2615,12 +2657,16 @@ pub(crate) fn debug_delay(at: Delay) {
     let knob = match at {
         Delay::Read => &VMM_READ_DELAY_MS,
         Delay::Map => &VMM_MAP_DELAY_MS,
+        Delay::Punch => &RESET_PUNCH_DELAY_MS,
     };
     let ms = knob.load(Ordering::Relaxed);
     if ms != 0 {
-        VMM_DELAYS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: only sleeps; our callers are fault handlers in process
-        // context that may sleep (they take mutexes and page locks).
+        if !matches!(at, Delay::Punch) {
+            VMM_DELAYS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: only sleeps; our callers are fault handlers and a reset,
+        // in process context that may sleep (they take mutexes and page
+        // locks).
         unsafe { bindings::msleep_interruptible(ms) };
     }
 }

@@ -25,6 +25,13 @@
 //!   pages sit in the debug quarantine, whose sentinel a write through a
 //!   stale stage-2 or VMM mapping would change (a splat); KASAN sees a
 //!   freed page used.
+//! - `reset_races_with_swap`: the same on a clone with a 16-page limit and
+//!   a swap file, whose pages are evicted and read back all along; each
+//!   reset also gives the swap file's blocks back, which must not take a
+//!   page evicted meanwhile (it would read back as zeros): it resets
+//!   every second or two, and each reset sleeps 200 ms before it punches
+//!   (`reset_punch_delay_ms`), a window the vCPU and the VMM write
+//!   through; pages evicted in it are used again before the next reset.
 //! - `reset_of_an_untouched_clone`: a clone never mapped nor attached.
 //!
 //! Skips if `/dev/vms` or `/dev/kvm` is missing (and the third test if the
@@ -34,15 +41,18 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vms_selftests::guest::{self, Walk};
-use vms_selftests::knob::{wait_for_delay, Knob, Quarantine, VMM_DELAYS, VMM_MAP_DELAY_MS};
+use vms_selftests::knob::{
+    wait_for_delay, Knob, Quarantine, KNOB_DIR, RESET_PUNCH_DELAY_MS, VMM_DELAYS, VMM_MAP_DELAY_MS,
+};
 use vms_selftests::ksft::{self, Test, Watchdog};
 use vms_selftests::kvm;
 use vms_selftests::race::{token_race, RaceSpec};
 use vms_selftests::vms::{
-    image_create, image_snapshot, pattern_page, pattern_word, require_vms_and_kvm, unique_name,
+    image_create, image_dir, image_snapshot, pattern_page, pattern_word, require_vms_and_kvm, unique_name,
     vm_with_clone, vms_open, ImageFile, CLONE_GPA, HI_OFFSET, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
+use vms_uapi::VmsCloneFootprint;
 
 /// 4 MiB image.
 const PAGES: u64 = 1024;
@@ -236,10 +246,37 @@ const RACE: RaceSpec =
     RaceSpec { pages: 256, time: Duration::from_secs(40), rounds: 30, pause: Duration::from_millis(10) };
 /// The debug quarantine's ring for the race (`quarantine_pages`).
 const QUARANTINE: u32 = 64;
+/// How long a reset of [`reset_races_with_swap`] waits before it punches
+/// the swap file (`reset_punch_delay_ms`): long enough for the vCPU and
+/// the VMM to write past the limit meanwhile (in the emulated test VM).
+const PUNCH_DELAY_MS: u32 = 200;
+/// [`reset_races_with_swap`] resets at every 100th turn (about every 1-2
+/// s): a page evicted in a reset's window is used again, so read back,
+/// before the next reset drops it.
+const RESET_EVERY: u32 = 100;
 
 fn reset_races() {
+    reset_race("clone_reset_race", None, 1);
+}
+
+/// [`reset_races`] on a clone with a 16-page limit and a swap file: its
+/// pages are evicted and read back all along, and every reset gives the
+/// swap file's blocks back. A page evicted while a reset punched the file
+/// would read back as zeros under its entry.
+fn reset_races_with_swap() {
+    let (f, resets) = reset_race("clone_reset_swap", Some(16), RESET_EVERY);
+    // Resets came while pages were evicted and read back.
+    test_assert!(resets >= 3, "{resets} resets");
+    test_assert!(f.evicted > 0 && f.read_back > 0, "nothing was evicted or read back: {f:?}");
+}
+
+/// The race of [`reset_races`], on a clone with a limit if `limit` is
+/// given, resetting at every `every`th turn of the main thread (then for
+/// the whole of the race's time, not just its rounds); returns the
+/// clone's footprint after the race and how many resets it made.
+fn reset_race(prefix: &str, limit: Option<u64>, every: u32) -> (VmsCloneFootprint, u64) {
     let dev = vms_open();
-    let name = unique_name("clone_reset_race");
+    let name = unique_name(prefix);
     const RACE_PAGES: u64 = RACE.pages;
     let file = ImageFile::with_pattern(&name, RACE_PAGES, 0);
     let image = image_create(&dev, &name, file.file(), RACE_PAGES * PAGE_SIZE, 0);
@@ -253,6 +290,20 @@ fn reset_races() {
     // A second VMM mapping: written through `map`, read through `other`.
     let other = clone.map();
     let mut vm = vm_with_clone(&kvm, &clone, &map, 1);
+    // With a swap file, each reset sleeps before it punches the file (if
+    // the module has the knob): the window in which an eviction would
+    // write a page whose block the punch then takes.
+    let mut _punch_delay = None;
+    if let Some(limit) = limit {
+        clone.set_limit(limit, Some(&image_dir()));
+        if std::path::Path::new(KNOB_DIR).join(RESET_PUNCH_DELAY_MS).exists() {
+            let k = Knob::require(RESET_PUNCH_DELAY_MS);
+            k.set(PUNCH_DELAY_MS);
+            _punch_delay = Some(k);
+        } else {
+            ksft::ksft_print_msg("no reset_punch_delay_ms knob: the resets punch without a window held open");
+        }
+    }
     // The image's word at byte 8 of each page.
     let image_word8: Vec<u32> = (0..RACE_PAGES)
         .map(|p| u32::from_le_bytes(pattern_page(p)[8..12].try_into().unwrap()))
@@ -263,13 +314,21 @@ fn reset_races() {
     // writes a token through `map` and must read it back through `other`,
     // or the image's word if a reset came in between. An older token is
     // a page that one of the mappings kept across a reset.
-    let r = token_race(&mut vm, &map, &other, RACE, |p| Some(image_word8[p as usize]), || {
-        clone.reset();
-        resets += 1;
+    let mut stirs = 0u32;
+    // Spaced resets run for the race's whole time: its rounds could end
+    // it before the first reset on a fast machine.
+    let spec = if every > 1 { RaceSpec { rounds: u64::MAX, ..RACE } } else { RACE };
+    let r = token_race(&mut vm, &map, &other, spec, |p| Some(image_word8[p as usize]), || {
+        stirs += 1;
+        if stirs.is_multiple_of(every) {
+            clone.reset();
+            resets += 1;
+        }
         true
     });
+    let f = clone.footprint();
     ksft::ksft_print_msg(&format!(
-        "{resets} resets, {} guest passes, {} VMM rounds; {:?}",
+        "{resets} resets, {} guest passes, {} VMM rounds; {:?}; {f:?}",
         r.passes,
         r.vmm_rounds,
         clone.stats()
@@ -285,6 +344,7 @@ fn reset_races() {
     drop((vm, map, other, clone));
     quarantine.assert_unchanged();
     image.delete();
+    (f, resets)
 }
 
 /// A clone never mapped nor attached: a reset has nothing to do.
@@ -310,6 +370,7 @@ fn main() {
         Test::new("reset_returns_to_the_live_image", reset_returns_to_the_live_image),
         Test::new("reset_during_vmm_fault", reset_during_vmm_fault),
         Test::new("reset_races", reset_races),
+        Test::new("reset_races_with_swap", reset_races_with_swap),
         Test::new("reset_of_an_untouched_clone", reset_of_an_untouched_clone),
     ]);
 }

@@ -14,7 +14,8 @@
 //!   the image.
 //! - `snapshot_and_reset`: a snapshot of a clone with swapped pages reads
 //!   them back first: a clone of the live image sees every byte written.
-//!   A reset drops swapped pages with the rest: the clone reads its image.
+//!   A reset drops swapped pages with the rest: the clone reads its image,
+//!   and its swap file's blocks are given back.
 //! - `races`: a vCPU reads every page and writes to it, and a VMM thread
 //!   writes a new token to each page through one mapping and reads it back
 //!   through another, while the main thread moves the limit between 16
@@ -174,10 +175,21 @@ fn snapshot_and_reset() {
     // The first clone writes again (over its limit), then resets.
     let again = Walk::values(CLONE_GPA, 512, 0x0b00_0000);
     guest::run(&mut vm, 0, &guest::write(&again));
-    test_assert!(clone.footprint().swapped > 0);
+    let f = clone.footprint();
+    test_assert!(f.swapped > 0);
+    test_assert!(
+        f.swap_disk_bytes >= f.swapped * PAGE_SIZE,
+        "{} pages swapped in a swap file of {} bytes on disk",
+        f.swapped,
+        f.swap_disk_bytes
+    );
     clone.reset();
     let f = clone.footprint();
+    ksft::ksft_print_msg(&format!("after the reset: {f:?}"));
     test_assert_eq!((f.resident, f.swapped), (0, 0), "the reset dropped every page");
+    // And gave the swap file's blocks back (the test's swap file is on
+    // tmpfs or ext4: both punch holes).
+    test_assert_eq!(f.swap_disk_bytes, 0, "the swap file's blocks after the reset");
     guest::run(&mut vm, 0, &guest::read_check(&writes));
     map.check_values(0..512, GUEST_FIRST);
     drop((vm, map, clone));

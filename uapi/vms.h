@@ -362,6 +362,10 @@ struct vms_clone_limit {
  *		for (the "vms-clones" shrinker), in total: under host memory
  *		pressure any clone with a swap file gives its cold private
  *		pages to it, whatever its limit.
+ * @swap_disk_bytes: the bytes the swap file takes on its file system
+ *		(its allocated blocks): the pages written to it and not yet
+ *		given back. VMS_CLONE_RESET gives them back (on a file system
+ *		that can punch holes).
  * @reserved:	0.
  */
 struct vms_clone_footprint {
@@ -374,7 +378,8 @@ struct vms_clone_footprint {
 	__u64 evict_held;
 	__u64 swap_bytes;
 	__u64 shrunk;
-	__u64 reserved[7];
+	__u64 swap_disk_bytes;
+	__u64 reserved[6];
 };
 
 /*
@@ -462,8 +467,12 @@ struct vms_clone_footprint {
  * before or after it). I/O that pinned a private page before the reset
  * (O_DIRECT, io_uring, vhost) finishes into the dropped page, which is
  * freed when unpinned; so does a page KVM holds with kvm_vcpu_map()
- * (nested virtualization's pages) until KVM unmaps it. The argument must
- * be 0. Return: 0, or EINVAL (a nonzero argument).
+ * (nested virtualization's pages) until KVM unmaps it. Swapped pages go
+ * too, and the swap file's blocks are given back (a hole punched over
+ * it, on a file system that can). The call waits for an eviction that
+ * runs, and none starts until it returns. The argument must be 0.
+ * Return: 0, or EINVAL (a nonzero argument), EINTR (a signal came while
+ * it waited for an eviction; nothing was dropped).
  *
  * VMS_CLONE_TOUCHED - which pages the clone has used since it was made:
  * a page is set if the guest (stage 2) or the VMM's mapping read or wrote

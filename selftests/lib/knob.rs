@@ -28,7 +28,10 @@ pub const VMM_READ_DELAY_MS: &str = "vmm_read_delay_ms";
 /// A VMM fault sleeps this long (ms) with the page it returns locked and
 /// the clone's state released, before mm maps it.
 pub const VMM_MAP_DELAY_MS: &str = "vmm_map_delay_ms";
-/// Read-only: how many sleeps either delay has begun.
+/// A reset sleeps this long (ms) before it punches the clone's swap file,
+/// its pages dropped, its `state` released and eviction held off.
+pub const RESET_PUNCH_DELAY_MS: &str = "reset_punch_delay_ms";
+/// Read-only: how many sleeps either VMM delay has begun.
 pub const VMM_DELAYS: &str = "vmm_delays";
 
 /// One knob file of [`KNOB_DIR`]; set back to its default on drop if

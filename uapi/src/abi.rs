@@ -721,8 +721,13 @@ pub struct VmsCloneFootprint {
     /// clone with a swap file gives its cold private pages to it, whatever
     /// its limit.
     pub shrunk: u64,
+    /// The bytes the swap file takes on its file system (its allocated
+    /// blocks): the pages written to it and not yet given back.
+    /// [`VMS_CLONE_RESET`] gives them back (on a file system that can
+    /// punch holes).
+    pub swap_disk_bytes: u64,
     /// 0.
-    pub reserved: [u64; 7],
+    pub reserved: [u64; 6],
 }
 
 const _: () = assert!(core::mem::size_of::<VmsCloneFootprint>() == 128);
@@ -736,7 +741,8 @@ const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, evict_errors) == 
 const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, evict_held) == 48);
 const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, swap_bytes) == 56);
 const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, shrunk) == 64);
-const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, reserved) == 72);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, swap_disk_bytes) == 72);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, reserved) == 80);
 
 impl VmsCloneFootprint {
     /// All counters zero.
@@ -751,7 +757,8 @@ impl VmsCloneFootprint {
             evict_held: 0,
             swap_bytes: 0,
             shrunk: 0,
-            reserved: [0; 7],
+            swap_disk_bytes: 0,
+            reserved: [0; 6],
         }
     }
 }
@@ -882,9 +889,13 @@ pub const VMS_CLONE_STATS: u32 = _IOR(VMS_IOCTL_TYPE, 0x11, core::mem::size_of::
 /// of a dropped page remains; a page pinned before the reset (O_DIRECT,
 /// io_uring, vhost, `kvm_vcpu_map()`) is written into by its pin holder
 /// until it is unpinned, then freed. A VMM resets a paused VM and restores
-/// the image's vCPU and device state with it.
+/// the image's vCPU and device state with it. Swapped pages go too, and
+/// the swap file's blocks are given back (a hole punched over it, on a
+/// file system that can); the call waits for an eviction that runs, and
+/// none starts until it returns.
 ///
-/// Return: 0, or `EINVAL` (a nonzero argument).
+/// Return: 0, or `EINVAL` (a nonzero argument), `EINTR` (a signal came
+/// while it waited for an eviction; nothing was dropped).
 pub const VMS_CLONE_RESET: u32 = _IO(VMS_IOCTL_TYPE, 0x12);
 
 /// `VMS_CLONE_TOUCHED`: which pages the clone has used since it was made.

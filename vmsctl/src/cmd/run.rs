@@ -122,7 +122,8 @@ pub struct RunArgs {
     mem_limit: Option<u64>,
     /// Give the clone a swap file in DIR (default with --mem-limit:
     /// /var/tmp), a directory on a disk (tmpfs would keep the pages in
-    /// RAM). The file has no name and goes with the VM. With a swap file,
+    /// RAM). The file has no name and goes with the VM; `vmsctl reset`
+    /// gives its blocks back. With a swap file,
     /// the host kernel can also take the clone's cold private pages when
     /// it runs short of memory (the vms-clones shrinker), limit or not.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["no_vms", "baseline"])]
@@ -1361,6 +1362,7 @@ fn status_json(running: &RunningVm, memory: &Memory, info: &Info) -> serde_json:
             "evict_held": f.evict_held,
             "shrunk": f.shrunk,
             "swap_bytes": f.swap_bytes,
+            "swap_disk_bytes": f.swap_disk_bytes,
         })),
     })
 }

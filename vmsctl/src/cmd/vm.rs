@@ -35,7 +35,8 @@ pub struct StopArgs {
 #[command(
     about = "Put a running VM back at its live image, in place",
     long_about = "Put a running VM back at its live image, in place: the memory it wrote since \
-(its clone's private pages, dropped in the kernel), its vCPUs, its devices and its disk go back \
+(its clone's private pages, dropped in the kernel, and the blocks of its swap file if it has \
+one), its vCPUs, its devices and its disk go back \
 to what the live image holds, and the VM goes on from there with a fresh identity. The live \
 image is the last one made of the VM (`live-image create`), else the one it was started from \
 (`live-image start`, `run --image`). A warm VM is then ready for the next request far sooner \
