@@ -166,6 +166,10 @@ struct State {
     /// Entries of `out` that are `Writeback`, and that are `Swapped`.
     writeback: usize,
     swapped: usize,
+    /// An eviction wrote to the swap file since the last reset: the next
+    /// one punches it. From our own writes, not the file's block count,
+    /// which some file systems (XFS) do not keep in the VFS inode.
+    swap_written: bool,
     /// Most private pages in memory (0: no limit), and the swap file.
     limit: usize,
     swap: Option<Arc<SwapFile>>,
@@ -570,6 +574,7 @@ impl VmClone {
                         out,
                         writeback: 0,
                         swapped: 0,
+                        swap_written: false,
                         limit: 0,
                         swap: None,
                         hand: 0,
@@ -982,6 +987,7 @@ impl VmClone {
             // Cannot fail: the entry exists.
             let _ = st.out.set(idx, Out::Swapped(seq));
             st.swapped += 1;
+            st.swap_written = true;
             drop(page);
             if let Some(p) = st.private.take(idx) {
                 // Nothing maps it (zapped when picked, and any fault since
@@ -1351,17 +1357,18 @@ impl VmClone {
         });
         self.publish(&st);
         self.stats.resets.fetch_add(1, Relaxed);
-        let swap = st.swap.clone();
+        let punch = if core::mem::take(&mut st.swap_written) { st.swap.clone() } else { None };
         drop(st);
-        if let Some(swap) = swap.filter(|f| f.disk_bytes() > 0) {
+        if let Some(swap) = punch {
             ffi::debug_delay(ffi::Delay::Punch);
             // Unpunched (a file system without holes, or an error), the
             // file keeps its blocks (`swap_disk_bytes` shows them) until
-            // the offsets are written again or the clone goes.
+            // the clone goes; after an error the next reset tries again.
             if let Err(e) = swap.punch_all() {
                 if !PUNCH_WARNED.swap(true, Relaxed) {
                     pr_warn!("swap file: giving its blocks back at a reset failed: error {}\n", e.to_errno());
                 }
+                self.state.lock().swap_written = true;
             }
         }
         // Evictions skipped while we held the flag (faults, the worker,
@@ -1738,7 +1745,8 @@ impl VmClone {
     fn footprint(&self) -> abi::VmsCloneFootprint {
         let s = &self.stats;
         let st = self.state.lock();
-        abi::VmsCloneFootprint {
+        let swap = st.swap.clone();
+        let f = abi::VmsCloneFootprint {
             limit: st.limit as u64,
             resident: st.private.used() as u64,
             swapped: st.swapped as u64,
@@ -1748,9 +1756,12 @@ impl VmClone {
             evict_held: s.evict_held.load(Relaxed),
             shrunk: s.shrunk.load(Relaxed),
             swap_bytes: st.swap.as_ref().map_or(0, |f| f.size()),
-            swap_disk_bytes: st.swap.as_ref().map_or(0, |f| f.disk_bytes()),
             ..abi::VmsCloneFootprint::zeroed()
-        }
+        };
+        drop(st);
+        // Without `state`: the file system's getattr may sleep and take
+        // its own locks.
+        abi::VmsCloneFootprint { swap_disk_bytes: swap.map_or(0, |f| f.disk_bytes()), ..f }
     }
 
     fn ioctl_attach(&self, arg: UserPtr) -> Result<isize> {

@@ -907,12 +907,29 @@ impl SwapFile {
         to_result(r).map(|()| true)
     }
 
-    /// The bytes the file takes on its file system: its allocated blocks.
+    /// The bytes the file takes on its file system: its allocated blocks,
+    /// as stat(2) reports them (the file system's own count: XFS keeps
+    /// none in the VFS inode); 0 if the file system cannot say. May sleep
+    /// (the file system's `getattr`).
     pub(crate) fn disk_bytes(&self) -> u64 {
-        // SAFETY: the file and its inode are live while we hold the file;
-        // `inode_get_bytes` reads the block count under the inode's
-        // `i_lock`.
-        unsafe { bindings::inode_get_bytes(bindings::file_inode(self.file.0.as_ptr())) as u64 }
+        // SAFETY: all-zero is a valid `struct kstat` (integers, and
+        // `Option`-free plain C fields).
+        let mut stat: bindings::kstat = unsafe { core::mem::zeroed() };
+        // SAFETY: the file is live while we hold it, and so is its
+        // `f_path` (mount and dentry referenced by the file); `stat` is
+        // ours to write.
+        let r = unsafe {
+            bindings::vfs_getattr_nosec(
+                &raw const (*self.file.0.as_ptr()).f_path,
+                &mut stat,
+                bindings::STATX_BLOCKS,
+                bindings::AT_STATX_SYNC_AS_STAT,
+            )
+        };
+        if r != 0 {
+            return 0;
+        }
+        stat.blocks.saturating_mul(512)
     }
 }
 

@@ -363,9 +363,9 @@ struct vms_clone_limit {
  *		pressure any clone with a swap file gives its cold private
  *		pages to it, whatever its limit.
  * @swap_disk_bytes: the bytes the swap file takes on its file system
- *		(its allocated blocks): the pages written to it and not yet
- *		given back. VMS_CLONE_RESET gives them back (on a file system
- *		that can punch holes).
+ *		(its allocated blocks, as stat(2) reports them): the pages
+ *		written to it and not yet given back. VMS_CLONE_RESET gives
+ *		them back (on a file system that can punch holes).
  * @reserved:	0.
  */
 struct vms_clone_footprint {

@@ -722,7 +722,8 @@ pub struct VmsCloneFootprint {
     /// its limit.
     pub shrunk: u64,
     /// The bytes the swap file takes on its file system (its allocated
-    /// blocks): the pages written to it and not yet given back.
+    /// blocks, as stat(2) reports them): the pages written to it and not
+    /// yet given back.
     /// [`VMS_CLONE_RESET`] gives them back (on a file system that can
     /// punch holes).
     pub swap_disk_bytes: u64,
