@@ -166,8 +166,8 @@ struct State {
     /// Entries of `out` that are `Writeback`, and that are `Swapped`.
     writeback: usize,
     swapped: usize,
-    /// An eviction wrote to the swap file since the last reset: the next
-    /// one punches it. From our own writes, not the file's block count,
+    /// An eviction wrote (or tried to write) to the swap file since the
+    /// last reset: the next one punches it. From our own writes, not the file's block count,
     /// which some file systems (XFS) do not keep in the VFS inode.
     swap_written: bool,
     /// Most private pages in memory (0: no limit), and the swap file.
@@ -947,6 +947,11 @@ impl VmClone {
                 }
                 return Ok(Some(0));
             }
+            // Before the writes: one that lands may leave blocks even if
+            // its page stays (a cancelled eviction, a failed write or
+            // sync). A reset cannot take the flag in between: it holds
+            // `evicting` while it does.
+            st.swap_written = true;
             (picked, st.seq, swap)
         };
         let mut results = KVec::with_capacity(picked.len(), GFP_KERNEL).unwrap_or_default();
@@ -987,7 +992,6 @@ impl VmClone {
             // Cannot fail: the entry exists.
             let _ = st.out.set(idx, Out::Swapped(seq));
             st.swapped += 1;
-            st.swap_written = true;
             drop(page);
             if let Some(p) = st.private.take(idx) {
                 // Nothing maps it (zapped when picked, and any fault since
