@@ -167,8 +167,9 @@ struct State {
     writeback: usize,
     swapped: usize,
     /// An eviction wrote (or tried to write) to the swap file since the
-    /// last reset: the next one punches it. From our own writes, not the file's block count,
-    /// which some file systems (XFS) do not keep in the VFS inode.
+    /// last reset: the next one punches it. From our own writes, not the
+    /// file's block count, which some file systems (XFS) do not keep in
+    /// the VFS inode.
     swap_written: bool,
     /// Most private pages in memory (0: no limit), and the swap file.
     limit: usize,

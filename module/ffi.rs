@@ -912,8 +912,8 @@ impl SwapFile {
     /// none in the VFS inode); 0 if the file system cannot say. May sleep
     /// (the file system's `getattr`).
     pub(crate) fn disk_bytes(&self) -> u64 {
-        // SAFETY: all-zero is a valid `struct kstat` (integers, and
-        // `Option`-free plain C fields).
+        // SAFETY: all-zero is a valid `struct kstat` (integers and
+        // `timespec64`s only).
         let mut stat: bindings::kstat = unsafe { core::mem::zeroed() };
         // SAFETY: the file is live while we hold it, and so is its
         // `f_path` (mount and dentry referenced by the file); `stat` is
