@@ -530,6 +530,21 @@ impl<'a> Evicting<'a> {
             .ok()
             .map(|_| Evicting(clone))
     }
+
+    /// Start one once the one that runs is over (polling: the flag is no
+    /// lock to sleep on). For ioctls only, which hold no lock of ours;
+    /// `ERESTARTSYS` if a signal comes first.
+    fn wait(clone: &'a VmClone) -> Result<Self> {
+        loop {
+            if let Some(e) = Self::try_start(clone) {
+                return Ok(e);
+            }
+            if ffi::signal_pending() {
+                return Err(ERESTARTSYS);
+            }
+            ffi::msleep(1);
+        }
+    }
 }
 
 impl Drop for Evicting<'_> {
@@ -912,17 +927,13 @@ impl VmClone {
                 return Ok(None);
             }
         }
-        let _running = loop {
-            if let Some(e) = Evicting::try_start(self) {
-                break e;
+        let _running = if why == Why::Limit {
+            Evicting::wait(self)?
+        } else {
+            match Evicting::try_start(self) {
+                Some(e) => e,
+                None => return Ok(None),
             }
-            if why != Why::Limit {
-                return Ok(None);
-            }
-            if ffi::signal_pending() {
-                return Err(ERESTARTSYS);
-            }
-            ffi::msleep(1);
         };
         let (picked, seq, swap) = {
             let mut st = self.state.lock();
@@ -1330,15 +1341,7 @@ impl VmClone {
     /// away under its entry. `ERESTARTSYS` if a signal comes while it
     /// waits; nothing was dropped then.
     pub(crate) fn reset(&self) -> Result<u64> {
-        let running = loop {
-            if let Some(e) = Evicting::try_start(self) {
-                break e;
-            }
-            if ffi::signal_pending() {
-                return Err(ERESTARTSYS);
-            }
-            ffi::msleep(1);
-        };
+        let running = Evicting::wait(self)?;
         let mut st = self.state.lock();
         self.invalidate_stage2_all(&st);
         self.mapping.unmap_all();

@@ -885,15 +885,15 @@ impl SwapFile {
     /// the whole file, its size kept): its pages are all dropped (a
     /// reset). The caller makes sure no write to it runs or starts until
     /// this returns: a page written meanwhile could be punched away under
-    /// its entry. `Ok(false)` on a file system that cannot punch holes
-    /// (`EOPNOTSUPP`).
-    pub(crate) fn punch_all(&self) -> Result<bool> {
+    /// its entry. A file system that cannot punch holes (`EOPNOTSUPP`)
+    /// is no error: the file keeps its blocks.
+    pub(crate) fn punch_all(&self) -> Result {
         /// `FALLOC_FL_KEEP_SIZE` and `FALLOC_FL_PUNCH_HOLE`
         /// (include/uapi/linux/falloc.h; not in the bindings).
         const KEEP_SIZE_PUNCH_HOLE: c_int = 0x01 | 0x02;
         let size = self.size();
         if size == 0 {
-            return Ok(true);
+            return Ok(());
         }
         // SAFETY: the file is live and open for writing (`O_RDWR`); no
         // vms lock is held (the file system takes its own, and may
@@ -902,9 +902,9 @@ impl SwapFile {
             bindings::vfs_fallocate(self.file.0.as_ptr(), KEEP_SIZE_PUNCH_HOLE, 0, size as bindings::loff_t)
         };
         if r == -(bindings::EOPNOTSUPP as c_int) {
-            return Ok(false);
+            return Ok(());
         }
-        to_result(r).map(|()| true)
+        to_result(r)
     }
 
     /// The bytes the file takes on its file system: its allocated blocks,
