@@ -52,7 +52,10 @@
 //! new eviction of the same page, change or remove it (`seq` is new for
 //! every eviction). A stage-2 fault evicts before it allocates; a VMM
 //! fault never writes, and reads back with the fault lock released, as an
-//! image read does.
+//! image read does. A stage-2 fault that would allocate while another
+//! eviction writes pages out, its clone over its limit, is retried
+//! instead ([`THROTTLE_MAX_MS`]): the guest writes at the swap disk's
+//! pace.
 //!
 //! Lock order: registry `images` -> `state` (snapshot) ;
 //! `attach` -> (KVM's `slots_lock`) ; `state` -> image `cache` (a lookup
@@ -129,6 +132,27 @@ const PRESSURE_BACKOFF_MS: i64 = 1000;
 /// The longest such back-off, after consecutive evictions that could not
 /// evict (each doubles it; one that frees a page ends the doubling).
 const PRESSURE_BACKOFF_MAX_MS: i64 = 32_000;
+/// A stage-2 fault that would allocate a private page, its clone over its
+/// limit, while another eviction of the clone writes pages out (the
+/// worker, another vCPU, the shrinker, an ioctl) is turned back: the vCPU
+/// retries it after a sleep of about a millisecond
+/// ([`THROTTLE_SLEEP_US`]), outside KVM's SRCU read section between
+/// tries (but for `KVM_PRE_FAULT_MEMORY`, which holds it across its
+/// retries), until those writes are over; then the fault evicts itself, or
+/// goes on below the limit. Without this, on a swap disk slower than the
+/// guest's writes, the faults went on while the eviction wrote, and the
+/// limit held only on fast disks. A vCPU's faults are turned back for
+/// at most this long in a row (`State::throttled_tasks`): then they go on
+/// over the limit until one of them finds no write in flight (a frozen or
+/// hung file system, or evictions back to back, as when the limit was
+/// lowered by far).
+const THROTTLE_MAX_MS: i64 = 2000;
+/// Most vCPU threads of one clone whose throttling is tracked at once;
+/// others are not throttled.
+const THROTTLE_TASKS: usize = 32;
+/// The throttled fault's sleep before its retry, so that a throttled
+/// vCPU does not spin (`TASK_IDLE`: it does not count as load).
+const THROTTLE_SLEEP_US: (u64, u64) = (500, 1000);
 
 /// A private page on its way to the swap file, or in it (`State::out`).
 /// The number is the eviction's: see the module doc.
@@ -197,6 +221,18 @@ struct State {
     /// limit; its last back-off (`backoff_ms`) doubles while it stays stuck.
     over_after: i64,
     backoff_ms: i64,
+    /// The threads (vCPUs) whose stage-2 faults are being turned back
+    /// ([`VmClone::throttles`]), by [`ffi::current_task_id`], with when
+    /// (`ktime_get()`, ms) the first of the row was and when the last
+    /// fault that would allocate was; a thread leaves when one of its
+    /// faults finds no reason to wait (per thread, so that another vCPU's
+    /// fault in a short gap between evictions does not renew this one's
+    /// time), and a new row starts after [`THROTTLE_MAX_MS`] without such
+    /// a fault (a vCPU that stopped faulting never saw the end of the
+    /// last). At most [`THROTTLE_TASKS`]; id 0 marks a free entry.
+    throttled_tasks: [(usize, i64, i64); THROTTLE_TASKS],
+    /// Entries of `throttled_tasks` in use.
+    throttled_n: usize,
     /// The last read-back that failed: page, eviction and error, for the
     /// retry of its VMM fault to fail with (see [`MayRead::Again`]).
     read_failure: Option<(usize, u64, Error)>,
@@ -323,6 +359,8 @@ impl State {
         self.over_after = 0;
         self.pressure_after = 0;
         self.evict_skip = 0;
+        self.throttled_tasks = [(0, 0, 0); THROTTLE_TASKS];
+        self.throttled_n = 0;
     }
 
     /// Whether no page of the [`LEAF_PAGES`] from `idx` (a multiple of
@@ -434,6 +472,7 @@ struct Stats {
     evict_errors: AtomicU64,
     evict_held: AtomicU64,
     shrunk: AtomicU64,
+    throttled: AtomicU64,
 }
 
 /// The lockdep class of [`VmClone::state`].
@@ -451,9 +490,11 @@ pub(crate) struct VmClone {
     /// An eviction runs ([`Evicting`]): one at a time, so that a write of
     /// a page from before a reset (whose entry the reset dropped) cannot
     /// land after a newer eviction's write of the same clone page. A flag,
-    /// not a lock: a stage-2 fault that finds it set goes on without
-    /// evicting rather than wait, behind another's file I/O, inside
-    /// KVM's SRCU read section.
+    /// not a lock: a stage-2 fault that finds it set does not wait,
+    /// behind another's file I/O, inside KVM's SRCU read section; it goes
+    /// on without evicting, or, if the eviction is writing pages out and
+    /// the fault would take its clone further over its limit, has its vCPU
+    /// retry ([`THROTTLE_MAX_MS`]).
     evicting: AtomicBool,
     pub(crate) provider: ffi::Provider,
     pub(crate) mapping: Mapping,
@@ -601,6 +642,8 @@ impl VmClone {
                         pressure_after: 0,
                         over_after: 0,
                         backoff_ms: 0,
+                        throttled_tasks: [(0, 0, 0); THROTTLE_TASKS],
+                        throttled_n: 0,
                         read_failure: None,
                         image,
                     },
@@ -1075,6 +1118,67 @@ impl VmClone {
         (st.over_limit() && ffi::now_ms() < st.over_after).then_some(st.over_after)
     }
 
+    /// Whether a stage-2 fault on clone page `idx` is turned back
+    /// ([`THROTTLE_MAX_MS`]): it would allocate a private page (a write to
+    /// a page the clone has no private page in memory for, any access to a
+    /// swapped one), the clone's private pages in memory (those being
+    /// written out too) are over its limit, another eviction is writing
+    /// pages out (`writeback`: an eviction that found nothing to write, or
+    /// whose pages were all used again, frees nothing to wait for; a
+    /// reset's punch writes nothing), and this thread's faults have not
+    /// been turned back for [`THROTTLE_MAX_MS`] in a row. Pages the clone
+    /// has in memory are never turned back: an access to one in writeback
+    /// cancels its eviction. Nothing throttles while the clone may not
+    /// evict (a snapshot holds its pages, or KVM's mappings cannot be
+    /// zapped).
+    fn throttles(&self, st: &mut State, idx: usize, write: bool) -> bool {
+        let wait = st.limit != 0 && st.writeback != 0 && st.may_evict() && st.private.used() > st.limit;
+        if !wait && st.throttled_n == 0 {
+            return false;
+        }
+        let tid = ffi::current_task_id();
+        let mine = st.throttled_tasks.iter().position(|&(t, _, _)| t == tid);
+        if !wait {
+            // The writes it waited for are over (or it need not wait): its
+            // next faults may be turned back for a while again.
+            if let Some(i) = mine {
+                st.throttled_tasks[i] = (0, 0, 0);
+                st.throttled_n -= 1;
+            }
+            return false;
+        }
+        if st.private.get(idx).is_some() || !(write || matches!(st.out.get(idx), Some(Out::Swapped(_)))) {
+            return false;
+        }
+        let now = ffi::now_ms();
+        if let Some(i) = mine {
+            let e = &mut st.throttled_tasks[i];
+            if now - e.2 > THROTTLE_MAX_MS {
+                e.1 = now;
+            }
+            e.2 = now;
+            return now - e.1 < THROTTLE_MAX_MS;
+        }
+        if st.throttled_n == THROTTLE_TASKS {
+            // Threads that went away while turned back leave entries (an
+            // id may come back as another thread's, which then waits
+            // less): those long over go.
+            for e in st.throttled_tasks.iter_mut() {
+                if e.0 != 0 && now - e.2 >= 16 * THROTTLE_MAX_MS {
+                    *e = (0, 0, 0);
+                    st.throttled_n -= 1;
+                }
+            }
+        }
+        // Not tracked (every entry in use): not throttled.
+        let Some(e) = st.throttled_tasks.iter_mut().find(|e| e.0 == 0) else {
+            return false;
+        };
+        *e = (tid, now, now);
+        st.throttled_n += 1;
+        true
+    }
+
     /// Evict if the clone is over its limit (a stage-2 fault, before it
     /// may allocate). Takes `state` only if a limit is set.
     fn evict_if_over(&self) {
@@ -1466,6 +1570,16 @@ impl VmClone {
             }
             a.base_gfn = Some(slot.base_gfn);
             let idx = a.first + rel;
+            if self.throttles(&mut st, idx, write) {
+                drop(st);
+                self.stats.throttled.fetch_add(1, Relaxed);
+                // A signal ends the vCPU's run instead (KVM checks before
+                // it enters the guest again): no sleep then.
+                if !ffi::signal_pending() {
+                    ffi::usleep_idle_range(THROTTLE_SLEEP_US.0, THROTTLE_SLEEP_US.1);
+                }
+                return Err(EAGAIN);
+            }
             match self.resolve(&mut st, idx, write, STAGE2)? {
                 Resolved::Page { page, private } => {
                     // Over the limit while this clone's faults do not
@@ -1763,6 +1877,7 @@ impl VmClone {
             evict_errors: s.evict_errors.load(Relaxed),
             evict_held: s.evict_held.load(Relaxed),
             shrunk: s.shrunk.load(Relaxed),
+            throttled: s.throttled.load(Relaxed),
             swap_bytes: st.swap.as_ref().map_or(0, |f| f.size()),
             ..abi::VmsCloneFootprint::zeroed()
         };

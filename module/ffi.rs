@@ -2534,10 +2534,28 @@ pub(crate) fn msleep(ms: u32) {
     unsafe { bindings::msleep(ms) };
 }
 
+/// Sleep for `min` to `max` microseconds, uninterruptibly and not counted
+/// as load (`usleep_idle_range()`); callers hold no lock of ours and no
+/// spinlock.
+pub(crate) fn usleep_idle_range(min: u64, max: u64) {
+    // SAFETY: sleeping is allowed: callers hold no spinlock and are not in
+    // atomic context. `TASK_IDLE` is what C's `usleep_idle_range()` passes.
+    unsafe { bindings::usleep_range_state(min as _, max as _, bindings::TASK_IDLE) };
+}
+
 /// Whether the current task has a signal pending: a long loop for a
 /// system call stops there (`-ERESTARTSYS`), as the kernel's own do.
 pub(crate) fn signal_pending() -> bool {
     kernel::current!().signal_pending()
+}
+
+/// The current thread, as a number that no other live thread has (its
+/// `task_struct`'s address; never 0). Not `Task::pid()`: in this tree's
+/// debug kernel it read 0 for vCPU threads (the bindings' idea of the
+/// field's place), which made every thread the same.
+pub(crate) fn current_task_id() -> usize {
+    // SAFETY: no requirement: `current` is valid on any thread.
+    unsafe { bindings::get_current() as usize }
 }
 
 /// Give the CPU to another task that needs it (`cond_resched()`), in a long

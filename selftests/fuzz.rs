@@ -1662,7 +1662,7 @@ impl<'a> Worker<'a> {
         let mut f = VmsCloneFootprint::zeroed();
         let r = ioctl_with(fd, VMS_CLONE_FOOTPRINT, &mut f);
         expect(&r, true, &[], "VMS_CLONE_FOOTPRINT")?;
-        if f.resident + f.swapped > pages || f.read_back > f.evicted || f.shrunk > f.evicted || f.reserved != [0; 6] {
+        if f.resident + f.swapped > pages || f.read_back > f.evicted || f.shrunk > f.evicted || f.reserved != [0; 5] {
             bug!("VMS_CLONE_FOOTPRINT of clone {id}: {f:?}, clone of {pages} pages");
         }
         Ok(())

@@ -366,6 +366,14 @@ struct vms_clone_limit {
  *		(its allocated blocks, as stat(2) reports them): the pages
  *		written to it and not yet given back. VMS_CLONE_RESET gives
  *		them back (on a file system that can punch holes).
+ * @throttled:	times the clone's stage-2 faults were turned back (the vCPU
+ *		retried them, each time after a sleep of 0.5 to 1 ms), in
+ *		total, because they would have taken a private page while the
+ *		clone was over its limit and an eviction was writing to the
+ *		swap file: the guest waited for the swap disk. A count that
+ *		grows fast means a swap disk too slow for the guest's writes
+ *		at this limit. It was reserved[0] until 2026-12-06 (same ABI
+ *		version): older modules report 0.
  * @reserved:	0.
  */
 struct vms_clone_footprint {
@@ -379,7 +387,8 @@ struct vms_clone_footprint {
 	__u64 swap_bytes;
 	__u64 shrunk;
 	__u64 swap_disk_bytes;
-	__u64 reserved[6];
+	__u64 throttled;
+	__u64 reserved[5];
 };
 
 /*

@@ -727,8 +727,16 @@ pub struct VmsCloneFootprint {
     /// [`VMS_CLONE_RESET`] gives them back (on a file system that can
     /// punch holes).
     pub swap_disk_bytes: u64,
+    /// Times the clone's stage-2 faults were turned back (the vCPU retried
+    /// them, each time after a sleep of 0.5 to 1 ms), in total, because
+    /// they would have taken a private page while the clone was over its
+    /// limit and an eviction was writing to the swap file: the guest
+    /// waited for the swap disk. A count that grows fast means a swap disk
+    /// too slow for the guest's writes at this limit. It was `reserved[0]`
+    /// until 2026-12-06 (same ABI version): older modules report 0.
+    pub throttled: u64,
     /// 0.
-    pub reserved: [u64; 6],
+    pub reserved: [u64; 5],
 }
 
 const _: () = assert!(core::mem::size_of::<VmsCloneFootprint>() == 128);
@@ -743,7 +751,8 @@ const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, evict_held) == 48
 const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, swap_bytes) == 56);
 const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, shrunk) == 64);
 const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, swap_disk_bytes) == 72);
-const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, reserved) == 80);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, throttled) == 80);
+const _: () = assert!(core::mem::offset_of!(VmsCloneFootprint, reserved) == 88);
 
 impl VmsCloneFootprint {
     /// All counters zero.
@@ -759,7 +768,8 @@ impl VmsCloneFootprint {
             swap_bytes: 0,
             shrunk: 0,
             swap_disk_bytes: 0,
-            reserved: [0; 6],
+            throttled: 0,
+            reserved: [0; 5],
         }
     }
 }

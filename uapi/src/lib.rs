@@ -180,7 +180,8 @@ mod tests {
         assert_layout!(VmsCloneLimit, 48, { limit: 0, swap_dir_fd: 8, flags: 12, reserved: 16 });
         assert_layout!(VmsCloneFootprint, 128, {
             limit: 0, resident: 8, swapped: 16, evicted: 24, read_back: 32, evict_errors: 40,
-            evict_held: 48, swap_bytes: 56, shrunk: 64, swap_disk_bytes: 72, reserved: 80,
+            evict_held: 48, swap_bytes: 56, shrunk: 64, swap_disk_bytes: 72, throttled: 80,
+            reserved: 88,
         });
     }
 

@@ -116,8 +116,10 @@ pub struct RunArgs {
     /// Keep at most SIZE of the clone's private memory (the pages it
     /// wrote) in RAM; the coldest of the rest go to a swap file of the
     /// clone's own in --swap-dir, and come back when the guest touches
-    /// them. The VM runs on at its limit, only slower. Pages of its image
-    /// that it only reads are shared and do not count.
+    /// them. The VM runs on at its limit, only slower: while the swap file
+    /// is being written, a guest that needs more of its own memory waits
+    /// for the disk (`vmsctl stats --json`: "throttled"). Pages of its
+    /// image that it only reads are shared and do not count.
     #[arg(long, value_name = "SIZE", value_parser = crate::args::parse_size_arg, conflicts_with_all = ["no_vms", "baseline"])]
     mem_limit: Option<u64>,
     /// Give the clone a swap file in DIR (default with --mem-limit:
@@ -1363,6 +1365,7 @@ fn status_json(running: &RunningVm, memory: &Memory, info: &Info) -> serde_json:
             "shrunk": f.shrunk,
             "swap_bytes": f.swap_bytes,
             "swap_disk_bytes": f.swap_disk_bytes,
+            "throttled": f.throttled,
         })),
     })
 }
