@@ -1825,7 +1825,7 @@ impl VmClone {
             })?),
         };
         let swap = swap.map(|s| Arc::new(s, GFP_KERNEL)).transpose()?;
-        {
+        let rounds = {
             let mut st = self.state.lock();
             if swap.is_some() && st.swap.is_some() {
                 pr_info!("VMS_CLONE_SET_LIMIT: the clone has a swap file already\n");
@@ -1843,20 +1843,37 @@ impl VmClone {
             st.over_after = 0;
             self.limit.store(st.limit, Relaxed);
             self.publish(&st);
-        }
+            // Twice the batches its pages in memory fill: enough for the
+            // clock to make every page old and take what is over the
+            // limit, when nothing brings pages back meanwhile.
+            2 * (st.private.used() / EVICT_BATCH) + 8
+        };
         // Down to the new limit, one batch at a time, until it is reached
         // or nothing more can go (every page held: a pin, a page in a
-        // pipe). Stopped over the limit by either, or cut short by a
-        // signal, the limit stays and the worker goes on (no fault may
-        // come to kick it), retrying while pages are held.
+        // pipe), or after `rounds` batches: a guest or VMM that brings
+        // pages back from a slow swap file as fast as they go would keep
+        // the call for ever (VMM faults are not throttled). Stopped over
+        // the limit by any of these, or cut short by a signal, the limit
+        // stays and the worker goes on (no fault may come to kick it),
+        // retrying while pages are held.
+        let mut rounds = rounds;
         loop {
             let r = match self.evict(Why::Limit) {
-                Ok(Some(_)) if ffi::signal_pending() => Err(ERESTARTSYS),
-                Ok(Some(_)) => {
+                // `EINTR`, not a restart (`ERESTARTSYS`): the limit is set
+                // already, and a restarted call that passed a swap
+                // directory would fail with `EEXIST` (the clone has its
+                // file now).
+                Ok(Some(_)) if ffi::signal_pending() => Err(EINTR),
+                Ok(Some(_)) if rounds > 1 => {
+                    rounds -= 1;
                     ffi::cond_resched();
                     continue;
                 }
+                Ok(Some(_)) => Ok(0),
                 Ok(None) => Ok(0),
+                // A signal while it waited for an eviction in flight: as
+                // above.
+                Err(e) if e == ERESTARTSYS => Err(EINTR),
                 Err(e) => Err(e),
             };
             self.state.lock().hand_over();

@@ -49,6 +49,10 @@
 //!   which must bring the clone to its limit past the pages it only made
 //!   old (before 2026-12-05 nothing handed over, and the worker stopped
 //!   after two rounds of such pages).
+//! - `interrupted_set_limit_with_sa_restart`: the same ioctl, passing the
+//!   swap directory, interrupted by signals whose handler has
+//!   `SA_RESTART`: `EINTR` with the limit set, not a restart that fails
+//!   with `EEXIST`.
 //! - `hot_vmm_set_then_quiet`: the VMM writes 2,048 pages at a 64-page
 //!   limit over and over for 3 s (a thrash: in the test VM every page is
 //!   evicted and read back on each pass), then stops: the clone is at its
@@ -375,6 +379,68 @@ fn young_pages_far_past_the_limit() {
     image.delete();
 }
 
+/// A handler installed with `SA_RESTART` (as many runtimes install theirs)
+/// must not restart an interrupted `VMS_CLONE_SET_LIMIT`: the first call
+/// set the limit and made the swap file, and its restart would fail with
+/// `EEXIST` (before 2026-12-06 it did). `EINTR`, with the limit set, or
+/// success if no signal came in time.
+fn interrupted_set_limit_with_sa_restart() {
+    const PAGES_Y: u64 = 8192;
+    const LIMIT_Y: u64 = 64;
+    let dev = vms_open();
+    let name = unique_name("evict_restart");
+    let file = ImageFile::with_pattern(&name, PAGES_Y, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES_Y * PAGE_SIZE, 0);
+    let clone = image.clone_create();
+    let map = clone.map();
+    // No swap file yet: the VMM's writes stay in memory.
+    map.write_values(0..PAGES_Y, GUEST_FIRST);
+    let dir = check(std::fs::File::open(image_dir()), "open the swap directory");
+    // SAFETY: a handler that does nothing, with SA_RESTART.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let r = std::thread::scope(|sc| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (clone, done, dir) = (&clone, &done, &dir);
+        let h = sc.spawn(move || {
+            // SAFETY: this thread's own id.
+            tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
+            let arg = VmsCloneLimit { limit: LIMIT_Y, swap_dir_fd: dir.as_raw_fd(), ..VmsCloneLimit::zeroed() };
+            let r = clone.__set_limit(&arg);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        });
+        let t = rx.recv().unwrap();
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: the thread is alive until `done`; a signal to it only
+            // interrupts its ioctl.
+            unsafe { libc::pthread_kill(t as libc::pthread_t, libc::SIGUSR2) };
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        h.join().unwrap()
+    });
+    let f = clone.footprint();
+    ksft::ksft_print_msg(&format!("VMS_CLONE_SET_LIMIT: {r:?}; {f:?}"));
+    test_assert_eq!(f.limit, LIMIT_Y, "the limit is set");
+    if let Err(e) = &r {
+        test_assert_eq!(e.raw_os_error(), Some(libc::EINTR), "an interrupted call: {e}");
+    }
+    let (f, _) = clone.wait_resident_at_most(LIMIT_Y, Duration::from_secs(20));
+    test_assert!(f.resident <= LIMIT_Y, "{} pages in memory 20 s after the ioctl", f.resident);
+    map.check_values(0..PAGES_Y, GUEST_FIRST);
+    drop((map, clone, dir));
+    image.delete();
+    if r.is_ok() {
+        ksft::skip("VMS_CLONE_SET_LIMIT finished before a signal came");
+    }
+}
+
 /// The VMM keeps writing 2,048 pages of a clone with a 64-page limit for
 /// 3 s (a working set 32x the limit), then stops: with no fault after,
 /// the clone is at its limit within 20 s, and every page holds its last
@@ -535,6 +601,7 @@ fn main() {
         Test::new("vmm_writes_past_its_limit", vmm_writes_past_its_limit),
         Test::new("vmm_writes_far_past_its_limit", vmm_writes_far_past_its_limit),
         Test::new("young_pages_far_past_the_limit", young_pages_far_past_the_limit),
+        Test::new("interrupted_set_limit_with_sa_restart", interrupted_set_limit_with_sa_restart),
         Test::new("hot_vmm_set_then_quiet", hot_vmm_set_then_quiet),
         Test::new("held_pages_then_released", held_pages_then_released),
         Test::new("guest_over_limit_with_pages_held", guest_over_limit_with_pages_held),

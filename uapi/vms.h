@@ -512,7 +512,12 @@ struct vms_clone_footprint {
  * an eviction that could not evict, the next 1024 stage-2 faults do not
  * try, and the module's worker tries again 1 s later, then 2, 4, ... up
  * to 32 s while nothing can go). If this call stops above the limit (a
- * signal: EINTR; pages held: 0), the limit stays and the worker goes on.
+ * signal: EINTR, not restarted even under SA_RESTART; pages held: 0; pages brought back from a slow swap file
+ * as fast as they go, after twice the batches the clone's pages in memory
+ * fill: 0), the limit stays and the worker goes on. While an eviction
+ * writes, the guest's faults that would take the clone further over its
+ * limit wait (the vCPU retries them, for at most 2 s in a row: see
+ * vms_clone_footprint.throttled).
  * A page that cannot be read back fails the access (the vCPU exits with
  * EFAULT, the VMM gets SIGBUS), never a wrong page; so does an access
  * that cannot wait for the read (ptrace, /proc/PID/mem) to a swapped

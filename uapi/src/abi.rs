@@ -947,9 +947,16 @@ pub const VMS_CLONE_TOUCHED: u32 = _IOWR(
 /// `kvm_vcpu_map()`) is not evicted, and a failed write keeps the page:
 /// the clone may stay above its limit, but never fails for it (after an
 /// eviction that could not evict, the next 1024 stage-2 faults do not
-/// try). A page that cannot be read back fails the access (the vCPU exits
-/// with `EFAULT`, the VMM gets `SIGBUS`), never a wrong page; so does an
-/// access that cannot wait for the read (ptrace, `/proc/PID/mem`) to a
+/// try). If this call stops above the limit (a signal: `EINTR`, not
+/// restarted even under `SA_RESTART`; pages held;
+/// pages brought back from a slow swap file as fast as they go, after twice
+/// the batches the clone's pages in memory fill), the limit stays and the
+/// module's worker goes on. While an eviction writes, the guest's faults
+/// that would take the clone further over its limit wait (the vCPU retries
+/// them, for at most 2 s in a row: [`VmsCloneFootprint::throttled`]). A
+/// page that cannot be read back fails the access (the vCPU exits with
+/// `EFAULT`, the VMM gets `SIGBUS`), never a wrong page; so does an access
+/// that cannot wait for the read (ptrace, `/proc/PID/mem`) to a
 /// swapped page. [`VMS_IMAGE_SNAPSHOT`] reads
 /// every swapped page back first; [`VMS_CLONE_RESET`] drops them.
 ///
