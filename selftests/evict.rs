@@ -84,7 +84,7 @@ use vms_selftests::kvm;
 use vms_selftests::race::eviction_race;
 use vms_selftests::vms::{
     image_create, image_dir, image_snapshot, require_vms_and_kvm, unique_name, vm_with_clone,
-    vms_open, ImageFile, CLONE_GPA, PAGE_SIZE,
+    vms_open, ImageFile, VmsClone, CLONE_GPA, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
 use vms_uapi::VmsCloneLimit;
@@ -316,6 +316,40 @@ fn vmm_writes(pages: u64, limit: u64) {
 
 extern "C" fn on_signal(_: libc::c_int) {}
 
+/// `VMS_CLONE_SET_LIMIT` with `arg` on `clone`, from a thread that gets
+/// `SIGUSR2` every millisecond until the call returns, with a handler that
+/// does nothing (with `SA_RESTART` if `restart`); the call's result.
+fn set_limit_under_signals(clone: &VmsClone, arg: &VmsCloneLimit, restart: bool) -> std::io::Result<()> {
+    // SAFETY: a handler that does nothing.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = if restart { libc::SA_RESTART } else { 0 };
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let done = &done;
+        let h = sc.spawn(move || {
+            // SAFETY: this thread's own id.
+            tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
+            let r = clone.__set_limit(arg);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        });
+        let t = rx.recv().unwrap();
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: the thread is alive until `done`; a signal to it only
+            // interrupts its ioctl.
+            unsafe { libc::pthread_kill(t as libc::pthread_t, libc::SIGUSR2) };
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        h.join().unwrap()
+    })
+}
+
 /// A clone left far over its limit with only young pages: the VMM wrote
 /// 8,192 pages with a swap file and no limit (young: resolved since the
 /// clock last passed), then `VMS_CLONE_SET_LIMIT` to 64 pages was cut
@@ -333,35 +367,8 @@ fn young_pages_far_past_the_limit() {
     let map = clone.map();
     clone.set_limit(0, Some(&image_dir()));
     map.write_values(0..PAGES_Y, GUEST_FIRST);
-    // SAFETY: a handler that does nothing, without SA_RESTART, so that the
-    // ioctl returns EINTR.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
-    }
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let r = std::thread::scope(|sc| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (clone, done) = (&clone, &done);
-        let h = sc.spawn(move || {
-            // SAFETY: this thread's own id.
-            tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
-            let arg = VmsCloneLimit { limit: LIMIT_Y, swap_dir_fd: -1, ..VmsCloneLimit::zeroed() };
-            let r = clone.__set_limit(&arg);
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
-            r
-        });
-        let t = rx.recv().unwrap();
-        while !done.load(std::sync::atomic::Ordering::SeqCst) {
-            // SAFETY: the thread is alive until `done`; a signal to it only
-            // interrupts its ioctl.
-            unsafe { libc::pthread_kill(t as libc::pthread_t, libc::SIGUSR2) };
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        h.join().unwrap()
-    });
+    let arg = VmsCloneLimit { limit: LIMIT_Y, swap_dir_fd: -1, ..VmsCloneLimit::zeroed() };
+    let r = set_limit_under_signals(&clone, &arg, false);
     let f0 = clone.footprint();
     ksft::ksft_print_msg(&format!("VMS_CLONE_SET_LIMIT: {r:?}; {f0:?}"));
     if r.is_ok() {
@@ -396,35 +403,8 @@ fn interrupted_set_limit_with_sa_restart() {
     // No swap file yet: the VMM's writes stay in memory.
     map.write_values(0..PAGES_Y, GUEST_FIRST);
     let dir = check(std::fs::File::open(image_dir()), "open the swap directory");
-    // SAFETY: a handler that does nothing, with SA_RESTART.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
-    }
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let r = std::thread::scope(|sc| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (clone, done, dir) = (&clone, &done, &dir);
-        let h = sc.spawn(move || {
-            // SAFETY: this thread's own id.
-            tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
-            let arg = VmsCloneLimit { limit: LIMIT_Y, swap_dir_fd: dir.as_raw_fd(), ..VmsCloneLimit::zeroed() };
-            let r = clone.__set_limit(&arg);
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
-            r
-        });
-        let t = rx.recv().unwrap();
-        while !done.load(std::sync::atomic::Ordering::SeqCst) {
-            // SAFETY: the thread is alive until `done`; a signal to it only
-            // interrupts its ioctl.
-            unsafe { libc::pthread_kill(t as libc::pthread_t, libc::SIGUSR2) };
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        h.join().unwrap()
-    });
+    let arg = VmsCloneLimit { limit: LIMIT_Y, swap_dir_fd: dir.as_raw_fd(), ..VmsCloneLimit::zeroed() };
+    let r = set_limit_under_signals(&clone, &arg, true);
     let f = clone.footprint();
     ksft::ksft_print_msg(&format!("VMS_CLONE_SET_LIMIT: {r:?}; {f:?}"));
     test_assert_eq!(f.limit, LIMIT_Y, "the limit is set");
