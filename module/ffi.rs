@@ -2551,8 +2551,8 @@ pub(crate) fn signal_pending() -> bool {
 
 /// The current thread, as a number that no other live thread has (its
 /// `task_struct`'s address; never 0). Not `Task::pid()`: in this tree's
-/// debug kernel it read 0 for vCPU threads (the bindings' idea of the
-/// field's place), which made every thread the same.
+/// debug kernel it read 0 for vCPU threads in a stage-2 fault (seen
+/// 2026-12-06; why was not found), which made every thread the same.
 pub(crate) fn current_task_id() -> usize {
     // SAFETY: no requirement: `current` is valid on any thread.
     unsafe { bindings::get_current() as usize }
