@@ -71,6 +71,15 @@ pub struct RaceSpec {
     pub pause: Duration,
 }
 
+/// Sets its flag when dropped, also by an unwinding panic.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Runs the race that `spec` describes, calling `stir` from this thread
 /// between pauses; a `stir` that returns false ends the race early.
 /// `also_ok(page)` is a value besides the token that the VMM may read
@@ -123,6 +132,11 @@ pub fn token_race(
             }
             None
         });
+        // Stops both threads however this thread leaves the scope: a
+        // `stir` that fails an assertion unwinds, and the scope would then
+        // wait for ever for threads that never saw `stop` (until the
+        // test's watchdog called it a hang).
+        let _stop = StopOnDrop(stop);
         let t0 = Instant::now();
         while t0.elapsed() < time
             && (passes.load(Ordering::SeqCst) < rounds || vmm_rounds.load(Ordering::SeqCst) < rounds)
