@@ -1825,7 +1825,7 @@ impl VmClone {
             })?),
         };
         let swap = swap.map(|s| Arc::new(s, GFP_KERNEL)).transpose()?;
-        let rounds = {
+        let mut rounds = {
             let mut st = self.state.lock();
             if swap.is_some() && st.swap.is_some() {
                 pr_info!("VMS_CLONE_SET_LIMIT: the clone has a swap file already\n");
@@ -1856,7 +1856,6 @@ impl VmClone {
         // the limit by any of these, or cut short by a signal, the limit
         // stays and the worker goes on (no fault may come to kick it),
         // retrying while pages are held.
-        let mut rounds = rounds;
         loop {
             let r = match self.evict(Why::Limit) {
                 // `EINTR`, not a restart (`ERESTARTSYS`): the limit is set
