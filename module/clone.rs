@@ -1009,6 +1009,8 @@ impl VmClone {
             st.swap_written = true;
             (picked, st.seq, swap)
         };
+        // A swap disk that hangs, for the tests (0: no sleep).
+        ffi::debug_delay(ffi::Delay::SwapWrite);
         let mut results = KVec::with_capacity(picked.len(), GFP_KERNEL).unwrap_or_default();
         let mut logged = false;
         let (mut lo, mut hi) = (usize::MAX, 0);

@@ -2476,6 +2476,10 @@ static VMM_MAP_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 /// Debug knob `reset_punch_delay_ms`: a reset sleeps this long before it
 /// punches the swap file, with eviction held off ([`Delay::Punch`]).
 static RESET_PUNCH_DELAY_MS: AtomicU32 = AtomicU32::new(0);
+/// Debug knob `swap_write_delay_ms`: an eviction sleeps this long with its
+/// pages picked and in writeback, before it writes them
+/// ([`Delay::SwapWrite`]): a swap disk that hangs.
+static SWAP_WRITE_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 /// Debug counter `vmm_delays` (read-only): sleeps begun at either point,
 /// so that a test knows when a fault is inside its window.
 static VMM_DELAYS: AtomicU32 = AtomicU32::new(0);
@@ -2496,10 +2500,11 @@ static QUARANTINE_BAD: AtomicU32 = AtomicU32::new(0);
 static PRIVATE_MOVABLE: AtomicU32 = AtomicU32::new(0);
 
 /// The files of `/sys/kernel/debug/vms`: name, mode, value.
-static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 10] = [
+static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 11] = [
     (c_str!("vmm_read_delay_ms"), 0o600, &VMM_READ_DELAY_MS),
     (c_str!("vmm_map_delay_ms"), 0o600, &VMM_MAP_DELAY_MS),
     (c_str!("reset_punch_delay_ms"), 0o600, &RESET_PUNCH_DELAY_MS),
+    (c_str!("swap_write_delay_ms"), 0o600, &SWAP_WRITE_DELAY_MS),
     (c_str!("vmm_delays"), 0o400, &VMM_DELAYS),
     (c_str!("quarantine_pages"), 0o600, &QUARANTINE_PAGES),
     (c_str!("quarantine_checked"), 0o400, &QUARANTINE_CHECKED),
@@ -2684,6 +2689,10 @@ pub(crate) enum Delay {
     /// about to punch its swap file; no eviction may start
     /// (`reset_punch_delay_ms`; not counted in `vmm_delays`).
     Punch,
+    /// An eviction holds `evicting` and has its pages in writeback, with
+    /// no clone lock, and is about to write them to the swap file
+    /// (`swap_write_delay_ms`; not counted in `vmm_delays`).
+    SwapWrite,
 }
 
 /// Sleep at `at` for as long as its knob says (0, the default: not at
@@ -2693,15 +2702,17 @@ pub(crate) fn debug_delay(at: Delay) {
         Delay::Read => &VMM_READ_DELAY_MS,
         Delay::Map => &VMM_MAP_DELAY_MS,
         Delay::Punch => &RESET_PUNCH_DELAY_MS,
+        Delay::SwapWrite => &SWAP_WRITE_DELAY_MS,
     };
     let ms = knob.load(Ordering::Relaxed);
     if ms != 0 {
-        if !matches!(at, Delay::Punch) {
+        if matches!(at, Delay::Read | Delay::Map) {
             VMM_DELAYS.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: only sleeps; our callers are fault handlers and a reset,
-        // in process context that may sleep (they take mutexes and page
-        // locks).
+        // SAFETY: only sleeps; our callers are fault handlers, a reset and
+        // evictions (a fault's, the limit ioctl's, the worker's), in
+        // process context that may sleep (they take mutexes and page
+        // locks, and evictions write files).
         unsafe { bindings::msleep_interruptible(ms) };
     }
 }

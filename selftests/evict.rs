@@ -20,6 +20,12 @@
 //!   each writing half the pages, then each checking the other's half:
 //!   at most one page past the limit per vCPU. On a slow disk one vCPU's
 //!   faults wait while the other's eviction writes.
+//! - `hung_swap_disk_holds_a_vcpu_2s_at_most`: two vCPUs write 256 pages
+//!   each at a 64-page limit while every eviction hangs for 8 s before its
+//!   writes (the `swap_write_delay_ms` knob). The vCPU that is not stuck
+//!   in the eviction is turned back for at most 2 s, then goes on over the
+//!   limit: it finishes before any eviction has ended. Then the clone
+//!   comes to its limit and every page reads back.
 //! - `snapshot_and_reset`: a snapshot of a clone with swapped pages reads
 //!   them back first: a clone of the live image sees every byte written.
 //!   A reset drops swapped pages with the rest: the clone reads its image,
@@ -80,6 +86,7 @@ use std::time::Duration;
 
 use vms_selftests::guest::{self, Walk};
 use vms_selftests::ksft::{self, check, Test};
+use vms_selftests::knob::{Knob, SWAP_WRITE_DELAY_MS};
 use vms_selftests::kvm;
 use vms_selftests::race::eviction_race;
 use vms_selftests::vms::{
@@ -160,22 +167,40 @@ fn guest_writes_4x_its_limit() {
 /// Runs `code[i]` on vCPU `i` of `vm`, each on its own thread, all at once;
 /// fails unless every one completes.
 fn run_vcpus(vm: &mut kvm::Vm, code: &[Vec<u8>]) {
+    run_vcpus_then(vm, code, |_| ());
+}
+
+/// [`run_vcpus`], calling `first` on this thread with the number of the
+/// first vCPU to stop, as soon as it stops (the others may still run).
+fn run_vcpus_then(vm: &mut kvm::Vm, code: &[Vec<u8>], first: impl FnOnce(usize)) {
     for (i, c) in code.iter().enumerate() {
         guest::load(vm, i, c);
     }
+    let (stopped, stops) = std::sync::mpsc::channel();
     let outcomes: Vec<_> = std::thread::scope(|sc| {
         let threads: Vec<_> = vm
             .vcpus_mut()
             .iter_mut()
-            .map(|vcpu| {
-                sc.spawn(move || loop {
-                    match guest::__run(vcpu) {
-                        Ok(guest::Outcome::Progress) => continue,
-                        other => return other,
-                    }
+            .enumerate()
+            .map(|(i, vcpu)| {
+                let stopped = stopped.clone();
+                sc.spawn(move || {
+                    let o = loop {
+                        match guest::__run(vcpu) {
+                            Ok(guest::Outcome::Progress) => continue,
+                            other => break other,
+                        }
+                    };
+                    let _ = stopped.send(i);
+                    o
                 })
             })
             .collect();
+        // A thread that panics sends nothing: every one gone, no first.
+        drop(stopped);
+        if let Ok(i) = stops.recv() {
+            first(i);
+        }
         threads.into_iter().map(|t| t.join()).collect()
     });
     for (i, o) in outcomes.into_iter().enumerate() {
@@ -217,6 +242,67 @@ fn two_vcpus_write_4x_its_limit() {
     test_assert!(f.resident <= LIMIT + 2 * SLACK, "{} pages in memory, limit {LIMIT}", f.resident);
     test_assert_eq!(f.resident + f.swapped, WRITTEN);
     map.check_values(0..WRITTEN, GUEST_FIRST);
+    drop((vm, map, clone));
+    image.delete();
+}
+
+/// A swap disk that hangs (`swap_write_delay_ms`: every eviction sleeps
+/// [`HUNG_MS`] before its writes): two vCPUs write 256 pages each at a
+/// 64-page limit. The first fault over the limit evicts and hangs in the
+/// sleep with its pages in writeback; the other vCPU's faults are turned
+/// back (the throttle) for at most 2 s, then go on over the limit. So the
+/// first vCPU to finish does so before any eviction has ended, with its
+/// faults throttled and the clone far over its limit; and once the disk
+/// is back, the clone comes to its limit and every page reads back.
+fn hung_swap_disk_holds_a_vcpu_2s_at_most() {
+    const EACH: u64 = 256;
+    const LIMIT_H: u64 = 64;
+    /// Well past the throttle's 2 s, so that the other vCPU's writes
+    /// (a few hundred faults) end before the hung eviction does.
+    const HUNG_MS: u32 = 8000;
+    let knob = Knob::require(SWAP_WRITE_DELAY_MS);
+    let dev = vms_open();
+    let name = unique_name("evict_hung");
+    let file = ImageFile::with_pattern(&name, PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 2);
+    clone.set_limit(LIMIT_H, Some(&image_dir()));
+
+    let walks = [
+        Walk::values(CLONE_GPA, EACH, GUEST_FIRST),
+        Walk::values(CLONE_GPA + EACH * PAGE_SIZE, EACH, GUEST_FIRST + EACH as u32),
+    ];
+    knob.set(HUNG_MS);
+    let t0 = std::time::Instant::now();
+    let mut first = None;
+    run_vcpus_then(&mut vm, &walks.iter().map(guest::write).collect::<Vec<_>>(), |i| {
+        let f = clone.footprint();
+        // No eviction sleeps after this one (the one asleep sleeps on).
+        knob.set(0);
+        first = Some((i, t0.elapsed(), f));
+    });
+    let (i, secs, f) = first.expect("a vCPU stopped");
+    ksft::ksft_print_msg(&format!("vCPU {i} done after {:.2} s: {f:?}", secs.as_secs_f64()));
+    test_assert!(f.throttled > 0, "the first vCPU to finish was never turned back");
+    test_assert_eq!(f.evicted, 0, "an eviction ended before the first vCPU finished: it waited for the hung disk");
+    test_assert!(f.resident > LIMIT_H + EACH / 2, "{} pages in memory: nobody went on over the limit", f.resident);
+
+    // A fault evicts before it takes its page: at most one page past the
+    // limit per vCPU, also at rest.
+    let (f, secs) = clone.wait_resident_at_most(LIMIT_H + 2 * SLACK, Duration::from_secs(20));
+    ksft::ksft_print_msg(&format!("{:.2} s after the writes: {f:?}", secs));
+    test_assert!(
+        f.resident <= LIMIT_H + 2 * SLACK,
+        "{} pages in memory 20 s after the writes, limit {LIMIT_H}",
+        f.resident
+    );
+    test_assert_eq!(f.resident + f.swapped, 2 * EACH, "every written page is in memory or swapped");
+    test_assert_eq!(f.evict_errors, 0);
+    run_vcpus(&mut vm, &[guest::read_check(&walks[1]), guest::read_check(&walks[0])]);
+    map.check_values(0..2 * EACH, GUEST_FIRST);
     drop((vm, map, clone));
     image.delete();
 }
@@ -576,6 +662,7 @@ fn main() {
     ksft::run(&[
         Test::new("guest_writes_4x_its_limit", guest_writes_4x_its_limit),
         Test::new("two_vcpus_write_4x_its_limit", two_vcpus_write_4x_its_limit),
+        Test::new("hung_swap_disk_holds_a_vcpu_2s_at_most", hung_swap_disk_holds_a_vcpu_2s_at_most),
         Test::new("snapshot_and_reset", snapshot_and_reset),
         Test::new("races", races),
         Test::new("vmm_writes_past_its_limit", vmm_writes_past_its_limit),

@@ -31,6 +31,10 @@ pub const VMM_MAP_DELAY_MS: &str = "vmm_map_delay_ms";
 /// A reset sleeps this long (ms) before it punches the clone's swap file,
 /// its pages dropped, its `state` released and eviction held off.
 pub const RESET_PUNCH_DELAY_MS: &str = "reset_punch_delay_ms";
+/// An eviction sleeps this long (ms) with its pages picked and in
+/// writeback, before it writes them to the swap file: a swap disk that
+/// hangs.
+pub const SWAP_WRITE_DELAY_MS: &str = "swap_write_delay_ms";
 /// Read-only: how many sleeps either VMM delay has begun.
 pub const VMM_DELAYS: &str = "vmm_delays";
 
