@@ -55,7 +55,8 @@
 //! image read does. A stage-2 fault that would allocate while another
 //! eviction writes pages out, its clone over its limit, is retried
 //! instead ([`THROTTLE_MAX_MS`]): the guest writes at the swap disk's
-//! pace.
+//! pace; so is a VMM fault that may release its fault lock (it sleeps
+//! with the lock released and returns `VM_FAULT_RETRY`).
 //!
 //! Lock order: registry `images` -> `state` (snapshot) ;
 //! `attach` -> (KVM's `slots_lock`) ; `state` -> image `cache` (a lookup
@@ -145,10 +146,11 @@ const PRESSURE_BACKOFF_MAX_MS: i64 = 32_000;
 /// at most this long in a row (`State::throttled_tasks`): then they go on
 /// over the limit until one of them finds no write in flight (a frozen or
 /// hung file system, or evictions back to back, as when the limit was
-/// lowered by far).
+/// lowered by far). VMM faults are throttled alike, with the fault lock
+/// released (see [`MmapFault::Throttled`]).
 const THROTTLE_MAX_MS: i64 = 2000;
-/// Most vCPU threads of one clone whose throttling is tracked at once;
-/// others are not throttled.
+/// Most threads (vCPUs, the VMM's) of one clone whose throttling is
+/// tracked at once; others are not throttled.
 const THROTTLE_TASKS: usize = 32;
 /// The throttled fault's sleep before its retry, so that a throttled
 /// vCPU does not spin (`TASK_IDLE`: it does not count as load).
@@ -221,7 +223,7 @@ struct State {
     /// limit; its last back-off (`backoff_ms`) doubles while it stays stuck.
     over_after: i64,
     backoff_ms: i64,
-    /// The threads (vCPUs) whose stage-2 faults are being turned back
+    /// The threads (vCPUs, the VMM's) whose faults are being turned back
     /// ([`VmClone::throttles`]), by [`ffi::current_task_id`], with when
     /// (`ktime_get()`, ms) the first of the row was and when the last
     /// fault that would allocate was; a thread leaves when one of its
@@ -384,6 +386,20 @@ pub(crate) enum MmapFault {
     /// page `idx` from the swap file, and let the fault retry. The caller
     /// holds the clone file over the read (so the clone too).
     ReadBack(usize),
+    /// The fault would take a private page while the clone is over its
+    /// limit and an eviction writes ([`VmClone::throttles`]): release the
+    /// fault lock, [`throttle_sleep`], and let the fault retry. The caller
+    /// holds the clone file over the sleep (the sleeping code is vms.ko's).
+    Throttled,
+}
+
+/// The sleep of a throttled fault before its retry, so that the thread
+/// does not spin; none if a signal is pending (the retry is cut short
+/// there: KVM returns to the VMM, mm to the signal's handler).
+pub(crate) fn throttle_sleep() {
+    if !ffi::signal_pending() {
+        ffi::usleep_idle_range(THROTTLE_SLEEP_US.0, THROTTLE_SLEEP_US.1);
+    }
 }
 
 /// How a VMM fault may wait for a read of the image, from its
@@ -1120,7 +1136,7 @@ impl VmClone {
         (st.over_limit() && ffi::now_ms() < st.over_after).then_some(st.over_after)
     }
 
-    /// Whether a stage-2 fault on clone page `idx` is turned back
+    /// Whether a stage-2 or VMM fault on clone page `idx` is turned back
     /// ([`THROTTLE_MAX_MS`]): it would allocate a private page (a write to
     /// a page the clone has no private page in memory for, any access to a
     /// swapped one), the clone's private pages in memory (those being
@@ -1179,6 +1195,16 @@ impl VmClone {
         *e = (tid, now, now);
         st.throttled_n += 1;
         true
+    }
+
+    /// Whether the last read of clone page `idx`, not in memory, failed:
+    /// its read-back from the swap file, or its read from the image (a
+    /// lookup under the image's cache lock, after `state`).
+    fn read_failed(st: &State, idx: usize) -> bool {
+        match st.out.get(idx) {
+            Some(&Out::Swapped(seq)) => st.read_failure.is_some_and(|(i, s, _)| i == idx && s == seq),
+            _ => st.image.failure(idx).is_some(),
+        }
     }
 
     /// Evict if the clone is over its limit (a stage-2 fault, before it
@@ -1577,9 +1603,7 @@ impl VmClone {
                 self.stats.throttled.fetch_add(1, Relaxed);
                 // A signal ends the vCPU's run instead (KVM checks before
                 // it enters the guest again): no sleep then.
-                if !ffi::signal_pending() {
-                    ffi::usleep_idle_range(THROTTLE_SLEEP_US.0, THROTTLE_SLEEP_US.1);
-                }
+                throttle_sleep();
                 return Err(EAGAIN);
             }
             match self.resolve(&mut st, idx, write, STAGE2)? {
@@ -1624,6 +1648,22 @@ impl VmClone {
         self.stats.mmap_faults.fetch_add(1, Relaxed);
         let page = loop {
             let mut st = self.state.lock();
+            // Only a fault that may release its lock waits: one that may
+            // not (ptrace's, GUP's `FOLL_NOWAIT`) goes on over the limit.
+            // So does one with a signal pending: a fault from kernel mode
+            // (`copy_from_user`, GUP) retries at once with anything but
+            // a fatal signal, and would spin instead of sleeping. And one
+            // on a page whose last read failed: its retry (`Again`) would
+            // fail with that error, where a first attempt reads again.
+            if matches!(how, MayRead::First | MayRead::Again)
+                && !ffi::signal_pending()
+                && self.throttles(&mut st, idx, write)
+                && !Self::read_failed(&st, idx)
+            {
+                drop(st);
+                self.stats.throttled.fetch_add(1, Relaxed);
+                return Ok(MmapFault::Throttled);
+            }
             match self.resolve(&mut st, idx, write, VMM)? {
                 Resolved::Page { page, .. } => {
                     // This fault may have taken the clone over its limit,
@@ -1695,15 +1735,22 @@ impl VmClone {
     ) -> Result<bool> {
         loop {
             let mut st = self.state.lock();
-            match st.private.get(idx) {
-                Some(p) if p.is(page) => {
+            match st.private.get(idx).map(|p| p.is(page)) {
+                Some(true) => {
                     st.accessed(idx);
                     lock();
                     return Ok(true);
                 }
                 // A stale mapping of the page before the copy: unmapped
                 // below.
-                Some(_) => (),
+                Some(false) => (),
+                // A write that would take a private page while the clone
+                // is over its limit and an eviction writes: not here,
+                // where mm holds the fault lock and cannot retry
+                // (`do_page_mkwrite`); the shared page is unmapped below,
+                // and the access faults again through `mmap_fault`, which
+                // waits with the lock released.
+                None if !ffi::signal_pending() && self.throttles(&mut st, idx, true) => (),
                 // The copy, made now (which unmapped the shared page), or
                 // a stale mapping of a page evicted since: unmapped below;
                 // the access faults and reads it back with the fault lock
@@ -1854,7 +1901,8 @@ impl VmClone {
         // or nothing more can go (every page held: a pin, a page in a
         // pipe), or after `rounds` batches: a guest or VMM that brings
         // pages back from a slow swap file as fast as they go would keep
-        // the call for ever (VMM faults are not throttled). Stopped over
+        // the call for ever (a throttled fault goes on after 2 s, and one
+        // that may not release its fault lock is never throttled). Stopped over
         // the limit by any of these, or cut short by a signal, the limit
         // stays and the worker goes on (no fault may come to kick it),
         // retrying while pages are held.

@@ -13,7 +13,7 @@
 //! handlers, the claimer KVM asks about new memslots ([`claim_slot`]) and
 //! the module's workqueue ([`WorkQueue`]).
 
-use crate::clone::{MayRead, MmapFault, VmClone};
+use crate::clone::{throttle_sleep, MayRead, MmapFault, VmClone};
 use crate::{abi, dev};
 use core::ptr::{addr_of_mut, null_mut, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
@@ -1938,6 +1938,18 @@ extern "C" fn clone_vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault
             let _ = unsafe { clone_of(file) }.read_back_idx(idx);
             drop(pin);
             (bindings::vm_fault_reason_VM_FAULT_RETRY | bindings::vm_fault_reason_VM_FAULT_MAJOR) as _
+        }
+        Ok(MmapFault::Throttled) => {
+            // As for `Read`: hold the clone file, and with it vms.ko, over
+            // the sleep; its last `fput` is deferred.
+            // SAFETY: `file` is the VMA's `vm_file`, live under the lock.
+            let pin = unsafe { FileRef::get(file) };
+            // SAFETY: as for `Read` (`Throttled` comes only with
+            // ALLOW_RETRY and without NOWAIT).
+            unsafe { bindings::release_fault_lock(vmf) };
+            throttle_sleep();
+            drop(pin);
+            bindings::vm_fault_reason_VM_FAULT_RETRY as _
         }
         // RETRY_NOWAIT: retry, with the lock held, as filemap_fault does
         // when it would have to wait.

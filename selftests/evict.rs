@@ -47,6 +47,13 @@
 //!   worker's clock, most of which only makes pages old, so the worker
 //!   must go on until the clone is at its limit, with no fault to kick it
 //!   (it stopped with thousands of pages over the limit before 2026-12-05).
+//! - `vmm_writes_at_a_slow_disk`: the VMM writes 1,024 pages at a
+//!   64-page limit while every eviction takes 100 ms more
+//!   (`swap_write_delay_ms`): its faults wait while the worker writes, so
+//!   the clone is near its limit when the writes end (before 2026-12-06
+//!   VMM faults were never throttled: 955 pages in memory).
+//! - `vmm_reads_then_writes_at_a_slow_disk`: the same after the VMM read
+//!   every page, so that its writes come through `page_mkwrite`.
 //! - `young_pages_far_past_the_limit`: the VMM writes 8,192 pages with a
 //!   swap file and no limit, then a limit of 64 pages is set and the
 //!   ioctl's eviction cut short by signals (EINTR: the limit stays), so
@@ -400,6 +407,64 @@ fn vmm_writes(pages: u64, limit: u64) {
     image.delete();
 }
 
+/// The VMM writes 1,024 pages at a 64-page limit to a slow swap disk
+/// (`swap_write_delay_ms`: each eviction's batch takes 100 ms more):
+/// while the worker writes, the VMM's faults wait as a vCPU's do, so the
+/// clone is near its limit when the writes end, not 1,024 pages deep in
+/// memory with the worker behind.
+fn vmm_writes_at_a_slow_disk() {
+    vmm_at_a_slow_disk(false);
+}
+
+/// The same, the VMM reading every page first: its writes then come
+/// through `page_mkwrite` on the image's pages it mapped read-only.
+fn vmm_reads_then_writes_at_a_slow_disk() {
+    vmm_at_a_slow_disk(true);
+}
+
+fn vmm_at_a_slow_disk(read_first: bool) {
+    const PAGES_S: u64 = 1024;
+    const LIMIT_S: u64 = 64;
+    /// Pages the VMM may write before the worker, kicked by its first
+    /// fault over the limit, has a batch in writeback (the worker has to
+    /// be scheduled; the test VM has one CPU), and between two batches.
+    const LAG: u64 = 256;
+    let knob = Knob::require(SWAP_WRITE_DELAY_MS);
+    let dev = vms_open();
+    let name = unique_name("evict_slow");
+    let file = ImageFile::with_pattern(&name, PAGES_S, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES_S * PAGE_SIZE, 0);
+    let clone = image.clone_create();
+    let map = clone.map();
+    clone.set_limit(LIMIT_S, Some(&image_dir()));
+    if read_first {
+        for i in 0..PAGES_S {
+            map.read_u32(i * PAGE_SIZE);
+        }
+        test_assert_eq!(clone.footprint().resident, 0, "reads took private pages");
+    }
+    knob.set(100);
+    let t0 = std::time::Instant::now();
+    map.write_values(0..PAGES_S, GUEST_FIRST);
+    let f = clone.footprint();
+    ksft::ksft_print_msg(&format!("writes done after {:.2} s: {f:?}", t0.elapsed().as_secs_f64()));
+    test_assert!(
+        f.resident <= LIMIT_S + LAG,
+        "{} pages in memory after the VMM's writes, limit {LIMIT_S}",
+        f.resident
+    );
+    test_assert!(f.throttled > 0, "no VMM fault was turned back");
+    knob.set(0);
+    let (f, secs) = clone.wait_resident_at_most(LIMIT_S, Duration::from_secs(20));
+    ksft::ksft_print_msg(&format!("{:.2} s after the writes: {f:?}", secs));
+    test_assert!(f.resident <= LIMIT_S, "{} pages in memory 20 s after the writes, limit {LIMIT_S}", f.resident);
+    test_assert_eq!(f.resident + f.swapped, PAGES_S);
+    test_assert_eq!(f.evict_errors, 0);
+    map.check_values(0..PAGES_S, GUEST_FIRST);
+    drop((map, clone));
+    image.delete();
+}
+
 extern "C" fn on_signal(_: libc::c_int) {}
 
 /// `VMS_CLONE_SET_LIMIT` with `arg` on `clone`, from a thread that gets
@@ -667,6 +732,8 @@ fn main() {
         Test::new("races", races),
         Test::new("vmm_writes_past_its_limit", vmm_writes_past_its_limit),
         Test::new("vmm_writes_far_past_its_limit", vmm_writes_far_past_its_limit),
+        Test::new("vmm_writes_at_a_slow_disk", vmm_writes_at_a_slow_disk),
+        Test::new("vmm_reads_then_writes_at_a_slow_disk", vmm_reads_then_writes_at_a_slow_disk),
         Test::new("young_pages_far_past_the_limit", young_pages_far_past_the_limit),
         Test::new("interrupted_set_limit_with_sa_restart", interrupted_set_limit_with_sa_restart),
         Test::new("hot_vmm_set_then_quiet", hot_vmm_set_then_quiet),

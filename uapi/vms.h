@@ -367,10 +367,12 @@ struct vms_clone_limit {
  *		written to it and not yet given back. VMS_CLONE_RESET gives
  *		them back (on a file system that can punch holes).
  * @throttled:	times the clone's stage-2 faults were turned back (the vCPU
- *		retried them, each time after a sleep of 0.5 to 1 ms), in
- *		total, because they would have taken a private page while the
- *		clone was over its limit and an eviction was writing to the
- *		swap file: the guest waited for the swap disk. A count that
+ *		retried them, each time after a sleep of 0.5 to 1 ms), and,
+ *		since 2026-12-06, its VMM mapping's faults (retried with the
+ *		fault lock released, after the same sleep), in total, because
+ *		they would have taken a private page while the clone was over
+ *		its limit and an eviction was writing to the swap file: the
+ *		guest or the VMM waited for the swap disk. A count that
  *		grows fast means a swap disk too slow for the guest's writes
  *		at this limit. It was reserved[0] until 2026-12-06 (same ABI
  *		version): older modules report 0.
@@ -517,7 +519,9 @@ struct vms_clone_footprint {
  * fill: 0), the limit stays and the worker goes on. While an eviction
  * writes, the guest's faults that would take the clone further over its
  * limit wait (the vCPU retries them, for at most 2 s in a row: see
- * vms_clone_footprint.throttled).
+ * vms_clone_footprint.throttled), and so do the VMM mapping's (with the
+ * fault lock released; not an access that may not release it, such as
+ * ptrace's, nor one with a signal pending).
  * A page that cannot be read back fails the access (the vCPU exits with
  * EFAULT, the VMM gets SIGBUS), never a wrong page; so does an access
  * that cannot wait for the read (ptrace, /proc/PID/mem) to a swapped

@@ -728,10 +728,12 @@ pub struct VmsCloneFootprint {
     /// punch holes).
     pub swap_disk_bytes: u64,
     /// Times the clone's stage-2 faults were turned back (the vCPU retried
-    /// them, each time after a sleep of 0.5 to 1 ms), in total, because
-    /// they would have taken a private page while the clone was over its
-    /// limit and an eviction was writing to the swap file: the guest
-    /// waited for the swap disk. A count that grows fast means a swap disk
+    /// them, each time after a sleep of 0.5 to 1 ms), and, since
+    /// 2026-12-06, its VMM mapping's faults (retried with the fault lock
+    /// released, after the same sleep), in total, because they would have
+    /// taken a private page while the clone was over its limit and an
+    /// eviction was writing to the swap file: the guest or the VMM waited
+    /// for the swap disk. A count that grows fast means a swap disk
     /// too slow for the guest's writes at this limit. It was `reserved[0]`
     /// until 2026-12-06 (same ABI version): older modules report 0.
     pub throttled: u64,
@@ -953,7 +955,10 @@ pub const VMS_CLONE_TOUCHED: u32 = _IOWR(
 /// the batches the clone's pages in memory fill), the limit stays and the
 /// module's worker goes on. While an eviction writes, the guest's faults
 /// that would take the clone further over its limit wait (the vCPU retries
-/// them, for at most 2 s in a row: [`VmsCloneFootprint::throttled`]). A
+/// them, for at most 2 s in a row: [`VmsCloneFootprint::throttled`]), and
+/// so do the VMM mapping's (with the fault lock released; not an access
+/// that may not release it, such as ptrace's, nor one with a signal
+/// pending). A
 /// page that cannot be read back fails the access (the vCPU exits with
 /// `EFAULT`, the VMM gets `SIGBUS`), never a wrong page; so does an access
 /// that cannot wait for the read (ptrace, `/proc/PID/mem`) to a

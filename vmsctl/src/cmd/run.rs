@@ -117,8 +117,8 @@ pub struct RunArgs {
     /// wrote) in RAM; the coldest of the rest go to a swap file of the
     /// clone's own in --swap-dir, and come back when the guest touches
     /// them. The VM runs on at its limit, only slower: while the swap file
-    /// is being written, a guest that needs more of its own memory waits
-    /// for the disk (`vmsctl stats --json`: "throttled"). Pages of its
+    /// is being written, a guest (or the VMM's device emulation) that
+    /// needs more of its own memory waits for the disk (`vmsctl stats --json`: "throttled"). Pages of its
     /// image that it only reads are shared and do not count.
     #[arg(long, value_name = "SIZE", value_parser = crate::args::parse_size_arg, conflicts_with_all = ["no_vms", "baseline"])]
     mem_limit: Option<u64>,

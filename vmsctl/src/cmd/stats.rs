@@ -27,8 +27,8 @@ running VM with the counters of its memory (a vms clone):
             its swap file now (--json: \"footprint\", with the limit, the
             pages in memory, evicted (\"shrunk\": of those, under host
             memory pressure) and read back in all, failed writes, and
-            \"throttled\": guest faults that waited for the swap file's
-            writes, the VM at its limit)
+            \"throttled\": guest and VMM faults that waited for the
+            swap file's writes, the VM at its limit)
   DISK      the disk file the VM writes, as allocated on the host (for a
             clone, its own copy-on-write overlay: what it wrote)
   PREFETCH  for a clone that prefetched its live image's working set
