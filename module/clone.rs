@@ -156,6 +156,24 @@ const THROTTLE_TASKS: usize = 32;
 /// vCPU does not spin (`TASK_IDLE`: it does not count as load).
 const THROTTLE_SLEEP_US: (u64, u64) = (500, 1000);
 
+/// A thread whose faults are being turned back (`State::throttled_tasks`).
+#[derive(Clone, Copy)]
+struct Throttled {
+    /// [`ffi::current_task_id`]; 0: a free entry.
+    task: usize,
+    /// When (`ktime_get()`, ms) the first fault of its row was turned back.
+    since: i64,
+    /// When its last fault that would allocate came.
+    last: i64,
+    /// 1 + the page of the fault last turned back, until the retry of a
+    /// VMM fault takes it (see [`VmClone::was_turned_back`]); 0: none.
+    page: usize,
+}
+
+impl Throttled {
+    const FREE: Self = Self { task: 0, since: 0, last: 0, page: 0 };
+}
+
 /// A private page on its way to the swap file, or in it (`State::out`).
 /// The number is the eviction's: see the module doc.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -232,7 +250,7 @@ struct State {
     /// time), and a new row starts after [`THROTTLE_MAX_MS`] without such
     /// a fault (a vCPU that stopped faulting never saw the end of the
     /// last). At most [`THROTTLE_TASKS`]; id 0 marks a free entry.
-    throttled_tasks: [(usize, i64, i64); THROTTLE_TASKS],
+    throttled_tasks: [Throttled; THROTTLE_TASKS],
     /// Entries of `throttled_tasks` in use.
     throttled_n: usize,
     /// The last read-back that failed: page, eviction and error, for the
@@ -361,7 +379,7 @@ impl State {
         self.over_after = 0;
         self.pressure_after = 0;
         self.evict_skip = 0;
-        self.throttled_tasks = [(0, 0, 0); THROTTLE_TASKS];
+        self.throttled_tasks = [Throttled::FREE; THROTTLE_TASKS];
         self.throttled_n = 0;
     }
 
@@ -421,7 +439,9 @@ pub(crate) enum MayRead {
     /// the mark; then it reads again), or reclaim came by twice between
     /// the read and the retry (then it reads again). A transient error is
     /// not read again by the retry (`filemap_fault` reads once more): the
-    /// next fault on the page reads it again.
+    /// next fault on the page reads it again. The retry of a fault that was
+    /// turned back ([`MmapFault::Throttled`]) read nothing, so it is a
+    /// [`First`](Self::First) ([`VmClone::was_turned_back`]).
     Again,
     /// `RETRY_NOWAIT`: the caller (KVM's async page fault, through GUP's
     /// `FOLL_NOWAIT`) may neither block nor lose the lock: it is told to
@@ -538,7 +558,9 @@ pub(crate) struct VmClone {
 impl Stats {
     /// [`VmClone::warm`], counted here.
     fn warm(&self, image: &Image, idx: usize) -> Result {
-        match image.page(idx) {
+        // A read error on demand, for the tests (`image_read_fail`).
+        let read = if ffi::debug_fail_read() { Err(EIO) } else { image.page(idx) };
+        match read {
             Ok((_, _, streamed)) => {
                 if streamed {
                     self.streamed.fetch_add(1, Relaxed);
@@ -658,7 +680,7 @@ impl VmClone {
                         pressure_after: 0,
                         over_after: 0,
                         backoff_ms: 0,
-                        throttled_tasks: [(0, 0, 0); THROTTLE_TASKS],
+                        throttled_tasks: [Throttled::FREE; THROTTLE_TASKS],
                         throttled_n: 0,
                         read_failure: None,
                         image,
@@ -1155,12 +1177,12 @@ impl VmClone {
             return false;
         }
         let tid = ffi::current_task_id();
-        let mine = st.throttled_tasks.iter().position(|&(t, _, _)| t == tid);
+        let mine = st.throttled_tasks.iter().position(|e| e.task == tid);
         if !wait {
             // The writes it waited for are over (or it need not wait): its
             // next faults may be turned back for a while again.
             if let Some(i) = mine {
-                st.throttled_tasks[i] = (0, 0, 0);
+                st.throttled_tasks[i] = Throttled::FREE;
                 st.throttled_n -= 1;
             }
             return false;
@@ -1171,28 +1193,32 @@ impl VmClone {
         let now = ffi::now_ms();
         if let Some(i) = mine {
             let e = &mut st.throttled_tasks[i];
-            if now - e.2 > THROTTLE_MAX_MS {
-                e.1 = now;
+            if now - e.last > THROTTLE_MAX_MS {
+                e.since = now;
             }
-            e.2 = now;
-            return now - e.1 < THROTTLE_MAX_MS;
+            e.last = now;
+            let turned = now - e.since < THROTTLE_MAX_MS;
+            // A mark this fault did not take (a stage-2 fault's, or a
+            // `page_mkwrite`'s whose fault went on) goes.
+            e.page = if turned { idx + 1 } else { 0 };
+            return turned;
         }
         if st.throttled_n == THROTTLE_TASKS {
             // Threads that went away while turned back leave entries (an
             // id may come back as another thread's, which then waits
             // less): those long over go.
             for e in st.throttled_tasks.iter_mut() {
-                if e.0 != 0 && now - e.2 >= 16 * THROTTLE_MAX_MS {
-                    *e = (0, 0, 0);
+                if e.task != 0 && now - e.last >= 16 * THROTTLE_MAX_MS {
+                    *e = Throttled::FREE;
                     st.throttled_n -= 1;
                 }
             }
         }
         // Not tracked (every entry in use): not throttled.
-        let Some(e) = st.throttled_tasks.iter_mut().find(|e| e.0 == 0) else {
+        let Some(e) = st.throttled_tasks.iter_mut().find(|e| e.task == 0) else {
             return false;
         };
-        *e = (tid, now, now);
+        *e = Throttled { task: tid, since: now, last: now, page: idx + 1 };
         st.throttled_n += 1;
         true
     }
@@ -1204,6 +1230,26 @@ impl VmClone {
         match st.out.get(idx) {
             Some(&Out::Swapped(seq)) => st.read_failure.is_some_and(|(i, s, _)| i == idx && s == seq),
             _ => st.image.failure(idx).is_some(),
+        }
+    }
+
+    /// Whether this thread's last fault turned back was on page `idx`
+    /// (its mark is taken): the retry of a VMM fault, which carries
+    /// `FAULT_FLAG_TRIED` (`MayRead::Again`) though it has read nothing
+    /// yet. It must read as a first attempt does: `Again` fails with a
+    /// read error recorded for the page, maybe by another thread's read
+    /// while this one was turned back.
+    fn was_turned_back(st: &mut State, idx: usize) -> bool {
+        if st.throttled_n == 0 {
+            return false;
+        }
+        let tid = ffi::current_task_id();
+        match st.throttled_tasks.iter_mut().find(|e| e.task == tid) {
+            Some(e) if e.page == idx + 1 => {
+                e.page = 0;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -1641,7 +1687,7 @@ impl VmClone {
     /// a file's `read_iter` takes, which netfs filesystems (9p, NFS, CIFS:
     /// the inode lock) and seq_file (its buffer lock) hold while copying
     /// to user memory that may be a clone mapping.
-    pub(crate) fn mmap_fault(&self, idx: usize, write: bool, how: MayRead) -> Result<MmapFault> {
+    pub(crate) fn mmap_fault(&self, idx: usize, write: bool, mut how: MayRead) -> Result<MmapFault> {
         if idx >= self.npages() {
             return Err(EINVAL);
         }
@@ -1652,13 +1698,17 @@ impl VmClone {
             // not (ptrace's, GUP's `FOLL_NOWAIT`) goes on over the limit.
             // So does one with a signal pending: a fault from kernel mode
             // (`copy_from_user`, GUP) retries at once with anything but
-            // a fatal signal, and would spin instead of sleeping. And one
-            // on a page whose last read failed: its retry (`Again`) would
-            // fail with that error, where a first attempt reads again.
+            // a fatal signal, and would spin instead of sleeping. And the
+            // retry of a read of its own that failed: it fails with that
+            // error (turned back, it would start a new row after a read
+            // slower than the cap, and read again, for ever).
+            if how == MayRead::Again && Self::was_turned_back(&mut st, idx) {
+                how = MayRead::First;
+            }
             if matches!(how, MayRead::First | MayRead::Again)
                 && !ffi::signal_pending()
                 && self.throttles(&mut st, idx, write)
-                && !Self::read_failed(&st, idx)
+                && !(how == MayRead::Again && Self::read_failed(&st, idx))
             {
                 drop(st);
                 self.stats.throttled.fetch_add(1, Relaxed);

@@ -2492,8 +2492,13 @@ static RESET_PUNCH_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 /// pages picked and in writeback, before it writes them
 /// ([`Delay::SwapWrite`]): a swap disk that hangs.
 static SWAP_WRITE_DELAY_MS: AtomicU32 = AtomicU32::new(0);
-/// Debug counter `vmm_delays` (read-only): sleeps begun at either point,
-/// so that a test knows when a fault is inside its window.
+/// Debug knob `image_read_fail`: the next this many reads of an image
+/// page for a clone (a stage-2 or VMM fault's) fail with `EIO` without
+/// reading, as a read error would ([`debug_fail_read`]).
+static IMAGE_READ_FAIL: AtomicU32 = AtomicU32::new(0);
+/// Debug counter `vmm_delays` (read-only): sleeps begun at either VMM
+/// point or before an eviction's writes, so that a test knows when a
+/// fault (or an eviction) is inside its window.
 static VMM_DELAYS: AtomicU32 = AtomicU32::new(0);
 
 /// Debug knob `quarantine_pages`: how many freed private pages to keep
@@ -2512,11 +2517,12 @@ static QUARANTINE_BAD: AtomicU32 = AtomicU32::new(0);
 static PRIVATE_MOVABLE: AtomicU32 = AtomicU32::new(0);
 
 /// The files of `/sys/kernel/debug/vms`: name, mode, value.
-static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 11] = [
+static DEBUG_FILES: [(&CStr, bindings::umode_t, &AtomicU32); 12] = [
     (c_str!("vmm_read_delay_ms"), 0o600, &VMM_READ_DELAY_MS),
     (c_str!("vmm_map_delay_ms"), 0o600, &VMM_MAP_DELAY_MS),
     (c_str!("reset_punch_delay_ms"), 0o600, &RESET_PUNCH_DELAY_MS),
     (c_str!("swap_write_delay_ms"), 0o600, &SWAP_WRITE_DELAY_MS),
+    (c_str!("image_read_fail"), 0o600, &IMAGE_READ_FAIL),
     (c_str!("vmm_delays"), 0o400, &VMM_DELAYS),
     (c_str!("quarantine_pages"), 0o600, &QUARANTINE_PAGES),
     (c_str!("quarantine_checked"), 0o400, &QUARANTINE_CHECKED),
@@ -2703,8 +2709,17 @@ pub(crate) enum Delay {
     Punch,
     /// An eviction holds `evicting` and has its pages in writeback, with
     /// no clone lock, and is about to write them to the swap file
-    /// (`swap_write_delay_ms`; not counted in `vmm_delays`).
+    /// (`swap_write_delay_ms`; counted in `vmm_delays`).
     SwapWrite,
+}
+
+/// Whether this read of an image page is to fail (`image_read_fail`,
+/// counted down).
+pub(crate) fn debug_fail_read() -> bool {
+    IMAGE_READ_FAIL.load(Ordering::Relaxed) != 0
+        && IMAGE_READ_FAIL
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
 }
 
 /// Sleep at `at` for as long as its knob says (0, the default: not at
@@ -2718,7 +2733,7 @@ pub(crate) fn debug_delay(at: Delay) {
     };
     let ms = knob.load(Ordering::Relaxed);
     if ms != 0 {
-        if matches!(at, Delay::Read | Delay::Map) {
+        if !matches!(at, Delay::Punch) {
             VMM_DELAYS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: only sleeps; our callers are fault handlers, a reset and

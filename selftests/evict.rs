@@ -54,6 +54,11 @@
 //!   VMM faults were never throttled: 955 pages in memory).
 //! - `vmm_reads_then_writes_at_a_slow_disk`: the same after the VMM read
 //!   every page, so that its writes come through `page_mkwrite`.
+//! - `turned_back_vmm_fault_reads_for_itself`: a VMM write (in a child
+//!   process) turned back while an eviction hangs; meanwhile a vCPU's
+//!   read of the same page fails (`image_read_fail`). The write's retry
+//!   carries `FAULT_FLAG_TRIED`, which fails with a read error recorded
+//!   for the page: it must read for itself and succeed (SIGBUS before).
 //! - `young_pages_far_past_the_limit`: the VMM writes 8,192 pages with a
 //!   swap file and no limit, then a limit of 64 pages is set and the
 //!   ioctl's eviction cut short by signals (EINTR: the limit stays), so
@@ -93,7 +98,8 @@ use std::time::Duration;
 
 use vms_selftests::guest::{self, Walk};
 use vms_selftests::ksft::{self, check, Test};
-use vms_selftests::knob::{Knob, SWAP_WRITE_DELAY_MS};
+use vms_selftests::host::{fork_run, no_core_dump, ChildEnd};
+use vms_selftests::knob::{wait_for_delay, Knob, IMAGE_READ_FAIL, SWAP_WRITE_DELAY_MS, VMM_DELAYS};
 use vms_selftests::kvm;
 use vms_selftests::race::eviction_race;
 use vms_selftests::vms::{
@@ -465,6 +471,97 @@ fn vmm_at_a_slow_disk(read_first: bool) {
     image.delete();
 }
 
+/// A VMM fault turned back (the clone over its limit while an eviction
+/// hangs, `swap_write_delay_ms`) retries with `FAULT_FLAG_TRIED`, whose
+/// arms fail with a read error recorded for the page. While it is turned
+/// back, a vCPU's read of the same page fails (`image_read_fail`): the
+/// VMM's write must still read the page for itself and succeed, not die
+/// of the vCPU's error (SIGBUS without a read of its own, before
+/// 2026-12-06).
+fn turned_back_vmm_fault_reads_for_itself() {
+    const LIMIT_T: u64 = 64;
+    /// A page nobody touched: not in the image's cache.
+    const P: u64 = 1000;
+    const WORD: u32 = 0x5a5a_5a5a;
+    let delay = Knob::require(SWAP_WRITE_DELAY_MS);
+    let fail = Knob::require(IMAGE_READ_FAIL);
+    let delays = Knob::require(VMM_DELAYS);
+    let dev = vms_open();
+    let name = unique_name("evict_tb");
+    let file = ImageFile::with_pattern(&name, PAGES, 0);
+    let image = image_create(&dev, &name, file.file(), PAGES * PAGE_SIZE, 0);
+    let kvm = kvm::open_kvm();
+    let clone = image.clone_create();
+    let map = clone.map();
+    let mut vm = vm_with_clone(&kvm, &clone, &map, 2);
+    clone.set_limit(LIMIT_T, Some(&image_dir()));
+    map.write_values(0..LIMIT_T, GUEST_FIRST);
+    // vCPU 0 writes past the limit: one of its faults evicts and hangs
+    // with its pages in writeback. vCPU 1 reads page P.
+    let past = Walk::values(CLONE_GPA + LIMIT_T * PAGE_SIZE, 16, GUEST_FIRST + LIMIT_T as u32);
+    guest::load(&mut vm, 0, &guest::write(&past));
+    guest::load(&mut vm, 1, &guest::read_check(&Walk::pattern(CLONE_GPA + P * PAGE_SIZE, P, 1)));
+    let p = map.ptr_at(P * PAGE_SIZE) as usize;
+    let before = delays.get();
+    delay.set(4000);
+    let (v0, v1) = vm.vcpus_mut().split_at_mut(1);
+    std::thread::scope(|sc| {
+        let hung = sc.spawn(|| loop {
+            match guest::__run(&mut v0[0]) {
+                Ok(guest::Outcome::Progress) => continue,
+                other => break other,
+            }
+        });
+        test_assert!(wait_for_delay(&delays, before, Duration::from_secs(30)), "no eviction began its writes");
+        // Later evictions write at once; the one asleep sleeps on.
+        delay.set(0);
+        let turned = clone.footprint().throttled;
+        let writer = sc.spawn(move || {
+            fork_run(|| {
+                no_core_dump();
+                // SAFETY: the default action for SIGBUS: Rust's runtime
+                // handles it (for stack overflows) by setting the default
+                // and returning, so the write would be tried again, and a
+                // second attempt reads the page anew, hiding the first
+                // one's error.
+                unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+                // SAFETY: `p` is page P's address in the clone's mapping,
+                // which the child inherited (shared).
+                unsafe { (p as *mut u32).write_volatile(WORD) };
+                0
+            })
+        });
+        let t0 = std::time::Instant::now();
+        while clone.footprint().throttled == turned {
+            test_assert!(t0.elapsed() < Duration::from_secs(3), "the VMM's write was never turned back");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        fail.set(1);
+        let (gpa, _) = kvm::vcpu_run_memory_fault(&mut v1[0]);
+        let t1 = t0.elapsed();
+        let (f1, s1) = (clone.footprint(), clone.stats());
+        test_assert_eq!(gpa, CLONE_GPA + P * PAGE_SIZE, "vCPU 1's failed read");
+        let end = writer.join().expect("the writer's thread");
+        ksft::ksft_print_msg(&format!(
+            "vCPU 1's read failed {:.3} s after the first turn-back ({} turn-backs, {} I/O errors, {} VMM faults); the VMM's write ended after {:.3} s ({} turn-backs, {} VMM faults): {end:?}",
+            t1.as_secs_f64(),
+            f1.throttled - turned,
+            s1.io_errors,
+            s1.mmap_faults,
+            t0.elapsed().as_secs_f64(),
+            clone.footprint().throttled - turned,
+            clone.stats().mmap_faults,
+        ));
+        test_assert_eq!(end, ChildEnd::Exited(0), "the VMM's write, turned back while a vCPU's read of its page failed");
+        let hung = hung.join().expect("vCPU 0's thread");
+        test_assert!(matches!(hung, Ok(guest::Outcome::Done)), "vCPU 0: {hung:?}");
+    });
+    test_assert_eq!(map.read_u32(P * PAGE_SIZE), WORD);
+    test_assert_eq!(fail.get(), 0, "the injected error was not used");
+    drop((vm, map, clone));
+    image.delete();
+}
+
 extern "C" fn on_signal(_: libc::c_int) {}
 
 /// `VMS_CLONE_SET_LIMIT` with `arg` on `clone`, from a thread that gets
@@ -734,6 +831,7 @@ fn main() {
         Test::new("vmm_writes_far_past_its_limit", vmm_writes_far_past_its_limit),
         Test::new("vmm_writes_at_a_slow_disk", vmm_writes_at_a_slow_disk),
         Test::new("vmm_reads_then_writes_at_a_slow_disk", vmm_reads_then_writes_at_a_slow_disk),
+        Test::new("turned_back_vmm_fault_reads_for_itself", turned_back_vmm_fault_reads_for_itself),
         Test::new("young_pages_far_past_the_limit", young_pages_far_past_the_limit),
         Test::new("interrupted_set_limit_with_sa_restart", interrupted_set_limit_with_sa_restart),
         Test::new("hot_vmm_set_then_quiet", hot_vmm_set_then_quiet),

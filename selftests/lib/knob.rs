@@ -35,7 +35,11 @@ pub const RESET_PUNCH_DELAY_MS: &str = "reset_punch_delay_ms";
 /// writeback, before it writes them to the swap file: a swap disk that
 /// hangs.
 pub const SWAP_WRITE_DELAY_MS: &str = "swap_write_delay_ms";
-/// Read-only: how many sleeps either VMM delay has begun.
+/// The next this many reads of an image page for a clone fail with
+/// `EIO` without reading, as a read error would.
+pub const IMAGE_READ_FAIL: &str = "image_read_fail";
+/// Read-only: how many sleeps either VMM delay, or the swap write delay,
+/// has begun.
 pub const VMM_DELAYS: &str = "vmm_delays";
 
 /// One knob file of [`KNOB_DIR`]; set back to its default on drop if
