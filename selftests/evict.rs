@@ -107,7 +107,7 @@ use vms_selftests::vms::{
     vms_open, ImageFile, VmsClone, CLONE_GPA, PAGE_SIZE,
 };
 use vms_selftests::{test_assert, test_assert_eq};
-use vms_uapi::VmsCloneLimit;
+use vms_uapi::{VmsCloneFootprint, VmsCloneLimit};
 
 /// 8 MiB image.
 const PAGES: u64 = 2048;
@@ -226,6 +226,20 @@ fn run_vcpus_then(vm: &mut kvm::Vm, code: &[Vec<u8>], first: impl FnOnce(usize))
     }
 }
 
+/// Waits up to 20 s for `clone` to come down to `limit` pages in memory
+/// with nothing touching it (after `what`), then checks that it did, that
+/// its `pages` written pages are all in memory or swapped, and that no
+/// write to the swap file failed; returns the footprint.
+#[track_caller]
+fn settles(clone: &VmsClone, limit: u64, pages: u64, what: &str) -> VmsCloneFootprint {
+    let (f, secs) = clone.wait_resident_at_most(limit, Duration::from_secs(20));
+    ksft::ksft_print_msg(&format!("{secs:.2} s after {what}: {f:?}"));
+    test_assert!(f.resident <= limit, "{} pages in memory 20 s after {what}, limit {limit}", f.resident);
+    test_assert_eq!(f.resident + f.swapped, pages, "every written page is in memory or swapped");
+    test_assert_eq!(f.evict_errors, 0);
+    f
+}
+
 fn two_vcpus_write_4x_its_limit() {
     let dev = vms_open();
     let name = unique_name("evict_2v");
@@ -305,15 +319,7 @@ fn hung_swap_disk_holds_a_vcpu_2s_at_most() {
 
     // A fault evicts before it takes its page: at most one page past the
     // limit per vCPU, also at rest.
-    let (f, secs) = clone.wait_resident_at_most(LIMIT_H + 2 * SLACK, Duration::from_secs(20));
-    ksft::ksft_print_msg(&format!("{:.2} s after the writes: {f:?}", secs));
-    test_assert!(
-        f.resident <= LIMIT_H + 2 * SLACK,
-        "{} pages in memory 20 s after the writes, limit {LIMIT_H}",
-        f.resident
-    );
-    test_assert_eq!(f.resident + f.swapped, 2 * EACH, "every written page is in memory or swapped");
-    test_assert_eq!(f.evict_errors, 0);
+    settles(&clone, LIMIT_H + 2 * SLACK, 2 * EACH, "the writes");
     run_vcpus(&mut vm, &[guest::read_check(&walks[1]), guest::read_check(&walks[0])]);
     map.check_values(0..2 * EACH, GUEST_FIRST);
     drop((vm, map, clone));
@@ -403,11 +409,7 @@ fn vmm_writes(pages: u64, limit: u64) {
     let map = clone.map();
     clone.set_limit(limit, Some(&image_dir()));
     map.write_values(0..pages, GUEST_FIRST);
-    let (f, secs) = clone.wait_resident_at_most(limit, Duration::from_secs(20));
-    ksft::ksft_print_msg(&format!("{:.2} s after the writes: {f:?}", secs));
-    test_assert!(f.resident <= limit, "{} pages in memory 20 s after the VMM's writes, limit {limit}", f.resident);
-    test_assert_eq!(f.resident + f.swapped, pages);
-    test_assert_eq!(f.evict_errors, 0);
+    settles(&clone, limit, pages, "the VMM's writes");
     map.check_values(0..pages, GUEST_FIRST);
     drop((map, clone));
     image.delete();
@@ -461,11 +463,7 @@ fn vmm_at_a_slow_disk(read_first: bool) {
     );
     test_assert!(f.throttled > 0, "no VMM fault was turned back");
     knob.set(0);
-    let (f, secs) = clone.wait_resident_at_most(LIMIT_S, Duration::from_secs(20));
-    ksft::ksft_print_msg(&format!("{:.2} s after the writes: {f:?}", secs));
-    test_assert!(f.resident <= LIMIT_S, "{} pages in memory 20 s after the writes, limit {LIMIT_S}", f.resident);
-    test_assert_eq!(f.resident + f.swapped, PAGES_S);
-    test_assert_eq!(f.evict_errors, 0);
+    settles(&clone, LIMIT_S, PAGES_S, "the writes");
     map.check_values(0..PAGES_S, GUEST_FIRST);
     drop((map, clone));
     image.delete();
@@ -624,11 +622,7 @@ fn young_pages_far_past_the_limit() {
     }
     test_assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EINTR));
     test_assert_eq!(f0.limit, LIMIT_Y, "an interrupted VMS_CLONE_SET_LIMIT sets the limit");
-    let (f, secs) = clone.wait_resident_at_most(LIMIT_Y, Duration::from_secs(20));
-    ksft::ksft_print_msg(&format!("{:.2} s after the ioctl: {f:?}", secs));
-    test_assert!(f.resident <= LIMIT_Y, "{} pages in memory 20 s after the ioctl, limit {LIMIT_Y}", f.resident);
-    test_assert_eq!(f.resident + f.swapped, PAGES_Y);
-    test_assert_eq!(f.evict_errors, 0);
+    settles(&clone, LIMIT_Y, PAGES_Y, "the ioctl");
     map.check_values(0..PAGES_Y, GUEST_FIRST);
     drop((map, clone));
     image.delete();
@@ -693,14 +687,8 @@ fn hot_vmm_set_then_quiet() {
         passes += 1;
     }
     let busy = clone.footprint();
-    let (f, secs) = clone.wait_resident_at_most(LIMIT_H, Duration::from_secs(20));
-    ksft::ksft_print_msg(&format!(
-        "{passes} passes over {PAGES_H} pages in 3 s: {busy:?}; {:.2} s after the last: {f:?}",
-        secs
-    ));
-    test_assert!(f.resident <= LIMIT_H, "{} pages in memory 20 s after the VMM stopped, limit {LIMIT_H}", f.resident);
-    test_assert_eq!(f.resident + f.swapped, PAGES_H);
-    test_assert_eq!(f.evict_errors, 0);
+    ksft::ksft_print_msg(&format!("{passes} passes over {PAGES_H} pages in 3 s: {busy:?}"));
+    settles(&clone, LIMIT_H, PAGES_H, "the VMM stopped");
     for p in 0..PAGES_H {
         let want = GUEST_FIRST.wrapping_add(p as u32).wrapping_add(passes - 1);
         test_assert_eq!(map.read_u32(p * PAGE_SIZE), want, "page {p}");
@@ -730,15 +718,9 @@ fn held_pages_then_released() {
     clone.set_limit(LIMIT_P, None);
     let f0 = clone.footprint();
     pipes.release();
-    let (f, secs) = clone.wait_resident_at_most(LIMIT_P, Duration::from_secs(20));
-    ksft::ksft_print_msg(&format!(
-        "with the pages held: {f0:?}; {:.2} s after they were let go: {f:?}",
-        secs
-    ));
+    ksft::ksft_print_msg(&format!("with the pages held: {f0:?}"));
     test_assert!(f0.resident > LIMIT_P, "held pages were evicted ({} in memory)", f0.resident);
-    test_assert!(f.resident <= LIMIT_P, "{} pages in memory 20 s after they were let go, limit {LIMIT_P}", f.resident);
-    test_assert_eq!(f.resident + f.swapped, PAGES_P);
-    test_assert_eq!(f.evict_errors, 0);
+    settles(&clone, LIMIT_P, PAGES_P, "they were let go");
     map.check_values(0..PAGES_P, GUEST_FIRST);
     drop((map, clone));
     image.delete();
@@ -769,15 +751,9 @@ fn guest_over_limit_with_pages_held() {
     guest::run(&mut vm, 0, &guest::write(&more));
     let f0 = clone.footprint();
     pipes.release();
-    let (f, secs) = clone.wait_resident_at_most(LIMIT_G, Duration::from_secs(20));
-    ksft::ksft_print_msg(&format!(
-        "after the guest's writes: {f0:?}; {:.2} s after the pipes were read: {f:?}",
-        secs
-    ));
+    ksft::ksft_print_msg(&format!("after the guest's writes: {f0:?}"));
     test_assert!(f0.resident > LIMIT_G, "the guest's faults evicted held pages ({} in memory)", f0.resident);
-    test_assert!(f.resident <= LIMIT_G, "{} pages in memory 20 s after, limit {LIMIT_G}", f.resident);
-    test_assert_eq!(f.resident + f.swapped, LIMIT_G + MORE);
-    test_assert_eq!(f.evict_errors, 0);
+    settles(&clone, LIMIT_G, LIMIT_G + MORE, "the pipes were read");
     map.check_values(0..LIMIT_G + MORE, GUEST_FIRST);
     drop((vm, map, clone));
     image.delete();
