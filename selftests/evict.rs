@@ -198,12 +198,7 @@ fn run_vcpus_then(vm: &mut kvm::Vm, code: &[Vec<u8>], first: impl FnOnce(usize))
             .map(|(i, vcpu)| {
                 let stopped = stopped.clone();
                 sc.spawn(move || {
-                    let o = loop {
-                        match guest::__run(vcpu) {
-                            Ok(guest::Outcome::Progress) => continue,
-                            other => break other,
-                        }
-                    };
+                    let o = guest::__run_to_end(vcpu);
                     let _ = stopped.send(i);
                     o
                 })
@@ -504,12 +499,7 @@ fn turned_back_vmm_fault_reads_for_itself() {
     delay.set(4000);
     let (v0, v1) = vm.vcpus_mut().split_at_mut(1);
     std::thread::scope(|sc| {
-        let hung = sc.spawn(|| loop {
-            match guest::__run(&mut v0[0]) {
-                Ok(guest::Outcome::Progress) => continue,
-                other => break other,
-            }
-        });
+        let hung = sc.spawn(|| guest::__run_to_end(&mut v0[0]));
         test_assert!(wait_for_delay(&delays, before, Duration::from_secs(30)), "no eviction began its writes");
         // Later evictions write at once; the one asleep sleeps on.
         delay.set(0);
@@ -517,11 +507,13 @@ fn turned_back_vmm_fault_reads_for_itself() {
         let writer = sc.spawn(move || {
             fork_run(|| {
                 no_core_dump();
-                // SAFETY: the default action for SIGBUS: Rust's runtime
-                // handles it (for stack overflows) by setting the default
-                // and returning, so the write would be tried again, and a
+                // The default action for SIGBUS: Rust's runtime handles it
+                // (for stack overflows) by setting the default and
+                // returning, so the write would be tried again, and a
                 // second attempt reads the page anew, hiding the first
                 // one's error.
+                // SAFETY: installs no handler (SIG_DFL); async-signal-safe
+                // in the forked child.
                 unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
                 // SAFETY: `p` is page P's address in the clone's mapping,
                 // which the child inherited (shared).

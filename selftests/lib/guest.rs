@@ -447,6 +447,17 @@ pub fn __run(vcpu: &mut VcpuFd) -> Result<Outcome, errno::Error> {
     __run_timed(vcpu).map(|(outcome, _)| outcome)
 }
 
+/// Runs `vcpu` past its progress reports ([`Outcome::Progress`]) to the
+/// first other outcome, returning the raw result.
+pub fn __run_to_end(vcpu: &mut VcpuFd) -> Result<Outcome, errno::Error> {
+    loop {
+        match __run(vcpu) {
+            Ok(Outcome::Progress) => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Like [`__run`], also returning the moment the report's exit reached
 /// userspace: the end of the program's work, before a [`PORT_DONE`]
 /// report is resumed to its `hlt` (benchmarks time programs with it).
